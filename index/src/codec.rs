@@ -1,0 +1,166 @@
+//! Typed big-endian key codecs and raw vector values. Big-endian so that byte order is numeric
+//! order and a collection's slots are one contiguous, ordered key range.
+//!
+//! Changing any layout here breaks existing indexes: bump `store::FORMAT_VERSION`.
+
+use crate::ids::{Kind, Slot, SpaceId};
+use half::f16;
+
+/// A collection: the vectors of one kind in one embedding space (one HNSW graph each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Collection {
+    /// Embedding space.
+    pub space: SpaceId,
+    /// Item kind.
+    pub kind: Kind,
+}
+
+impl Collection {
+    /// 3-byte prefix: space (u16 BE) then kind code.
+    pub fn prefix(self) -> [u8; 3] {
+        let s = self.space.0.to_be_bytes();
+        [s[0], s[1], self.kind.code()]
+    }
+
+    /// Decodes [`Collection::prefix`].
+    pub fn from_prefix(b: &[u8]) -> Option<Collection> {
+        if b.len() < 3 {
+            return None;
+        }
+        let space = SpaceId(u16::from_be_bytes([b[0], b[1]]));
+        Some(Collection { space, kind: Kind::from_code(b[2])? })
+    }
+}
+
+/// `vectors` key: collection prefix + slot (u32 BE).
+pub fn vector_key(c: Collection, slot: Slot) -> [u8; 7] {
+    let p = c.prefix();
+    let s = slot.0.to_be_bytes();
+    [p[0], p[1], p[2], s[0], s[1], s[2], s[3]]
+}
+
+/// Decodes [`vector_key`].
+pub fn decode_vector_key(k: &[u8]) -> Option<(Collection, Slot)> {
+    if k.len() != 7 {
+        return None;
+    }
+    let c = Collection::from_prefix(&k[..3])?;
+    Some((c, Slot(u32::from_be_bytes([k[3], k[4], k[5], k[6]]))))
+}
+
+/// `slots` key: collection prefix + external item id bytes.
+pub fn slot_key(c: Collection, item: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(3 + item.len());
+    k.extend_from_slice(&c.prefix());
+    k.extend_from_slice(item.as_bytes());
+    k
+}
+
+/// `meta` key of a collection's next free slot.
+pub fn next_slot_key(c: Collection) -> Vec<u8> {
+    let mut k = b"next_slot/".to_vec();
+    k.extend_from_slice(&c.prefix());
+    k
+}
+
+/// How vector components are stored. The code is persisted in every vector value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Encoding {
+    /// 4 bytes per component, little-endian.
+    #[default]
+    F32,
+    /// 2 bytes per component (IEEE half), little-endian.
+    F16,
+}
+
+impl Encoding {
+    fn code(self) -> u8 {
+        match self {
+            Encoding::F32 => 0,
+            Encoding::F16 => 1,
+        }
+    }
+}
+
+/// `vectors` value: encoding code (u8), item id length (u16 LE), item id, components.
+/// The item id sits beside the vector so that slot → item needs no second lookup.
+pub fn encode_vector(item: &str, v: &[f32], enc: Encoding) -> Vec<u8> {
+    let id = item.as_bytes();
+    let width = match enc {
+        Encoding::F32 => 4,
+        Encoding::F16 => 2,
+    };
+    let mut out = Vec::with_capacity(3 + id.len() + v.len() * width);
+    out.push(enc.code());
+    out.extend_from_slice(&(id.len() as u16).to_le_bytes());
+    out.extend_from_slice(id);
+    match enc {
+        Encoding::F32 => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Encoding::F16 => v.iter().for_each(|x| out.extend_from_slice(&f16::from_f32(*x).to_le_bytes())),
+    }
+    out
+}
+
+/// Decodes [`encode_vector`]; `None` when the bytes are malformed.
+pub fn decode_vector(b: &[u8]) -> Option<(String, Vec<f32>)> {
+    let (&code, rest) = b.split_first()?;
+    if rest.len() < 2 {
+        return None;
+    }
+    let n = u16::from_le_bytes([rest[0], rest[1]]) as usize;
+    let rest = &rest[2..];
+    if rest.len() < n {
+        return None;
+    }
+    let id = std::str::from_utf8(&rest[..n]).ok()?.to_owned();
+    let data = &rest[n..];
+    let v = match code {
+        0 if data.len() % 4 == 0 => {
+            data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        }
+        1 if data.len() % 2 == 0 => {
+            data.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+        }
+        _ => return None,
+    };
+    Some((id, v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn kind() -> impl Strategy<Value = Kind> {
+        prop_oneof![Just(Kind::Video), Just(Kind::Report), Just(Kind::Study)]
+    }
+
+    proptest! {
+        #[test]
+        fn vector_key_round_trips_and_orders(space: u16, k in kind(), a: u32, b: u32) {
+            let c = Collection { space: SpaceId(space), kind: k };
+            let ka = vector_key(c, Slot(a));
+            prop_assert_eq!(decode_vector_key(&ka), Some((c, Slot(a))));
+            let kb = vector_key(c, Slot(b));
+            prop_assert_eq!(ka.cmp(&kb), a.cmp(&b));
+        }
+
+        #[test]
+        fn vector_value_round_trips(id in "[a-zA-Z0-9.:-]{0,80}", v in proptest::collection::vec(-1e6f32..1e6, 0..64)) {
+            let (id2, v2) = decode_vector(&encode_vector(&id, &v, Encoding::F32)).unwrap();
+            prop_assert_eq!(&id2, &id);
+            prop_assert_eq!(&v2, &v);
+            let (id3, v3) = decode_vector(&encode_vector(&id, &v, Encoding::F16)).unwrap();
+            prop_assert_eq!(&id3, &id);
+            for (x, y) in v.iter().zip(&v3) {
+                prop_assert!((x - y).abs() <= x.abs() * 1e-3 + 1e-4 || x.abs() > 65504.0);
+            }
+        }
+
+        #[test]
+        fn decode_never_panics(b in proptest::collection::vec(any::<u8>(), 0..40)) {
+            let _ = decode_vector(&b);
+            let _ = decode_vector_key(&b);
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! `echovault-index`: the vector store behind echovault.
+//!
+//! RocksDB is the source of truth (items, vectors, slot mappings, format version); the HNSW graphs
+//! (`hnsw_rs`, one per embedding space and kind) are an in-memory cache rebuilt from the stored
+//! vectors when the index opens. This crate knows vectors, ids and metadata — never models, so it
+//! builds and tests without LibTorch.
+//!
+//! ```no_run
+//! use echovault_index::{Index, IndexOptions, ItemRecord, Kind, Query};
+//! # fn main() -> Result<(), echovault_index::IndexError> {
+//! let index = Index::open("./echovault-index", IndexOptions::default())?;
+//! let space = index.ensure_space("echoclip", 512)?;
+//! let mut batch = index.batch();
+//! batch.put_item(ItemRecord::new("video-1", Kind::Video, "a4c.avi"));
+//! batch.put_vector(space, "video-1", Kind::Video, vec![0.0; 512]);
+//! index.commit(batch)?;
+//! let hits = index.search(&Query::new(space, Kind::Video, vec![0.0; 512], 10))?;
+//! # let _ = hits; Ok(()) }
+//! ```
+
+mod codec;
+mod error;
+mod graph;
+mod ids;
+mod index;
+mod record;
+mod search;
+mod store;
+
+pub use error::IndexError;
+pub use ids::{ItemId, Kind, Slot, SpaceId};
+pub use index::{Batch, Counts, Index, IndexOptions, SpaceInfo, VectorEncoding};
+pub use record::ItemRecord;
+pub use search::{Filter, Hit, Query};
+pub use store::FORMAT_VERSION;
+
+/// Result type of this crate.
+pub type Result<T, E = IndexError> = std::result::Result<T, E>;

@@ -1,0 +1,57 @@
+//! RocksDB layout: column-family names, tuning, opening, and the format version check.
+//!
+//! Changing a name or a layout here breaks existing indexes: bump [`FORMAT_VERSION`].
+
+use crate::error::IndexError;
+use rocksdb::{ColumnFamilyDescriptor, Options, DB};
+use std::path::Path;
+
+/// On-disk format version, written at creation and checked on every open.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Index-wide values: format version, spaces, slot counters, the pseudonymisation secret.
+pub const CF_META: &str = "meta";
+/// Item id → bincode [`crate::ItemRecord`].
+pub const CF_ITEMS: &str = "items";
+/// Collection + slot → vector value (see `codec::encode_vector`).
+pub const CF_VECTORS: &str = "vectors";
+/// Collection + item id → slot (u32 BE).
+pub const CF_SLOTS: &str = "slots";
+/// HNSW graph snapshots (reserved: graphs are rebuilt from `vectors` on open for now).
+pub const CF_GRAPH: &str = "graph";
+/// Ingest bookkeeping: which inputs were done, by content hash.
+pub const CF_INGEST_LOG: &str = "ingest_log";
+/// Per-input errors of ingest runs.
+pub const CF_ERRORS: &str = "errors";
+
+/// All column families, in creation order.
+pub const COLUMN_FAMILIES: [&str; 7] =
+    [CF_META, CF_ITEMS, CF_VECTORS, CF_SLOTS, CF_GRAPH, CF_INGEST_LOG, CF_ERRORS];
+
+/// `meta` key holding the format version (u32 BE).
+pub const KEY_FORMAT_VERSION: &[u8] = b"format_version";
+/// `meta` key holding the 32-byte pseudonymisation secret.
+pub const KEY_SECRET: &[u8] = b"patient_secret";
+/// `meta` key prefix of space records.
+pub const KEY_SPACE_PREFIX: &[u8] = b"space/";
+
+/// Write-buffer size per column family: small, so tests and small archives stay light.
+const WRITE_BUFFER_BYTES: usize = 32 << 20;
+
+fn options() -> Options {
+    let mut o = Options::default();
+    o.create_if_missing(true);
+    o.create_missing_column_families(true);
+    o.set_write_buffer_size(WRITE_BUFFER_BYTES);
+    o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    // Checksums on every read: a flipped byte becomes an error, not a wrong vector.
+    o.set_paranoid_checks(true);
+    o
+}
+
+/// Opens (or creates) the database with every column family.
+pub fn open_db(path: &Path) -> Result<DB, IndexError> {
+    let cfs = COLUMN_FAMILIES.iter().map(|n| ColumnFamilyDescriptor::new(*n, options()));
+    DB::open_cf_descriptors(&options(), path, cfs)
+        .map_err(|source| IndexError::Storage { path: path.to_owned(), source })
+}

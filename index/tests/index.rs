@@ -1,0 +1,244 @@
+//! Integration tests of the index through RocksDB and hnsw_rs: put, get, search, reopen,
+//! replace, delete, filters, format checks, and graph search against brute force.
+
+use echovault_index::{Filter, Index, IndexError, IndexOptions, ItemId, ItemRecord, Kind, Query, VectorEncoding};
+use proptest::prelude::*;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+fn unit(rng: &mut StdRng, d: usize) -> Vec<f32> {
+    let v: Vec<f32> = (0..d).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.into_iter().map(|x| x / n).collect()
+}
+
+fn video(id: &str, patient: &str, date: &str) -> ItemRecord {
+    let mut r = ItemRecord::new(id, Kind::Video, format!("/export/{id}.avi"));
+    r.patient = Some(patient.into());
+    r.study = Some(format!("s-{id}"));
+    r.date = Some(date.into());
+    r
+}
+
+fn brute(vs: &[(String, Vec<f32>)], q: &[f32], k: usize) -> Vec<String> {
+    let mut s: Vec<(f32, &String)> = vs.iter().map(|(id, v)| (v.iter().zip(q).map(|(a, b)| a * b).sum(), id)).collect();
+    s.sort_by(|a, b| b.0.total_cmp(&a.0));
+    s.into_iter().take(k).map(|(_, id)| id.clone()).collect()
+}
+
+#[test]
+fn put_get_search_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(1);
+    let mut stored = Vec::new();
+    {
+        let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+        let space = index.ensure_space("echoclip", 32).unwrap();
+        let mut b = index.batch();
+        for i in 0..200 {
+            let id = format!("v{i:03}");
+            let v = unit(&mut rng, 32);
+            b.put_item(video(&id, &format!("p{}", i % 10), &format!("2020-01-{:02}", 1 + i % 28)));
+            b.put_vector(space, id.as_str(), Kind::Video, v.clone());
+            stored.push((id, v));
+        }
+        index.commit(b).unwrap();
+        let got = index.get_item(&ItemId::from("v007")).unwrap().unwrap();
+        assert_eq!(got.patient.as_deref(), Some("p7"));
+        let hits = index.search(&Query::new(space, Kind::Video, stored[7].1.clone(), 5)).unwrap();
+        assert_eq!(hits[0].id.as_str(), "v007");
+        assert!((hits[0].score - 1.0).abs() < 1e-5);
+        assert_eq!(hits.len(), 5);
+    }
+    let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+    let space = index.space("echoclip").unwrap().id;
+    let counts = index.counts().unwrap();
+    assert_eq!(counts.items["video"], 200);
+    assert_eq!(counts.vectors["echoclip/video"], 200);
+    for (id, v) in stored.iter().step_by(17) {
+        let mut q = Query::new(space, Kind::Video, v.clone(), 10);
+        q.exact = true;
+        let exact: Vec<String> = index.search(&q).unwrap().into_iter().map(|h| h.id.0).collect();
+        assert_eq!(exact, brute(&stored, v, 10));
+        assert_eq!(&exact[0], id);
+        let stored_v = index.get_vector(space, Kind::Video, &ItemId(id.clone())).unwrap().unwrap();
+        assert!(stored_v.iter().zip(v).all(|(a, b)| (a - b).abs() < 1e-6));
+    }
+}
+
+#[test]
+fn reinserting_replaces_and_delete_removes() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+    let space = index.ensure_space("s", 4).unwrap();
+    let mut b = index.batch();
+    b.put_item(video("a", "p1", "2021-01-01"));
+    b.put_vector(space, "a", Kind::Video, vec![1.0, 0.0, 0.0, 0.0]);
+    b.put_item(video("b", "p2", "2021-01-02"));
+    b.put_vector(space, "b", Kind::Video, vec![0.0, 1.0, 0.0, 0.0]);
+    index.commit(b).unwrap();
+    // Replace a's vector: searches must see only the new one.
+    let mut b = index.batch();
+    b.put_vector(space, "a", Kind::Video, vec![0.0, 0.0, 2.0, 0.0]);
+    index.commit(b).unwrap();
+    let hits = index.search(&Query::new(space, Kind::Video, vec![1.0, 0.0, 0.0, 0.0], 10)).unwrap();
+    assert_eq!(hits.len(), 2, "no ghost of the replaced vector");
+    let hits = index.search(&Query::new(space, Kind::Video, vec![0.0, 0.0, 1.0, 0.0], 1)).unwrap();
+    assert_eq!(hits[0].id.as_str(), "a");
+    assert!((hits[0].score - 1.0).abs() < 1e-6, "stored vectors are normalised");
+    let mut b = index.batch();
+    b.delete_item("b");
+    index.commit(b).unwrap();
+    drop(index);
+    let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+    let hits = index.search(&Query::new(space, Kind::Video, vec![0.0, 1.0, 0.0, 0.0], 10)).unwrap();
+    assert_eq!(hits.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(), vec!["a"]);
+    assert!(index.get_item(&ItemId::from("b")).unwrap().is_none());
+    assert_eq!(index.counts().unwrap().vectors["s/video"], 1);
+}
+
+#[test]
+fn filters_restrict_by_patient_and_date() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+    let space = index.ensure_space("s", 8).unwrap();
+    let mut rng = StdRng::seed_from_u64(2);
+    let mut b = index.batch();
+    for i in 0..60 {
+        let id = format!("v{i}");
+        b.put_item(video(&id, &format!("p{}", i % 3), &format!("2022-{:02}-01", 1 + i % 12)));
+        b.put_vector(space, id.as_str(), Kind::Video, unit(&mut rng, 8));
+    }
+    index.commit(b).unwrap();
+    let mut q = Query::new(space, Kind::Video, unit(&mut rng, 8), 100);
+    q.filter = Filter { patient: Some("p1".into()), since: Some("2022-03-01".into()), until: Some("2022-06-30".into()), ..Filter::default() };
+    let hits = index.search(&q).unwrap();
+    assert!(!hits.is_empty());
+    for h in &hits {
+        assert_eq!(h.record.patient.as_deref(), Some("p1"));
+        let d = h.record.date.as_deref().unwrap();
+        assert!(("2022-03-01"..="2022-06-30").contains(&d), "{d}");
+    }
+    let expected = (0..60).filter(|i| i % 3 == 1 && (3..=6).contains(&(1 + i % 12))).count();
+    assert_eq!(hits.len(), expected);
+    q.filter = Filter { exclude: vec![ItemId::from("v0")], ..Filter::default() };
+    assert!(index.search(&q).unwrap().iter().all(|h| h.id.as_str() != "v0"));
+}
+
+#[test]
+fn rejects_bad_vectors_and_dimension_mismatch() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+    let space = index.ensure_space("s", 3).unwrap();
+    assert!(matches!(index.ensure_space("s", 4), Err(IndexError::SpaceDimension { .. })));
+    let mut b = index.batch();
+    b.put_item(video("a", "p", "2020-01-01"));
+    b.put_vector(space, "a", Kind::Video, vec![1.0, 2.0]);
+    assert!(matches!(index.commit(b), Err(IndexError::DimensionMismatch { expected: 3, got: 2, .. })));
+    let mut b = index.batch();
+    b.put_item(video("a", "p", "2020-01-01"));
+    b.put_vector(space, "a", Kind::Video, vec![f32::NAN, 0.0, 0.0]);
+    assert!(matches!(index.commit(b), Err(IndexError::BadVector { .. })));
+    let mut b = index.batch();
+    b.put_vector(space, "ghost", Kind::Video, vec![1.0, 0.0, 0.0]);
+    assert!(matches!(index.commit(b), Err(IndexError::UnknownItem(_))));
+    // Nothing of the failed batches was written.
+    assert_eq!(index.counts().unwrap().items["video"], 0);
+}
+
+#[test]
+fn f16_vectors_round_trip_closely() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = Index::open(dir.path(), IndexOptions { encoding: VectorEncoding::F16 }).unwrap();
+    let space = index.ensure_space("s", 16).unwrap();
+    let mut rng = StdRng::seed_from_u64(3);
+    let v = unit(&mut rng, 16);
+    let mut b = index.batch();
+    b.put_item(video("a", "p", "2020-01-01"));
+    b.put_vector(space, "a", Kind::Video, v.clone());
+    index.commit(b).unwrap();
+    let got = index.get_vector(space, Kind::Video, &ItemId::from("a")).unwrap().unwrap();
+    assert!(got.iter().zip(&v).all(|(a, b)| (a - b).abs() < 1e-3));
+}
+
+#[test]
+fn a_foreign_rocksdb_or_other_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+        let space = index.ensure_space("s", 2).unwrap();
+        let mut b = index.batch();
+        b.put_item(video("a", "p", "2020-01-01"));
+        b.put_vector(space, "a", Kind::Video, vec![1.0, 0.0]);
+        index.commit(b).unwrap();
+    }
+    // Rewrite the format version as if a future echovault had written the index.
+    {
+        let mut opts = rocksdb::Options::default();
+        opts.create_missing_column_families(true);
+        let cfs = rocksdb::DB::list_cf(&opts, dir.path()).unwrap();
+        let db = rocksdb::DB::open_cf(&opts, dir.path(), &cfs).unwrap();
+        db.put_cf(db.cf_handle("meta").unwrap(), b"format_version", 99u32.to_be_bytes()).unwrap();
+    }
+    let err = Index::open(dir.path(), IndexOptions::default()).unwrap_err();
+    assert!(matches!(err, IndexError::FormatVersion { found: 99, expected: 1, .. }), "{err}");
+    assert!(err.to_string().contains("new --index directory"));
+}
+
+#[test]
+fn graph_search_matches_brute_force_on_clustered_data() {
+    // Above the exact-search threshold, so the HNSW graph answers.
+    let dir = tempfile::tempdir().unwrap();
+    let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+    let d = 24;
+    let space = index.ensure_space("s", d).unwrap();
+    let mut rng = StdRng::seed_from_u64(4);
+    let centres: Vec<Vec<f32>> = (0..50).map(|_| unit(&mut rng, d)).collect();
+    let mut stored = Vec::new();
+    let mut b = index.batch();
+    for i in 0..6000 {
+        let c = &centres[i % centres.len()];
+        let noise = unit(&mut rng, d);
+        let v: Vec<f32> = c.iter().zip(&noise).map(|(a, b)| a + 0.3 * b).collect();
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let v: Vec<f32> = v.into_iter().map(|x| x / n).collect();
+        let id = format!("v{i}");
+        b.put_item(ItemRecord::new(id.as_str(), Kind::Video, "x"));
+        b.put_vector(space, id.as_str(), Kind::Video, v.clone());
+        stored.push((id, v));
+    }
+    index.commit(b).unwrap();
+    let mut found = 0;
+    let queries = 50;
+    for qi in 0..queries {
+        let q = &stored[qi * 97].1;
+        let truth = brute(&stored, q, 10);
+        let hits = index.search(&Query::new(space, Kind::Video, q.clone(), 10)).unwrap();
+        found += hits.iter().filter(|h| truth.contains(&h.id.0)).count();
+    }
+    let recall = found as f64 / (queries * 10) as f64;
+    assert!(recall >= 0.95, "recall@10 {recall}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+    #[test]
+    fn exact_search_equals_brute_force(seed in 0u64..1000, n in 1usize..80, k in 1usize..20) {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+        let space = index.ensure_space("s", 6).unwrap();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut stored = Vec::new();
+        let mut b = index.batch();
+        for i in 0..n {
+            let id = format!("v{i}");
+            let v = unit(&mut rng, 6);
+            b.put_item(ItemRecord::new(id.as_str(), Kind::Video, "x"));
+            b.put_vector(space, id.as_str(), Kind::Video, v.clone());
+            stored.push((id, v));
+        }
+        index.commit(b).unwrap();
+        let q = unit(&mut rng, 6);
+        let got: Vec<String> = index.search(&Query::new(space, Kind::Video, q.clone(), k)).unwrap().into_iter().map(|h| h.id.0).collect();
+        prop_assert_eq!(got, brute(&stored, &q, k));
+    }
+}

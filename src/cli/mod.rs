@@ -1,0 +1,150 @@
+//! Command line: clap arguments, one module per subcommand. Parses and resolves settings, then
+//! calls the library. Human output goes to stdout, logs to stderr (`tracing`); `--json` prints
+//! one JSON object on stdout. Exit codes: 0 ok, 1 error, 2 usage, 3 partial success.
+
+mod info;
+mod ingest;
+mod output;
+mod search;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use echovault::engine::{parse_device, EngineConfig, DEFAULT_FRAME_BATCH};
+use echovault::media::{ChannelOrder, FrameSampling};
+use std::path::PathBuf;
+
+/// Exit code: some inputs were rejected, the rest succeeded.
+pub const EXIT_PARTIAL: i32 = 3;
+
+/// Where the sample model lives in a checkout, used when no --model is given.
+const SAMPLE_MODEL: &str = "data-samples/echovault-tiny";
+
+#[derive(Parser, Debug)]
+#[command(name = "echovault", version, about = "Search echocardiograms by meaning (EchoCLIP embeddings in an embedded index)")]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every subcommand takes.
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Index directory (created on first ingest).
+    #[arg(long, global = true, env = "ECHOVAULT_INDEX", default_value = "echovault-index")]
+    pub index: PathBuf,
+    /// Model snapshot directory (open_clip_config.json, weights, tokenizer.json).
+    /// Default: $ECHOVAULT_MODEL, else ./data-samples/echovault-tiny.
+    #[arg(long, global = true, env = "ECHOVAULT_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Embedding space name in the index (default: the model directory's name).
+    #[arg(long, global = true)]
+    pub space: Option<String>,
+    /// Device for the model: auto (CUDA when available), cpu or cuda.
+    #[arg(long, global = true, default_value = "auto")]
+    pub device: String,
+    /// Channel order fed to the image tower: bgr (the reference's, default) or rgb.
+    #[arg(long, global = true, default_value = "bgr")]
+    pub channel_order: ChannelOrder,
+    /// Frames embedded per video: all (retrieval preset), zero-shot (0..40 step 2) or START:END:STEP.
+    #[arg(long, global = true, default_value = "all")]
+    pub sampling: FrameSampling,
+    /// Frames per forward pass of the image tower.
+    #[arg(long, global = true, default_value_t = DEFAULT_FRAME_BATCH)]
+    pub batch: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output on stderr (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+impl Global {
+    /// Resolves the engine settings.
+    pub fn engine_config(&self) -> anyhow::Result<EngineConfig> {
+        let model_dir = match &self.model {
+            Some(m) => m.clone(),
+            None => {
+                let p = PathBuf::from(SAMPLE_MODEL);
+                anyhow::ensure!(p.is_dir(), "no --model given and no {SAMPLE_MODEL} here: pass --model DIR (a snapshot directory)");
+                p
+            }
+        };
+        Ok(EngineConfig {
+            index_dir: self.index.clone(),
+            model_dir,
+            space: self.space.clone(),
+            device: parse_device(&self.device)?,
+            channel_order: self.channel_order,
+            sampling: self.sampling,
+            frame_batch: self.batch,
+        })
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Embed videos (and their reports) into the index.
+    Ingest(ingest::IngestArgs),
+    /// Find videos, reports or studies by text, by a video file, or like an indexed item.
+    Search(search::SearchArgs),
+    /// Show what the index holds.
+    Info,
+}
+
+/// Parses the command line, runs it, returns the exit code.
+pub fn run() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    init_logging(cli.global.verbose);
+    let result = match &cli.command {
+        Command::Ingest(a) => ingest::run(&cli.global, a),
+        Command::Search(a) => search::run(&cli.global, a),
+        Command::Info => info::run(&cli.global),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            report_error(&e, cli.global.json);
+            1
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ECHOVAULT_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+fn report_error(e: &anyhow::Error, json: bool) {
+    let msg = format!("{e:#}");
+    if json {
+        println!("{}", serde_json::json!({ "error": msg }));
+    }
+    tracing::error!("{msg}");
+    if !json {
+        // tracing may be filtered off; the user must always see why the command failed.
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!("error: {msg}");
+        }
+    }
+}
+
+/// Opens the engine with a readable context on failure.
+pub fn open_engine(g: &Global) -> anyhow::Result<echovault::Engine> {
+    let cfg = g.engine_config()?;
+    echovault::Engine::open(&cfg).with_context(|| format!("opening index {} with model {}", cfg.index_dir.display(), cfg.model_dir.display()))
+}

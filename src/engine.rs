@@ -1,0 +1,155 @@
+//! The engine: an open index plus the model, tokenizer and preprocessing of one embedding space.
+//! Everything a command needs to embed a query and search for it.
+
+use crate::error::Error;
+use crate::media::{ChannelOrder, Frame, FrameSampling, Preprocess};
+use crate::model::{clip, Clip, Precision};
+use crate::tokenize::ClipBpe;
+use echovault_index::{Filter, Hit, Index, IndexOptions, ItemId, Kind, Query, SpaceId};
+use std::path::{Path, PathBuf};
+use tch::Device;
+
+/// Frames per forward pass of the image tower (bounds memory per call).
+pub const DEFAULT_FRAME_BATCH: usize = 32;
+
+/// Where the engine's parts come from.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Index directory (created when absent).
+    pub index_dir: PathBuf,
+    /// Model snapshot directory (`open_clip_config.json`, weights, `tokenizer.json`).
+    pub model_dir: PathBuf,
+    /// Embedding space name; defaults to the model directory's name.
+    pub space: Option<String>,
+    /// Device for the model.
+    pub device: Device,
+    /// Channel order fed to the image tower.
+    pub channel_order: ChannelOrder,
+    /// Frames embedded per video.
+    pub sampling: FrameSampling,
+    /// Frames per forward pass.
+    pub frame_batch: usize,
+}
+
+/// `auto` → CUDA when LibTorch sees a GPU, else CPU.
+pub fn parse_device(s: &str) -> Result<Device, Error> {
+    match s {
+        "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        "cuda" => Err(Error::Invalid("--device cuda: LibTorch sees no CUDA device on this machine".into())),
+        other => Err(Error::Invalid(format!("--device '{other}': use auto, cpu or cuda"))),
+    }
+}
+
+/// An open index with the model of one embedding space.
+#[derive(Debug)]
+pub struct Engine {
+    /// The index.
+    pub index: Index,
+    /// The model.
+    pub model: Clip,
+    /// Its tokenizer.
+    pub tokenizer: ClipBpe,
+    /// Its preprocessing.
+    pub preprocess: Preprocess,
+    /// The embedding space in the index.
+    pub space: SpaceId,
+    /// The space's name.
+    pub space_name: String,
+    /// Frames embedded per video.
+    pub sampling: FrameSampling,
+    /// Frames per forward pass.
+    pub frame_batch: usize,
+}
+
+/// A video's embeddings.
+#[derive(Clone, Debug)]
+pub struct VideoEmbedding {
+    /// Mean of the normalised frame embeddings, re-normalised.
+    pub video: Vec<f32>,
+    /// Per-frame unit embeddings of the sampled frames.
+    pub frames: Vec<Vec<f32>>,
+}
+
+impl Engine {
+    /// Opens the index and loads the model.
+    pub fn open(cfg: &EngineConfig) -> Result<Engine, Error> {
+        let model = Clip::load(&cfg.model_dir, cfg.device, Precision::F32)?;
+        let tokenizer = ClipBpe::load(&cfg.model_dir, model.context_length() as usize)?;
+        let preprocess = Preprocess { size: model.image_size(), mean: model.config.mean, std: model.config.std, order: cfg.channel_order };
+        let index = Index::open(&cfg.index_dir, IndexOptions::default())?;
+        let space_name = match &cfg.space {
+            Some(s) => s.clone(),
+            None => space_name_of(&cfg.model_dir),
+        };
+        let space = index.ensure_space(&space_name, model.dim())?;
+        Ok(Engine { index, model, tokenizer, preprocess, space, space_name, sampling: cfg.sampling, frame_batch: cfg.frame_batch.max(1) })
+    }
+
+    /// Unit text embedding.
+    pub fn embed_text(&self, text: &str) -> Result<Vec<f32>, Error> {
+        let ids = self.tokenizer.encode(text)?;
+        let t = self.model.encode_texts(&[ids])?;
+        Ok(clip::rows(&t)?.remove(0))
+    }
+
+    /// Unit frame embeddings and their pooled video embedding.
+    pub fn embed_frames(&self, frames: &[Frame]) -> Result<VideoEmbedding, Error> {
+        let mut all = Vec::with_capacity(frames.len());
+        for chunk in frames.chunks(self.frame_batch) {
+            let x = self.preprocess.frames(chunk)?;
+            all.extend(clip::rows(&self.model.encode_images(&x)?)?);
+        }
+        let video = mean_unit(&all).ok_or_else(|| Error::Invalid("no frames to embed".into()))?;
+        Ok(VideoEmbedding { video, frames: all })
+    }
+
+    /// Decodes a video file and embeds its sampled frames.
+    #[cfg(feature = "video")]
+    pub fn embed_video_file(&self, path: &Path) -> Result<(crate::media::video::VideoInfo, VideoEmbedding), Error> {
+        let (info, frames) = crate::media::video::read_video(path, self.sampling)?;
+        let emb = self.embed_frames(&frames).map_err(|e| match e {
+            Error::Invalid(reason) => Error::media(path, reason),
+            other => other,
+        })?;
+        Ok((info, emb))
+    }
+
+    /// k nearest items of `kind` to a query vector.
+    pub fn search_vector(&self, v: Vec<f32>, kind: Kind, k: usize, filter: Filter, exact: bool) -> Result<Vec<Hit>, Error> {
+        let mut q = Query::new(self.space, kind, v, k);
+        q.filter = filter;
+        q.exact = exact;
+        Ok(self.index.search(&q)?)
+    }
+
+    /// Items of `kind` nearest to an indexed item (`--like ID`); the item itself is excluded.
+    pub fn search_like(&self, id: &str, kind: Kind, k: usize, mut filter: Filter, exact: bool) -> Result<Vec<Hit>, Error> {
+        let item = ItemId::from(id);
+        let rec = self.index.get_item(&item)?.ok_or_else(|| Error::Invalid(format!("no item '{id}' in the index")))?;
+        let v = self
+            .index
+            .get_vector(self.space, rec.kind, &item)?
+            .ok_or_else(|| Error::Invalid(format!("item '{id}' has no vector in space '{}'", self.space_name)))?;
+        filter.exclude.push(item);
+        self.search_vector(v, kind, k, filter, exact)
+    }
+}
+
+/// Default space name: the snapshot directory's name.
+pub fn space_name_of(model_dir: &Path) -> String {
+    let canon = model_dir.canonicalize().unwrap_or_else(|_| model_dir.to_owned());
+    canon.file_name().and_then(|n| n.to_str()).unwrap_or("model").to_owned()
+}
+
+/// Mean of unit vectors, re-normalised (`None` for no vectors or a zero mean).
+pub fn mean_unit(vs: &[Vec<f32>]) -> Option<Vec<f32>> {
+    let d = vs.first()?.len();
+    let mut m = vec![0f32; d];
+    for v in vs {
+        m.iter_mut().zip(v).for_each(|(a, b)| *a += b);
+    }
+    let n = m.iter().map(|x| x * x).sum::<f32>().sqrt();
+    (n > 0.0).then(|| m.into_iter().map(|x| x / n).collect())
+}

@@ -1,0 +1,28 @@
+//! echovault: search echocardiograms by meaning.
+//!
+//! EchoCLIP / EchoCLIP-R (a ConvNeXt image tower and a CLIP text transformer) run through
+//! LibTorch (`tch`); vectors and metadata live in an embedded index (`echovault-index`:
+//! RocksDB + HNSW). This crate holds the model, tokenizers, media decoding, the ingest
+//! pipeline and the search engine; `cli/` parses arguments and calls into it.
+//!
+//! Table of contents:
+//! - [`model`]: EchoCLIP in tch (config, ConvNeXt, text transformer, checkpoint loading).
+//! - [`tokenize`]: CLIP BPE through the `tokenizers` crate.
+//! - [`media`]: video decoding (video-rs / FFmpeg), frame sampling, preprocessing.
+//! - [`ingest`]: files → embeddings → index.
+//! - [`engine`]: searches by text, video file or indexed item.
+
+pub mod engine;
+mod error;
+pub mod ingest;
+pub mod media;
+pub mod model;
+pub mod pseudonym;
+pub mod tokenize;
+
+pub use engine::Engine;
+pub use error::Error;
+pub use echovault_index as index;
+
+/// Result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

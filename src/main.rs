@@ -1,0 +1,7 @@
+//! `echovault` binary: parse arguments, run, map the outcome to an exit code.
+
+mod cli;
+
+fn main() {
+    std::process::exit(cli::run());
+}

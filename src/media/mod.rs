@@ -1,0 +1,20 @@
+//! Media: decoding cines to RGB frames, choosing which frames to embed, and turning frames into
+//! the tensors the image tower expects.
+
+mod frame;
+pub mod preprocess;
+pub mod sampling;
+#[cfg(feature = "video")]
+pub mod video;
+
+pub use frame::Frame;
+pub use preprocess::{ChannelOrder, Preprocess};
+pub use sampling::FrameSampling;
+
+/// Container formats decoded through FFmpeg (by file extension, lower case).
+pub const VIDEO_EXTENSIONS: [&str; 4] = ["avi", "mp4", "mov", "mkv"];
+
+/// True when `path` looks like a video file echovault can decode.
+pub fn is_video_path(path: &std::path::Path) -> bool {
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| VIDEO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}

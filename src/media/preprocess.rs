@@ -1,0 +1,160 @@
+//! Frames → normalised image tensors, as the EchoCLIP reference prepares them (`utils.py`
+//! `crop_and_scale` then open_clip normalisation): centre-crop to a square, cut 10 % of the
+//! width and of the height from each side, bicubic resize to the tower's input size, scale to
+//! [0, 1], normalise with the CLIP mean/std.
+//!
+//! Differences from the reference, on purpose: when a crop amount rounds to zero the reference's
+//! `img[p:-p]` slice would return an empty image; we skip that crop instead. The resize is
+//! PyTorch's bicubic (a = −0.75, like OpenCV's `INTER_CUBIC`) rounded back to 8-bit levels as
+//! OpenCV's uint8 output is; the two kernels still differ slightly at borders (issue: parity).
+
+use crate::error::Error;
+use crate::media::Frame;
+use std::str::FromStr;
+use tch::{Kind, Tensor};
+
+/// Fraction cut from each side after the square crop (reference: `zoom=0.1`).
+pub const ZOOM: f64 = 0.1;
+
+/// Channel order fed to the image tower.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ChannelOrder {
+    /// The reference's order: OpenCV decodes BGR and the reference feeds it as if RGB; the
+    /// published EchoCLIP weights were trained that way. Default.
+    #[default]
+    Bgr,
+    /// True RGB order.
+    Rgb,
+}
+
+impl FromStr for ChannelOrder {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "bgr" | "reference" => Ok(ChannelOrder::Bgr),
+            "rgb" => Ok(ChannelOrder::Rgb),
+            _ => Err(format!("channel order '{s}': use bgr (reference) or rgb")),
+        }
+    }
+}
+
+/// Preprocessing settings of one model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Preprocess {
+    /// Output side (the tower's image size).
+    pub size: i64,
+    /// Normalisation mean (RGB order of the tensor channels).
+    pub mean: [f64; 3],
+    /// Normalisation std.
+    pub std: [f64; 3],
+    /// Channel order.
+    pub order: ChannelOrder,
+}
+
+/// Python's `round` (half to even), as the reference's crop arithmetic uses it.
+fn py_round(x: f64) -> i64 {
+    x.round_ties_even() as i64
+}
+
+/// The reference crop of a `w × h` frame as `(x0, y0, width, height)`.
+pub fn crop_box(w: usize, h: usize) -> (usize, usize, usize, usize) {
+    let (mut x0, mut y0, mut cw, mut ch) = (0usize, 0usize, w, h);
+    if w > h {
+        let p = py_round((w - h) as f64 / 2.0) as usize;
+        if p > 0 && 2 * p < w {
+            x0 += p;
+            cw -= 2 * p;
+        }
+    } else if h > w {
+        let p = py_round((h - w) as f64 / 2.0) as usize;
+        if p > 0 && 2 * p < h {
+            y0 += p;
+            ch -= 2 * p;
+        }
+    }
+    let px = (cw as f64 * ZOOM) as usize;
+    let py = (ch as f64 * ZOOM) as usize;
+    if px > 0 && 2 * px < cw {
+        x0 += px;
+        cw -= 2 * px;
+    }
+    if py > 0 && 2 * py < ch {
+        y0 += py;
+        ch -= 2 * py;
+    }
+    (x0, y0, cw, ch)
+}
+
+impl Preprocess {
+    /// Frames (all the same size) → `[N, 3, size, size]` f32 CPU tensor.
+    pub fn frames(&self, frames: &[Frame]) -> Result<Tensor, Error> {
+        let Some(first) = frames.first() else {
+            return Err(Error::Invalid("no frames to preprocess".into()));
+        };
+        let (w, h) = (first.width, first.height);
+        if w == 0 || h == 0 {
+            return Err(Error::Invalid(format!("frame has zero size {w}×{h}")));
+        }
+        if let Some(f) = frames.iter().find(|f| f.width != w || f.height != h) {
+            return Err(Error::Invalid(format!("frames change size within a cine ({w}×{h} then {}×{})", f.width, f.height)));
+        }
+        let (x0, y0, cw, ch) = crop_box(w, h);
+        let mut buf = Vec::with_capacity(frames.len() * cw * ch * 3);
+        for f in frames {
+            for row in y0..y0 + ch {
+                let start = (row * w + x0) * 3;
+                buf.extend_from_slice(&f.rgb[start..start + cw * 3]);
+            }
+        }
+        let _guard = tch::no_grad_guard();
+        let x = Tensor::from_slice(&buf).reshape([frames.len() as i64, ch as i64, cw as i64, 3]);
+        let x = match self.order {
+            ChannelOrder::Rgb => x,
+            ChannelOrder::Bgr => x.flip([3]),
+        };
+        let x = x.permute([0, 3, 1, 2]).to_kind(Kind::Float);
+        let x = if (cw as i64, ch as i64) == (self.size, self.size) {
+            x
+        } else {
+            x.upsample_bicubic2d([self.size, self.size], false, None, None).round().clamp(0.0, 255.0)
+        };
+        let mean = Tensor::from_slice(&self.mean).to_kind(Kind::Float).reshape([1, 3, 1, 1]);
+        let std = Tensor::from_slice(&self.std).to_kind(Kind::Float).reshape([1, 3, 1, 1]);
+        Ok((x / 255.0 - mean) / std)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crop_matches_the_reference_arithmetic() {
+        // 112×112 (EchoNet): no square crop, 11 px zoom each side.
+        assert_eq!(crop_box(112, 112), (11, 11, 90, 90));
+        // 640×480: square crop of 80 px each side, then 48 px zoom.
+        assert_eq!(crop_box(640, 480), (128, 48, 384, 384));
+        // Odd difference: round(0.5) = 0 in Python, so no square crop, only the zoom.
+        assert_eq!(crop_box(5, 4), (0, 0, 5, 4));
+        // Tiny frames: zero crops are skipped, never empty.
+        assert_eq!(crop_box(1, 1), (0, 0, 1, 1));
+    }
+
+    #[test]
+    fn output_shape_order_and_normalisation() {
+        let p = Preprocess { size: 8, mean: [0.5; 3], std: [0.5; 3], order: ChannelOrder::Rgb };
+        let mut rgb = Vec::new();
+        for _ in 0..(10 * 10) {
+            rgb.extend_from_slice(&[255, 0, 128]);
+        }
+        let f = Frame::new(10, 10, rgb).unwrap();
+        let t = p.frames(&[f.clone(), f.clone()]).unwrap();
+        assert_eq!(t.size(), vec![2, 3, 8, 8]);
+        let r = t.double_value(&[0, 0, 4, 4]);
+        let g = t.double_value(&[0, 1, 4, 4]);
+        assert!((r - 1.0).abs() < 1e-6 && (g + 1.0).abs() < 1e-6);
+        let p = Preprocess { order: ChannelOrder::Bgr, ..p };
+        let t = p.frames(&[f]).unwrap();
+        assert!((t.double_value(&[0, 2, 4, 4]) - 1.0).abs() < 1e-6, "BGR puts red last");
+    }
+}

@@ -1,0 +1,129 @@
+//! Both towers, loaded from an HF-style snapshot directory, with task-level methods that return
+//! L2-normalised embeddings (open_clip `CLIP.encode_image` / `encode_text` followed by
+//! `F.normalize`). Inference only: every forward runs under `no_grad`.
+
+use crate::error::Error;
+use crate::model::config::ClipConfig;
+use crate::model::convnext::VisionTower;
+use crate::model::text::TextTower;
+use crate::model::weights::Weights;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// Numeric precision of the towers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 everywhere (the reference precision; the only choice on CPU).
+    #[default]
+    F32,
+    /// f16 weights and activations (CUDA only).
+    F16,
+    /// bf16 weights and activations (CUDA only).
+    Bf16,
+}
+
+impl Precision {
+    fn kind(self) -> Kind {
+        match self {
+            Precision::F32 => Kind::Float,
+            Precision::F16 => Kind::Half,
+            Precision::Bf16 => Kind::BFloat16,
+        }
+    }
+}
+
+/// A loaded EchoCLIP-style model.
+#[derive(Debug)]
+pub struct Clip {
+    /// Its config.
+    pub config: ClipConfig,
+    /// Snapshot directory it was loaded from.
+    pub dir: PathBuf,
+    visual: VisionTower,
+    text: TextTower,
+    /// `logit_scale` (log of the temperature inverse), as trained.
+    pub logit_scale: f64,
+    device: Device,
+    kind: Kind,
+}
+
+impl Clip {
+    /// Loads `open_clip_config.json` and the checkpoint of snapshot `dir` onto `device`.
+    pub fn load(dir: &Path, device: Device, precision: Precision) -> Result<Self, Error> {
+        if device == Device::Cpu && precision != Precision::F32 {
+            return Err(Error::Model { dir: dir.to_owned(), reason: "f16/bf16 inference is only offered on CUDA; use f32 on CPU".into() });
+        }
+        let config = ClipConfig::from_dir(dir)?;
+        let _guard = tch::no_grad_guard();
+        let mut w = Weights::load(dir, device, precision.kind())?;
+        let visual = VisionTower::new(&mut w, &config)?;
+        let text = TextTower::new(&mut w, &config)?;
+        let logit_scale = w.get("logit_scale", &[])?.double_value(&[]);
+        w.finish()?;
+        Ok(Clip { config, dir: dir.to_owned(), visual, text, logit_scale, device, kind: precision.kind() })
+    }
+
+    /// Device the weights live on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Embedding dimension.
+    pub fn dim(&self) -> usize {
+        self.config.embed_dim as usize
+    }
+
+    /// Image side the vision tower expects.
+    pub fn image_size(&self) -> i64 {
+        self.visual.image_size
+    }
+
+    /// Tokens per text.
+    pub fn context_length(&self) -> i64 {
+        self.text.context_length
+    }
+
+    /// `[N, 3, S, S]` preprocessed f32 images (any device) → `[N, D]` unit vectors, f32 on CPU.
+    pub fn encode_images(&self, images: &Tensor) -> Result<Tensor, Error> {
+        let s = self.image_size();
+        let size = images.size();
+        if size.len() != 4 || size[1] != 3 || size[2] != s || size[3] != s {
+            return Err(Error::Invalid(format!("images must be [N, 3, {s}, {s}], got {size:?}")));
+        }
+        let _guard = tch::no_grad_guard();
+        let x = images.f_to_device(self.device)?.f_to_kind(self.kind)?;
+        let y = self.visual.forward(&x).to_kind(Kind::Float);
+        Ok(normalise(&y).to_device(Device::Cpu))
+    }
+
+    /// Token ids (`N` rows of `context_length`) → `[N, D]` unit vectors, f32 on CPU.
+    pub fn encode_texts(&self, ids: &[Vec<i64>]) -> Result<Tensor, Error> {
+        let l = self.context_length() as usize;
+        if let Some(bad) = ids.iter().find(|r| r.len() != l) {
+            return Err(Error::Invalid(format!("token rows must have {l} ids, got {}", bad.len())));
+        }
+        let vocab = self.config.text.vocab_size;
+        if ids.iter().flatten().any(|&t| t < 0 || t >= vocab) {
+            return Err(Error::Invalid(format!("token id outside the vocabulary (0..{vocab})")));
+        }
+        let _guard = tch::no_grad_guard();
+        let flat: Vec<i64> = ids.iter().flatten().copied().collect();
+        let t = Tensor::from_slice(&flat).reshape([ids.len() as i64, l as i64]).to_device(self.device);
+        let y = self.text.forward(&t).to_kind(Kind::Float);
+        Ok(normalise(&y).to_device(Device::Cpu))
+    }
+}
+
+/// Row-wise L2 normalisation (as `F.normalize`, eps 1e-12).
+pub fn normalise(x: &Tensor) -> Tensor {
+    let n = x.norm_scalaropt_dim(2.0, [-1i64].as_slice(), true).clamp_min(1e-12);
+    x / n
+}
+
+/// A `[N, D]` f32 tensor as rows.
+pub fn rows(t: &Tensor) -> Result<Vec<Vec<f32>>, Error> {
+    let t = t.to_kind(Kind::Float).contiguous();
+    let (n, d) = t.size2()?;
+    let flat: Vec<f32> = Vec::<f32>::try_from(t.reshape([-1]))?;
+    Ok((0..n as usize).map(|i| flat[i * d as usize..(i + 1) * d as usize].to_vec()).collect())
+}

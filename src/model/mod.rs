@@ -1,0 +1,16 @@
+//! EchoCLIP in tch: the open_clip ConvNeXt CLIP (Christensen et al., "Vision–language foundation
+//! model for echocardiogram interpretation", Nature Medicine 2024; reference: open_clip's
+//! `CLIP` with a timm `convnext_base` trunk). Inference only.
+//!
+//! - [`config`]: `open_clip_config.json`, with the timm ConvNeXt variants.
+//! - [`weights`]: state-dict loading (`.bin` torch zip or `.safetensors`) with shape checks.
+//! - [`convnext`]: the image tower; [`text`]: the text tower; [`clip`]: both, and the snapshot loader.
+
+pub mod clip;
+pub mod config;
+pub mod convnext;
+pub mod text;
+pub mod weights;
+
+pub use clip::{Clip, Precision};
+pub use config::ClipConfig;

@@ -1,0 +1,96 @@
+//! Checkpoint loading: a snapshot's `open_clip_pytorch_model.bin` (a `torch.save` zip of a state
+//! dict) or `*.safetensors`, with every weight checked against the shape the config implies and
+//! leftovers reported, so a wrong checkpoint fails by name instead of computing nonsense.
+
+use crate::error::Error;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// State-dict entries that carry no weights the model needs.
+const IGNORED_KEYS: [&str; 2] = ["attn_mask", "logit_bias"];
+
+/// A state dict being consumed by a model constructor.
+pub struct Weights {
+    dir: PathBuf,
+    tensors: HashMap<String, Tensor>,
+    used: BTreeSet<String>,
+    device: Device,
+    kind: Kind,
+}
+
+impl std::fmt::Debug for Weights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Weights").field("dir", &self.dir).field("tensors", &self.tensors.len()).finish()
+    }
+}
+
+/// The checkpoint file of a snapshot directory: safetensors preferred, else the torch zip.
+pub fn checkpoint_file(dir: &Path) -> Result<PathBuf, Error> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::Model { dir: dir.to_owned(), reason: format!("cannot list directory: {e}") })?;
+    let mut names: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    names.sort();
+    if let Some(p) = names.iter().find(|p| p.extension().is_some_and(|e| e == "safetensors")) {
+        return Ok(p.clone());
+    }
+    let bin = dir.join("open_clip_pytorch_model.bin");
+    if bin.exists() {
+        return Ok(bin);
+    }
+    Err(Error::Model { dir: dir.to_owned(), reason: "no open_clip_pytorch_model.bin or *.safetensors in the directory".into() })
+}
+
+impl Weights {
+    /// Reads every tensor of the snapshot's checkpoint, to be moved to `device` as `kind`.
+    pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self, Error> {
+        let file = checkpoint_file(dir)?;
+        let read = if file.extension().is_some_and(|e| e == "safetensors") {
+            Tensor::read_safetensors(&file)
+        } else {
+            Tensor::loadz_multi(&file)
+        };
+        let list = read.map_err(|e| Error::Model {
+            dir: dir.to_owned(),
+            reason: format!("cannot read {}: {e} (expected a flat state dict saved with torch.save, or safetensors)", file.display()),
+        })?;
+        let tensors = list.into_iter().map(|(k, t)| (k.strip_prefix("module.").map(str::to_owned).unwrap_or(k), t)).collect();
+        Ok(Weights { dir: dir.to_owned(), tensors, used: BTreeSet::new(), device, kind })
+    }
+
+    /// From tensors already in memory (tests, training).
+    pub fn from_tensors(dir: &Path, tensors: HashMap<String, Tensor>, device: Device, kind: Kind) -> Self {
+        Weights { dir: dir.to_owned(), tensors, used: BTreeSet::new(), device, kind }
+    }
+
+    /// Takes weight `key`, which must have `shape`. A checkpoint may store 1×1 convolution
+    /// weights (`[o, i, 1, 1]`) where a linear layer (`[o, i]`) is expected: same numbers.
+    pub fn get(&mut self, key: &str, shape: &[i64]) -> Result<Tensor, Error> {
+        let t = self.tensors.get(key).ok_or_else(|| Error::MissingWeight { dir: self.dir.clone(), key: key.to_owned(), expected: shape.to_vec() })?;
+        let found = t.size();
+        let t = if found.as_slice() == shape {
+            t.shallow_clone()
+        } else if found.len() == 4 && shape.len() == 2 && found[..2] == shape[..] && found[2] == 1 && found[3] == 1 {
+            t.reshape(shape)
+        } else {
+            return Err(Error::WeightShape { dir: self.dir.clone(), key: key.to_owned(), expected: shape.to_vec(), found });
+        };
+        self.used.insert(key.to_owned());
+        Ok(t.to_device(self.device).to_kind(self.kind).detach())
+    }
+
+    /// Fails when the checkpoint holds weights that nothing took.
+    pub fn finish(self) -> Result<(), Error> {
+        let mut unused: Vec<String> = self
+            .tensors
+            .keys()
+            .filter(|k| !self.used.contains(*k) && !IGNORED_KEYS.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        if unused.is_empty() {
+            return Ok(());
+        }
+        unused.sort();
+        unused.truncate(8);
+        Err(Error::UnexpectedWeights { dir: self.dir, keys: unused })
+    }
+}

@@ -1,0 +1,145 @@
+//! End-to-end: the built `echovault` binary over the committed samples, through FFmpeg,
+//! LibTorch, the tokenizer, RocksDB and hnsw_rs. Each step asserts what a broken link would change.
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn clips() -> PathBuf {
+    root().join("data-samples/clips")
+}
+
+fn echovault(index: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_echovault"))
+        .args(["--index", index.to_str().unwrap(), "--model", root().join("data-samples/echovault-tiny").to_str().unwrap(), "--device", "cpu"])
+        .args(args)
+        .env_remove("ECHOVAULT_INDEX")
+        .env_remove("ECHOVAULT_MODEL")
+        .output()
+        .expect("run echovault")
+}
+
+fn json(out: &Output) -> Value {
+    let s = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {s}\nstderr: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+fn content_id(p: &Path) -> String {
+    hex::encode(&Sha256::digest(std::fs::read(p).unwrap())[..16])
+}
+
+fn sample_videos() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(clips()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e != "txt")).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn ingest_reopen_and_search_the_samples() {
+    let tmp = tempfile::tempdir().unwrap();
+    let index = tmp.path().join("idx");
+    let videos = sample_videos();
+    assert_eq!(videos.len(), 6, "3 AVI + 3 MP4 samples");
+
+    let out = echovault(&index, &["ingest", clips().to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let s = json(&out);
+    assert_eq!(s["ingested"], 6);
+    assert_eq!(s["reports"], 6);
+    assert_eq!(s["failed"].as_array().unwrap().len(), 0);
+    let mut ids: Vec<String> = s["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
+    let mut expected: Vec<String> = videos.iter().map(|p| content_id(p)).collect();
+    ids.sort();
+    expected.sort();
+    assert_eq!(ids, expected, "video ids are content hashes");
+
+    // A second process reopens the index from disk.
+    let info = json(&echovault(&index, &["info", "--json"]));
+    assert_eq!(info["counts"]["video"], 6);
+    assert_eq!(info["counts"]["report"], 6);
+    assert_eq!(info["counts"]["study"], 6);
+    assert_eq!(info["spaces"][0]["name"], "echovault-tiny");
+    assert_eq!(info["spaces"][0]["dim"], 64);
+
+    // Re-running is idempotent: everything is skipped, nothing duplicated.
+    let again = json(&echovault(&index, &["ingest", clips().to_str().unwrap(), "--json"]));
+    assert_eq!(again["ingested"], 0);
+    assert_eq!(again["skipped"], 6);
+    assert_eq!(json(&echovault(&index, &["info", "--json"]))["counts"]["video"], 6);
+
+    // Every video finds itself first, with cosine 1.
+    for v in &videos {
+        let out = echovault(&index, &["search", "--video", v.to_str().unwrap(), "-k", "3", "--json"]);
+        assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+        let r = json(&out);
+        let hits = r["hits"].as_array().unwrap();
+        assert_eq!(hits.len(), 3);
+        assert_eq!(hits[0]["id"], content_id(v), "{} should find itself", v.display());
+        assert_eq!(hits[0]["kind"], "video");
+        assert_eq!(hits[0]["source"], v.display().to_string());
+        assert!((hits[0]["score"].as_f64().unwrap() - 1.0).abs() < 1e-4);
+        assert!(hits[1]["score"].as_f64().unwrap() < hits[0]["score"].as_f64().unwrap());
+    }
+
+    // Text → report: a report's own text finds that report first; text → video returns videos.
+    let report = std::fs::read_to_string(clips().join("a4c_pacer_03.txt")).unwrap();
+    let r = json(&echovault(&index, &["search", "--text", report.trim(), "--kind", "report", "-k", "6", "--json"]));
+    let hits = r["hits"].as_array().unwrap();
+    assert_eq!(hits.len(), 6);
+    assert_eq!(hits[0]["id"], "report:a4c_pacer_03");
+    assert!((hits[0]["score"].as_f64().unwrap() - 1.0).abs() < 1e-4);
+    let scores: Vec<f64> = hits.iter().map(|h| h["score"].as_f64().unwrap()).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "sorted by score: {scores:?}");
+    let r = json(&echovault(&index, &["search", "--text", "pacemaker lead", "-k", "10", "--json"]));
+    let hits = r["hits"].as_array().unwrap();
+    assert_eq!(hits.len(), 6);
+    assert!(hits.iter().all(|h| h["kind"] == "video"));
+
+    // --like an indexed video excludes the video itself.
+    let first = content_id(&videos[0]);
+    let r = json(&echovault(&index, &["search", "--like", &first, "-k", "10", "--json"]));
+    let hits = r["hits"].as_array().unwrap();
+    assert_eq!(hits.len(), 5);
+    assert!(hits.iter().all(|h| h["id"] != first.as_str()));
+}
+
+#[test]
+fn bad_files_are_reported_and_do_not_stop_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    std::fs::copy(clips().join("a4c_normal_04.mp4"), input.join("good.mp4")).unwrap();
+    std::fs::write(input.join("empty.avi"), b"").unwrap();
+    std::fs::write(input.join("text.mp4"), b"this is not a video at all").unwrap();
+    let index = tmp.path().join("idx");
+    let out = echovault(&index, &["ingest", input.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(3), "partial success exit code");
+    let s = json(&out);
+    assert_eq!(s["ingested"], 1);
+    let failed = s["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 2);
+    assert!(failed.iter().any(|f| f["path"].as_str().unwrap().ends_with("empty.avi") && f["reason"].as_str().unwrap().contains("empty")));
+    assert!(failed.iter().any(|f| f["path"].as_str().unwrap().ends_with("text.mp4")));
+    let info = json(&echovault(&index, &["info", "--json"]));
+    assert_eq!(info["counts"]["video"], 1);
+    assert_eq!(info["errors"], 2);
+}
+
+#[test]
+fn errors_and_usage_have_their_exit_codes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let index = tmp.path().join("none");
+    let out = echovault(&index, &["search", "--text", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no index at"));
+    let out = echovault(&index, &["search"]);
+    assert_eq!(out.status.code(), Some(2), "missing query is a usage error");
+    let out = echovault(&index, &["ingest", "/nonexistent/export"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/export"));
+}
