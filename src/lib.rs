@@ -20,9 +20,9 @@ pub mod model;
 pub mod pseudonym;
 pub mod tokenize;
 
+pub use echovault_index as index;
 pub use engine::Engine;
 pub use error::Error;
-pub use echovault_index as index;
 
 /// Result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,6 +1,8 @@
 //! End-to-end: the built `echovault` binary over the committed samples, through FFmpeg,
 //! LibTorch, the tokenizer, RocksDB and hnsw_rs. Each step asserts what a broken link would change.
 
+#![allow(clippy::unwrap_used)]
+
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -16,7 +18,14 @@ fn clips() -> PathBuf {
 
 fn echovault(index: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_echovault"))
-        .args(["--index", index.to_str().unwrap(), "--model", root().join("data-samples/echovault-tiny").to_str().unwrap(), "--device", "cpu"])
+        .args([
+            "--index",
+            index.to_str().unwrap(),
+            "--model",
+            root().join("data-samples/echovault-tiny").to_str().unwrap(),
+            "--device",
+            "cpu",
+        ])
         .args(args)
         .env_remove("ECHOVAULT_INDEX")
         .env_remove("ECHOVAULT_MODEL")
@@ -34,7 +43,8 @@ fn content_id(p: &Path) -> String {
 }
 
 fn sample_videos() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(clips()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e != "txt")).collect();
+    let mut v: Vec<PathBuf> =
+        std::fs::read_dir(clips()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e != "txt")).collect();
     v.sort();
     v
 }

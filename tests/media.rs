@@ -1,6 +1,7 @@
 //! Video decoding through video-rs (FFmpeg) against the `ffmpeg` command line: every frame must
 //! be byte-identical to `ffmpeg -pix_fmt rgb24`.
 #![cfg(feature = "video")]
+#![allow(clippy::unwrap_used)]
 
 use echovault::media::{video::read_video, FrameSampling};
 use std::path::PathBuf;

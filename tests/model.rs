@@ -1,6 +1,8 @@
 //! The tch model and tokenizer on the sample snapshot: shapes, unit norms, determinism, and
 //! checkpoint errors that name the weight.
 
+#![allow(clippy::unwrap_used)]
+
 use echovault::model::{clip, Clip, Precision};
 use echovault::tokenize::ClipBpe;
 use std::path::PathBuf;
@@ -56,7 +58,8 @@ fn checkpoint_errors_name_the_weight() {
     let dir = tmp.path();
     std::fs::copy(sample().join("open_clip_config.json"), dir.join("open_clip_config.json")).unwrap();
     let tensors = Tensor::read_safetensors(sample().join("open_clip_model.safetensors")).unwrap();
-    let missing: Vec<(String, Tensor)> = tensors.iter().filter(|(k, _)| k != "ln_final.weight").map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
+    let missing: Vec<(String, Tensor)> =
+        tensors.iter().filter(|(k, _)| k != "ln_final.weight").map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
     Tensor::write_safetensors(&missing, dir.join("open_clip_model.safetensors")).unwrap();
     let err = Clip::load(dir, Device::Cpu, Precision::F32).unwrap_err().to_string();
     assert!(err.contains("missing weight 'ln_final.weight'"), "{err}");
@@ -69,7 +72,13 @@ fn checkpoint_errors_name_the_weight() {
 
     let wrong: Vec<(String, Tensor)> = tensors
         .iter()
-        .map(|(k, t)| if k == "text_projection" { (k.clone(), Tensor::zeros([32, 63], (Kind::Half, Device::Cpu))) } else { (k.clone(), t.shallow_clone()) })
+        .map(|(k, t)| {
+            if k == "text_projection" {
+                (k.clone(), Tensor::zeros([32, 63], (Kind::Half, Device::Cpu)))
+            } else {
+                (k.clone(), t.shallow_clone())
+            }
+        })
         .collect();
     Tensor::write_safetensors(&wrong, dir.join("open_clip_model.safetensors")).unwrap();
     let err = Clip::load(dir, Device::Cpu, Precision::F32).unwrap_err().to_string();

@@ -115,12 +115,8 @@ pub fn decode_vector(b: &[u8]) -> Option<(String, Vec<f32>)> {
     let id = std::str::from_utf8(&rest[..n]).ok()?.to_owned();
     let data = &rest[n..];
     let v = match code {
-        0 if data.len() % 4 == 0 => {
-            data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-        }
-        1 if data.len() % 2 == 0 => {
-            data.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
-        }
+        0 if data.len() % 4 == 0 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        1 if data.len() % 2 == 0 => data.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
         _ => return None,
     };
     Some((id, v))

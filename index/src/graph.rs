@@ -111,11 +111,7 @@ impl Graph {
 
     /// Live slots passing `filter`, in slot order.
     pub fn candidates(&self, filter: &Filter) -> Vec<Slot> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, m)| m.as_ref().filter(|m| m.matches(filter)).map(|_| Slot(i as u32)))
-            .collect()
+        self.slots.iter().enumerate().filter_map(|(i, m)| m.as_ref().filter(|m| m.matches(filter)).map(|_| Slot(i as u32))).collect()
     }
 
     /// Approximate k nearest live slots passing `filter`, as (slot, cosine), best first.

@@ -199,7 +199,8 @@ impl Index {
             if !k.starts_with(b"next_slot/") {
                 break;
             }
-            let c = Collection::from_prefix(&k[b"next_slot/".len()..]).ok_or_else(|| corrupt(&self.path, "slot counter key", "bad collection"))?;
+            let c = Collection::from_prefix(&k[b"next_slot/".len()..])
+                .ok_or_else(|| corrupt(&self.path, "slot counter key", "bad collection"))?;
             let n = u32::from_be_bytes(v.as_ref().try_into().map_err(|_| corrupt(&self.path, "slot counter", "not 4 bytes"))?);
             counters.insert(c, n);
         }
@@ -217,11 +218,7 @@ impl Index {
             let ids: Vec<ItemId> = rows.iter().map(|(_, _, id)| id.clone()).collect();
             let records = self.get_items(&ids)?;
             let mut g = Graph::new(rows.len());
-            let items = rows
-                .into_iter()
-                .zip(records)
-                .map(|((slot, v, id), rec)| (slot, v, slot_meta(id, rec.as_ref())))
-                .collect();
+            let items = rows.into_iter().zip(records).map(|((slot, v, id), rec)| (slot, v, slot_meta(id, rec.as_ref()))).collect();
             g.insert_many(items);
             graphs.insert(c, g);
         }
@@ -390,10 +387,8 @@ impl Index {
 
     fn slot_of(&self, c: Collection, item: &ItemId) -> Result<Option<Slot>, IndexError> {
         let v = self.db.get_cf(self.cf(CF_SLOTS)?, codec::slot_key(c, &item.0)).map_err(|e| self.storage(e))?;
-        v.map(|b| {
-            b.as_slice().try_into().map(|a| Slot(u32::from_be_bytes(a))).map_err(|_| corrupt(&self.path, "slot", "not 4 bytes"))
-        })
-        .transpose()
+        v.map(|b| b.as_slice().try_into().map(|a| Slot(u32::from_be_bytes(a))).map_err(|_| corrupt(&self.path, "slot", "not 4 bytes")))
+            .transpose()
     }
 
     /// The record of `item`, if present.
@@ -409,7 +404,8 @@ impl Index {
             .into_iter()
             .map(|r| {
                 let Some(b) = r.map_err(|e| self.storage(e))? else { return Ok(None) };
-                let (rec, _) = bincode::serde::decode_from_slice(&b, bincode_config()).map_err(|e| corrupt(&self.path, "item record", e))?;
+                let (rec, _) =
+                    bincode::serde::decode_from_slice(&b, bincode_config()).map_err(|e| corrupt(&self.path, "item record", e))?;
                 Ok(Some(rec))
             })
             .collect()
@@ -471,7 +467,8 @@ impl Index {
     /// k nearest items to `q.vector` by cosine, best first. Exact when asked, or when the filtered
     /// candidate set is small (see [`EXACT_SEARCH_MAX_CANDIDATES`]); through the HNSW graph otherwise.
     pub fn search(&self, q: &Query) -> Result<Vec<Hit>, IndexError> {
-        let info = self.spaces.read().unwrap_or_else(|e| e.into_inner()).get(&q.space).cloned().ok_or(IndexError::UnknownSpace(q.space.0))?;
+        let info =
+            self.spaces.read().unwrap_or_else(|e| e.into_inner()).get(&q.space).cloned().ok_or(IndexError::UnknownSpace(q.space.0))?;
         if q.vector.len() != info.dim {
             return Err(IndexError::DimensionMismatch { item: "query".into(), space: info.name, expected: info.dim, got: q.vector.len() });
         }
@@ -496,11 +493,7 @@ impl Index {
         };
         let ids: Vec<ItemId> = found.iter().map(|(_, _, id)| id.clone()).collect();
         let records = self.get_items(&ids)?;
-        Ok(found
-            .into_iter()
-            .zip(records)
-            .filter_map(|((_, score, id), rec)| rec.map(|record| Hit { id, score, record }))
-            .collect())
+        Ok(found.into_iter().zip(records).filter_map(|((_, score, id), rec)| rec.map(|record| Hit { id, score, record })).collect())
     }
 
     /// Brute force over `cands`, reading their vectors from RocksDB.

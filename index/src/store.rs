@@ -25,8 +25,7 @@ pub const CF_INGEST_LOG: &str = "ingest_log";
 pub const CF_ERRORS: &str = "errors";
 
 /// All column families, in creation order.
-pub const COLUMN_FAMILIES: [&str; 7] =
-    [CF_META, CF_ITEMS, CF_VECTORS, CF_SLOTS, CF_GRAPH, CF_INGEST_LOG, CF_ERRORS];
+pub const COLUMN_FAMILIES: [&str; 7] = [CF_META, CF_ITEMS, CF_VECTORS, CF_SLOTS, CF_GRAPH, CF_INGEST_LOG, CF_ERRORS];
 
 /// `meta` key holding the format version (u32 BE).
 pub const KEY_FORMAT_VERSION: &[u8] = b"format_version";
@@ -52,6 +51,5 @@ fn options() -> Options {
 /// Opens (or creates) the database with every column family.
 pub fn open_db(path: &Path) -> Result<DB, IndexError> {
     let cfs = COLUMN_FAMILIES.iter().map(|n| ColumnFamilyDescriptor::new(*n, options()));
-    DB::open_cf_descriptors(&options(), path, cfs)
-        .map_err(|source| IndexError::Storage { path: path.to_owned(), source })
+    DB::open_cf_descriptors(&options(), path, cfs).map_err(|source| IndexError::Storage { path: path.to_owned(), source })
 }

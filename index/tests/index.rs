@@ -1,6 +1,8 @@
 //! Integration tests of the index through RocksDB and hnsw_rs: put, get, search, reopen,
 //! replace, delete, filters, format checks, and graph search against brute force.
 
+#![allow(clippy::unwrap_used)]
+
 use echovault_index::{Filter, Index, IndexError, IndexOptions, ItemId, ItemRecord, Kind, Query, VectorEncoding};
 use proptest::prelude::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -110,7 +112,8 @@ fn filters_restrict_by_patient_and_date() {
     }
     index.commit(b).unwrap();
     let mut q = Query::new(space, Kind::Video, unit(&mut rng, 8), 100);
-    q.filter = Filter { patient: Some("p1".into()), since: Some("2022-03-01".into()), until: Some("2022-06-30".into()), ..Filter::default() };
+    q.filter =
+        Filter { patient: Some("p1".into()), since: Some("2022-03-01".into()), until: Some("2022-06-30".into()), ..Filter::default() };
     let hits = index.search(&q).unwrap();
     assert!(!hits.is_empty());
     for h in &hits {

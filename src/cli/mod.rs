@@ -2,6 +2,8 @@
 //! calls the library. Human output goes to stdout, logs to stderr (`tracing`); `--json` prints
 //! one JSON object on stdout. Exit codes: 0 ok, 1 error, 2 usage, 3 partial success.
 
+mod bench;
+mod embed;
 mod info;
 mod ingest;
 mod output;
@@ -92,6 +94,12 @@ enum Command {
     Search(search::SearchArgs),
     /// Show what the index holds.
     Info,
+    /// Print the embedding of one text, image or video (check a model against its reference).
+    Embed(embed::EmbedArgs),
+    /// Print the token ids the text tower sees for a text.
+    Tokenize(embed::TokenizeArgs),
+    /// Measure image-embedding throughput on this device (random inputs).
+    BenchEmbed(bench::BenchArgs),
 }
 
 /// Parses the command line, runs it, returns the exit code.
@@ -108,6 +116,9 @@ pub fn run() -> i32 {
         Command::Ingest(a) => ingest::run(&cli.global, a),
         Command::Search(a) => search::run(&cli.global, a),
         Command::Info => info::run(&cli.global),
+        Command::Embed(a) => embed::run_embed(&cli.global, a),
+        Command::Tokenize(a) => embed::run_tokenize(&cli.global, a),
+        Command::BenchEmbed(a) => bench::run(&cli.global, a),
     };
     match result {
         Ok(code) => code,
@@ -133,18 +144,22 @@ fn report_error(e: &anyhow::Error, json: bool) {
     if json {
         println!("{}", serde_json::json!({ "error": msg }));
     }
-    tracing::error!("{msg}");
+    tracing::debug!("{msg}");
     if !json {
-        // tracing may be filtered off; the user must always see why the command failed.
-        #[allow(clippy::print_stderr)]
-        {
-            eprintln!("error: {msg}");
-        }
+        print_error(&msg);
     }
+}
+
+/// The one place the CLI writes to stderr directly: the user must see why a command failed
+/// whatever the log filter says.
+#[allow(clippy::print_stderr)]
+fn print_error(msg: &str) {
+    eprintln!("error: {msg}");
 }
 
 /// Opens the engine with a readable context on failure.
 pub fn open_engine(g: &Global) -> anyhow::Result<echovault::Engine> {
     let cfg = g.engine_config()?;
-    echovault::Engine::open(&cfg).with_context(|| format!("opening index {} with model {}", cfg.index_dir.display(), cfg.model_dir.display()))
+    echovault::Engine::open(&cfg)
+        .with_context(|| format!("opening index {} with model {}", cfg.index_dir.display(), cfg.model_dir.display()))
 }

@@ -46,19 +46,14 @@ pub fn run(g: &Global, a: &SearchArgs) -> anyhow::Result<i32> {
     anyhow::ensure!(g.index.is_dir(), "no index at {} (run `echovault ingest` first, or pass --index DIR)", g.index.display());
     anyhow::ensure!(a.k > 0, "-k must be at least 1");
     let engine = open_engine(g)?;
-    let filter = Filter { patient: a.patient.clone(), study: a.study.clone(), since: a.since.clone(), until: a.until.clone(), exclude: Vec::new() };
+    let filter =
+        Filter { patient: a.patient.clone(), study: a.study.clone(), since: a.since.clone(), until: a.until.clone(), exclude: Vec::new() };
     let (query, hits) = if let Some(t) = &a.text {
         (json!({ "text": t }), engine.search_vector(engine.embed_text(t)?, a.kind, a.k, filter, a.exact)?)
     } else if let Some(id) = &a.like {
         (json!({ "like": id }), engine.search_like(id, a.kind, a.k, filter, a.exact)?)
     } else if let Some(p) = &a.video {
-        #[cfg(feature = "video")]
-        {
-            let (_, emb) = engine.embed_video_file(p)?;
-            (json!({ "video": p.display().to_string() }), engine.search_vector(emb.video, a.kind, a.k, filter, a.exact)?)
-        }
-        #[cfg(not(feature = "video"))]
-        anyhow::bail!("{}: this echovault was built without the `video` feature (FFmpeg)", p.display());
+        (json!({ "video": p.display().to_string() }), engine.search_vector(video_query(&engine, p)?, a.kind, a.k, filter, a.exact)?)
     } else {
         anyhow::bail!("give --text, --video or --like");
     };
@@ -72,4 +67,14 @@ pub fn run(g: &Global, a: &SearchArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+#[cfg(feature = "video")]
+fn video_query(engine: &echovault::Engine, p: &std::path::Path) -> anyhow::Result<Vec<f32>> {
+    Ok(engine.embed_video_file(p)?.1.video)
+}
+
+#[cfg(not(feature = "video"))]
+fn video_query(_: &echovault::Engine, p: &std::path::Path) -> anyhow::Result<Vec<f32>> {
+    anyhow::bail!("{}: this echovault was built without the `video` feature (FFmpeg)", p.display())
 }

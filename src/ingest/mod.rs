@@ -75,7 +75,12 @@ pub fn study_id(study: &str) -> String {
 
 /// Ingests `paths` (files or directories) into the engine's index. `progress` is called after
 /// each input with (done, total).
-pub fn ingest(engine: &Engine, paths: &[PathBuf], opts: &IngestOptions, mut progress: impl FnMut(usize, usize)) -> Result<IngestSummary, Error> {
+pub fn ingest(
+    engine: &Engine,
+    paths: &[PathBuf],
+    opts: &IngestOptions,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<IngestSummary, Error> {
     let found = discover(paths)?;
     let mut summary = IngestSummary::default();
     let total = found.videos.len();
@@ -102,6 +107,12 @@ pub fn ingest(engine: &Engine, paths: &[PathBuf], opts: &IngestOptions, mut prog
     Ok(summary)
 }
 
+#[cfg(not(feature = "video"))]
+fn ingest_video(_: &Engine, video: &Discovered, _: &mut IngestSummary) -> Result<(), Error> {
+    Err(Error::media(&video.path, "this echovault was built without the `video` feature (FFmpeg)"))
+}
+
+#[cfg(feature = "video")]
 fn ingest_video(engine: &Engine, video: &Discovered, summary: &mut IngestSummary) -> Result<(), Error> {
     let path = &video.path;
     let id = content_id(path)?;
@@ -110,49 +121,43 @@ fn ingest_video(engine: &Engine, video: &Discovered, summary: &mut IngestSummary
         summary.skipped += 1;
         return Ok(());
     }
-    #[cfg(feature = "video")]
     let (info, emb) = engine.embed_video_file(path)?;
-    #[cfg(not(feature = "video"))]
-    return Err(Error::media(path, "this echovault was built without the `video` feature (FFmpeg)"));
-    #[cfg(feature = "video")]
-    {
-        let study = path.file_stem().and_then(|s| s.to_str()).unwrap_or(&id).to_owned();
-        let mut rec = ItemRecord::new(id.clone(), Kind::Video, path.display().to_string());
-        rec.study = Some(study.clone());
-        rec.frames = Some(info.frames as u32);
-        rec.fps = Some(info.fps);
-        rec.extra.insert("size".into(), format!("{}x{}", info.width, info.height));
-        rec.extra.insert("embedded_frames".into(), emb.frames.len().to_string());
-        let mut b = engine.index.batch();
-        b.put_item(rec);
-        b.put_vector(engine.space, id.clone(), Kind::Video, emb.video.clone());
-        // Without DICOM study ids, a video file is its own study (its name is the study id), so
-        // the study vector is the video vector. Multi-video studies come with DICOM inputs.
-        let study_videos = vec![emb.video.clone()];
-        let sid = study_id(&study);
-        let mut srec = ItemRecord::new(sid.clone(), Kind::Study, path.display().to_string());
-        srec.study = Some(study.clone());
-        srec.extra.insert("videos".into(), study_videos.len().to_string());
-        b.put_item(srec);
-        if let Some(v) = mean_unit(&study_videos) {
-            b.put_vector(engine.space, sid, Kind::Study, v);
-        }
-        if let Some(report) = &video.report {
-            let text = std::fs::read_to_string(report).map_err(|e| Error::io(report, e))?;
-            let rid = report_id(&study);
-            let mut rrec = ItemRecord::new(rid.clone(), Kind::Report, report.display().to_string());
-            rrec.study = Some(study.clone());
-            rrec.text = Some(text.trim().to_owned());
-            b.put_vector(engine.space, rid, Kind::Report, engine.embed_text(text.trim())?);
-            b.put_item(rrec);
-            summary.reports += 1;
-        }
-        b.put_error(&path.to_string_lossy(), None);
-        engine.index.commit(b)?;
-        summary.ingested += 1;
-        summary.ids.push(id);
-        Ok(())
+    let study = path.file_stem().and_then(|s| s.to_str()).unwrap_or(&id).to_owned();
+    let mut rec = ItemRecord::new(id.clone(), Kind::Video, path.display().to_string());
+    rec.study = Some(study.clone());
+    rec.frames = Some(info.frames as u32);
+    rec.fps = Some(info.fps);
+    rec.extra.insert("size".into(), format!("{}x{}", info.width, info.height));
+    rec.extra.insert("embedded_frames".into(), emb.frames.len().to_string());
+    let mut b = engine.index.batch();
+    b.put_item(rec);
+    b.put_vector(engine.space, id.clone(), Kind::Video, emb.video.clone());
+    // Without DICOM study ids, a video file is its own study (its name is the study id), so
+    // the study vector is the video vector. Multi-video studies come with DICOM inputs.
+    let study_videos = vec![emb.video.clone()];
+    let sid = study_id(&study);
+    let mut srec = ItemRecord::new(sid.clone(), Kind::Study, path.display().to_string());
+    srec.study = Some(study.clone());
+    srec.extra.insert("videos".into(), study_videos.len().to_string());
+    b.put_item(srec);
+    if let Some(v) = mean_unit(&study_videos) {
+        b.put_vector(engine.space, sid, Kind::Study, v);
     }
+    if let Some(report) = &video.report {
+        let text = std::fs::read_to_string(report).map_err(|e| Error::io(report, e))?;
+        let rid = report_id(&study);
+        let mut rrec = ItemRecord::new(rid.clone(), Kind::Report, report.display().to_string());
+        rrec.study = Some(study.clone());
+        rrec.text = Some(text.trim().to_owned());
+        b.put_vector(engine.space, rid, Kind::Report, engine.embed_text(text.trim())?);
+        b.put_item(rrec);
+        summary.reports += 1;
+    }
+    b.put_error(&path.to_string_lossy(), None);
+    engine.index.commit(b)?;
+    summary.ingested += 1;
+    summary.ids.push(id);
+    Ok(())
 }
 
 /// Writes one manifest report (replacing an earlier version of it).

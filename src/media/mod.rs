@@ -2,6 +2,7 @@
 //! the tensors the image tower expects.
 
 mod frame;
+pub mod image;
 pub mod preprocess;
 pub mod sampling;
 #[cfg(feature = "video")]

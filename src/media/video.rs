@@ -45,7 +45,8 @@ pub fn read_video(path: &Path, sampling: FrameSampling) -> Result<(VideoInfo, Ve
                 if sampling.selects(n) {
                     let shape = frame.shape().to_vec();
                     let rgb = frame.as_slice().map(<[u8]>::to_vec).unwrap_or_else(|| frame.iter().copied().collect());
-                    let f = Frame::new(shape[1], shape[0], rgb).ok_or_else(|| Error::media(path, format!("frame {n} has unexpected shape {shape:?}")))?;
+                    let f = Frame::new(shape[1], shape[0], rgb)
+                        .ok_or_else(|| Error::media(path, format!("frame {n} has unexpected shape {shape:?}")))?;
                     kept.push(f);
                 }
                 n += 1;

@@ -134,7 +134,8 @@ impl ClipConfig {
     /// Reads `open_clip_config.json` from a snapshot directory.
     pub fn from_dir(dir: &Path) -> Result<Self, Error> {
         let path = dir.join("open_clip_config.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::Model { dir: dir.to_owned(), reason: format!("cannot read open_clip_config.json: {e}") })?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Error::Model { dir: dir.to_owned(), reason: format!("cannot read open_clip_config.json: {e}") })?;
         Self::from_json(&text).map_err(|reason| Error::Model { dir: dir.to_owned(), reason })
     }
 
@@ -152,7 +153,9 @@ impl ClipConfig {
         let rv: RawVision = serde_json::from_value(model.get("vision_cfg").cloned().ok_or("model_cfg.vision_cfg missing")?)
             .map_err(|e| format!("vision_cfg: {e}"))?;
         let name = rv.timm_model_name.ok_or("vision_cfg.timm_model_name missing: only timm ConvNeXt image towers are supported")?;
-        let variant = convnext_variant(&name).ok_or_else(|| format!("unsupported vision_cfg.timm_model_name '{name}' (supported: timm ConvNeXt variants such as convnext_base)"))?;
+        let variant = convnext_variant(&name).ok_or_else(|| {
+            format!("unsupported vision_cfg.timm_model_name '{name}' (supported: timm ConvNeXt variants such as convnext_base)")
+        })?;
         if let Some(p) = rv.timm_pool.as_deref().filter(|p| !p.is_empty() && *p != "avg") {
             return Err(format!("unsupported vision_cfg.timm_pool '{p}' (supported: '' or 'avg')"));
         }
@@ -160,7 +163,10 @@ impl ClipConfig {
             return Err(format!("unsupported vision_cfg.timm_proj '{p}' (supported: 'linear')"));
         }
         for (k, v) in &rv.rest {
-            let harmless = matches!(k.as_str(), "timm_model_pretrained" | "timm_drop" | "timm_drop_path" | "patch_dropout" | "layers" | "width" | "patch_size");
+            let harmless = matches!(
+                k.as_str(),
+                "timm_model_pretrained" | "timm_drop" | "timm_drop_path" | "patch_dropout" | "layers" | "width" | "patch_size"
+            );
             if !harmless && !v.is_null() {
                 return Err(format!("unsupported config field vision_cfg.{k}"));
             }

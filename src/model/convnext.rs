@@ -136,7 +136,8 @@ impl VisionTower {
         let VisionConfig { variant, image_size, proj_bias, .. } = &cfg.vision;
         let dims = variant.dims;
         let t = "visual.trunk";
-        let stem = (Conv::new(w, &format!("{t}.stem.0"), 3, dims[0], 4, 4, 0, 1)?, LayerNorm::new(w, &format!("{t}.stem.1"), dims[0], LN_EPS)?);
+        let stem =
+            (Conv::new(w, &format!("{t}.stem.0"), 3, dims[0], 4, 4, 0, 1)?, LayerNorm::new(w, &format!("{t}.stem.1"), dims[0], LN_EPS)?);
         let mut stages = Vec::with_capacity(4);
         for (i, (&depth, &dim)) in variant.depths.iter().zip(dims.iter()).enumerate() {
             let p = format!("{t}.stages.{i}");

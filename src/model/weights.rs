@@ -27,7 +27,8 @@ impl std::fmt::Debug for Weights {
 
 /// The checkpoint file of a snapshot directory: safetensors preferred, else the torch zip.
 pub fn checkpoint_file(dir: &Path) -> Result<PathBuf, Error> {
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::Model { dir: dir.to_owned(), reason: format!("cannot list directory: {e}") })?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| Error::Model { dir: dir.to_owned(), reason: format!("cannot list directory: {e}") })?;
     let mut names: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     names.sort();
     if let Some(p) = names.iter().find(|p| p.extension().is_some_and(|e| e == "safetensors")) {
@@ -44,11 +45,8 @@ impl Weights {
     /// Reads every tensor of the snapshot's checkpoint, to be moved to `device` as `kind`.
     pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self, Error> {
         let file = checkpoint_file(dir)?;
-        let read = if file.extension().is_some_and(|e| e == "safetensors") {
-            Tensor::read_safetensors(&file)
-        } else {
-            Tensor::loadz_multi(&file)
-        };
+        let read =
+            if file.extension().is_some_and(|e| e == "safetensors") { Tensor::read_safetensors(&file) } else { Tensor::loadz_multi(&file) };
         let list = read.map_err(|e| Error::Model {
             dir: dir.to_owned(),
             reason: format!("cannot read {}: {e} (expected a flat state dict saved with torch.save, or safetensors)", file.display()),
@@ -65,7 +63,11 @@ impl Weights {
     /// Takes weight `key`, which must have `shape`. A checkpoint may store 1×1 convolution
     /// weights (`[o, i, 1, 1]`) where a linear layer (`[o, i]`) is expected: same numbers.
     pub fn get(&mut self, key: &str, shape: &[i64]) -> Result<Tensor, Error> {
-        let t = self.tensors.get(key).ok_or_else(|| Error::MissingWeight { dir: self.dir.clone(), key: key.to_owned(), expected: shape.to_vec() })?;
+        let t = self.tensors.get(key).ok_or_else(|| Error::MissingWeight {
+            dir: self.dir.clone(),
+            key: key.to_owned(),
+            expected: shape.to_vec(),
+        })?;
         let found = t.size();
         let t = if found.as_slice() == shape {
             t.shallow_clone()
@@ -80,12 +82,8 @@ impl Weights {
 
     /// Fails when the checkpoint holds weights that nothing took.
     pub fn finish(self) -> Result<(), Error> {
-        let mut unused: Vec<String> = self
-            .tensors
-            .keys()
-            .filter(|k| !self.used.contains(*k) && !IGNORED_KEYS.contains(&k.as_str()))
-            .cloned()
-            .collect();
+        let mut unused: Vec<String> =
+            self.tensors.keys().filter(|k| !self.used.contains(*k) && !IGNORED_KEYS.contains(&k.as_str())).cloned().collect();
         if unused.is_empty() {
             return Ok(());
         }

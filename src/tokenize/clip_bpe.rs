@@ -35,7 +35,9 @@ impl ClipBpe {
 
     /// The `context_length` ids the text tower sees for `text`.
     pub fn encode(&self, text: &str) -> Result<Vec<i64>, Error> {
-        let enc = self.inner.encode(text, false).map_err(|e| Error::Tokenizer { path: self.path.clone(), reason: e.to_string() })?;
+        let cleaned = super::clean::basic_clean(text);
+        let enc =
+            self.inner.encode(cleaned.as_str(), false).map_err(|e| Error::Tokenizer { path: self.path.clone(), reason: e.to_string() })?;
         let mut ids = Vec::with_capacity(self.context_length);
         ids.push(START_ID);
         ids.extend(enc.get_ids().iter().map(|&i| i64::from(i)));

@@ -2,6 +2,7 @@
 //! `tokenizer.json`, and the EchoCLIP-R template tokenizer over a user-supplied phrase
 //! vocabulary.
 
+mod clean;
 mod clip_bpe;
 mod template;
 

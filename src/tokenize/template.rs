@@ -137,7 +137,9 @@ fn join_ranges(toks: Vec<Tok>) -> Vec<Tok> {
     let mut i = 0;
     while i < toks.len() {
         if i + 2 < toks.len() {
-            if let (Tok::Slot(Some(Value::Severity(a))), Tok::Word(w), Tok::Slot(Some(Value::Severity(b)))) = (&toks[i], &toks[i + 1], &toks[i + 2]) {
+            if let (Tok::Slot(Some(Value::Severity(a))), Tok::Word(w), Tok::Slot(Some(Value::Severity(b)))) =
+                (&toks[i], &toks[i + 1], &toks[i + 2])
+            {
                 if (w == "TO" || w == "-") && matches!((a, b), (1, 3) | (3, 5)) {
                     out.push(Tok::Slot(Some(Value::Severity(a + 1))));
                     i += 3;
@@ -163,7 +165,8 @@ pub struct TemplateTokenizer {
 impl TemplateTokenizer {
     /// Reads a vocabulary file (one phrase per line; empty lines are ignored).
     pub fn load(path: &Path, context_length: usize) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Tokenizer { path: path.to_owned(), reason: format!("cannot read template vocabulary: {e}") })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Tokenizer { path: path.to_owned(), reason: format!("cannot read template vocabulary: {e}") })?;
         let mut phrases: Vec<Option<Vec<Tok>>> = Vec::new();
         for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
             let toks = split(&clean(line));

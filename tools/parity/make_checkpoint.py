@@ -9,7 +9,6 @@ import sys
 
 import torch
 
-from common import load_model  # noqa: F401  (registers nothing by itself)
 import common
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
@@ -45,11 +44,13 @@ def main():
             if k.endswith(".gamma"):
                 v = 0.1 + 0.05 * torch.randn(v.shape, generator=g)
         sd[k] = v.contiguous()
-    torch.save(sd, os.path.join(out, "open_clip_pytorch_model.bin"))
     cfg = {"model_cfg": model_cfg, "preprocess_cfg": {"mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD)}}
     with open(os.path.join(out, "open_clip_config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
     shutil.copy(os.path.join(SAMPLE, "tokenizer.json"), os.path.join(out, "tokenizer.json"))
+    # Weights last, through a rename: callers treat the .bin's presence as "complete".
+    torch.save(sd, os.path.join(out, "open_clip_pytorch_model.bin.tmp"))
+    os.replace(os.path.join(out, "open_clip_pytorch_model.bin.tmp"), os.path.join(out, "open_clip_pytorch_model.bin"))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,81 @@
+//! `echovault bench-embed`: image-tower throughput on this machine's device and precision, with
+//! random inputs (CUDA synchronised before each clock stop). For sizing hardware and for
+//! `tools/gpu-check`.
+
+use super::Global;
+use clap::Args;
+use echovault::model::{Clip, Precision};
+use serde_json::json;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Frames per forward pass.
+    #[arg(long, default_value_t = 32)]
+    batch: i64,
+    /// Timed forward passes (after two warm-up passes).
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    /// f32, f16 or bf16 (the last two on CUDA only).
+    #[arg(long, default_value = "f32")]
+    precision: String,
+}
+
+pub fn parse_precision(s: &str) -> anyhow::Result<Precision> {
+    Ok(match s {
+        "f32" => Precision::F32,
+        "f16" => Precision::F16,
+        "bf16" => Precision::Bf16,
+        other => anyhow::bail!("--precision '{other}': use f32, f16 or bf16"),
+    })
+}
+
+fn sync(d: Device) {
+    if let Device::Cuda(i) = d {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+pub fn run(g: &Global, a: &BenchArgs) -> anyhow::Result<i32> {
+    anyhow::ensure!(a.batch > 0 && a.iters > 0, "--batch and --iters must be positive");
+    let cfg = g.engine_config()?;
+    let model = Clip::load(&cfg.model_dir, cfg.device, parse_precision(&a.precision)?)?;
+    let s = model.image_size();
+    let x = Tensor::randn([a.batch, 3, s, s], (Kind::Float, cfg.device));
+    for _ in 0..2 {
+        let _ = model.encode_images(&x)?;
+    }
+    sync(cfg.device);
+    let mut times = Vec::with_capacity(a.iters);
+    for _ in 0..a.iters {
+        let t = Instant::now();
+        let _ = model.encode_images(&x)?;
+        sync(cfg.device);
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let out = json!({
+        "model": cfg.model_dir.display().to_string(),
+        "device": format!("{:?}", cfg.device),
+        "precision": a.precision,
+        "batch": a.batch,
+        "iters": a.iters,
+        "median_s": median,
+        "frames_per_s": a.batch as f64 / median,
+    });
+    if g.json {
+        println!("{out}");
+    } else {
+        println!(
+            "{:.1} frames/s (median {:.4} s per batch of {}, {} on {:?})",
+            a.batch as f64 / median,
+            median,
+            a.batch,
+            a.precision,
+            cfg.device
+        );
+    }
+    Ok(0)
+}

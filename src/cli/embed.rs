@@ -1,0 +1,143 @@
+//! `echovault embed` and `echovault tokenize`: what the model and tokenizer make of one input,
+//! so users can check a checkpoint against their Python reference.
+
+use super::Global;
+use anyhow::Context;
+use clap::{ArgGroup, Args};
+use echovault::media::Preprocess;
+use echovault::model::{clip, Clip};
+use echovault::tokenize::{ClipBpe, TemplateTokenizer, TextTokenizer};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("input").required(true).args(["text", "video", "image"])))]
+pub struct EmbedArgs {
+    /// Text to embed.
+    #[arg(long)]
+    text: Option<String>,
+    /// Video file to embed (the video embedding: mean of unit frame embeddings, re-normalised).
+    #[arg(long)]
+    video: Option<PathBuf>,
+    /// Image file(s) (PNG or JPEG) to embed; several give `embeddings`, one per image.
+    #[arg(long, num_args = 1..)]
+    image: Vec<PathBuf>,
+    /// EchoCLIP-R template vocabulary (one phrase per line, `<#>` = slot) instead of CLIP BPE.
+    #[arg(long)]
+    template_vocab: Option<PathBuf>,
+    /// Also print the per-frame embeddings of a video.
+    #[arg(long)]
+    frames: bool,
+    /// Precision: f32 (CPU and CUDA), f16 or bf16 (CUDA only).
+    #[arg(long, default_value = "f32")]
+    precision: String,
+}
+
+#[derive(Args, Debug)]
+pub struct TokenizeArgs {
+    /// Text to tokenise.
+    #[arg(long)]
+    text: String,
+    /// EchoCLIP-R template vocabulary file.
+    #[arg(long)]
+    template_vocab: Option<PathBuf>,
+    /// CLIP BPE tokenizer: a tokenizer.json or a snapshot directory (default: --model's).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Tokens per text.
+    #[arg(long, default_value_t = 77)]
+    context_length: usize,
+}
+
+fn model_dir(g: &Global) -> anyhow::Result<PathBuf> {
+    Ok(g.engine_config()?.model_dir)
+}
+
+fn text_tokenizer(template: Option<&Path>, bpe: &Path, context_length: usize) -> anyhow::Result<TextTokenizer> {
+    Ok(match template {
+        Some(v) => TextTokenizer::Template(TemplateTokenizer::load(v, context_length)?),
+        None => TextTokenizer::Bpe(ClipBpe::load(bpe, context_length)?),
+    })
+}
+
+pub fn run_embed(g: &Global, a: &EmbedArgs) -> anyhow::Result<i32> {
+    let cfg = g.engine_config()?;
+    let model = Clip::load(&cfg.model_dir, cfg.device, super::bench::parse_precision(&a.precision)?)?;
+    let preprocess = Preprocess { size: model.image_size(), mean: model.config.mean, std: model.config.std, order: cfg.channel_order };
+    let mut out = json!({ "model": cfg.model_dir.display().to_string(), "dim": model.dim() });
+    if let Some(t) = &a.text {
+        let tok = text_tokenizer(a.template_vocab.as_deref(), &cfg.model_dir, model.context_length() as usize)?;
+        let ids = tok.encode(t)?;
+        out["embedding"] = json!(clip::rows(&model.encode_texts(&[ids])?)?.remove(0));
+    } else if !a.image.is_empty() {
+        let mut all = Vec::with_capacity(a.image.len());
+        for p in &a.image {
+            let frame = echovault::media::image::read_image(p)?;
+            let x = preprocess.frames(std::slice::from_ref(&frame)).with_context(|| p.display().to_string())?;
+            all.push(clip::rows(&model.encode_images(&x)?)?.remove(0));
+        }
+        out["embedding"] = json!(all[0]);
+        if all.len() > 1 {
+            out["embeddings"] = json!(all);
+        }
+    } else if let Some(p) = &a.video {
+        embed_video(&model, &preprocess, &cfg, p, a.frames, &mut out)?;
+    }
+    print_result(g.json, &out);
+    Ok(0)
+}
+
+pub fn run_tokenize(g: &Global, a: &TokenizeArgs) -> anyhow::Result<i32> {
+    let bpe = match &a.tokenizer {
+        Some(p) => p.clone(),
+        None => model_dir(g)?,
+    };
+    let tok = text_tokenizer(a.template_vocab.as_deref(), &bpe, a.context_length)?;
+    let ids = tok.encode(&a.text)?;
+    print_result(g.json, &json!({ "ids": ids }));
+    Ok(0)
+}
+
+fn print_result(as_json: bool, v: &serde_json::Value) {
+    if as_json {
+        println!("{v}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    }
+}
+
+#[cfg(feature = "video")]
+fn embed_video(
+    model: &Clip,
+    preprocess: &Preprocess,
+    cfg: &echovault::engine::EngineConfig,
+    p: &Path,
+    with_frames: bool,
+    out: &mut serde_json::Value,
+) -> anyhow::Result<()> {
+    let (info, frames) = echovault::media::video::read_video(p, cfg.sampling)?;
+    let mut all = Vec::new();
+    for chunk in frames.chunks(cfg.frame_batch.max(1)) {
+        all.extend(clip::rows(&model.encode_images(&preprocess.frames(chunk)?)?)?);
+    }
+    let video = echovault::engine::mean_unit(&all).context("no frames embedded")?;
+    out["embedding"] = json!(video);
+    out["frames_embedded"] = json!(all.len());
+    out["frames_decoded"] = json!(info.frames);
+    if with_frames {
+        out["frames"] = json!(all);
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "video"))]
+fn embed_video(
+    _: &Clip,
+    _: &Preprocess,
+    _: &echovault::engine::EngineConfig,
+    p: &Path,
+    _: bool,
+    _: &mut serde_json::Value,
+) -> anyhow::Result<()> {
+    anyhow::bail!("{}: this echovault was built without the `video` feature (FFmpeg)", p.display())
+}

@@ -1,0 +1,299 @@
+//! Parity with the Python reference stack, run on the same inputs in the same test:
+//! open_clip (PyTorch) for embeddings and CLIP BPE ids, an OpenCV implementation of the
+//! reference preprocessing, and an independent Python implementation of the template tokenizer.
+//! The Python side runs from the project venv (`tools/setup` creates it).
+
+#![allow(clippy::unwrap_used)]
+
+use echovault::media::{ChannelOrder, Frame, Preprocess};
+use echovault::model::{clip, Clip, Precision};
+use echovault::tokenize::{ClipBpe, TemplateTokenizer};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use tch::{Device, Kind, Tensor};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn python() -> PathBuf {
+    let p = root().join(".venv/bin/python");
+    assert!(p.exists(), "{} missing: run tools/setup", p.display());
+    p
+}
+
+fn run_py(script: &str, args: &[&str], stdin: Option<&str>) -> String {
+    let mut child = Command::new(python())
+        .arg(root().join("tools/parity").join(script))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start python");
+    if let Some(s) = stdin {
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{script} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A cached random-init open_clip checkpoint (regenerated when absent).
+fn checkpoint(which: &str, seed: u64) -> PathBuf {
+    let dir = root().join("target/parity-cache").join(format!("{which}-{seed}"));
+    if !dir.join("open_clip_pytorch_model.bin").exists() {
+        run_py("make_checkpoint.py", &[which, &seed.to_string(), dir.to_str().unwrap()], None);
+    }
+    dir
+}
+
+fn report_sentences(n: usize, seed: u64) -> Vec<String> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let subjects = [
+        "Left ventricular ejection fraction",
+        "LVEF",
+        "The right ventricle",
+        "Mitral valve",
+        "Aortic root",
+        "TAPSE",
+        "E/e'",
+        "PASP",
+        "The IVC",
+    ];
+    let verbs = ["is", "measures", "was estimated at", "appears", "≈", "is ~", "remains"];
+    let extras = [
+        "mmHg",
+        "cm/s",
+        "m/s",
+        "%",
+        "mL/m²",
+        "cm²",
+        "°",
+        "± 5",
+        "(normal)",
+        "[prior: 45%]",
+        "— unchanged",
+        "café-au-lait",
+        "naïve",
+        "µm",
+        "“severe”",
+        "it’s",
+        "&amp;",
+        "Ångström",
+        "≥ 2",
+        "x2.5",
+        "1,234",
+        "3.14159",
+        "#7",
+        "@home",
+        "e.g.",
+        "N/A",
+        "🙂",
+        "ﬁbrosis",
+        "ＥＦ",
+    ];
+    (0..n)
+        .map(|i| {
+            let mut s = format!(
+                "{} {} {}",
+                subjects[rng.random_range(0..subjects.len())],
+                verbs[rng.random_range(0..verbs.len())],
+                rng.random_range(0..200)
+            );
+            if rng.random_bool(0.5) {
+                s.push_str(&format!(".{}", rng.random_range(0..100)));
+            }
+            for _ in 0..rng.random_range(0..4) {
+                s.push(' ');
+                s.push_str(extras[rng.random_range(0..extras.len())]);
+            }
+            if i % 10 == 0 {
+                s = s.repeat(8); // far past 77 tokens
+            }
+            if i % 7 == 0 {
+                s = s.to_uppercase();
+            }
+            s
+        })
+        .collect()
+}
+
+#[test]
+fn clip_bpe_ids_equal_open_clip() {
+    let tok = ClipBpe::load(&root().join("data-samples/echovault-tiny"), 77).unwrap();
+    let texts = report_sentences(240, 7);
+    let ours: Vec<Vec<i64>> = texts.iter().map(|t| tok.encode(t).unwrap()).collect();
+    let theirs: Vec<Vec<i64>> =
+        serde_json::from_str(&run_py("tokenize_ref.py", &[], Some(&serde_json::to_string(&texts).unwrap()))).unwrap();
+    let mismatched: Vec<&String> = texts.iter().zip(ours.iter().zip(&theirs)).filter(|(_, (a, b))| a != b).map(|(t, _)| t).collect();
+    assert!(mismatched.is_empty(), "{} of {} differ, e.g. {:?}", mismatched.len(), texts.len(), mismatched.first());
+    assert!(ours.iter().filter(|r| r[76] == 49407).count() >= 20, "long texts were truncated");
+}
+
+fn template_sentences(vocab: &str, n: usize, seed: u64) -> Vec<String> {
+    let phrases: Vec<&str> = vocab.lines().filter(|l| !l.trim().is_empty()).collect();
+    let severities = [
+        "trace",
+        "trivial",
+        "mild",
+        "mildly",
+        "moderate",
+        "Moderately",
+        "severe",
+        "SEVERELY",
+        "mild to moderate",
+        "moderate-severe",
+        "mildly-moderately",
+        "moderate - severe",
+    ];
+    let noise = ["Patient tolerated the study well.", "Images are of fair quality", "see comment", "LV looks big", "&", "<#>", "ok"];
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|i| {
+            let mut parts = Vec::new();
+            for _ in 0..rng.random_range(1..6) {
+                let p = phrases[rng.random_range(0..phrases.len())];
+                let mut filled = String::new();
+                for (j, piece) in p.split("<#>").enumerate() {
+                    if j > 0 {
+                        let v = match rng.random_range(0..4) {
+                            0 => severities[rng.random_range(0..severities.len())].to_string(),
+                            1 => format!("{}.{}", rng.random_range(0..20), rng.random_range(0..100)),
+                            2 => rng.random_range(0..1500).to_string(),
+                            _ => rng.random_range(0..100).to_string(),
+                        };
+                        filled.push_str(&v);
+                    }
+                    filled.push_str(piece);
+                }
+                let filled = if rng.random_bool(0.5) { filled.to_lowercase() } else { filled };
+                parts.push(
+                    filled
+                        .replace(" MMHG", if rng.random_bool(0.5) { " mm Hg" } else { " MMHG" })
+                        .replace(" %", if rng.random_bool(0.3) { " percent" } else { " %" }),
+                );
+                if rng.random_bool(0.4) {
+                    parts.push(noise[rng.random_range(0..noise.len())].to_string());
+                }
+            }
+            let s = parts.join(if rng.random_bool(0.5) { " " } else { "  \n" });
+            if i % 25 == 0 {
+                s.repeat(6)
+            } else if i % 31 == 0 {
+                "no phrase here at all".to_string()
+            } else {
+                s
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn template_tokenizer_equals_independent_python() {
+    let vocab_path = root().join("data-samples/template-vocab.txt");
+    let vocab = std::fs::read_to_string(&vocab_path).unwrap();
+    let tok = TemplateTokenizer::load(&vocab_path, 77).unwrap();
+    let texts = template_sentences(&vocab, 150, 11);
+    let ours: Vec<Vec<i64>> = texts.iter().map(|t| tok.encode(t)).collect();
+    let theirs: Vec<Vec<i64>> =
+        serde_json::from_str(&run_py("template_ref.py", &[vocab_path.to_str().unwrap()], Some(&serde_json::to_string(&texts).unwrap())))
+            .unwrap();
+    for (t, (a, b)) in texts.iter().zip(ours.iter().zip(&theirs)) {
+        assert_eq!(a, b, "text: {t:?}");
+    }
+    // The corpus exercises what it should: slots with values, drops, truncation, empty matches.
+    let start = tok.start_id();
+    let end = tok.end_id();
+    assert!(ours.iter().any(|r| r[1] == end), "some texts match no phrase");
+    assert!(ours.iter().any(|r| r[76] == end), "some texts are truncated");
+    let number_base = 5 + tok.phrase_count();
+    assert!(ours.iter().flatten().any(|&i| i >= number_base + 6 + 1000 && i < start), "decimals appear");
+    assert!(ours.iter().flatten().any(|&i| (number_base..number_base + 6).contains(&i)), "severities appear");
+}
+
+fn compare(name: &str, ours: &Tensor, theirs: &Tensor, min_cos: f64, max_abs: f64) -> (f64, f64) {
+    assert_eq!(ours.size(), theirs.size(), "{name}");
+    let cos = (ours * theirs).sum_dim_intlist([1i64].as_slice(), false, Kind::Double).min().double_value(&[]);
+    let diff = (ours - theirs).abs().max().double_value(&[]);
+    assert!(cos >= min_cos, "{name}: min cosine {cos}");
+    assert!(diff <= max_abs, "{name}: max abs difference {diff}");
+    (cos, diff)
+}
+
+fn model_parity(dir: &Path, n_images: i64, n_texts: usize) {
+    let model = Clip::load(dir, Device::Cpu, Precision::F32).unwrap();
+    let s = model.image_size();
+    tch::manual_seed(3);
+    let images = Tensor::randn([n_images, 3, s, s], (Kind::Float, Device::Cpu));
+    let tok = ClipBpe::load(dir, 77).unwrap();
+    let texts = report_sentences(n_texts, 5);
+    let ids: Vec<Vec<i64>> = texts.iter().map(|t| tok.encode(t).unwrap()).collect();
+    let flat: Vec<i64> = ids.iter().flatten().copied().collect();
+    let id_tensor = Tensor::from_slice(&flat).reshape([n_texts as i64, 77]);
+    let tmp = tempfile::tempdir().unwrap();
+    let inp = tmp.path().join("in.safetensors");
+    let out = tmp.path().join("out.safetensors");
+    Tensor::write_safetensors(&[("images", &images), ("texts", &id_tensor)], &inp).unwrap();
+    run_py("embed_ref.py", &[dir.to_str().unwrap(), inp.to_str().unwrap(), out.to_str().unwrap()], None);
+    let reference: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&out).unwrap().into_iter().collect();
+    let img = model.encode_images(&images).unwrap();
+    let txt = model.encode_texts(&ids).unwrap();
+    let (ci, di) = compare("image", &img, &reference["image_features"], 0.9999, 1e-4);
+    let (ct, dt) = compare("text", &txt, &reference["text_features"], 0.9999, 1e-4);
+    println!("{}: image min cos {ci:.7} max |Δ| {di:.2e}; text min cos {ct:.7} max |Δ| {dt:.2e}", dir.display());
+    assert!(clip::rows(&img).unwrap().len() as i64 == n_images);
+}
+
+#[test]
+fn tiny_config_embeddings_equal_open_clip() {
+    model_parity(&checkpoint("tiny", 1), 8, 24);
+}
+
+#[test]
+fn convnext_base_embeddings_equal_open_clip() {
+    model_parity(&checkpoint("convnext_base", 2), 8, 20);
+}
+
+#[test]
+fn preprocessing_matches_the_reference_on_real_frames() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("pre.safetensors");
+    let mut worst_mean: f64 = 0.0;
+    let mut worst_max: f64 = 0.0;
+    for clip_name in ["a4c_normal_01.avi", "a4c_normal_04.mp4"] {
+        let video = root().join("data-samples/clips").join(clip_name);
+        run_py("preprocess_ref.py", &[video.to_str().unwrap(), out.to_str().unwrap()], None);
+        let t: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&out).unwrap().into_iter().collect();
+        let bgr = &t["frames_bgr"];
+        let (n, h, w, _) = bgr.size4().unwrap();
+        // The same decoded frames go through our preprocessing (frames are RGB in echovault).
+        let frames: Vec<Frame> = (0..n)
+            .map(|i| {
+                let rgb = bgr.get(i).flip([2]).contiguous().reshape([-1]);
+                Frame::new(w as usize, h as usize, Vec::<u8>::try_from(&rgb).unwrap()).unwrap()
+            })
+            .collect();
+        let p = Preprocess {
+            size: 224,
+            mean: echovault::model::config::CLIP_MEAN,
+            std: echovault::model::config::CLIP_STD,
+            order: ChannelOrder::Bgr,
+        };
+        let ours = p.frames(&frames).unwrap();
+        let diff = (&ours - &t["pixels"]).abs();
+        let mean = diff.mean(Kind::Double).double_value(&[]);
+        let max = diff.max().double_value(&[]);
+        println!("{clip_name}: mean |Δ| {mean:.5}, max |Δ| {max:.5} (normalised units)");
+        worst_mean = worst_mean.max(mean);
+        worst_max = worst_max.max(max);
+    }
+    // Tolerance: OpenCV's INTER_CUBIC on uint8 uses fixed-point weights (11 fractional bits) and
+    // saturating rounding; ours is float bicubic (same a = -0.75 kernel) rounded to 8-bit levels.
+    // They may differ by one or two 8-bit levels: 2/255/0.2613 ≈ 0.030 after normalisation.
+    assert!(worst_mean <= 0.004, "mean {worst_mean}");
+    assert!(worst_max <= 0.031, "max {worst_max}");
+}
