@@ -112,7 +112,7 @@ fn report_sentences(n: usize, seed: u64) -> Vec<String> {
                 s.push_str(extras[rng.random_range(0..extras.len())]);
             }
             if i % 10 == 0 {
-                s = s.repeat(8); // far past 77 tokens
+                s = s.repeat(20); // far past 77 tokens
             }
             if i % 7 == 0 {
                 s = s.to_uppercase();
@@ -182,7 +182,7 @@ fn template_sentences(vocab: &str, n: usize, seed: u64) -> Vec<String> {
             }
             let s = parts.join(if rng.random_bool(0.5) { " " } else { "  \n" });
             if i % 25 == 0 {
-                s.repeat(6)
+                s.repeat(30)
             } else if i % 31 == 0 {
                 "no phrase here at all".to_string()
             } else {

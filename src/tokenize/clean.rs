@@ -49,32 +49,45 @@ pub fn html_unescape(s: &str) -> String {
     if !s.contains('&') {
         return s.to_owned();
     }
-    const NAMED: [(&str, &str); 16] = [
-        ("amp;", "&"),
-        ("lt;", "<"),
-        ("gt;", ">"),
-        ("quot;", "\""),
-        ("apos;", "'"),
-        ("nbsp;", "\u{a0}"),
-        ("deg;", "°"),
-        ("micro;", "µ"),
-        ("plusmn;", "±"),
-        ("times;", "×"),
-        ("ge;", "≥"),
-        ("le;", "≤"),
-        ("ndash;", "–"),
-        ("mdash;", "—"),
-        ("eacute;", "é"),
-        ("hellip;", "…"),
+    // (name, text, legacy): legacy entities are also recognised without the `;` (HTML5).
+    const NAMED: [(&str, &str, bool); 20] = [
+        ("amp", "&", true),
+        ("AMP", "&", true),
+        ("lt", "<", true),
+        ("LT", "<", true),
+        ("gt", ">", true),
+        ("GT", ">", true),
+        ("quot", "\"", true),
+        ("QUOT", "\"", true),
+        ("apos", "'", false),
+        ("nbsp", "\u{a0}", true),
+        ("deg", "°", true),
+        ("micro", "µ", true),
+        ("plusmn", "±", true),
+        ("times", "×", true),
+        ("eacute", "é", true),
+        ("ge", "≥", false),
+        ("le", "≤", false),
+        ("ndash", "–", false),
+        ("mdash", "—", false),
+        ("hellip", "…", false),
     ];
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(i) = rest.find('&') {
         out.push_str(&rest[..i]);
         let tail = &rest[i + 1..];
-        if let Some((name, ch)) = NAMED.iter().find(|(n, _)| tail.starts_with(n)) {
+        // Longest name first, as Python matches the longest known prefix.
+        let named = NAMED
+            .iter()
+            .filter_map(|(n, ch, legacy)| {
+                let semi = tail.strip_prefix(n).is_some_and(|r| r.starts_with(';'));
+                (semi || (*legacy && tail.starts_with(n))).then_some((n.len() + usize::from(semi), *ch))
+            })
+            .max_by_key(|(len, _)| *len);
+        if let Some((len, ch)) = named {
             out.push_str(ch);
-            rest = &tail[name.len()..];
+            rest = &tail[len..];
             continue;
         }
         if let Some(num) = tail.strip_prefix('#') {
@@ -114,5 +127,6 @@ mod tests {
         assert_eq!(basic_clean("EF &#8805; 55&#x25; at 37&deg;C"), "EF ≥ 55% at 37°C");
         assert_eq!(basic_clean("\u{ff25}\u{ff26} 60"), "EF 60");
         assert_eq!(basic_clean("a &unknown; b & c"), "a &unknown; b & c");
+        assert_eq!(basic_clean("A &AMP; B &amp C &ge D"), "A & B & C &ge D");
     }
 }

@@ -169,7 +169,8 @@ impl TemplateTokenizer {
             .map_err(|e| Error::Tokenizer { path: path.to_owned(), reason: format!("cannot read template vocabulary: {e}") })?;
         let mut phrases: Vec<Option<Vec<Tok>>> = Vec::new();
         for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            let toks = split(&clean(line));
+            // In a phrase every slot is a wildcard, whether written `<#>` or as a literal value.
+            let toks: Vec<Tok> = split(&clean(line)).into_iter().map(|t| if let Tok::Slot(_) = t { Tok::Slot(None) } else { t }).collect();
             let dup = toks.is_empty() || phrases.iter().flatten().any(|p| *p == toks);
             phrases.push(if dup { None } else { Some(toks) });
         }
