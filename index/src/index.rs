@@ -60,8 +60,11 @@ pub struct Batch {
     items: Vec<ItemRecord>,
     vectors: Vec<(SpaceId, ItemId, Kind, Vec<f32>)>,
     deletes: Vec<ItemId>,
-    raw: Vec<(&'static str, Vec<u8>, Option<Vec<u8>>)>,
+    raw: Vec<RawWrite>,
 }
+
+/// A put (`Some`) or delete (`None`) of one key in a named column family.
+type RawWrite = (&'static str, Vec<u8>, Option<Vec<u8>>);
 
 impl Batch {
     /// Inserts or replaces an item's metadata.

@@ -56,7 +56,7 @@ fn model_dir(g: &Global) -> anyhow::Result<PathBuf> {
 fn text_tokenizer(template: Option<&Path>, bpe: &Path, context_length: usize) -> anyhow::Result<TextTokenizer> {
     Ok(match template {
         Some(v) => TextTokenizer::Template(TemplateTokenizer::load(v, context_length)?),
-        None => TextTokenizer::Bpe(ClipBpe::load(bpe, context_length)?),
+        None => TextTokenizer::Bpe(Box::new(ClipBpe::load(bpe, context_length)?)),
     })
 }
 

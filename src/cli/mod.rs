@@ -131,7 +131,7 @@ pub fn run() -> i32 {
 
 fn init_logging(verbose: u8) {
     let level = match verbose {
-        0 => "warn",
+        0 => "warn,video_rs=error",
         1 => "info",
         _ => "debug",
     };

@@ -13,7 +13,7 @@ pub use template::TemplateTokenizer;
 #[derive(Debug)]
 pub enum TextTokenizer {
     /// CLIP BPE (EchoCLIP).
-    Bpe(ClipBpe),
+    Bpe(Box<ClipBpe>),
     /// Phrase templates (EchoCLIP-R).
     Template(TemplateTokenizer),
 }
