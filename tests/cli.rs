@@ -153,3 +153,31 @@ fn errors_and_usage_have_their_exit_codes() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/export"));
 }
+
+#[test]
+fn embed_tokenize_and_bench_print_their_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let index = tmp.path().join("unused");
+    let e = json(&echovault(&index, &["embed", "--text", "mild mitral regurgitation", "--json"]));
+    assert_eq!(e["dim"], 64);
+    let v: Vec<f64> = e["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    assert_eq!(v.len(), 64);
+    assert!((v.iter().map(|x| x * x).sum::<f64>().sqrt() - 1.0).abs() < 1e-5);
+    let clip = clips().join("a4c_normal_04.mp4");
+    let e = json(&echovault(&index, &["embed", "--video", clip.to_str().unwrap(), "--frames", "--sampling", "zero-shot", "--json"]));
+    assert_eq!(e["frames"].as_array().unwrap().len(), 12, "frames 0..24 step 2");
+    let t = json(&echovault(&index, &["tokenize", "--text", "EF 55 %", "--json"]));
+    let ids = t["ids"].as_array().unwrap();
+    assert_eq!(ids.len(), 77);
+    assert_eq!(ids[0], 49406);
+    let vocab = root().join("data-samples/template-vocab.txt");
+    let t = json(&echovault(
+        &index,
+        &["tokenize", "--template-vocab", vocab.to_str().unwrap(), "--text", "Mild mitral regurgitation.", "--json"],
+    ));
+    let ids: Vec<i64> = t["ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+    assert_eq!(&ids[..2], &[5 + 52 + 1016, 5 + 15], "start id, then the phrase on line 16");
+    let b = json(&echovault(&index, &["bench-embed", "--batch", "2", "--iters", "2", "--json"]));
+    assert_eq!(b["batch"], 2);
+    assert!(b["frames_per_s"].as_f64().unwrap() > 0.0);
+}

@@ -11,9 +11,6 @@ use tch::{Device, Kind, Tensor};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Frames per forward pass.
-    #[arg(long, default_value_t = 32)]
-    batch: i64,
     /// Timed forward passes (after two warm-up passes).
     #[arg(long, default_value_t = 10)]
     iters: usize,
@@ -38,11 +35,13 @@ fn sync(d: Device) {
 }
 
 pub fn run(g: &Global, a: &BenchArgs) -> anyhow::Result<i32> {
-    anyhow::ensure!(a.batch > 0 && a.iters > 0, "--batch and --iters must be positive");
+    // Frames per forward pass: the global --batch.
+    let batch = g.batch as i64;
+    anyhow::ensure!(batch > 0 && a.iters > 0, "--batch and --iters must be positive");
     let cfg = g.engine_config()?;
     let model = Clip::load(&cfg.model_dir, cfg.device, parse_precision(&a.precision)?)?;
     let s = model.image_size();
-    let x = Tensor::randn([a.batch, 3, s, s], (Kind::Float, cfg.device));
+    let x = Tensor::randn([batch, 3, s, s], (Kind::Float, cfg.device));
     for _ in 0..2 {
         let _ = model.encode_images(&x)?;
     }
@@ -60,19 +59,19 @@ pub fn run(g: &Global, a: &BenchArgs) -> anyhow::Result<i32> {
         "model": cfg.model_dir.display().to_string(),
         "device": format!("{:?}", cfg.device),
         "precision": a.precision,
-        "batch": a.batch,
+        "batch": batch,
         "iters": a.iters,
         "median_s": median,
-        "frames_per_s": a.batch as f64 / median,
+        "frames_per_s": batch as f64 / median,
     });
     if g.json {
         println!("{out}");
     } else {
         println!(
             "{:.1} frames/s (median {:.4} s per batch of {}, {} on {:?})",
-            a.batch as f64 / median,
+            batch as f64 / median,
             median,
-            a.batch,
+            batch,
             a.precision,
             cfg.device
         );

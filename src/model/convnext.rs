@@ -108,7 +108,7 @@ impl Block {
     fn forward(&self, x: &Tensor) -> Tensor {
         let y = self.conv_dw.forward(x).permute([0, 2, 3, 1]);
         let y = self.fc2.forward(&self.fc1.forward(&self.norm.forward(&y)).gelu("none"));
-        (y * &self.gamma).permute([0, 3, 1, 2]) + x
+        y.permute([0, 3, 1, 2]) * self.gamma.reshape([1, -1, 1, 1]) + x
     }
 }
 
