@@ -38,7 +38,7 @@ fn embeds_images_and_texts_as_unit_vectors() {
 }
 
 #[test]
-fn clip_bpe_frames_ids_like_open_clip() {
+fn clip_bpe_frames_ids_with_start_end_and_padding() {
     let tok = ClipBpe::load(&sample(), 77).unwrap();
     let ids = tok.encode("Normal LV function").unwrap();
     assert_eq!(ids.len(), 77);

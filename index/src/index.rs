@@ -360,6 +360,8 @@ impl Index {
             graphs.entry(c).or_insert_with(|| Graph::new(rows.len())).insert_many(rows);
         }
         drop(graphs);
+        // Records whose vectors were written in this batch already carry fresh filter facts.
+        records.retain(|id, _| !assigned.keys().any(|(_, a)| a == id));
         self.refresh_meta(&records)?;
         Ok(())
     }

@@ -245,3 +245,22 @@ proptest! {
         prop_assert_eq!(got, brute(&stored, &q, k));
     }
 }
+
+#[test]
+fn a_record_update_without_a_new_vector_reaches_the_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+    let space = index.ensure_space("s", 2).unwrap();
+    let mut b = index.batch();
+    b.put_item(video("a", "p1", "2020-01-01"));
+    b.put_vector(space, "a", Kind::Video, vec![1.0, 0.0]);
+    index.commit(b).unwrap();
+    let mut b = index.batch();
+    b.put_item(video("a", "p2", "2020-01-01"));
+    index.commit(b).unwrap();
+    let mut q = Query::new(space, Kind::Video, vec![1.0, 0.0], 5);
+    q.filter.patient = Some("p2".into());
+    assert_eq!(index.search(&q).unwrap().len(), 1);
+    q.filter.patient = Some("p1".into());
+    assert!(index.search(&q).unwrap().is_empty());
+}
