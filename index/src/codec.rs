@@ -63,6 +63,47 @@ pub fn next_slot_key(c: Collection) -> Vec<u8> {
     k
 }
 
+/// `graph` key prefix of a collection's tombstones.
+pub fn dead_prefix(c: Collection) -> Vec<u8> {
+    let mut k = b"dead/".to_vec();
+    k.extend_from_slice(&c.prefix());
+    k
+}
+
+/// `graph` key marking a slot dead (its vector replaced or deleted, kept until a rebuild).
+pub fn dead_key(c: Collection, slot: Slot) -> Vec<u8> {
+    let mut k = dead_prefix(c);
+    k.extend_from_slice(&slot.0.to_be_bytes());
+    k
+}
+
+/// Decodes the slot of a [`dead_key`].
+pub fn decode_dead_key(k: &[u8]) -> Option<Slot> {
+    let rest = k.strip_prefix(b"dead/")?;
+    if rest.len() != 7 {
+        return None;
+    }
+    Collection::from_prefix(rest)?;
+    Some(Slot(u32::from_be_bytes([rest[3], rest[4], rest[5], rest[6]])))
+}
+
+/// `graph` key of a collection's snapshot header.
+pub fn snapshot_header_key(c: Collection) -> Vec<u8> {
+    let mut k = b"snap/".to_vec();
+    k.extend_from_slice(&c.prefix());
+    k.push(b'h');
+    k
+}
+
+/// `graph` key of chunk `i` of a collection's snapshot.
+pub fn snapshot_chunk_key(c: Collection, i: u32) -> Vec<u8> {
+    let mut k = b"snap/".to_vec();
+    k.extend_from_slice(&c.prefix());
+    k.push(b'c');
+    k.extend_from_slice(&i.to_be_bytes());
+    k
+}
+
 /// How vector components are stored. The code is persisted in every vector value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Encoding {
@@ -154,9 +195,19 @@ mod tests {
         }
 
         #[test]
+        fn dead_key_round_trips(space: u16, k in kind(), a: u32) {
+            let c = Collection { space: SpaceId(space), kind: k };
+            let key = dead_key(c, Slot(a));
+            prop_assert!(key.starts_with(&dead_prefix(c)));
+            prop_assert_eq!(decode_dead_key(&key), Some(Slot(a)));
+            prop_assert!(snapshot_chunk_key(c, a) < snapshot_chunk_key(c, u32::MAX) || a == u32::MAX);
+        }
+
+        #[test]
         fn decode_never_panics(b in proptest::collection::vec(any::<u8>(), 0..40)) {
             let _ = decode_vector(&b);
             let _ = decode_vector_key(&b);
+            let _ = decode_dead_key(&b);
         }
     }
 }

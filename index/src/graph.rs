@@ -1,5 +1,6 @@
 //! One HNSW graph (`hnsw_rs`, dot product on unit vectors = cosine) per collection, plus the
-//! per-slot facts that searches filter on. A cache of what RocksDB holds: rebuilt on open.
+//! per-slot facts that searches filter on. A cache of what RocksDB holds: reloaded from its
+//! snapshot on open (see `snapshot`), or rebuilt from the stored vectors.
 
 use crate::ids::{ItemId, Slot};
 use crate::search::Filter;
@@ -10,8 +11,8 @@ use hnsw_rs::hnsw::Hnsw;
 pub const HNSW_M: usize = 16;
 /// Candidate list size while building (hnsw `efConstruction`).
 pub const HNSW_EF_CONSTRUCTION: usize = 200;
-/// `hnsw_rs` only dumps graphs built with exactly 16 layers; keep it so snapshots stay possible.
-const HNSW_MAX_LAYER: usize = 16;
+/// `hnsw_rs`'s layer count (its maximum); snapshots reproduce graphs built with it.
+const HNSW_MAX_LAYER: usize = crate::snapshot::HNSW_LAYERS;
 
 /// What a filter needs to know about a slot without reading RocksDB.
 #[derive(Clone, Debug)]
@@ -46,11 +47,18 @@ impl SlotMeta {
 }
 
 /// A collection's graph and slot table. Slots are never reused: a replaced or deleted vector
-/// leaves a dead slot (a tombstone) that searches skip.
+/// leaves a dead slot (a tombstone) that searches skip until a rebuild drops it. A slot is
+/// visible to searches only once its metadata is set, so a vector can be put into the graph
+/// before the write that stores it is acknowledged.
 pub struct Graph {
     hnsw: Hnsw<'static, f32, DistDot>,
     slots: Vec<Option<SlotMeta>>,
     live: usize,
+    dim: usize,
+    /// Slots below this are in the stored snapshot (0: no snapshot).
+    pub covered: u32,
+    /// Vectors inserted since the stored snapshot was written.
+    pub pending: usize,
 }
 
 impl std::fmt::Debug for Graph {
@@ -61,25 +69,29 @@ impl std::fmt::Debug for Graph {
 
 impl Graph {
     /// An empty graph sized for about `capacity` vectors.
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(dim: usize, capacity: usize) -> Self {
         let hnsw = Hnsw::new(HNSW_M, capacity.max(1024), HNSW_MAX_LAYER, HNSW_EF_CONSTRUCTION, DistDot);
-        Self { hnsw, slots: Vec::new(), live: 0 }
+        Self::from_hnsw(hnsw, dim)
     }
 
-    /// Inserts many unit vectors (multi-threaded).
-    pub fn insert_many(&mut self, items: Vec<(Slot, Vec<f32>, SlotMeta)>) {
-        let refs: Vec<(&Vec<f32>, usize)> = items.iter().map(|(s, v, _)| (v, s.0 as usize)).collect();
-        if refs.len() > 64 {
-            self.hnsw.parallel_insert(&refs);
+    /// Wraps a graph reloaded from a snapshot; every node is invisible until [`Graph::set_meta`].
+    pub fn from_hnsw(hnsw: Hnsw<'static, f32, DistDot>, dim: usize) -> Self {
+        Self { hnsw, slots: Vec::new(), live: 0, dim, covered: 0, pending: 0 }
+    }
+
+    /// Puts vectors into the graph without making them visible (`&self`: `hnsw_rs` inserts
+    /// concurrently with searches). [`Graph::set_meta`] reveals them.
+    pub fn insert_hidden(&self, rows: &[(Slot, &[f32])]) {
+        if rows.len() > 64 {
+            let refs: Vec<(&[f32], usize)> = rows.iter().map(|(s, v)| (*v, s.0 as usize)).collect();
+            self.hnsw.parallel_insert_slice(&refs);
         } else {
-            refs.iter().for_each(|(v, id)| self.hnsw.insert((v.as_slice(), *id)));
-        }
-        for (slot, _, meta) in items {
-            self.set_meta(slot, meta);
+            rows.iter().for_each(|(s, v)| self.hnsw.insert_slice((v, s.0 as usize)));
         }
     }
 
-    fn set_meta(&mut self, slot: Slot, meta: SlotMeta) {
+    /// Makes a slot visible to searches with the facts filters need.
+    pub fn set_meta(&mut self, slot: Slot, meta: SlotMeta) {
         let i = slot.0 as usize;
         if self.slots.len() <= i {
             self.slots.resize(i + 1, None);
@@ -102,6 +114,27 @@ impl Graph {
     /// Number of live vectors.
     pub fn live(&self) -> usize {
         self.live
+    }
+
+    /// Number of graph nodes, live or dead.
+    pub fn nodes(&self) -> usize {
+        self.hnsw.get_nb_point()
+    }
+
+    /// The slot of every graph node.
+    pub fn node_slots(&self) -> Vec<Slot> {
+        let pi = self.hnsw.get_point_indexation();
+        (0..HNSW_MAX_LAYER).flat_map(|l| pi.get_layer_iterator(l).map(|p| Slot(p.get_origin_id() as u32))).collect()
+    }
+
+    /// Live slots with their facts.
+    pub fn live_slots(&self) -> impl Iterator<Item = (Slot, &SlotMeta)> {
+        self.slots.iter().enumerate().filter_map(|(i, m)| m.as_ref().map(|m| (Slot(i as u32), m)))
+    }
+
+    /// The graph's topology, for a snapshot.
+    pub fn topology(&self) -> crate::snapshot::Topology {
+        crate::snapshot::capture(&self.hnsw, self.dim)
     }
 
     /// Facts about a live slot.

@@ -1,4 +1,5 @@
-//! [`Index`]: opening, the format check, atomic batches, and search (graph or exact).
+//! [`Index`]: opening (graph snapshots, replay, rebuild), the format check, atomic batches,
+//! checkpoints, repair and verification, and search (graph or exact).
 //!
 //! The one place where external item ids and internal slots are mapped to each other.
 
@@ -8,10 +9,12 @@ use crate::graph::{Graph, SlotMeta};
 use crate::ids::{ItemId, Kind, Slot, SpaceId};
 use crate::record::ItemRecord;
 use crate::search::{dot, Hit, Query};
-use crate::store::{self, CF_ERRORS, CF_ITEMS, CF_META, CF_SLOTS, CF_VECTORS};
+use crate::snapshot;
+use crate::store::{self, CF_ERRORS, CF_GRAPH, CF_ITEMS, CF_META, CF_SLOTS, CF_VECTORS};
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 
@@ -21,6 +24,8 @@ use std::sync::{Mutex, RwLock};
 pub const EXACT_SEARCH_MAX_CANDIDATES: usize = 4096;
 /// Default HNSW search breadth.
 pub const DEFAULT_EF_SEARCH: usize = 96;
+/// Upper bound of the breadth a filtered graph search is widened to.
+pub const MAX_EF_SEARCH: usize = 4096;
 
 /// Vector storage format for new writes.
 pub type VectorEncoding = Encoding;
@@ -30,6 +35,18 @@ pub type VectorEncoding = Encoding;
 pub struct IndexOptions {
     /// Encoding of vectors written from now on (reads handle both).
     pub encoding: VectorEncoding,
+    /// Rebuild every graph from the stored vectors instead of loading its snapshot (then store
+    /// a fresh snapshot). For measurements and for distrust; `repair` does the same and more.
+    pub ignore_snapshots: bool,
+}
+
+/// How a search may proceed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Exact for small candidate sets, the graph otherwise.
+    Auto,
+    /// Always the (filtered) graph walk, unwidened: for measurements.
+    Graph,
 }
 
 /// A registered embedding space.
@@ -77,7 +94,8 @@ impl Batch {
         self.vectors.push((space, item.into(), kind, v));
     }
 
-    /// Deletes an item and all its vectors.
+    /// Deletes an item and all its vectors. Deletes apply after the batch's puts: an item both
+    /// put and deleted in one batch ends up deleted.
     pub fn delete_item(&mut self, item: impl Into<ItemId>) {
         self.deletes.push(item.into());
     }
@@ -93,16 +111,92 @@ impl Batch {
     }
 }
 
+/// How one collection's graph came up when the index opened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GraphLoad {
+    /// `space/kind`.
+    pub collection: String,
+    /// `snapshot` (loaded, then `replayed` newer vectors inserted) or `rebuilt`.
+    pub how: &'static str,
+    /// Why the graph was rebuilt (missing, stale or corrupt snapshot), if it was.
+    pub reason: Option<String>,
+    /// Vectors written after the snapshot and inserted on open.
+    pub replayed: usize,
+    /// Live vectors.
+    pub live: usize,
+    /// Milliseconds spent.
+    pub millis: u64,
+}
+
+/// What [`Index::verify`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Verification {
+    /// Stored vectors per `space/kind` (live and tombstoned).
+    pub stored: BTreeMap<String, usize>,
+    /// Live vectors per `space/kind`.
+    pub live: BTreeMap<String, usize>,
+    /// Every inconsistency, one line each; empty when the index is sound.
+    pub problems: Vec<String>,
+}
+
+impl Verification {
+    /// True when nothing is wrong.
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Snapshot bookkeeping in `graph`: one header per collection.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SnapshotHeader {
+    covered: u32,
+    nodes: u64,
+    bytes: u64,
+    chunks: u32,
+    sha256: [u8; 32],
+}
+
+/// Name prefix of the scratch directory a graph load writes `hnsw_rs`'s files into (inside the
+/// index directory; about the size of the collection's vectors, removed when the load ends).
+const SCRATCH_PREFIX: &str = ".graph-load-";
+
+/// Snapshot chunk size: well under RocksDB's comfortable value sizes.
+const SNAPSHOT_CHUNK: usize = 4 << 20;
+
+/// A graph is re-snapshotted once this many vectors were inserted since its last snapshot
+/// (bounded replay work on open): an eighth of its size, at least 4096, at most 65536.
+fn snapshot_due(g: &Graph) -> bool {
+    g.pending >= (g.live() / 8).clamp(4096, 65536)
+}
+
+/// A graph is rebuilt (tombstones dropped) instead of snapshotted once it holds more dead nodes
+/// than live ones.
+fn rebuild_due(g: &Graph) -> bool {
+    let dead = g.nodes().saturating_sub(g.live());
+    dead > g.live().max(1024)
+}
+
+/// State owned by the single writer: slot counters and graphs whose in-memory state may hold
+/// nodes that a failed write never stored.
+#[derive(Debug, Default)]
+struct Writer {
+    next_slot: HashMap<Collection, u32>,
+    poisoned: HashSet<Collection>,
+}
+
 /// An open index directory. Cheap to share across threads (`&Index` is `Sync`): searches run
-/// concurrently; commits are serialised.
+/// concurrently with each other and with a writer; commits are serialised. A search sees every
+/// batch committed before it started, or not, whole: a commit stores its batch and makes it
+/// visible in the graphs under one exclusive lock.
 pub struct Index {
     path: PathBuf,
     db: DB,
     options: IndexOptions,
     spaces: RwLock<BTreeMap<SpaceId, SpaceInfo>>,
     graphs: RwLock<HashMap<Collection, Graph>>,
-    next_slot: Mutex<HashMap<Collection, u32>>,
+    writer: Mutex<Writer>,
     secret: [u8; 32],
+    loads: Vec<GraphLoad>,
 }
 
 impl std::fmt::Debug for Index {
@@ -119,9 +213,36 @@ fn bincode_config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
+fn synced() -> WriteOptions {
+    let mut wo = WriteOptions::default();
+    wo.set_sync(true);
+    wo
+}
+
+/// The stored vectors of one collection, by slot.
+struct Stored {
+    rows: Vec<Option<(ItemId, Vec<f32>)>>,
+    dead: HashSet<u32>,
+}
+
+impl Stored {
+    fn vector(&self, s: Slot) -> Option<&[f32]> {
+        self.rows.get(s.0 as usize).and_then(Option::as_ref).map(|(_, v)| v.as_slice())
+    }
+    fn live(&self) -> impl Iterator<Item = (Slot, &ItemId, &Vec<f32>)> {
+        self.rows
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.as_ref().map(|(id, v)| (Slot(i as u32), id, v)))
+            .filter(|(s, _, _)| !self.dead.contains(&s.0))
+    }
+}
+
 impl Index {
-    /// Opens the index at `path`, creating it when the directory is absent or empty. Rebuilds the
-    /// in-memory graphs from the stored vectors.
+    /// Opens the index at `path`, creating it when the directory is absent or empty. Loads every
+    /// graph from its snapshot and replays the vectors written after it; rebuilds (and
+    /// re-snapshots) a graph whose snapshot is missing, stale or corrupt. [`Index::graph_loads`]
+    /// says what happened.
     pub fn open(path: impl AsRef<Path>, options: IndexOptions) -> Result<Index, IndexError> {
         let path = path.as_ref().to_owned();
         let db = store::open_db(&path)?;
@@ -146,22 +267,30 @@ impl Index {
                 let mut wb = WriteBatch::default();
                 wb.put_cf(cf_meta, store::KEY_FORMAT_VERSION, store::FORMAT_VERSION.to_be_bytes());
                 wb.put_cf(cf_meta, store::KEY_SECRET, secret);
-                let mut wo = WriteOptions::default();
-                wo.set_sync(true);
-                db.write_opt(wb, &wo).map_err(storage)?;
+                db.write_opt(wb, &synced()).map_err(storage)?;
                 secret
             }
         };
-        let index = Index {
+        // Scratch directories of graph loads that a crash interrupted (RocksDB's lock, held now,
+        // means no other process is loading).
+        if let Ok(entries) = std::fs::read_dir(&path) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(SCRATCH_PREFIX) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let mut index = Index {
             path,
             db,
             options,
             spaces: RwLock::new(BTreeMap::new()),
             graphs: RwLock::new(HashMap::new()),
-            next_slot: Mutex::new(HashMap::new()),
+            writer: Mutex::new(Writer::default()),
             secret,
+            loads: Vec::new(),
         };
-        index.load()?;
+        index.loads = index.load()?;
         Ok(index)
     }
 
@@ -175,6 +304,11 @@ impl Index {
         &self.secret
     }
 
+    /// How each graph came up at open.
+    pub fn graph_loads(&self) -> &[GraphLoad] {
+        &self.loads
+    }
+
     fn storage(&self, source: rocksdb::Error) -> IndexError {
         IndexError::Storage { path: self.path.clone(), source }
     }
@@ -183,8 +317,14 @@ impl Index {
         self.db.cf_handle(name).ok_or_else(|| corrupt(&self.path, "column family", name))
     }
 
-    /// Loads spaces and slot counters, and rebuilds every graph from the stored vectors.
-    fn load(&self) -> Result<(), IndexError> {
+    fn collection_name(&self, c: Collection) -> String {
+        let spaces = self.spaces.read().unwrap_or_else(|e| e.into_inner());
+        format!("{}/{}", spaces.get(&c.space).map_or("?", |s| s.name.as_str()), c.kind)
+    }
+
+    /// Loads spaces and slot counters, then every collection's graph (from its snapshot, or
+    /// rebuilt when the snapshot cannot be used).
+    fn load(&self) -> Result<Vec<GraphLoad>, IndexError> {
         let cf_meta = self.cf(CF_META)?;
         let mut spaces = BTreeMap::new();
         for kv in self.db.prefix_iterator_cf(cf_meta, store::KEY_SPACE_PREFIX) {
@@ -207,33 +347,360 @@ impl Index {
             let n = u32::from_be_bytes(v.as_ref().try_into().map_err(|_| corrupt(&self.path, "slot counter", "not 4 bytes"))?);
             counters.insert(c, n);
         }
-        // Rebuild graphs: one pass over `vectors`, grouped by collection.
-        let cf_vec = self.cf(CF_VECTORS)?;
-        let mut pending: HashMap<Collection, Vec<(Slot, Vec<f32>, ItemId)>> = HashMap::new();
-        for kv in self.db.iterator_cf(cf_vec, IteratorMode::Start) {
-            let (k, v) = kv.map_err(|e| self.storage(e))?;
-            let (c, slot) = codec::decode_vector_key(&k).ok_or_else(|| corrupt(&self.path, "vector key", format!("{k:?}")))?;
-            let (item, vec) = codec::decode_vector(&v).ok_or_else(|| corrupt(&self.path, "vector", format!("slot {}", slot.0)))?;
-            pending.entry(c).or_default().push((slot, vec, ItemId(item)));
-        }
+        *self.spaces.write().unwrap_or_else(|e| e.into_inner()) = spaces.clone();
+        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        writer.next_slot = counters.clone();
+        writer.poisoned.clear();
         let mut graphs = HashMap::new();
-        for (c, rows) in pending {
-            let ids: Vec<ItemId> = rows.iter().map(|(_, _, id)| id.clone()).collect();
+        let mut loads = Vec::new();
+        for (&c, &next) in &counters {
+            let Some(info) = spaces.get(&c.space) else { return Err(corrupt(&self.path, "slot counter", "unknown space")) };
+            let t0 = std::time::Instant::now();
+            let stored = self.read_collection(c, info.dim)?;
+            let (mut g, how, reason, replayed) = match self.restore(c, info.dim, next, &stored) {
+                Ok((g, replay)) => (g, "snapshot", None, replay),
+                Err(why) => (Graph::new(info.dim, stored.rows.len()), "rebuilt", Some(why), 0),
+            };
+            // Records give the filter facts of every live slot.
+            let live: Vec<(Slot, &ItemId, &Vec<f32>)> = stored.live().collect();
+            let ids: Vec<ItemId> = live.iter().map(|(_, id, _)| (*id).clone()).collect();
             let records = self.get_items(&ids)?;
-            let mut g = Graph::new(rows.len());
-            let items = rows.into_iter().zip(records).map(|((slot, v, id), rec)| (slot, v, slot_meta(id, rec.as_ref()))).collect();
-            g.insert_many(items);
+            if how == "rebuilt" {
+                let rows: Vec<(Slot, &[f32])> = live.iter().map(|(s, _, v)| (*s, v.as_slice())).collect();
+                g.insert_hidden(&rows);
+            } else {
+                let rows: Vec<(Slot, &[f32])> =
+                    live.iter().filter(|(s, _, _)| s.0 >= g.covered).map(|(s, _, v)| (*s, v.as_slice())).collect();
+                g.insert_hidden(&rows);
+                g.pending = rows.len();
+            }
+            for ((slot, id, _), rec) in live.iter().zip(&records) {
+                g.set_meta(*slot, slot_meta((*id).clone(), rec.as_ref()));
+            }
+            let name = format!("{}/{}", info.name, c.kind);
+            if let Some(r) = &reason {
+                tracing::info!(collection = %name, reason = %r, "graph rebuilt from the stored vectors");
+            }
+            let load = GraphLoad { collection: name, how, reason, replayed, live: g.live(), millis: 0 };
+            if how == "rebuilt" {
+                // Persist the rebuilt graph and drop the tombstoned vectors it no longer holds.
+                self.write_snapshot(c, next, &g, Some(&stored.dead))?;
+                (g.covered, g.pending) = (next, 0);
+            } else if replayed >= 1024 || snapshot_due(&g) {
+                self.write_snapshot(c, next, &g, None)?;
+                (g.covered, g.pending) = (next, 0);
+            }
             graphs.insert(c, g);
+            loads.push(GraphLoad { millis: t0.elapsed().as_millis() as u64, ..load });
         }
-        *self.spaces.write().unwrap_or_else(|e| e.into_inner()) = spaces;
         *self.graphs.write().unwrap_or_else(|e| e.into_inner()) = graphs;
-        *self.next_slot.lock().unwrap_or_else(|e| e.into_inner()) = counters;
+        loads.sort_by(|a, b| a.collection.cmp(&b.collection));
+        Ok(loads)
+    }
+
+    /// Every stored vector of `c` (f16 ones re-normalised in f32) and its tombstones.
+    fn read_collection(&self, c: Collection, dim: usize) -> Result<Stored, IndexError> {
+        let mut rows: Vec<Option<(ItemId, Vec<f32>)>> = Vec::new();
+        let prefix = c.prefix();
+        for kv in self.db.prefix_iterator_cf(self.cf(CF_VECTORS)?, prefix) {
+            let (k, v) = kv.map_err(|e| self.storage(e))?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let (_, slot) = codec::decode_vector_key(&k).ok_or_else(|| corrupt(&self.path, "vector key", format!("{k:?}")))?;
+            let (item, mut vec) = codec::decode_vector(&v).ok_or_else(|| corrupt(&self.path, "vector", format!("slot {}", slot.0)))?;
+            if vec.len() != dim {
+                return Err(corrupt(&self.path, "vector", format!("slot {} has dimension {}, space has {dim}", slot.0, vec.len())));
+            }
+            renormalise(&mut vec);
+            let i = slot.0 as usize;
+            if rows.len() <= i {
+                rows.resize_with(i + 1, || None);
+            }
+            rows[i] = Some((ItemId(item), vec));
+        }
+        let mut dead = HashSet::new();
+        let dprefix = codec::dead_prefix(c);
+        for kv in self.db.prefix_iterator_cf(self.cf(CF_GRAPH)?, &dprefix) {
+            let (k, _) = kv.map_err(|e| self.storage(e))?;
+            if !k.starts_with(&dprefix) {
+                break;
+            }
+            let s = codec::decode_dead_key(&k).ok_or_else(|| corrupt(&self.path, "tombstone key", format!("{k:?}")))?;
+            dead.insert(s.0);
+        }
+        Ok(Stored { rows, dead })
+    }
+
+    /// Loads `c`'s snapshot and checks it against the stored vectors. Returns the graph (nodes
+    /// not yet visible) and how many newer vectors must be replayed, or why it cannot be used.
+    fn restore(&self, c: Collection, dim: usize, next: u32, stored: &Stored) -> Result<(Graph, usize), String> {
+        let cf = self.cf(CF_GRAPH).map_err(|e| e.to_string())?;
+        if self.options.ignore_snapshots {
+            return Err("snapshots ignored by option".into());
+        }
+        let Some(h) = self.db.get_cf(cf, codec::snapshot_header_key(c)).map_err(|e| format!("reading the snapshot: {e}"))? else {
+            return Err("no snapshot".into());
+        };
+        let (h, _): (SnapshotHeader, _) =
+            bincode::serde::decode_from_slice(&h, bincode_config()).map_err(|e| format!("snapshot header: {e}"))?;
+        if h.covered > next {
+            return Err(format!("snapshot covers slots up to {}, the index only issued {next}", h.covered));
+        }
+        let mut blob = Vec::with_capacity(h.bytes.min(1 << 34) as usize);
+        for i in 0..h.chunks {
+            let chunk = self.db.get_cf(cf, codec::snapshot_chunk_key(c, i)).map_err(|e| format!("reading the snapshot: {e}"))?;
+            blob.extend_from_slice(&chunk.ok_or_else(|| format!("snapshot chunk {i} missing"))?);
+        }
+        if blob.len() as u64 != h.bytes || <[u8; 32]>::from(Sha256::digest(&blob)) != h.sha256 {
+            return Err("snapshot checksum mismatch".into());
+        }
+        let topo = snapshot::decode(&blob).map_err(|e| format!("snapshot: {e}"))?;
+        if topo.params.dim as usize != dim || topo.len() as u64 != h.nodes {
+            return Err("snapshot does not match its header".into());
+        }
+        // Stale when the stored vectors below `covered` are not exactly the snapshot's nodes.
+        let below = stored.rows.iter().take(h.covered as usize).filter(|r| r.is_some()).count();
+        if below != topo.len() || topo.slots().any(|s| s >= h.covered || stored.vector(Slot(s)).is_none()) {
+            return Err(format!("stale snapshot: {} nodes, {below} stored vectors below slot {}", topo.len(), h.covered));
+        }
+        if topo.is_empty() {
+            let mut g = Graph::new(dim, stored.rows.len());
+            g.covered = h.covered;
+            let replay = stored.live().filter(|(s, _, _)| s.0 >= h.covered).count();
+            return Ok((g, replay));
+        }
+        let scratch = tempfile::Builder::new().prefix(SCRATCH_PREFIX).tempdir_in(&self.path).map_err(|e| format!("scratch dir: {e}"))?;
+        let hnsw = snapshot::restore(&topo, |s| stored.vector(s), scratch.path()).map_err(|e| format!("snapshot: {e}"))?;
+        let mut g = Graph::from_hnsw(hnsw, dim);
+        g.covered = h.covered;
+        let replay = stored.live().filter(|(s, _, _)| s.0 >= h.covered).count();
+        Ok((g, replay))
+    }
+
+    /// Stores `g`'s topology as `c`'s snapshot covering slots below `next`, replacing the previous
+    /// one in one atomic write. With `vacuum`, also deletes those tombstoned vectors (which `g`,
+    /// freshly rebuilt, does not hold). The caller holds the writer lock (no insert runs).
+    fn write_snapshot(&self, c: Collection, next: u32, g: &Graph, vacuum: Option<&HashSet<u32>>) -> Result<(), IndexError> {
+        self.write_snapshot_with(c, next, g, vacuum, WriteBatch::default())
+    }
+
+    /// [`Index::write_snapshot`], adding the caller's own changes to the same atomic write.
+    fn write_snapshot_with(
+        &self,
+        c: Collection,
+        next: u32,
+        g: &Graph,
+        vacuum: Option<&HashSet<u32>>,
+        mut wb: WriteBatch,
+    ) -> Result<(), IndexError> {
+        let cf = self.cf(CF_GRAPH)?;
+        let blob = snapshot::encode(&g.topology());
+        let chunks: Vec<&[u8]> = blob.chunks(SNAPSHOT_CHUNK).collect();
+        let header = SnapshotHeader {
+            covered: next,
+            nodes: g.nodes() as u64,
+            bytes: blob.len() as u64,
+            chunks: chunks.len() as u32,
+            sha256: Sha256::digest(&blob).into(),
+        };
+        wb.delete_range_cf(cf, codec::snapshot_chunk_key(c, 0), codec::snapshot_chunk_key(c, u32::MAX));
+        for (i, chunk) in chunks.iter().enumerate() {
+            wb.put_cf(cf, codec::snapshot_chunk_key(c, i as u32), chunk);
+        }
+        let hv = bincode::serde::encode_to_vec(&header, bincode_config()).map_err(|e| corrupt(&self.path, "snapshot header", e))?;
+        wb.put_cf(cf, codec::snapshot_header_key(c), hv);
+        if let Some(dead) = vacuum {
+            let cf_vec = self.cf(CF_VECTORS)?;
+            for &s in dead {
+                wb.delete_cf(cf_vec, codec::vector_key(c, Slot(s)));
+                wb.delete_cf(cf, codec::dead_key(c, Slot(s)));
+            }
+        }
+        self.db.write_opt(wb, &synced()).map_err(|e| self.storage(e))
+    }
+
+    /// Writes a fresh snapshot of every graph that changed since its last one, so the next open
+    /// replays nothing. Graphs with more tombstones than live vectors are rebuilt instead.
+    /// Commits do this on their own from time to time; call it at the end of a bulk load.
+    pub fn checkpoint(&self) -> Result<(), IndexError> {
+        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let all: Vec<Collection> = writer.next_slot.keys().copied().collect();
+        self.checkpoint_locked(&mut writer, &all, true)
+    }
+
+    fn checkpoint_locked(&self, writer: &mut Writer, which: &[Collection], force: bool) -> Result<(), IndexError> {
+        for &c in which {
+            let next = writer.next_slot.get(&c).copied().unwrap_or(0);
+            let (changed, rebuild) = {
+                let graphs = self.graphs.read().unwrap_or_else(|e| e.into_inner());
+                let Some(g) = graphs.get(&c) else { continue };
+                let changed = g.covered != next || g.pending > 0;
+                (changed && (force || snapshot_due(g)), writer.poisoned.contains(&c) || rebuild_due(g))
+            };
+            if rebuild {
+                self.rebuild_locked(writer, c)?;
+            } else if changed {
+                // Only commits insert, and they wait for the writer lock we hold: searches go on
+                // while the topology is captured and written.
+                {
+                    let graphs = self.graphs.read().unwrap_or_else(|e| e.into_inner());
+                    if let Some(g) = graphs.get(&c) {
+                        self.write_snapshot(c, next, g, None)?;
+                    }
+                }
+                if let Some(g) = self.graphs.write().unwrap_or_else(|e| e.into_inner()).get_mut(&c) {
+                    (g.covered, g.pending) = (next, 0);
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Rebuilds `c`'s graph from its live stored vectors, drops its tombstones and snapshots it.
+    /// Also mends what only damage leaves behind: vectors whose item record is gone become
+    /// tombstones, and slot mappings that point at no live vector are deleted (the item is then
+    /// simply not embedded, and the next ingest embeds it again).
+    fn rebuild_locked(&self, writer: &mut Writer, c: Collection) -> Result<(), IndexError> {
+        let dim = self
+            .spaces
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&c.space)
+            .map(|s| s.dim)
+            .ok_or(IndexError::UnknownSpace(c.space.0))?;
+        let next = writer.next_slot.get(&c).copied().unwrap_or(0);
+        let mut stored = self.read_collection(c, dim)?;
+        let ids: Vec<(Slot, ItemId)> = stored.live().map(|(s, id, _)| (s, id.clone())).collect();
+        let records = self.get_items(&ids.iter().map(|(_, id)| id.clone()).collect::<Vec<_>>())?;
+        let mut metas = Vec::with_capacity(ids.len());
+        for ((slot, id), rec) in ids.into_iter().zip(records) {
+            match rec {
+                Some(rec) => metas.push((slot, slot_meta(id, Some(&rec)))),
+                None => {
+                    tracing::warn!(slot = slot.0, "vector without an item record dropped");
+                    stored.dead.insert(slot.0);
+                }
+            }
+        }
+        let mut wb = WriteBatch::default();
+        let cf_slots = self.cf(CF_SLOTS)?;
+        let prefix = c.prefix();
+        for kv in self.db.prefix_iterator_cf(cf_slots, prefix) {
+            let (k, v) = kv.map_err(|e| self.storage(e))?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let slot = <[u8; 4]>::try_from(v.as_ref()).map(u32::from_be_bytes).ok();
+            if slot.is_none_or(|s| stored.dead.contains(&s) || stored.vector(Slot(s)).is_none()) {
+                wb.delete_cf(cf_slots, k);
+            }
+        }
+        let mut g = Graph::new(dim, metas.len());
+        let rows: Vec<(Slot, &[f32])> = metas.iter().filter_map(|(s, _)| stored.vector(*s).map(|v| (*s, v))).collect();
+        g.insert_hidden(&rows);
+        for (slot, meta) in metas {
+            g.set_meta(slot, meta);
+        }
+        self.write_snapshot_with(c, next, &g, Some(&stored.dead), wb)?;
+        (g.covered, g.pending) = (next, 0);
+        self.graphs.write().unwrap_or_else(|e| e.into_inner()).insert(c, g);
+        writer.poisoned.remove(&c);
+        Ok(())
+    }
+
+    /// Rebuilds every graph from the stored vectors, physically drops tombstoned vectors and
+    /// writes fresh snapshots; then checks the result. The cure for a graph that a snapshot
+    /// could not restore, and the way to reclaim the space of deleted and replaced vectors.
+    pub fn repair(&self) -> Result<Verification, IndexError> {
+        {
+            let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let all: Vec<Collection> = writer.next_slot.keys().copied().collect();
+            for c in all {
+                self.rebuild_locked(&mut writer, c)?;
+            }
+        }
+        self.verify()
+    }
+
+    /// Checks that graphs, vectors, slot mappings, tombstones and item records agree: no ghost
+    /// vector (in a graph, not stored), none missing (stored, not in its graph), every mapping
+    /// pointing at the live vector of its item, every live vector's item present. Reads
+    /// everything; holds off writers while it runs.
+    pub fn verify(&self) -> Result<Verification, IndexError> {
+        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let graphs = self.graphs.read().unwrap_or_else(|e| e.into_inner());
+        let spaces = self.spaces.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut out = Verification::default();
+        let cf_slots = self.cf(CF_SLOTS)?;
+        for (&c, _) in writer.next_slot.iter() {
+            let Some(info) = spaces.get(&c.space) else {
+                out.problems.push(format!("slot counter for unknown space {}", c.space.0));
+                continue;
+            };
+            let name = format!("{}/{}", info.name, c.kind);
+            let stored = self.read_collection(c, info.dim)?;
+            let live: BTreeMap<u32, &ItemId> = stored.live().map(|(s, id, _)| (s.0, id)).collect();
+            out.stored.insert(name.clone(), stored.rows.iter().filter(|r| r.is_some()).count());
+            out.live.insert(name.clone(), live.len());
+            let Some(g) = graphs.get(&c) else {
+                if !live.is_empty() {
+                    out.problems.push(format!("{name}: {} live vectors but no graph", live.len()));
+                }
+                continue;
+            };
+            let nodes: HashSet<u32> = g.node_slots().into_iter().map(|s| s.0).collect();
+            for (s, m) in g.live_slots() {
+                match live.get(&s.0) {
+                    None => out.problems.push(format!("{name}: ghost vector: slot {} ({}) is live in the graph, not stored", s.0, m.item)),
+                    Some(id) if **id != m.item => {
+                        out.problems.push(format!("{name}: slot {} is {} in the graph, {} stored", s.0, m.item, id))
+                    }
+                    Some(_) => {}
+                }
+                if !nodes.contains(&s.0) {
+                    out.problems.push(format!("{name}: slot {} is live but not a graph node", s.0));
+                }
+            }
+            for (s, id) in &live {
+                if g.meta(Slot(*s)).is_none() {
+                    out.problems.push(format!("{name}: missing vector: slot {s} ({id}) is stored, not live in the graph"));
+                }
+                match self.db.get_cf(cf_slots, codec::slot_key(c, &id.0)).map_err(|e| self.storage(e))? {
+                    Some(b) if b.as_slice() == s.to_be_bytes() => {}
+                    _ => out.problems.push(format!("{name}: item {id} does not map to its live slot {s}")),
+                }
+            }
+            for s in &stored.dead {
+                if stored.vector(Slot(*s)).is_none() && g.covered > *s && nodes.contains(s) {
+                    out.problems.push(format!("{name}: tombstoned slot {s} is a graph node without its vector"));
+                }
+            }
+            let prefix = c.prefix();
+            for kv in self.db.prefix_iterator_cf(cf_slots, prefix) {
+                let (k, v) = kv.map_err(|e| self.storage(e))?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                let slot = v.as_ref().try_into().map(u32::from_be_bytes).unwrap_or(u32::MAX);
+                if !live.contains_key(&slot) {
+                    out.problems
+                        .push(format!("{name}: mapping {} points at slot {slot}, which is not live", String::from_utf8_lossy(&k[3..])));
+                }
+            }
+            let ids: Vec<ItemId> = live.values().map(|id| (*id).clone()).collect();
+            for (id, rec) in ids.iter().zip(self.get_items(&ids)?) {
+                if rec.is_none() {
+                    out.problems.push(format!("{name}: live vector of {id}, which has no item record"));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Registers an embedding space (idempotent for the same name and dimension).
     pub fn ensure_space(&self, name: &str, dim: usize) -> Result<SpaceId, IndexError> {
-        let _w = self.next_slot.lock().unwrap_or_else(|e| e.into_inner());
+        let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let mut spaces = self.spaces.write().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = spaces.values().find(|s| s.name == name) {
             if s.dim != dim {
@@ -246,11 +713,9 @@ impl Index {
         let mut key = store::KEY_SPACE_PREFIX.to_vec();
         key.extend_from_slice(&id.0.to_be_bytes());
         let val = bincode::serde::encode_to_vec(&info, bincode_config()).map_err(|e| corrupt(&self.path, "space record", e))?;
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
         let mut wb = WriteBatch::default();
         wb.put_cf(self.cf(CF_META)?, key, val);
-        self.db.write_opt(wb, &wo).map_err(|e| self.storage(e))?;
+        self.db.write_opt(wb, &synced()).map_err(|e| self.storage(e))?;
         spaces.insert(id, info);
         Ok(id)
     }
@@ -270,42 +735,48 @@ impl Index {
         Batch::default()
     }
 
-    /// Commits `batch` atomically and durably (one synced RocksDB WriteBatch), then updates the
-    /// in-memory graphs. After `Ok`, the changes survive a crash.
+    /// Commits `batch` atomically and durably (one synced RocksDB WriteBatch). After `Ok`, the
+    /// changes survive a crash; searches see all of them or none.
+    ///
+    /// Replaced and deleted vectors become tombstones: their slots are marked dead and their
+    /// vectors stay stored (the graph snapshot may still route through them) until a rebuild.
     pub fn commit(&self, batch: Batch) -> Result<(), IndexError> {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut counters = self.next_slot.lock().unwrap_or_else(|e| e.into_inner());
+        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let spaces = self.spaces.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let (cf_items, cf_vec, cf_slots, cf_meta) = (self.cf(CF_ITEMS)?, self.cf(CF_VECTORS)?, self.cf(CF_SLOTS)?, self.cf(CF_META)?);
+        let (cf_items, cf_vec, cf_slots, cf_meta, cf_graph) =
+            (self.cf(CF_ITEMS)?, self.cf(CF_VECTORS)?, self.cf(CF_SLOTS)?, self.cf(CF_META)?, self.cf(CF_GRAPH)?);
         let mut wb = WriteBatch::default();
+        // Deletes apply last: an item deleted and put in the same batch ends up deleted.
+        let deleted: HashSet<ItemId> = batch.deletes.iter().cloned().collect();
         let mut records: HashMap<ItemId, ItemRecord> = HashMap::new();
-        for r in &batch.items {
+        for r in batch.items.iter().filter(|r| !deleted.contains(&r.id)) {
             let val = bincode::serde::encode_to_vec(r, bincode_config()).map_err(|e| corrupt(&self.path, "item record", e))?;
             wb.put_cf(cf_items, r.id.0.as_bytes(), val);
             records.insert(r.id.clone(), r.clone());
         }
-        // Graph changes to apply after the write succeeds.
+        // Graph changes to apply once the write succeeds.
         let mut kills: Vec<(Collection, Slot)> = Vec::new();
         let mut inserts: HashMap<Collection, Vec<(Slot, Vec<f32>, SlotMeta)>> = HashMap::new();
-        let mut new_counters = counters.clone();
+        let mut new_counters = writer.next_slot.clone();
         // Slots assigned inside this batch, so a vector put twice in one batch replaces itself.
         let mut assigned: HashMap<(Collection, ItemId), Slot> = HashMap::new();
-        for id in &batch.deletes {
+        for id in &deleted {
             wb.delete_cf(cf_items, id.0.as_bytes());
             for space in spaces.keys() {
                 for kind in Kind::ALL {
                     let c = Collection { space: *space, kind };
                     if let Some(old) = self.slot_of(c, id)? {
-                        wb.delete_cf(cf_vec, codec::vector_key(c, old));
+                        wb.put_cf(cf_graph, codec::dead_key(c, old), []);
                         wb.delete_cf(cf_slots, codec::slot_key(c, &id.0));
                         kills.push((c, old));
                     }
                 }
             }
         }
-        for (space, item, kind, v) in batch.vectors {
+        for (space, item, kind, v) in batch.vectors.into_iter().filter(|(_, id, _, _)| !deleted.contains(id)) {
             let info = spaces.get(&space).ok_or(IndexError::UnknownSpace(space.0))?;
             if v.len() != info.dim {
                 return Err(IndexError::DimensionMismatch { item: item.0, space: info.name.clone(), expected: info.dim, got: v.len() });
@@ -322,19 +793,19 @@ impl Index {
                 None => self.slot_of(c, &item)?,
             };
             if let Some(old) = previous {
-                wb.delete_cf(cf_vec, codec::vector_key(c, old));
+                wb.put_cf(cf_graph, codec::dead_key(c, old), []);
                 kills.push((c, old));
             }
             let next = new_counters.entry(c).or_insert(0);
             let slot = Slot(*next);
-            *next += 1;
+            *next = next.checked_add(1).ok_or_else(|| corrupt(&self.path, "slot counter", "exhausted (2^32 vectors written)"))?;
             wb.put_cf(cf_vec, codec::vector_key(c, slot), codec::encode_vector(&item.0, &v, self.options.encoding));
             wb.put_cf(cf_slots, codec::slot_key(c, &item.0), slot.0.to_be_bytes());
             assigned.insert((c, item.clone()), slot);
             inserts.entry(c).or_default().push((slot, v, slot_meta(item, Some(&record))));
         }
         for (c, n) in &new_counters {
-            if counters.get(c) != Some(n) {
+            if writer.next_slot.get(c) != Some(n) {
                 wb.put_cf(cf_meta, codec::next_slot_key(*c), n.to_be_bytes());
             }
         }
@@ -345,47 +816,69 @@ impl Index {
                 None => wb.delete_cf(cf, k),
             }
         }
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        self.db.write_opt(wb, &wo).map_err(|e| self.storage(e))?;
-        *counters = new_counters;
-        // Metadata changes of items whose vectors were not rewritten must reach the filters too.
-        let mut graphs = self.graphs.write().unwrap_or_else(|e| e.into_inner());
-        for (c, slot) in kills {
-            if let Some(g) = graphs.get_mut(&c) {
-                g.kill(slot);
-            }
-        }
-        for (c, rows) in inserts {
-            graphs.entry(c).or_insert_with(|| Graph::new(rows.len())).insert_many(rows);
-        }
-        drop(graphs);
-        // Records whose vectors were written in this batch already carry fresh filter facts.
+        // Filter facts of items whose record changed without a new vector.
         records.retain(|id, _| !assigned.keys().any(|(_, a)| a == id));
-        self.refresh_meta(&records)?;
-        Ok(())
-    }
-
-    /// Re-reads slot metadata for items whose record changed without a new vector.
-    fn refresh_meta(&self, records: &HashMap<ItemId, ItemRecord>) -> Result<(), IndexError> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let spaces: Vec<SpaceId> = self.spaces.read().unwrap_or_else(|e| e.into_inner()).keys().copied().collect();
         let mut updates = Vec::new();
-        for (id, rec) in records {
-            for space in &spaces {
+        for (id, rec) in &records {
+            for space in spaces.keys() {
                 let c = Collection { space: *space, kind: rec.kind };
                 if let Some(slot) = self.slot_of(c, id)? {
                     updates.push((c, slot, slot_meta(id.clone(), Some(rec))));
                 }
             }
         }
+        // New vectors go into the graphs first, invisible (no metadata yet); searches go on.
+        {
+            let mut graphs = self.graphs.write().unwrap_or_else(|e| e.into_inner());
+            for (c, rows) in &inserts {
+                let dim = spaces.get(&c.space).map_or(0, |s| s.dim);
+                graphs.entry(*c).or_insert_with(|| Graph::new(dim, rows.len()));
+            }
+        }
+        {
+            let graphs = self.graphs.read().unwrap_or_else(|e| e.into_inner());
+            for (c, rows) in &inserts {
+                if let Some(g) = graphs.get(c) {
+                    let rows: Vec<(Slot, &[f32])> = rows.iter().map(|(s, v, _)| (*s, v.as_slice())).collect();
+                    g.insert_hidden(&rows);
+                }
+            }
+        }
+        // Store and reveal under the exclusive lock: a search sees the whole batch or none of it.
         let mut graphs = self.graphs.write().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = self.db.write_opt(wb, &synced()) {
+            // The hidden nodes were never stored: never reuse their slots in this process, and
+            // rebuild those graphs at the next checkpoint.
+            writer.poisoned.extend(inserts.keys().copied());
+            writer.next_slot = new_counters;
+            return Err(self.storage(e));
+        }
+        writer.next_slot = new_counters;
+        for (c, slot) in kills {
+            if let Some(g) = graphs.get_mut(&c) {
+                g.kill(slot);
+            }
+        }
+        for (c, rows) in inserts {
+            if let Some(g) = graphs.get_mut(&c) {
+                g.pending += rows.len();
+                for (slot, _, meta) in rows {
+                    g.set_meta(slot, meta);
+                }
+            }
+        }
         for (c, slot, meta) in updates {
             if let Some(g) = graphs.get_mut(&c) {
                 g.update_meta(slot, meta);
             }
+        }
+        drop(graphs);
+        let due: Vec<Collection> = {
+            let graphs = self.graphs.read().unwrap_or_else(|e| e.into_inner());
+            graphs.iter().filter(|(_, g)| snapshot_due(g) || rebuild_due(g)).map(|(c, _)| *c).collect()
+        };
+        if !due.is_empty() {
+            self.checkpoint_locked(&mut writer, &due, false)?;
         }
         Ok(())
     }
@@ -423,7 +916,8 @@ impl Index {
         let Some(b) = self.db.get_cf(self.cf(CF_VECTORS)?, codec::vector_key(c, slot)).map_err(|e| self.storage(e))? else {
             return Ok(None);
         };
-        let (_, v) = codec::decode_vector(&b).ok_or_else(|| corrupt(&self.path, "vector", item.0.clone()))?;
+        let (_, mut v) = codec::decode_vector(&b).ok_or_else(|| corrupt(&self.path, "vector", item.0.clone()))?;
+        renormalise(&mut v);
         Ok(Some(v))
     }
 
@@ -460,18 +954,65 @@ impl Index {
         for rec in self.items(None)? {
             *counts.items.entry(rec.kind.as_str().to_owned()).or_default() += 1;
         }
-        let spaces = self.spaces.read().unwrap_or_else(|e| e.into_inner()).clone();
-        for (c, g) in self.graphs.read().unwrap_or_else(|e| e.into_inner()).iter() {
-            let name = spaces.get(&c.space).map_or("?", |s| s.name.as_str());
-            counts.vectors.insert(format!("{name}/{}", c.kind), g.live());
+        let live: Vec<(Collection, usize)> =
+            self.graphs.read().unwrap_or_else(|e| e.into_inner()).iter().map(|(c, g)| (*c, g.live())).collect();
+        for (c, n) in live {
+            counts.vectors.insert(self.collection_name(c), n);
         }
         counts.errors = self.errors()?.len();
         Ok(counts)
     }
 
+    /// On-disk size of the index's RocksDB files (SST and blob files, after compaction settles)
+    /// and of its live memtables, in bytes.
+    pub fn disk_bytes(&self) -> Result<u64, IndexError> {
+        let mut total = 0u64;
+        for name in store::COLUMN_FAMILIES {
+            let cf = self.cf(name)?;
+            for prop in ["rocksdb.total-sst-files-size", "rocksdb.size-all-mem-tables"] {
+                total += self.db.property_int_value_cf(cf, prop).map_err(|e| self.storage(e))?.unwrap_or(0);
+            }
+        }
+        Ok(total)
+    }
+
+    /// Flushes memtables and compacts every column family (what a bulk load ends with; also
+    /// makes [`Index::disk_bytes`] meaningful).
+    pub fn compact(&self) -> Result<(), IndexError> {
+        for name in store::COLUMN_FAMILIES {
+            let cf = self.cf(name)?;
+            self.db.flush_cf(cf).map_err(|e| self.storage(e))?;
+            self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(())
+    }
+
     /// k nearest items to `q.vector` by cosine, best first. Exact when asked, or when the filtered
-    /// candidate set is small (see [`EXACT_SEARCH_MAX_CANDIDATES`]); through the HNSW graph otherwise.
+    /// candidate set is small (see [`EXACT_SEARCH_MAX_CANDIDATES`]); through the HNSW graph
+    /// otherwise, with a search breadth widened in proportion to the filter's selectivity.
     pub fn search(&self, q: &Query) -> Result<Vec<Hit>, IndexError> {
+        // Hold the shared lock across the graph walk and the record reads: no commit lands between.
+        let graphs = self.graphs.read().unwrap_or_else(|e| e.into_inner());
+        let found = self.search_in(&graphs, q, Mode::Auto)?;
+        let ids: Vec<ItemId> = found.iter().map(|(id, _)| id.clone()).collect();
+        let records = self.get_items(&ids)?;
+        Ok(found.into_iter().zip(records).filter_map(|((id, score), rec)| rec.map(|record| Hit { id, score, record })).collect())
+    }
+
+    /// [`Index::search`] without reading the hits' records: ids and cosines only.
+    pub fn search_ids(&self, q: &Query) -> Result<Vec<(ItemId, f32)>, IndexError> {
+        let graphs = self.graphs.read().unwrap_or_else(|e| e.into_inner());
+        self.search_in(&graphs, q, Mode::Auto)
+    }
+
+    /// The filtered HNSW walk alone, at the query's breadth, even where [`Index::search`] would
+    /// search exactly or widen the walk. For measuring what those rules buy (`evindex bench`).
+    pub fn search_graph_filtered(&self, q: &Query) -> Result<Vec<(ItemId, f32)>, IndexError> {
+        let graphs = self.graphs.read().unwrap_or_else(|e| e.into_inner());
+        self.search_in(&graphs, q, Mode::Graph)
+    }
+
+    fn search_in(&self, graphs: &HashMap<Collection, Graph>, q: &Query, mode: Mode) -> Result<Vec<(ItemId, f32)>, IndexError> {
         let info =
             self.spaces.read().unwrap_or_else(|e| e.into_inner()).get(&q.space).cloned().ok_or(IndexError::UnknownSpace(q.space.0))?;
         if q.vector.len() != info.dim {
@@ -479,26 +1020,30 @@ impl Index {
         }
         let v = normalise(&ItemId::from("query"), q.vector.clone())?;
         let c = Collection { space: q.space, kind: q.kind };
-        let found: Vec<(Slot, f32, ItemId)> = {
-            let graphs = self.graphs.read().unwrap_or_else(|e| e.into_inner());
-            let Some(g) = graphs.get(&c) else { return Ok(Vec::new()) };
-            let exact_candidates = if q.exact || g.live() <= EXACT_SEARCH_MAX_CANDIDATES {
-                Some(g.candidates(&q.filter))
-            } else if !q.filter.is_empty() {
-                let cands = g.candidates(&q.filter);
-                (cands.len() <= EXACT_SEARCH_MAX_CANDIDATES).then_some(cands)
+        let Some(g) = graphs.get(&c) else { return Ok(Vec::new()) };
+        let ef = q.ef.unwrap_or(DEFAULT_EF_SEARCH);
+        let (exact_candidates, ef) = if mode == Mode::Graph {
+            (None, ef)
+        } else if q.exact || g.live() <= EXACT_SEARCH_MAX_CANDIDATES {
+            (Some(g.candidates(&q.filter)), ef)
+        } else if !q.filter.is_empty() {
+            let cands = g.candidates(&q.filter);
+            let n = cands.len();
+            if n <= EXACT_SEARCH_MAX_CANDIDATES {
+                (Some(cands), ef)
             } else {
-                None
-            };
-            let scored = match exact_candidates {
-                Some(cands) => self.exact(c, &v, q.k, &cands)?,
-                None => g.search(&v, q.k, q.ef.unwrap_or(DEFAULT_EF_SEARCH), &q.filter),
-            };
-            scored.into_iter().filter_map(|(s, score)| g.meta(s).map(|m| (s, score, m.item.clone()))).collect()
+                // Only a fraction of the nodes a walk meets pass the filter: widen it accordingly.
+                let widened = (ef as f64 * g.live() as f64 / n as f64).ceil() as usize;
+                (None, widened.clamp(ef, MAX_EF_SEARCH.max(ef)))
+            }
+        } else {
+            (None, ef)
         };
-        let ids: Vec<ItemId> = found.iter().map(|(_, _, id)| id.clone()).collect();
-        let records = self.get_items(&ids)?;
-        Ok(found.into_iter().zip(records).filter_map(|((_, score, id), rec)| rec.map(|record| Hit { id, score, record })).collect())
+        let scored = match exact_candidates {
+            Some(cands) => self.exact(c, &v, q.k, &cands)?,
+            None => g.search(&v, q.k, ef, &q.filter),
+        };
+        Ok(scored.into_iter().filter_map(|(s, score)| g.meta(s).map(|m| (m.item.clone(), score))).collect())
     }
 
     /// Brute force over `cands`, reading their vectors from RocksDB.
@@ -508,12 +1053,22 @@ impl Index {
         let mut scored = Vec::with_capacity(cands.len());
         for (slot, r) in cands.iter().zip(self.db.multi_get_cf(keys.iter().map(|k| (cf, k.as_slice())))) {
             let Some(b) = r.map_err(|e| self.storage(e))? else { continue };
-            let (_, v) = codec::decode_vector(&b).ok_or_else(|| corrupt(&self.path, "vector", format!("slot {}", slot.0)))?;
+            let (_, mut v) = codec::decode_vector(&b).ok_or_else(|| corrupt(&self.path, "vector", format!("slot {}", slot.0)))?;
+            renormalise(&mut v);
             scored.push((*slot, dot(q, &v)));
         }
         scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         scored.truncate(k);
         Ok(scored)
+    }
+}
+
+/// Restores unit length after an f16 round trip (a no-op for f32 vectors, which are stored
+/// normalised): `hnsw_rs`'s dot distance asserts `a·b ≤ 1.000002`.
+fn renormalise(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 && (norm - 1.0).abs() > 1e-6 {
+        v.iter_mut().for_each(|x| *x /= norm);
     }
 }
 

@@ -1,8 +1,10 @@
 //! `echovault-index`: the vector store behind echovault.
 //!
-//! RocksDB is the source of truth (items, vectors, slot mappings, format version); the HNSW graphs
-//! (`hnsw_rs`, one per embedding space and kind) are an in-memory cache rebuilt from the stored
-//! vectors when the index opens. This crate knows vectors, ids and metadata — never models, so it
+//! RocksDB is the source of truth (items, vectors, slot mappings, tombstones, format version);
+//! the HNSW graphs (`hnsw_rs`, one per embedding space and kind) are an in-memory cache whose
+//! topology is snapshotted into RocksDB: opening reloads it without a rebuild and replays the
+//! vectors written after it; a missing, stale or corrupt snapshot means a rebuild from the
+//! stored vectors, never a failure. This crate knows vectors, ids and metadata — never models, so it
 //! builds and tests without LibTorch.
 //!
 //! ```no_run
@@ -25,14 +27,18 @@ mod ids;
 mod index;
 mod record;
 mod search;
+mod snapshot;
 mod store;
 
 pub use error::IndexError;
 pub use ids::{ItemId, Kind, Slot, SpaceId};
-pub use index::{Batch, Counts, Index, IndexOptions, SpaceInfo, VectorEncoding};
+pub use index::{
+    Batch, Counts, GraphLoad, Index, IndexOptions, SpaceInfo, VectorEncoding, Verification, DEFAULT_EF_SEARCH, EXACT_SEARCH_MAX_CANDIDATES,
+    MAX_EF_SEARCH,
+};
 pub use record::ItemRecord;
 pub use search::{Filter, Hit, Query};
-pub use store::FORMAT_VERSION;
+pub use store::{salvage, FORMAT_VERSION};
 
 /// Result type of this crate.
 pub type Result<T, E = IndexError> = std::result::Result<T, E>;

@@ -7,7 +7,7 @@ use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 use std::path::Path;
 
 /// On-disk format version, written at creation and checked on every open.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Index-wide values: format version, spaces, slot counters, the pseudonymisation secret.
 pub const CF_META: &str = "meta";
@@ -17,7 +17,8 @@ pub const CF_ITEMS: &str = "items";
 pub const CF_VECTORS: &str = "vectors";
 /// Collection + item id → slot (u32 BE).
 pub const CF_SLOTS: &str = "slots";
-/// HNSW graph snapshots (reserved: graphs are rebuilt from `vectors` on open for now).
+/// HNSW graph snapshots (`snap/` + collection: header and chunks) and tombstones (`dead/` +
+/// collection + slot).
 pub const CF_GRAPH: &str = "graph";
 /// Ingest bookkeeping: which inputs were done, by content hash.
 pub const CF_INGEST_LOG: &str = "ingest_log";
@@ -52,4 +53,11 @@ fn options() -> Options {
 pub fn open_db(path: &Path) -> Result<DB, IndexError> {
     let cfs = COLUMN_FAMILIES.iter().map(|n| ColumnFamilyDescriptor::new(*n, options()));
     DB::open_cf_descriptors(&options(), path, cfs).map_err(|source| IndexError::Storage { path: path.to_owned(), source })
+}
+
+/// Lets RocksDB salvage a damaged database in place (`RepairDB`): tables it cannot read are
+/// set aside (under `lost/`) and the rest re-indexed. Data in unreadable tables is gone; run
+/// `Index::repair` afterwards so graphs and mappings agree with what survived.
+pub fn salvage(path: &Path) -> Result<(), IndexError> {
+    DB::repair(&options(), path).map_err(|source| IndexError::Storage { path: path.to_owned(), source })
 }

@@ -151,7 +151,7 @@ fn rejects_bad_vectors_and_dimension_mismatch() {
 #[test]
 fn f16_vectors_round_trip_closely() {
     let dir = tempfile::tempdir().unwrap();
-    let index = Index::open(dir.path(), IndexOptions { encoding: VectorEncoding::F16 }).unwrap();
+    let index = Index::open(dir.path(), IndexOptions { encoding: VectorEncoding::F16, ..IndexOptions::default() }).unwrap();
     let space = index.ensure_space("s", 16).unwrap();
     let mut rng = StdRng::seed_from_u64(3);
     let v = unit(&mut rng, 16);
@@ -183,7 +183,7 @@ fn a_foreign_rocksdb_or_other_format_is_refused() {
         db.put_cf(db.cf_handle("meta").unwrap(), b"format_version", 99u32.to_be_bytes()).unwrap();
     }
     let err = Index::open(dir.path(), IndexOptions::default()).unwrap_err();
-    assert!(matches!(err, IndexError::FormatVersion { found: 99, expected: 1, .. }), "{err}");
+    assert!(matches!(err, IndexError::FormatVersion { found: 99, expected: echovault_index::FORMAT_VERSION, .. }), "{err}");
     assert!(err.to_string().contains("new --index directory"));
 }
 

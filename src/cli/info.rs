@@ -1,8 +1,45 @@
-//! `echovault info`: counts per kind, spaces, format version. Needs no model.
+//! `echovault info` (counts per kind, spaces, format version, how the graphs loaded) and
+//! `echovault repair`. Neither needs a model.
 
 use super::Global;
 use echovault::index::{Index, IndexOptions, FORMAT_VERSION};
 use serde_json::json;
+
+#[derive(clap::Args, Debug)]
+pub struct RepairArgs {
+    /// Only check (graphs against vectors, mappings, records); change nothing. Exit 1 if
+    /// anything is wrong.
+    #[arg(long)]
+    pub check: bool,
+    /// First let RocksDB salvage a damaged database (a truncated or corrupt table file): what it
+    /// cannot read is dropped. Then rebuild as usual.
+    #[arg(long)]
+    pub salvage: bool,
+}
+
+pub fn run_repair(g: &Global, a: &RepairArgs) -> anyhow::Result<i32> {
+    anyhow::ensure!(g.index.is_dir(), "no index at {}", g.index.display());
+    if a.salvage {
+        echovault::index::salvage(&g.index)?;
+    }
+    let index = Index::open(&g.index, IndexOptions::default())?;
+    let report = if a.check { index.verify()? } else { index.repair()? };
+    if g.json {
+        println!(
+            "{}",
+            json!({ "checked_only": a.check, "ok": report.ok(), "stored": report.stored, "live": report.live, "problems": report.problems })
+        );
+    } else {
+        for (c, n) in &report.live {
+            println!("{c}: {n} live vectors, {} stored", report.stored.get(c).copied().unwrap_or(0));
+        }
+        for p in &report.problems {
+            println!("problem: {p}");
+        }
+        println!("{}", if report.ok() { "index is consistent" } else { "index has problems: run `echovault repair`" });
+    }
+    Ok(if report.ok() { 0 } else { 1 })
+}
 
 pub fn run(g: &Global) -> anyhow::Result<i32> {
     anyhow::ensure!(g.index.is_dir(), "no index at {} (run `echovault ingest` first, or pass --index DIR)", g.index.display());
@@ -20,6 +57,7 @@ pub fn run(g: &Global) -> anyhow::Result<i32> {
                 "vectors": counts.vectors,
                 "errors": counts.errors,
                 "spaces": spaces,
+                "graphs": index.graph_loads(),
             })
         );
     } else {
@@ -34,6 +72,10 @@ pub fn run(g: &Global) -> anyhow::Result<i32> {
             println!("  vectors {k}: {n}");
         }
         println!("  errors  {}", counts.errors);
+        for l in index.graph_loads() {
+            let why = l.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+            println!("  graph {}: {} from {}{why}, {} replayed, {} ms", l.collection, l.live, l.how, l.replayed, l.millis);
+        }
     }
     Ok(0)
 }

@@ -94,6 +94,9 @@ enum Command {
     Search(search::SearchArgs),
     /// Show what the index holds.
     Info,
+    /// Check the index; rebuild its graphs from the stored vectors, drop deleted and replaced
+    /// vectors for good, write fresh graph snapshots.
+    Repair(info::RepairArgs),
     /// Print the embedding of one text, image or video (check a model against its reference).
     Embed(embed::EmbedArgs),
     /// Print the token ids the text tower sees for a text.
@@ -116,6 +119,7 @@ pub fn run() -> i32 {
         Command::Ingest(a) => ingest::run(&cli.global, a),
         Command::Search(a) => search::run(&cli.global, a),
         Command::Info => info::run(&cli.global),
+        Command::Repair(a) => info::run_repair(&cli.global, a),
         Command::Embed(a) => embed::run_embed(&cli.global, a),
         Command::Tokenize(a) => embed::run_tokenize(&cli.global, a),
         Command::BenchEmbed(a) => bench::run(&cli.global, a),

@@ -104,6 +104,8 @@ pub fn ingest(
             summary.reports += 1;
         }
     }
+    // Snapshot the graphs now, so the next open replays nothing.
+    engine.index.checkpoint()?;
     Ok(summary)
 }
 
