@@ -82,6 +82,21 @@ fn ingest_reopen_and_search_the_samples() {
     assert_eq!(again["skipped"], 6);
     assert_eq!(json(&echovault(&index, &["info", "--json"]))["counts"]["video"], 6);
 
+    // Ingest ended with a checkpoint: the next open loads every graph from its snapshot.
+    let info = json(&echovault(&index, &["info", "--json"]));
+    let graphs = info["graphs"].as_array().unwrap();
+    assert_eq!(graphs.len(), 3, "video, report and study graphs: {graphs:?}");
+    assert!(graphs.iter().all(|g| g["how"] == "snapshot" && g["replayed"] == 0), "{graphs:?}");
+    // `repair --check` verifies and changes nothing; `repair` rebuilds and still verifies.
+    let check = echovault(&index, &["repair", "--check", "--json"]);
+    assert_eq!(check.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&check.stderr));
+    let check = json(&check);
+    assert_eq!((check["ok"].as_bool(), check["checked_only"].as_bool()), (Some(true), Some(true)));
+    assert_eq!(check["live"]["echovault-tiny/video"], 6);
+    let repaired = json(&echovault(&index, &["repair", "--json"]));
+    assert_eq!(repaired["ok"], true);
+    assert_eq!(repaired["stored"]["echovault-tiny/report"], 6);
+
     // Every video finds itself first, with cosine 1.
     for v in &videos {
         let out = echovault(&index, &["search", "--video", v.to_str().unwrap(), "-k", "3", "--json"]);
