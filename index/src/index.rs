@@ -38,6 +38,10 @@ pub struct IndexOptions {
     /// Rebuild every graph from the stored vectors instead of loading its snapshot (then store
     /// a fresh snapshot). For measurements and for distrust; `repair` does the same and more.
     pub ignore_snapshots: bool,
+    /// Write nothing while opening: a graph rebuilt because its snapshot was missing, stale or
+    /// corrupt stays in memory (see [`Index::graph_loads`]) instead of being re-snapshotted.
+    /// For `info` and `repair --check`, which must not change the index.
+    pub passive_open: bool,
 }
 
 /// How a search may proceed.
@@ -369,8 +373,16 @@ impl Index {
                 let rows: Vec<(Slot, &[f32])> = live.iter().map(|(s, _, v)| (*s, v.as_slice())).collect();
                 g.insert_hidden(&rows);
             } else {
-                let rows: Vec<(Slot, &[f32])> =
-                    live.iter().filter(|(s, _, _)| s.0 >= g.covered).map(|(s, _, v)| (*s, v.as_slice())).collect();
+                // Replay every vector written after the snapshot, tombstoned ones too (hidden):
+                // the next snapshot must hold every stored slot below its coverage.
+                let covered = g.covered as usize;
+                let rows: Vec<(Slot, &[f32])> = stored
+                    .rows
+                    .iter()
+                    .enumerate()
+                    .skip(covered)
+                    .filter_map(|(i, r)| r.as_ref().map(|(_, v)| (Slot(i as u32), v.as_slice())))
+                    .collect();
                 g.insert_hidden(&rows);
                 g.pending = rows.len();
             }
@@ -382,7 +394,9 @@ impl Index {
                 tracing::info!(collection = %name, reason = %r, "graph rebuilt from the stored vectors");
             }
             let load = GraphLoad { collection: name, how, reason, replayed, live: g.live(), millis: 0 };
-            if how == "rebuilt" {
+            if self.options.passive_open {
+                // Nothing written: a rebuilt graph lives in memory only.
+            } else if how == "rebuilt" {
                 // Persist the rebuilt graph and drop the tombstoned vectors it no longer holds.
                 self.write_snapshot(c, next, &g, Some(&stored.dead))?;
                 (g.covered, g.pending) = (next, 0);
@@ -447,7 +461,11 @@ impl Index {
         if h.covered > next {
             return Err(format!("snapshot covers slots up to {}, the index only issued {next}", h.covered));
         }
-        let mut blob = Vec::with_capacity(h.bytes.min(1 << 34) as usize);
+        // The header is not checksummed itself: never allocate on its word.
+        if h.bytes > u64::from(h.chunks) * SNAPSHOT_CHUNK as u64 || h.chunks > 1 << 20 {
+            return Err("snapshot header: impossible size".into());
+        }
+        let mut blob = Vec::with_capacity(h.bytes.min(SNAPSHOT_CHUNK as u64) as usize);
         for i in 0..h.chunks {
             let chunk = self.db.get_cf(cf, codec::snapshot_chunk_key(c, i)).map_err(|e| format!("reading the snapshot: {e}"))?;
             blob.extend_from_slice(&chunk.ok_or_else(|| format!("snapshot chunk {i} missing"))?);
@@ -467,14 +485,14 @@ impl Index {
         if topo.is_empty() {
             let mut g = Graph::new(dim, stored.rows.len());
             g.covered = h.covered;
-            let replay = stored.live().filter(|(s, _, _)| s.0 >= h.covered).count();
+            let replay = stored.rows.iter().skip(h.covered as usize).filter(|r| r.is_some()).count();
             return Ok((g, replay));
         }
         let scratch = tempfile::Builder::new().prefix(SCRATCH_PREFIX).tempdir_in(&self.path).map_err(|e| format!("scratch dir: {e}"))?;
         let hnsw = snapshot::restore(&topo, |s| stored.vector(s), scratch.path()).map_err(|e| format!("snapshot: {e}"))?;
         let mut g = Graph::from_hnsw(hnsw, dim);
         g.covered = h.covered;
-        let replay = stored.live().filter(|(s, _, _)| s.0 >= h.covered).count();
+        let replay = stored.rows.iter().skip(h.covered as usize).filter(|r| r.is_some()).count();
         Ok((g, replay))
     }
 
@@ -510,6 +528,9 @@ impl Index {
         }
         let hv = bincode::serde::encode_to_vec(&header, bincode_config()).map_err(|e| corrupt(&self.path, "snapshot header", e))?;
         wb.put_cf(cf, codec::snapshot_header_key(c), hv);
+        // The counter on disk must never be behind what the snapshot covers (it can be, in
+        // memory, after a failed write).
+        wb.put_cf(self.cf(CF_META)?, codec::next_slot_key(c), next.to_be_bytes());
         if let Some(dead) = vacuum {
             let cf_vec = self.cf(CF_VECTORS)?;
             for &s in dead {
@@ -854,17 +875,18 @@ impl Index {
             return Err(self.storage(e));
         }
         writer.next_slot = new_counters;
-        for (c, slot) in kills {
-            if let Some(g) = graphs.get_mut(&c) {
-                g.kill(slot);
-            }
-        }
+        // Reveal first, then kill: a vector put twice in one batch kills its own first slot.
         for (c, rows) in inserts {
             if let Some(g) = graphs.get_mut(&c) {
                 g.pending += rows.len();
                 for (slot, _, meta) in rows {
                     g.set_meta(slot, meta);
                 }
+            }
+        }
+        for (c, slot) in kills {
+            if let Some(g) = graphs.get_mut(&c) {
+                g.kill(slot);
             }
         }
         for (c, slot, meta) in updates {

@@ -22,8 +22,14 @@ pub fn run_repair(g: &Global, a: &RepairArgs) -> anyhow::Result<i32> {
     if a.salvage {
         echovault::index::salvage(&g.index)?;
     }
-    let index = Index::open(&g.index, IndexOptions::default())?;
-    let report = if a.check { index.verify()? } else { index.repair()? };
+    let index = Index::open(&g.index, IndexOptions { passive_open: a.check, ..IndexOptions::default() })?;
+    let mut report = if a.check { index.verify()? } else { index.repair()? };
+    if a.check {
+        // A snapshot that could not be used is a problem `repair` fixes (opening fixes it too).
+        for l in index.graph_loads().iter().filter(|l| l.how == "rebuilt") {
+            report.problems.push(format!("{}: graph snapshot unusable ({})", l.collection, l.reason.as_deref().unwrap_or("?")));
+        }
+    }
     if g.json {
         println!(
             "{}",
@@ -43,7 +49,7 @@ pub fn run_repair(g: &Global, a: &RepairArgs) -> anyhow::Result<i32> {
 
 pub fn run(g: &Global) -> anyhow::Result<i32> {
     anyhow::ensure!(g.index.is_dir(), "no index at {} (run `echovault ingest` first, or pass --index DIR)", g.index.display());
-    let index = Index::open(&g.index, IndexOptions::default())?;
+    let index = Index::open(&g.index, IndexOptions { passive_open: true, ..IndexOptions::default() })?;
     let counts = index.counts()?;
     let spaces = index.spaces();
     if g.json {
