@@ -162,6 +162,12 @@ fn f16_vectors_survive_snapshot_and_rebuild() {
     }
 }
 
+/// The first `graph` key of a snapshot part: `h` (header) or `c` (a chunk).
+fn snapshot_key(db: &rocksdb::DB, part: u8) -> Box<[u8]> {
+    let cf = db.cf_handle("graph").unwrap();
+    db.iterator_cf(cf, rocksdb::IteratorMode::Start).map(|kv| kv.unwrap().0).find(|k| k.starts_with(b"snap/") && k[8] == part).unwrap()
+}
+
 #[test]
 fn a_corrupt_or_missing_snapshot_means_a_rebuild_not_a_failure() {
     let dir = tempfile::tempdir().unwrap();
@@ -175,33 +181,18 @@ fn a_corrupt_or_missing_snapshot_means_a_rebuild_not_a_failure() {
     type Damage = fn(&rocksdb::DB);
     let damages: [(&str, Damage); 3] = [
         ("checksum", |db| {
-            let cf = db.cf_handle("graph").unwrap();
-            let key = db
-                .iterator_cf(cf, rocksdb::IteratorMode::Start)
-                .map(|kv| kv.unwrap().0)
-                .find(|k| k.starts_with(b"snap/") && k[8] == b'c')
-                .unwrap();
+            let (cf, key) = (db.cf_handle("graph").unwrap(), snapshot_key(db, b'c'));
             let mut v = db.get_cf(cf, &key).unwrap().unwrap();
             let i = v.len() / 2;
             v[i] ^= 0x40;
             db.put_cf(cf, &key, v).unwrap();
         }),
         ("no snapshot", |db| {
-            let cf = db.cf_handle("graph").unwrap();
-            let key = db
-                .iterator_cf(cf, rocksdb::IteratorMode::Start)
-                .map(|kv| kv.unwrap().0)
-                .find(|k| k.starts_with(b"snap/") && k[8] == b'h')
-                .unwrap();
+            let (cf, key) = (db.cf_handle("graph").unwrap(), snapshot_key(db, b'h'));
             db.delete_cf(cf, key).unwrap();
         }),
         ("snapshot header", |db| {
-            let cf = db.cf_handle("graph").unwrap();
-            let key = db
-                .iterator_cf(cf, rocksdb::IteratorMode::Start)
-                .map(|kv| kv.unwrap().0)
-                .find(|k| k.starts_with(b"snap/") && k[8] == b'h')
-                .unwrap();
+            let (cf, key) = (db.cf_handle("graph").unwrap(), snapshot_key(db, b'h'));
             db.put_cf(cf, key, b"").unwrap();
         }),
     ];
