@@ -304,11 +304,14 @@ fn searches_see_whole_batches_while_a_writer_writes() {
     assert!(index.verify().unwrap().ok());
 }
 
+/// A raw RocksDB key/value pair.
+type KeyValue = (Box<[u8]>, Box<[u8]>);
+
 #[test]
 fn a_stale_snapshot_is_detected_and_rebuilt() {
     // An old snapshot put back after a repair vacuumed tombstones it still routes through.
     let dir = tempfile::tempdir().unwrap();
-    let graph_keys = |path: &Path| -> Vec<(Box<[u8]>, Box<[u8]>)> {
+    let graph_keys = |path: &Path| -> Vec<KeyValue> {
         let db = raw_db(path);
         let cf = db.cf_handle("graph").unwrap();
         db.iterator_cf(cf, rocksdb::IteratorMode::Start).map(|kv| kv.unwrap()).filter(|(k, _)| k.starts_with(b"snap/")).collect()
