@@ -38,7 +38,7 @@ pub use index::{
 };
 pub use record::ItemRecord;
 pub use search::{Filter, Hit, Query};
-pub use store::{salvage, FORMAT_VERSION};
+pub use store::{peek_secret, salvage, FORMAT_VERSION};
 
 /// Result type of this crate.
 pub type Result<T, E = IndexError> = std::result::Result<T, E>;

@@ -55,6 +55,29 @@ pub fn open_db(path: &Path) -> Result<DB, IndexError> {
     DB::open_cf_descriptors(&options(), path, cfs).map_err(|source| IndexError::Storage { path: path.to_owned(), source })
 }
 
+/// The patient-key secret of the index at `path`, read without opening it for writing (other
+/// processes may hold it) and without loading any graph; `None` when there is no index there.
+pub fn peek_secret(path: &Path) -> Result<Option<[u8; 32]>, IndexError> {
+    if !path.join("CURRENT").is_file() {
+        return Ok(None);
+    }
+    let storage = |source| IndexError::Storage { path: path.to_owned(), source };
+    let db = DB::open_cf_for_read_only(&options(), path, [CF_META], false).map_err(storage)?;
+    let cf = db.cf_handle(CF_META).ok_or_else(|| IndexError::Corrupt {
+        path: path.to_owned(),
+        what: "meta column family",
+        detail: "missing".into(),
+    })?;
+    match db.get_cf(cf, KEY_SECRET).map_err(storage)? {
+        Some(s) => Ok(Some(s.as_slice().try_into().map_err(|_| IndexError::Corrupt {
+            path: path.to_owned(),
+            what: "secret",
+            detail: "not 32 bytes".into(),
+        })?)),
+        None => Ok(None),
+    }
+}
+
 /// Lets RocksDB salvage a damaged database in place (`RepairDB`): tables it cannot read are
 /// set aside (under `lost/`) and the rest re-indexed. Data in unreadable tables is gone; run
 /// `Index::repair` afterwards so graphs and mappings agree with what survived.

@@ -8,18 +8,26 @@ use std::time::Instant;
 
 #[derive(Args, Debug)]
 pub struct IngestArgs {
-    /// Video files or directories (walked recursively; NAME.txt beside NAME.avi is its report).
+    /// DICOM files (recognised by content), DICOMDIRs, videos, or directories (walked
+    /// recursively, through their DICOMDIR when they have one; NAME.txt beside NAME.avi is its
+    /// report).
     #[arg(required = true)]
     paths: Vec<PathBuf>,
-    /// JSONL report manifest: {"study": ID, "text": TEXT, "date": "YYYY-MM-DD"} per line.
+    /// Reports by study id (for DICOM the StudyInstanceUID): a JSONL manifest
+    /// ({"study": ID, "text": TEXT, "date": "YYYY-MM-DD"} per line), a CSV with study and text
+    /// columns, a STUDY.txt file, or a folder of them.
     #[arg(long)]
     reports: Option<PathBuf>,
+    /// Crop DICOM frames to their ultrasound region (SequenceOfUltrasoundRegions) where it is
+    /// present and lies inside the image.
+    #[arg(long)]
+    crop_region: bool,
 }
 
 pub fn run(g: &Global, a: &IngestArgs) -> anyhow::Result<i32> {
     let engine = open_engine(g)?;
     let start = Instant::now();
-    let opts = IngestOptions { reports: a.reports.clone() };
+    let opts = IngestOptions { reports: a.reports.clone(), crop_regions: a.crop_region };
     let summary = ingest(&engine, &a.paths, &opts, |done, total| {
         tracing::info!("ingest: {done}/{total} files, {:.1} files/s", done as f64 / start.elapsed().as_secs_f64().max(1e-9));
     })?;
@@ -42,6 +50,9 @@ pub fn run(g: &Global, a: &IngestArgs) -> anyhow::Result<i32> {
         );
         for f in &summary.failed {
             println!("  failed: {}: {}", f.path, f.reason);
+        }
+        for f in &summary.not_images {
+            println!("  passed over: {}: {}", f.path, f.reason);
         }
     }
     Ok(if summary.failed.is_empty() { 0 } else { EXIT_PARTIAL })

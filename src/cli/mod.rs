@@ -6,6 +6,7 @@ mod bench;
 mod embed;
 mod info;
 mod ingest;
+mod inspect;
 mod output;
 mod search;
 
@@ -97,6 +98,8 @@ enum Command {
     /// Check the index; rebuild its graphs from the stored vectors, drop deleted and replaced
     /// vectors for good, write fresh graph snapshots.
     Repair(info::RepairArgs),
+    /// Show what echovault reads from one DICOM or video file; dump its decoded frames as PNG.
+    Inspect(inspect::InspectArgs),
     /// Print the embedding of one text, image or video (check a model against its reference).
     Embed(embed::EmbedArgs),
     /// Print the token ids the text tower sees for a text.
@@ -120,6 +123,7 @@ pub fn run() -> i32 {
         Command::Search(a) => search::run(&cli.global, a),
         Command::Info => info::run(&cli.global),
         Command::Repair(a) => info::run_repair(&cli.global, a),
+        Command::Inspect(a) => inspect::run(&cli.global, a),
         Command::Embed(a) => embed::run_embed(&cli.global, a),
         Command::Tokenize(a) => embed::run_tokenize(&cli.global, a),
         Command::BenchEmbed(a) => bench::run(&cli.global, a),

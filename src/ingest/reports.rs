@@ -1,4 +1,9 @@
-//! Report manifests: JSON Lines, one `{"study": ID, "text": TEXT, "date": "YYYY-MM-DD"?}` per line.
+//! Report manifests mapping study ids (for DICOM: the StudyInstanceUID) to report text:
+//! - JSON Lines (`.jsonl`): one `{"study": ID, "text": TEXT, "date": "YYYY-MM-DD"?}` per line;
+//! - CSV (`.csv`, RFC 4180 quoting, reports may span lines): a header row naming a `study`
+//!   column (also `study_uid`, `study_id`, `StudyInstanceUID`), a `text` column (also `report`)
+//!   and optionally `date`;
+//! - plain text: a `.txt` file (the study id is its name without extension), or a folder of them.
 
 use crate::error::Error;
 use serde::Deserialize;
@@ -16,8 +21,32 @@ pub struct ReportEntry {
     pub date: Option<String>,
 }
 
-/// Reads a JSONL report manifest; a malformed line is an error naming the line.
+/// Reads reports from a JSONL or CSV manifest, a `.txt` file or a folder of `.txt` files. A
+/// malformed line or row is an error naming it.
 pub fn read_reports(path: &Path) -> Result<Vec<ReportEntry>, Error> {
+    if path.is_dir() {
+        let mut files: Vec<_> = std::fs::read_dir(path)
+            .map_err(|e| Error::io(path, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("txt")))
+            .collect();
+        files.sort();
+        return files.iter().map(|f| read_text(f)).collect();
+    }
+    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("csv") => read_csv(path),
+        Some("txt") => Ok(vec![read_text(path)?]),
+        _ => read_jsonl(path),
+    }
+}
+
+fn read_text(path: &Path) -> Result<ReportEntry, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let study = path.file_stem().and_then(|s| s.to_str()).ok_or_else(|| Error::media(path, "file name is not UTF-8"))?;
+    Ok(ReportEntry { study: study.to_owned(), text: text.trim().to_owned(), date: None })
+}
+
+fn read_jsonl(path: &Path) -> Result<Vec<ReportEntry>, Error> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -28,4 +57,114 @@ pub fn read_reports(path: &Path) -> Result<Vec<ReportEntry>, Error> {
         out.push(e);
     }
     Ok(out)
+}
+
+fn read_csv(path: &Path) -> Result<Vec<ReportEntry>, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let rows = parse_csv(text.trim_start_matches('\u{feff}')).map_err(|e| Error::media(path, e))?;
+    let mut it = rows.into_iter();
+    let (_, header) = it.next().ok_or_else(|| Error::media(path, "empty CSV (a header row is needed)"))?;
+    let col = |names: &[&str]| header.iter().position(|h| names.iter().any(|n| h.trim().eq_ignore_ascii_case(n)));
+    let study = col(&["study", "study_uid", "study_id", "studyinstanceuid"])
+        .ok_or_else(|| Error::media(path, format!("no study column in the header {header:?}")))?;
+    let text_col = col(&["text", "report"]).ok_or_else(|| Error::media(path, format!("no text column in the header {header:?}")))?;
+    let date = col(&["date", "study_date"]);
+    let mut out = Vec::new();
+    for (line, row) in it {
+        if row.iter().all(|c| c.trim().is_empty()) {
+            continue;
+        }
+        let get = |i: usize| row.get(i).map(|s| s.trim().to_owned());
+        let s = get(study).filter(|s| !s.is_empty()).ok_or_else(|| Error::media(path, format!("line {line}: no study id")))?;
+        let t = get(text_col).ok_or_else(|| Error::media(path, format!("line {line}: no text")))?;
+        out.push(ReportEntry { study: s, text: t, date: date.and_then(get).filter(|d| !d.is_empty()) });
+    }
+    Ok(out)
+}
+
+/// RFC 4180 rows as (line number where the row starts, fields).
+fn parse_csv(text: &str) -> Result<Vec<(usize, Vec<String>)>, String> {
+    let mut rows = Vec::new();
+    let (mut row, mut field) = (Vec::new(), String::new());
+    let (mut line, mut row_line) = (1usize, 1usize);
+    let mut chars = text.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        if c == '\n' {
+            line += 1;
+        }
+        if quoted {
+            if c == '"' {
+                if chars.peek() == Some(&'"') {
+                    field.push('"');
+                    chars.next();
+                } else {
+                    quoted = false;
+                }
+            } else {
+                field.push(c);
+            }
+            continue;
+        }
+        match c {
+            '"' if field.is_empty() => quoted = true,
+            ',' => row.push(std::mem::take(&mut field)),
+            '\r' => {}
+            '\n' => {
+                row.push(std::mem::take(&mut field));
+                rows.push((row_line, std::mem::take(&mut row)));
+                row_line = line;
+            }
+            c => field.push(c),
+        }
+    }
+    if quoted {
+        return Err(format!("line {row_line}: unterminated quoted field"));
+    }
+    if !field.is_empty() || !row.is_empty() {
+        row.push(field);
+        rows.push((row_line, row));
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_with_quotes_newlines_and_aliases() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.csv");
+        std::fs::write(
+            &p,
+            "StudyInstanceUID,date,report\n1.2.3,2020-01-02,\"Normal LV, \"\"EF\"\" 60%.\nNo effusion.\"\r\n4.5.6,,Severe MR.\n\n",
+        )
+        .unwrap();
+        let r = read_reports(&p).unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            r[0],
+            ReportEntry { study: "1.2.3".into(), text: "Normal LV, \"EF\" 60%.\nNo effusion.".into(), date: Some("2020-01-02".into()) }
+        );
+        assert_eq!(r[1].date, None);
+        std::fs::write(&p, "id,text\n1,x\n").unwrap();
+        assert!(read_reports(&p).unwrap_err().to_string().contains("no study column"));
+        std::fs::write(&p, "study,text\n1,\"open\n").unwrap();
+        assert!(read_reports(&p).unwrap_err().to_string().contains("unterminated"));
+    }
+
+    #[test]
+    fn text_files_and_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("1.2.840.1.txt"), " Mild AR. \n").unwrap();
+        std::fs::write(dir.path().join("s2.txt"), "Normal.").unwrap();
+        std::fs::write(dir.path().join("ignore.json"), "{}").unwrap();
+        let r = read_reports(dir.path()).unwrap();
+        assert_eq!(r.iter().map(|e| e.study.as_str()).collect::<Vec<_>>(), vec!["1.2.840.1", "s2"]);
+        assert_eq!(r[0].text, "Mild AR.");
+        let jl = dir.path().join("r.jsonl");
+        std::fs::write(&jl, "{\"study\":\"a\",\"text\":\"t\"}\nnot json\n").unwrap();
+        assert!(read_reports(&jl).unwrap_err().to_string().contains("line 2"));
+    }
 }

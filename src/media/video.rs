@@ -29,6 +29,16 @@ fn init() {
 
 /// Decodes `path`, keeping the frames `sampling` selects.
 pub fn read_video(path: &Path, sampling: FrameSampling) -> Result<(VideoInfo, Vec<Frame>), Error> {
+    let (info, kept) = read_video_where(path, |i| sampling.selects(i), |i| sampling.done_after(i))?;
+    if kept.is_empty() {
+        return Err(Error::media(path, format!("the frame sampling selects none of its {} frames", info.frames)));
+    }
+    Ok((info, kept))
+}
+
+/// Decodes `path`, keeping frame `i` when `keep(i)`, stopping after frame `i` when `stop(i)`.
+/// With nothing kept, only counts frames (an empty selection is then not an error).
+pub fn read_video_where(path: &Path, keep: impl Fn(usize) -> bool, stop: impl Fn(usize) -> bool) -> Result<(VideoInfo, Vec<Frame>), Error> {
     init();
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if meta.len() == 0 {
@@ -42,7 +52,7 @@ pub fn read_video(path: &Path, sampling: FrameSampling) -> Result<(VideoInfo, Ve
     loop {
         match decoder.decode() {
             Ok((_, frame)) => {
-                if sampling.selects(n) {
+                if keep(n) {
                     let shape = frame.shape().to_vec();
                     let rgb = frame.as_slice().map(<[u8]>::to_vec).unwrap_or_else(|| frame.iter().copied().collect());
                     let f = Frame::new(shape[1], shape[0], rgb)
@@ -50,7 +60,7 @@ pub fn read_video(path: &Path, sampling: FrameSampling) -> Result<(VideoInfo, Ve
                     kept.push(f);
                 }
                 n += 1;
-                if sampling.done_after(n - 1) {
+                if stop(n - 1) {
                     break;
                 }
             }
@@ -60,9 +70,6 @@ pub fn read_video(path: &Path, sampling: FrameSampling) -> Result<(VideoInfo, Ve
     }
     if n == 0 {
         return Err(Error::media(path, "no decodable frames"));
-    }
-    if kept.is_empty() {
-        return Err(Error::media(path, format!("the frame sampling selects none of its {n} frames")));
     }
     Ok((VideoInfo { frames: n, width: w as usize, height: h as usize, fps }, kept))
 }

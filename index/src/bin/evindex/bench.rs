@@ -13,10 +13,16 @@
 
 use echovault_index::{Filter, Index, IndexOptions, ItemRecord, Kind, Query, VectorEncoding};
 use std::collections::HashSet;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 type Res<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+/// A progress line on stderr (a bench over 400k vectors runs for many minutes).
+fn progress(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "[evindex bench] {msg}");
+}
 
 /// A row-major matrix read from a `.npy` file.
 struct Matrix {
@@ -160,6 +166,7 @@ pub fn run(args: &[String]) -> Res {
         }
         index.checkpoint()?;
         out.insert("build_s".into(), t0.elapsed().as_secs_f64().into());
+        progress(&format!("built {} vectors in {:.1} s", base.rows, t0.elapsed().as_secs_f64()));
         index.compact()?;
         out.insert("bytes_per_vector".into(), (index.disk_bytes()? as f64 / base.rows as f64).into());
     }
@@ -186,6 +193,7 @@ pub fn run(args: &[String]) -> Res {
         row.insert("recall".into(), (found as f64 / (qs.len() * a.k) as f64).into());
         row.insert("qps".into(), (qs.len() as f64 / secs).into());
         curve.push(serde_json::Value::Object(row));
+        progress(&format!("ef {ef}: {:.0} queries/s", qs.len() as f64 / secs));
     }
     out.insert("search".into(), curve.into());
     if a.filters {
@@ -208,7 +216,7 @@ pub fn run(args: &[String]) -> Res {
 /// does (exact below the threshold, a widened walk above it), against the exact answer.
 fn filters(index: &Index, space: echovault_index::SpaceId, base: &Matrix, qs: &[Vec<f32>], k: usize) -> Res<serde_json::Value> {
     let mut rows = Vec::new();
-    let nq = qs.len().min(200);
+    let nq = qs.len().min(100);
     for classes in [1usize, 2, 5, 20, 100, 400] {
         let cands = (0..base.rows).filter(|i| i % 1000 < classes).count();
         let (mut g_found, mut g_secs, mut e_secs, mut a_found, mut a_secs) = (0usize, 0f64, 0f64, 0usize, 0f64);
@@ -239,6 +247,7 @@ fn filters(index: &Index, space: echovault_index::SpaceId, base: &Matrix, qs: &[
         row.insert("search_recall".into(), (a_found as f64 / (nq * k) as f64).into());
         row.insert("search_ms".into(), (1e3 * a_secs / nq as f64).into());
         rows.push(serde_json::Value::Object(row));
+        progress(&format!("filter over {cands} candidates done"));
     }
     Ok(rows.into())
 }
