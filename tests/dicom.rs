@@ -115,6 +115,7 @@ fn native_and_rle_frames_equal_pydicom() {
         "emri_small_RLE.dcm",
         "emri_small_big_endian.dcm",
         "RG1_UNCR.dcm",
+        "vlut_04.dcm",
     ];
     let mut bad = Vec::new();
     for name in names {
@@ -226,6 +227,17 @@ fn bad_input_is_a_typed_error_naming_the_reason() {
         *b ^= 0x5a;
     }
     let _ = open_bytes(tmp.path(), "flip.dcm", &flipped);
+
+    // A fragment whose item length claims 4 GB: refused from the length alone (no allocation).
+    let sig = [0xe0, 0x7f, 0x10, 0x00, b'O', b'B', 0, 0, 0xff, 0xff, 0xff, 0xff];
+    let pd = find(&jpeg, &sig) + sig.len();
+    let bot_len = u32::from_le_bytes(jpeg[pd + 4..pd + 8].try_into().unwrap()) as usize;
+    let first = pd + 8 + bot_len;
+    assert_eq!(&jpeg[first..first + 4], &[0xfe, 0xff, 0x00, 0xe0]);
+    let mut claims = jpeg.clone();
+    claims[first + 4..first + 8].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
+    let e = open_bytes(tmp.path(), "claims.dcm", &claims).unwrap_err();
+    assert!(e.contains("claims") && e.contains("truncated"), "{e}");
 
     // NumberOfFrames larger than the data (IS "2 " → "9 ").
     let two = std::fs::read(file("OBXXXX1A_2frame.dcm")).unwrap();

@@ -3,7 +3,7 @@
 //! a hang or an allocation beyond the frame limit.
 #![no_main]
 
-use echovault_fuzz::media::dicom::DicomCine;
+use echovault_fuzz::dicom::DicomCine;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

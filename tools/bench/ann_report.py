@@ -15,7 +15,8 @@ def qps_at(curve, target):
 
 
 def main():
-    name, f32, f16, peers = sys.argv[1], *[json.load(open(p)) for p in sys.argv[2:5]]
+    name = sys.argv[1]
+    f32, f16, peers = [None if p == "-" else json.load(open(p)) for p in sys.argv[2:5]]
     print(f"#### {name}: {f32['n']:,} × {f32['dim']}-d, M 16, efConstruction 200, k 10\n")
     print("| ef | echovault recall@10 | echovault QPS | hnswlib recall@10 | hnswlib QPS | faiss recall@10 | faiss QPS |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
@@ -31,7 +32,8 @@ def main():
         print(f"- build: echovault {f32['build_s']:.1f} s (RocksDB writes included) vs {peer} {peers[peer]['build_s']:.1f} s → {peers[peer]['build_s'] / f32['build_s']:.2f}× their speed")
     if "open_rebuild_s" in f32:
         print(f"- open: snapshot load {f32['open_snapshot_s']:.2f} s vs forced rebuild {f32['open_rebuild_s']:.2f} s → **{f32['open_rebuild_s'] / f32['open_snapshot_s']:.1f}× faster**")
-    print(f"- bytes per vector on disk, graph included: f32 {f32['bytes_per_vector']:.0f} B, f16 {f16['bytes_per_vector']:.0f} B")
+    f16_part = f", f16 {f16['bytes_per_vector']:.0f} B (f16 recall@10 at ef {f16['search'][0]['ef']}: {f16['search'][0]['recall']:.4f})" if f16 else ""
+    print(f"- bytes per vector on disk, graph included: f32 {f32['bytes_per_vector']:.0f} B{f16_part}")
     if "filters" in f32:
         print("\n| filter selectivity | candidates | plain filtered walk (ef 96) recall@10 | its ms | exact ms | `search` recall@10 | `search` ms |")
         print("|---:|---:|---:|---:|---:|---:|---:|")

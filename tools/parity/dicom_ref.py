@@ -67,6 +67,7 @@ FILES = [
     ("emri_small_jpeg_2k_lossless.dcm", "data"),
     ("emri_small_big_endian.dcm", "data"),
     ("RG1_UNCR.dcm", "data"),                 # MONOCHROME1
+    ("vlut_04.dcm", "data"),                  # 8-bit MONOCHROME2
     ("test-SR.dcm", "wheel"),                 # a structured report (no image)
 ]
 

@@ -55,8 +55,14 @@ pub fn transfer_syntax(uid: &str) -> (&'static str, Option<Codec>) {
 }
 
 /// Where each frame's bytes lie among the fragments: `frames[i]` = fragment index range.
+/// `fragments` holds each fragment's length and its first bytes (8 are enough).
 #[allow(clippy::single_range_in_vec_init)] // one frame owning every fragment is one range
-pub fn frame_fragments(fragments: &[Vec<u8>], offsets: &[u64], frames: usize, codec: Codec) -> Result<Vec<std::ops::Range<usize>>, String> {
+pub fn frame_fragments(
+    fragments: &[(u64, &[u8])],
+    offsets: &[u64],
+    frames: usize,
+    codec: Codec,
+) -> Result<Vec<std::ops::Range<usize>>, String> {
     if fragments.is_empty() {
         return Err("the pixel data holds no fragments".into());
     }
@@ -73,9 +79,9 @@ pub fn frame_fragments(fragments: &[Vec<u8>], offsets: &[u64], frames: usize, co
         // Offsets count bytes from the first fragment's item tag; each fragment adds 8 header bytes.
         let mut starts = Vec::with_capacity(fragments.len());
         let mut pos = 0u64;
-        for f in fragments {
+        for (len, _) in fragments {
             starts.push(pos);
-            pos += 8 + f.len() as u64;
+            pos += 8 + len;
         }
         let mut out = Vec::with_capacity(frames);
         for (i, &o) in offsets.iter().enumerate() {
@@ -102,8 +108,8 @@ pub fn frame_fragments(fragments: &[Vec<u8>], offsets: &[u64], frames: usize, co
         _ => false,
     };
     let mut out: Vec<std::ops::Range<usize>> = Vec::with_capacity(frames);
-    for (i, f) in fragments.iter().enumerate() {
-        if i == 0 || starts_frame(f) {
+    for (i, (_, head)) in fragments.iter().enumerate() {
+        if i == 0 || starts_frame(head) {
             out.push(i..i + 1);
         } else if let Some(last) = out.last_mut() {
             last.end = i + 1;
@@ -130,6 +136,19 @@ pub struct Decoded {
     pub samples: Vec<i64>,
     /// Layout of `samples` (photometric possibly changed to RGB).
     pub layout: Layout,
+    /// The frame already as 8-bit RGB (lossy colour JPEG: the decoder's output as is); then
+    /// `samples` is empty.
+    pub rgb: Option<Vec<u8>>,
+}
+
+impl Decoded {
+    /// The frame as 8-bit RGB.
+    pub fn into_rgb(self) -> Vec<u8> {
+        match self.rgb {
+            Some(rgb) => rgb,
+            None => self.layout.samples_to_rgb(&self.samples),
+        }
+    }
 }
 
 /// Decodes one JPEG frame.
@@ -154,6 +173,14 @@ pub fn decode_jpeg(data: &[u8], layout: &Layout) -> Result<Decoded, String> {
     // components (lossless only, where it skips any colour transform).
     let wide = |p: &[u8]| -> Vec<i64> { p.chunks_exact(2).map(|c| i64::from(u16::from_ne_bytes([c[0], c[1]]))).collect() };
     let narrow = |p: &[u8]| -> Vec<i64> { p.iter().map(|&b| i64::from(b)).collect() };
+    if info.pixel_format == jpeg_decoder::PixelFormat::RGB24 && !lossless && pixels.len() == n * 3 {
+        if layout.samples != 3 {
+            return Err("JPEG stream has three components, the header says one".into());
+        }
+        out.samples = 3;
+        out.photometric = Photometric::Rgb;
+        return Ok(Decoded { samples: Vec::new(), layout: out, rgb: Some(pixels) });
+    }
     let samples: Vec<i64> = match info.pixel_format {
         jpeg_decoder::PixelFormat::L8 => {
             out.samples = 1;
@@ -192,9 +219,9 @@ pub fn decode_jpeg(data: &[u8], layout: &Layout) -> Result<Decoded, String> {
         // Lossless JPEG keeps two's-complement bit patterns: sign-extend.
         let bits = out.bits_stored;
         let samples = samples.into_iter().map(|v| if (v >> (bits - 1)) & 1 == 1 { v - (1 << bits) } else { v }).collect();
-        return Ok(Decoded { samples, layout: out });
+        return Ok(Decoded { samples, layout: out, rgb: None });
     }
-    Ok(Decoded { samples, layout: out })
+    Ok(Decoded { samples, layout: out, rgb: None })
 }
 
 /// Decodes one JPEG 2000 frame (the codec undoes the multi-component transform).
@@ -234,6 +261,14 @@ pub fn decode_jpeg2000(data: &[u8], layout: &Layout) -> Result<Decoded, String> 
             if planes.iter().any(|p| p.len() < n) {
                 return Err("JPEG 2000 components are smaller than the image (subsampled components are not supported)".into());
             }
+            if out.photometric == Photometric::Rgb && out.bits_stored <= 8 && !out.signed {
+                // 8-bit colour: interleave straight into RGB bytes.
+                let mut rgb = Vec::with_capacity(n * 3);
+                for ((r, g), b) in planes[0][..n].iter().zip(&planes[1][..n]).zip(&planes[2][..n]) {
+                    rgb.extend([*r, *g, *b].map(|v| v.clamp(0, 255) as u8));
+                }
+                return Ok(Decoded { samples: Vec::new(), layout: out, rgb: Some(rgb) });
+            }
             for i in 0..n {
                 for p in &planes {
                     s.push(i64::from(p[i]));
@@ -248,7 +283,7 @@ pub fn decode_jpeg2000(data: &[u8], layout: &Layout) -> Result<Decoded, String> 
     }
     // The header's BitsStored and PixelRepresentation describe the samples (as pydicom reads
     // them); a codestream that disagrees keeps its values, which the header's range then maps.
-    Ok(Decoded { samples, layout: out })
+    Ok(Decoded { samples, layout: out, rgb: None })
 }
 
 /// (width, height, components) from a JPEG 2000 codestream's SIZ segment (JP2 boxes skipped by
@@ -279,20 +314,24 @@ mod tests {
     fn fragments_map_to_frames_by_table_by_count_and_by_markers() {
         let jpeg = |n: u8| vec![0xff, 0xd8, n, n];
         let tail = |n: u8| vec![n; 6];
+        let ff = |f: &[Vec<u8>], offsets: &[u64], frames: usize| {
+            let info: Vec<(u64, &[u8])> = f.iter().map(|v| (v.len() as u64, v.as_slice())).collect();
+            frame_fragments(&info, offsets, frames, Codec::Jpeg)
+        };
         // One fragment per frame.
         let f = vec![jpeg(1), jpeg(2)];
-        assert_eq!(frame_fragments(&f, &[], 2, Codec::Jpeg).unwrap(), vec![0..1, 1..2]);
+        assert_eq!(ff(&f, &[], 2).unwrap(), vec![0..1, 1..2]);
         // Two fragments per frame, empty table: split at SOI markers.
         let f = vec![jpeg(1), tail(1), jpeg(2), tail(2), jpeg(3), tail(3)];
-        assert_eq!(frame_fragments(&f, &[], 3, Codec::Jpeg).unwrap(), vec![0..2, 2..4, 4..6]);
+        assert_eq!(ff(&f, &[], 3).unwrap(), vec![0..2, 2..4, 4..6]);
         // The same with a basic offset table (4+8 + 6+8 = 26 bytes per frame).
-        assert_eq!(frame_fragments(&f, &[0, 26, 52], 3, Codec::Jpeg).unwrap(), vec![0..2, 2..4, 4..6]);
-        assert!(frame_fragments(&f, &[0, 25, 52], 3, Codec::Jpeg).is_err());
-        assert!(frame_fragments(&f, &[0, 26], 3, Codec::Jpeg).is_err());
-        assert!(frame_fragments(&f, &[], 4, Codec::Jpeg).is_err());
-        assert!(frame_fragments(&[], &[], 1, Codec::Jpeg).is_err());
+        assert_eq!(ff(&f, &[0, 26, 52], 3).unwrap(), vec![0..2, 2..4, 4..6]);
+        assert!(ff(&f, &[0, 25, 52], 3).is_err());
+        assert!(ff(&f, &[0, 26], 3).is_err());
+        assert!(ff(&f, &[], 4).is_err());
+        assert!(ff(&[], &[], 1).is_err());
         // A single frame owns every fragment.
-        assert_eq!(frame_fragments(&f, &[], 1, Codec::Jpeg).unwrap(), vec![0..6]);
+        assert_eq!(ff(&f, &[], 1).unwrap(), vec![0..6]);
     }
 
     #[test]

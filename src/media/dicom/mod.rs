@@ -239,6 +239,30 @@ impl Source {
         .map_err(|e| DicomError(format!("unreadable {what}: {e}")))
     }
 
+    /// Offset of the last `7FE0,0010 OB|OW` element of undefined length followed by an item tag.
+    fn find_last_encapsulated(&self, size: u64) -> Result<Option<u64>> {
+        const CHUNK: u64 = 1 << 20;
+        let matches = |w: &[u8]| {
+            w[..4] == [0xe0, 0x7f, 0x10, 0x00]
+                && (&w[4..6] == b"OB" || &w[4..6] == b"OW")
+                && w[6..12] == [0, 0, 0xff, 0xff, 0xff, 0xff]
+                && w[12..16] == [0xfe, 0xff, 0x00, 0xe0]
+        };
+        let mut found = None;
+        let mut at = 132u64;
+        let mut buf = Vec::new();
+        while at + 16 <= size {
+            let n = (size - at).min(CHUNK + 15);
+            buf.resize(n as usize, 0);
+            self.read_at(at, &mut buf).map_err(|e| format!("cannot read: {e}"))?;
+            if let Some(p) = buf.windows(16).rposition(matches) {
+                found = Some(at + p as u64);
+            }
+            at += CHUNK;
+        }
+        Ok(found)
+    }
+
     fn is_dicom(&self) -> bool {
         let mut head = [0u8; 132];
         self.read_at(0, &mut head).is_ok() && &head[128..] == b"DICM"
@@ -252,8 +276,9 @@ enum Pixels {
     Source { offset: u64, len: u64, swap: usize },
     /// Native samples in memory (little-endian words).
     Memory(Vec<u8>),
-    /// Compressed fragments and each frame's fragment range.
-    Fragments { fragments: Vec<Vec<u8>>, frames: Vec<Range<usize>>, codec: Codec },
+    /// Compressed fragments as (offset of the value in the source, length), and each frame's
+    /// fragment range; fragments are read when their frame is decoded.
+    Fragments { fragments: Vec<(u64, u64)>, frames: Vec<Range<usize>>, codec: Codec },
 }
 
 /// An opened DICOM cine: metadata plus frame-by-frame decoding.
@@ -448,7 +473,6 @@ impl DicomCine {
         }
         let head = source.parse(true)?;
         let (info, layout, codec) = Self::describe(&head)?;
-        drop(head);
         // Native data: the pixel data element is the last one; its value is the file's tail.
         let pixels = match codec {
             Codec::NativeLittle | Codec::NativeBig if info.transfer_syntax != "1.2.840.10008.1.2.1.99" => {
@@ -475,8 +499,10 @@ impl DicomCine {
                     None => Self::load_pixels(&source, &info, &layout, codec)?,
                 }
             }
+            Codec::Jpeg | Codec::Jpeg2000 | Codec::Rle => Self::scan_fragments(&source, size, &head, &info, codec)?,
             _ => Self::load_pixels(&source, &info, &layout, codec)?,
         };
+        drop(head);
         let have = match &pixels {
             Pixels::Source { len, .. } => Some(*len),
             Pixels::Memory(v) => Some(v.len() as u64),
@@ -491,25 +517,78 @@ impl DicomCine {
         Ok(DicomCine { source, info, layout, pixels })
     }
 
+    /// Finds the top-level encapsulated pixel data and lists its fragments without reading them,
+    /// checking every item length against the bytes that are there (a length field is never
+    /// trusted to size an allocation). Encapsulated transfer syntaxes are explicit VR little
+    /// endian, so the element starts `E0 7F 10 00 'O' 'B'|'W' 00 00 FF FF FF FF` followed by an
+    /// item; the last such place in the file is the image's pixel data (icons come earlier).
+    fn scan_fragments(
+        source: &Source,
+        size: u64,
+        head: &FileDicomObject<InMemDicomObject>,
+        info: &DicomInfo,
+        codec: Codec,
+    ) -> Result<Pixels> {
+        let start = source.find_last_encapsulated(size)?.ok_or("no encapsulated pixel data found")?;
+        let mut pos = start + 12;
+        let mut items: Vec<(u64, u64)> = Vec::new();
+        loop {
+            if pos == size {
+                break; // a missing sequence delimiter at the very end is tolerated
+            }
+            let mut h = [0u8; 8];
+            source.read_at(pos, &mut h).map_err(|_| format!("pixel data item {} is cut off (truncated file?)", items.len()))?;
+            let len = u64::from(u32::from_le_bytes([h[4], h[5], h[6], h[7]]));
+            match h[..4] {
+                [0xfe, 0xff, 0x00, 0xe0] => {
+                    if len > size - pos - 8 {
+                        return Err(format!(
+                            "pixel data item {} claims {len} bytes, {} remain in the file (truncated?)",
+                            items.len(),
+                            size - pos - 8
+                        )
+                        .into());
+                    }
+                    items.push((pos + 8, len));
+                    pos += 8 + len;
+                }
+                [0xfe, 0xff, 0xdd, 0xe0] => break,
+                _ => return Err(format!("pixel data item {} has no item tag (corrupt encapsulation)", items.len()).into()),
+            }
+        }
+        let (bot, fragments) = items.split_first().ok_or("encapsulated pixel data without a basic offset table item")?;
+        let fragments = fragments.to_vec();
+        let mut offsets = Vec::new();
+        if bot.1 > 0 {
+            if bot.1 % 4 != 0 || bot.1 / 4 > MAX_FRAMES as u64 {
+                return Err(format!("basic offset table of {} bytes", bot.1).into());
+            }
+            let mut b = vec![0u8; bot.1 as usize];
+            source.read_at(bot.0, &mut b).map_err(|e| format!("basic offset table: {e}"))?;
+            offsets = b.chunks_exact(4).map(|c| u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect();
+        }
+        if let Some(ext) = head.element_opt(tags::EXTENDED_OFFSET_TABLE).ok().flatten() {
+            let b = ext.to_bytes().map_err(|e| format!("extended offset table: {e}"))?;
+            offsets = b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect();
+        }
+        let mut heads = Vec::with_capacity(fragments.len());
+        for (off, len) in &fragments {
+            let mut h = vec![0u8; (*len).min(8) as usize];
+            source.read_at(*off, &mut h).map_err(|e| format!("pixel data fragment: {e}"))?;
+            heads.push(h);
+        }
+        let info_list: Vec<(u64, &[u8])> = fragments.iter().zip(&heads).map(|((_, len), h)| (*len, h.as_slice())).collect();
+        let frames = codec::frame_fragments(&info_list, &offsets, info.frames, codec)?;
+        Ok(Pixels::Fragments { fragments, frames, codec })
+    }
+
     /// Reads the whole object (pixel data included) when the pixel data is compressed or not at
     /// the end of the file.
     fn load_pixels(source: &Source, info: &DicomInfo, layout: &Layout, codec: Codec) -> Result<Pixels> {
         let obj = source.parse(false)?;
         let pd = obj.element_opt(tags::PIXEL_DATA).ok().flatten().ok_or("no pixel data")?;
         match pd.value() {
-            dicom_core::DicomValue::PixelSequence(seq) => {
-                if matches!(codec, Codec::NativeLittle | Codec::NativeBig) {
-                    return Err("encapsulated pixel data with an uncompressed transfer syntax".into());
-                }
-                let fragments: Vec<Vec<u8>> = seq.fragments().iter().map(|f| f.to_vec()).collect();
-                let mut offsets: Vec<u64> = seq.offset_table().iter().map(|&o| u64::from(o)).collect();
-                if let Some(ext) = obj.element_opt(tags::EXTENDED_OFFSET_TABLE).ok().flatten() {
-                    let b = ext.to_bytes().map_err(|e| format!("extended offset table: {e}"))?;
-                    offsets = b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect();
-                }
-                let frames = codec::frame_fragments(&fragments, &offsets, info.frames, codec)?;
-                Ok(Pixels::Fragments { fragments, frames, codec })
-            }
+            dicom_core::DicomValue::PixelSequence(_) => Err("encapsulated pixel data with an uncompressed transfer syntax".into()),
             v => {
                 if !matches!(codec, Codec::NativeLittle | Codec::NativeBig) {
                     return Err(format!("{} pixel data is not encapsulated", info.transfer_syntax_name).into());
@@ -656,16 +735,16 @@ impl DicomCine {
             }
             Pixels::Fragments { fragments, frames, codec } => {
                 let range = frames.get(i).ok_or_else(|| format!("frame {i} has no fragments"))?;
-                let joined: Vec<u8>;
-                let data: &[u8] = if range.len() == 1 {
-                    &fragments[range.start]
-                } else {
-                    joined = fragments[range.clone()].concat();
-                    &joined
-                };
+                let mut data = Vec::new();
+                for &(off, len) in &fragments[range.clone()] {
+                    let at = data.len();
+                    data.resize(at + len as usize, 0);
+                    self.source.read_at(off, &mut data[at..]).map_err(|e| format!("reading frame {i}: {e}"))?;
+                }
+                let data = data.as_slice();
                 match codec {
-                    Codec::Jpeg => codec::decode_jpeg(data, l).map(|d| d.layout.samples_to_rgb(&d.samples)),
-                    Codec::Jpeg2000 => codec::decode_jpeg2000(data, l).map(|d| d.layout.samples_to_rgb(&d.samples)),
+                    Codec::Jpeg => codec::decode_jpeg(data, l).map(codec::Decoded::into_rgb),
+                    Codec::Jpeg2000 => codec::decode_jpeg2000(data, l).map(codec::Decoded::into_rgb),
                     Codec::Rle => codec::decode_rle(data, l).and_then(|b| {
                         let mut inter = l.clone();
                         inter.planar = false;

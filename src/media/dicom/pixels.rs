@@ -161,8 +161,29 @@ impl Layout {
             }
             return Ok(out);
         }
+        if let Some(rgb) = self.fast_8bit(data) {
+            return Ok(rgb);
+        }
         let samples = self.unpack(data, bit_offset)?;
         Ok(self.samples_to_rgb(&samples))
+    }
+
+    /// The common ultrasound layouts (8-bit unsigned RGB interleaved, grey, palette) without the
+    /// general per-sample path; `None` when the layout is another one.
+    fn fast_8bit(&self, data: &[u8]) -> Option<Vec<u8>> {
+        if self.bits_allocated != 8 || self.bits_stored != 8 || self.signed {
+            return None;
+        }
+        let n = self.rows * self.cols;
+        match &self.photometric {
+            Photometric::Rgb if !self.planar => Some(data.get(..n * 3)?.to_vec()),
+            Photometric::Monochrome2 => Some(data.get(..n)?.iter().flat_map(|&g| [g, g, g]).collect()),
+            Photometric::Palette(p) => {
+                let table: Vec<[u8; 3]> = (0..256).map(|v| p.lookup(v)).collect();
+                Some(data.get(..n)?.iter().flat_map(|&v| table[usize::from(v)]).collect())
+            }
+            _ => None,
+        }
     }
 
     /// Raw samples of one frame, interleaved (planar configuration undone), as `i64`.
