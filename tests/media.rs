@@ -65,3 +65,21 @@ fn broken_files_are_typed_errors() {
         Err(e) => assert!(e.to_string().contains("cut.mp4"), "{e}"),
     }
 }
+
+#[test]
+fn mov_container_frames_equal_ffmpeg_rgb24() {
+    // The same H.264 stream remuxed into QuickTime by the ffmpeg CLI (no re-encode).
+    let tmp = tempfile::tempdir().unwrap();
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data-samples/clips/a4c_normal_04.mp4");
+    let mov = tmp.path().join("clip.mov");
+    let out = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-i", src.to_str().unwrap(), "-c", "copy", mov.to_str().unwrap()])
+        .output()
+        .expect("ffmpeg on PATH");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (info, frames) = read_video(&mov, FrameSampling::ALL).unwrap();
+    let ours: Vec<u8> = frames.iter().flat_map(|f| f.rgb.iter().copied()).collect();
+    assert_eq!(info.frames, 24);
+    assert!((info.fps - 25.0).abs() < 1e-6, "fps {}", info.fps);
+    assert!(ours == ffmpeg_rgb(&mov), "MOV frames differ from ffmpeg");
+}
