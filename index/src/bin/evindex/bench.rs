@@ -193,7 +193,12 @@ pub fn run(args: &[String]) -> Res {
         row.insert("recall".into(), (found as f64 / (qs.len() * a.k) as f64).into());
         row.insert("qps".into(), (qs.len() as f64 / secs).into());
         curve.push(serde_json::Value::Object(row));
-        progress(&format!("ef {ef}: {:.0} queries/s", qs.len() as f64 / secs));
+        progress(&format!(
+            "ef {ef}: recall@{} {:.4}, {:.0} queries/s",
+            a.k,
+            found as f64 / (qs.len() * a.k) as f64,
+            qs.len() as f64 / secs
+        ));
     }
     out.insert("search".into(), curve.into());
     if a.filters {
