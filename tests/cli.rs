@@ -3,39 +3,15 @@
 
 #![allow(clippy::unwrap_used)]
 
-use serde_json::Value;
+mod common;
+
+use common::{echovault, json, root};
+
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn clips() -> PathBuf {
     root().join("data-samples/clips")
-}
-
-fn echovault(index: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_echovault"))
-        .args([
-            "--index",
-            index.to_str().unwrap(),
-            "--model",
-            root().join("data-samples/echovault-tiny").to_str().unwrap(),
-            "--device",
-            "cpu",
-        ])
-        .args(args)
-        .env_remove("ECHOVAULT_INDEX")
-        .env_remove("ECHOVAULT_MODEL")
-        .output()
-        .expect("run echovault")
-}
-
-fn json(out: &Output) -> Value {
-    let s = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {s}\nstderr: {}", String::from_utf8_lossy(&out.stderr)))
 }
 
 fn content_id(p: &Path) -> String {

@@ -5,15 +5,15 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{echovault, json, root};
+
 use echovault::media::dicom::{is_dicom, DicomCine};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn py(args: &[&str]) -> String {
     let python = root().join(".venv/bin/python");
@@ -280,28 +280,6 @@ fn encapsulated_video_is_a_clear_unsupported_error() {
     assert!(e.contains("unsupported transfer syntax") && e.contains("1.2.840.10008.1.2.4.102") && e.contains("H.264"), "{e}");
 }
 
-fn echovault(index: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_echovault"))
-        .args([
-            "--index",
-            index.to_str().unwrap(),
-            "--model",
-            root().join("data-samples/echovault-tiny").to_str().unwrap(),
-            "--device",
-            "cpu",
-        ])
-        .args(args)
-        .env_remove("ECHOVAULT_INDEX")
-        .env_remove("ECHOVAULT_MODEL")
-        .output()
-        .unwrap()
-}
-
-fn stdout_json(out: &std::process::Output) -> serde_json::Value {
-    let s = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {s}\nstderr: {}", String::from_utf8_lossy(&out.stderr)))
-}
-
 #[test]
 fn inspect_prints_metadata_and_dumps_frames_as_png() {
     let tmp = tempfile::tempdir().unwrap();
@@ -309,7 +287,7 @@ fn inspect_prints_metadata_and_dumps_frames_as_png() {
     let path = file("examples_ybr_color.dcm");
     let out = echovault(&index, &["inspect", path.to_str().unwrap(), "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v = stdout_json(&out);
+    let v = json(&out);
     let meta: serde_json::Value = serde_json::from_str(&py(&["meta", path.to_str().unwrap()])).unwrap();
     assert_eq!((v["frames"].as_u64(), v["rows"].as_u64(), v["cols"].as_u64()), (Some(30), Some(240), Some(320)));
     assert_eq!(v["photometric"], "YBR_FULL_422");
@@ -328,7 +306,7 @@ fn inspect_prints_metadata_and_dumps_frames_as_png() {
     let out =
         echovault(&index, &["inspect", path.to_str().unwrap(), "--json", "--dump-frames", dump.to_str().unwrap(), "--frames", "0,5,29"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(stdout_json(&out)["dumped"], 3);
+    assert_eq!(json(&out)["dumped"], 3);
     let cine = DicomCine::open(path).unwrap();
     for i in [0usize, 5, 29] {
         let png = image::open(dump.join(format!("frame_{i:04}.png"))).unwrap().to_rgb8();
@@ -361,7 +339,7 @@ fn ingest_a_pacs_export_without_extensions() {
 
     let index = tmp.path().join("index");
     let out = echovault(&index, &["-v", "ingest", export.to_str().unwrap(), "--reports", reports.to_str().unwrap(), "--json"]);
-    let v = stdout_json(&out);
+    let v = json(&out);
     assert_eq!(out.status.code(), Some(3), "partial success: one truncated file. {v}");
     assert_eq!(v["ingested"], 3, "{v}");
     assert_eq!(v["reports"], 1, "{v}");
@@ -377,22 +355,22 @@ fn ingest_a_pacs_export_without_extensions() {
 
     // The video carries its study, date and a pseudonymous patient key; the report is found by text.
     let out = echovault(&index, &["search", "--text", "normal left ventricular function", "--kind", "report", "--json"]);
-    let hits = stdout_json(&out);
+    let hits = json(&out);
     let hit = &hits["hits"][0];
     assert_eq!(hit["study"], study, "{hits}");
     let out = echovault(&index, &["search", "--text", "normal left ventricular function", "--kind", "video", "-k", "5", "--json"]);
-    let hits = stdout_json(&out);
+    let hits = json(&out);
     let ours = hits["hits"].as_array().unwrap().iter().find(|h| h["study"] == study).unwrap_or_else(|| panic!("{hits}"));
     let key = ours["patient"].as_str().unwrap();
     assert!(key.starts_with("p-") && !key.contains(secret_id), "{key}");
     assert_eq!(ours["date"], "2016-05-03");
     let inspect = echovault(&index, &["inspect", export.join("S1/IM0001").to_str().unwrap(), "--json"]);
-    assert_eq!(stdout_json(&inspect)["patient_key"], key, "inspect gives the key ingest stored");
+    assert_eq!(json(&inspect)["patient_key"], key, "inspect gives the key ingest stored");
     assert!(!String::from_utf8_lossy(&std::fs::read(index.join("LOG")).unwrap_or_default()).contains(secret_id));
 
     // A second run skips what is indexed and still fails on the broken file only.
     let out = echovault(&index, &["ingest", export.to_str().unwrap(), "--json"]);
-    let v = stdout_json(&out);
+    let v = json(&out);
     assert_eq!((v["ingested"].as_u64(), v["skipped"].as_u64()), (Some(0), Some(3)), "{v}");
 }
 

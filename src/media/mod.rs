@@ -20,21 +20,3 @@ pub const VIDEO_EXTENSIONS: [&str; 4] = ["avi", "mp4", "mov", "mkv"];
 pub fn is_video_path(path: &std::path::Path) -> bool {
     path.extension().and_then(|e| e.to_str()).is_some_and(|e| VIDEO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
-
-/// Opens a DICOM file and decodes the frames `sampling` selects (errors name the file).
-pub fn read_dicom(path: &std::path::Path, sampling: FrameSampling) -> Result<(dicom::DicomInfo, Vec<Frame>), crate::error::Error> {
-    let cine = dicom::DicomCine::open(path).map_err(|e| crate::error::Error::media(path, e))?;
-    let mut frames = Vec::new();
-    for i in 0..cine.info().frames {
-        if sampling.selects(i) {
-            frames.push(cine.frame(i).map_err(|e| crate::error::Error::media(path, e))?);
-        }
-        if sampling.done_after(i) {
-            break;
-        }
-    }
-    if frames.is_empty() {
-        return Err(crate::error::Error::media(path, format!("the frame sampling selects none of its {} frames", cine.info().frames)));
-    }
-    Ok((cine.info().clone(), frames))
-}

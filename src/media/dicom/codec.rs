@@ -2,7 +2,7 @@
 //! fragment per frame, or codestream markers when the table is empty), and decoding JPEG
 //! (baseline, extended, lossless), JPEG 2000 and RLE frames into native little-endian samples.
 
-use super::pixels::{rle_decode, Layout, Photometric};
+use super::pixels::{Layout, Photometric};
 
 /// Transfer syntaxes by family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -296,13 +296,6 @@ pub fn j2k_size(data: &[u8]) -> Option<(usize, usize, usize)> {
     let (x, y, xo, yo) = (be32(4), be32(8), be32(12), be32(16));
     let c = u16::from_be_bytes([siz[36], siz[37]]) as usize;
     Some((x.checked_sub(xo)?, y.checked_sub(yo)?, c))
-}
-
-/// Decodes one RLE frame into samples.
-pub fn decode_rle(data: &[u8], layout: &Layout) -> Result<Vec<u8>, String> {
-    let mut l = layout.clone();
-    l.planar = false;
-    rle_decode(data, &l)
 }
 
 #[cfg(test)]

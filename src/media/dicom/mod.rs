@@ -745,7 +745,7 @@ impl DicomCine {
                 match codec {
                     Codec::Jpeg => codec::decode_jpeg(data, l).map(codec::Decoded::into_rgb),
                     Codec::Jpeg2000 => codec::decode_jpeg2000(data, l).map(codec::Decoded::into_rgb),
-                    Codec::Rle => codec::decode_rle(data, l).and_then(|b| {
+                    Codec::Rle => pixels::rle_decode(data, l).and_then(|b| {
                         let mut inter = l.clone();
                         inter.planar = false;
                         inter.native_to_rgb(&b, 0)
@@ -809,14 +809,4 @@ fn locate_native(source: &Source, size: u64, need: u64, big: bool) -> Option<(u6
         }
     }
     None
-}
-
-/// Opens `path` and decodes the frames `keep` selects, in order.
-pub fn read_frames(path: &Path, keep: impl Fn(usize) -> bool) -> Result<(DicomInfo, Vec<Frame>)> {
-    let cine = DicomCine::open(path)?;
-    let mut frames = Vec::new();
-    for i in (0..cine.info.frames).filter(|&i| keep(i)) {
-        frames.push(cine.frame(i)?);
-    }
-    Ok((cine.info, frames))
 }
