@@ -11,12 +11,14 @@
 //! - [`media`]: video decoding (video-rs / FFmpeg), frame sampling, preprocessing.
 //! - [`ingest`]: files → embeddings → index.
 //! - [`engine`]: searches by text, video file or indexed item.
+//! - [`phantom`]: synthetic echocardiograms with ground truth, for tests and training.
 
 pub mod engine;
 mod error;
 pub mod ingest;
 pub mod media;
 pub mod model;
+pub mod phantom;
 pub mod pseudonym;
 pub mod tokenize;
 

@@ -4,8 +4,13 @@
 
 use crate::ids::{ItemId, Slot};
 use crate::search::Filter;
+use crate::walk::{dot, Flat};
 use anndists::dist::DistDot;
 use hnsw_rs::hnsw::Hnsw;
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Searches re-copy the graph when more vectors than this wait in the exactly-searched tail.
+const SEARCH_TAIL_MAX: usize = 1024;
 
 /// Max neighbours per node (hnsw `M`).
 pub const HNSW_M: usize = 16;
@@ -50,8 +55,16 @@ impl SlotMeta {
 /// leaves a dead slot (a tombstone) that searches skip until a rebuild drops it. A slot is
 /// visible to searches only once its metadata is set, so a vector can be put into the graph
 /// before the write that stores it is acknowledged.
+///
+/// `hnsw_rs` holds the graph being built; searches walk a [`Flat`] copy of it, taken again
+/// whenever more than [`Graph::stale_limit`] vectors were inserted since the last copy. Those
+/// newer vectors (the tail) are searched exactly, so every inserted vector is always found.
 pub struct Graph {
     hnsw: Hnsw<'static, f32, DistDot>,
+    flat: RwLock<Arc<Flat>>,
+    /// Vectors inserted into `hnsw` that may be missing from `flat`.
+    tail: RwLock<Vec<(Slot, Vec<f32>)>>,
+    freezing: Mutex<()>,
     slots: Vec<Option<SlotMeta>>,
     live: usize,
     dim: usize,
@@ -76,18 +89,60 @@ impl Graph {
 
     /// Wraps a graph reloaded from a snapshot; every node is invisible until [`Graph::set_meta`].
     pub fn from_hnsw(hnsw: Hnsw<'static, f32, DistDot>, dim: usize) -> Self {
-        Self { hnsw, slots: Vec::new(), live: 0, dim, covered: 0, pending: 0 }
+        let g = Self {
+            hnsw,
+            flat: RwLock::new(Arc::new(Flat::default())),
+            tail: RwLock::new(Vec::new()),
+            freezing: Mutex::new(()),
+            slots: Vec::new(),
+            live: 0,
+            dim,
+            covered: 0,
+            pending: 0,
+        };
+        if g.hnsw.get_nb_point() > 0 {
+            g.freeze();
+        }
+        g
     }
 
     /// Puts vectors into the graph without making them visible (`&self`: `hnsw_rs` inserts
     /// concurrently with searches). [`Graph::set_meta`] reveals them.
     pub fn insert_hidden(&self, rows: &[(Slot, &[f32])]) {
+        // Into the tail first: a vector is always in the flat copy, the tail, or both.
+        write(&self.tail).extend(rows.iter().map(|(s, v)| (*s, v.to_vec())));
         if rows.len() > 64 {
             let refs: Vec<(&[f32], usize)> = rows.iter().map(|(s, v)| (*v, s.0 as usize)).collect();
             self.hnsw.parallel_insert_slice(&refs);
         } else {
             rows.iter().for_each(|(s, v)| self.hnsw.insert_slice((v, s.0 as usize)));
         }
+        if read(&self.tail).len() > self.stale_limit() {
+            self.freeze();
+        }
+    }
+
+    /// How many vectors may wait in the exactly-searched tail before the flat copy is taken
+    /// again: a copy costs O(nodes), so copying every 1/32 growth keeps its amortised cost
+    /// per insert constant (and small next to the insert itself).
+    pub fn stale_limit(&self) -> usize {
+        (read(&self.flat).len() / 32).max(1024)
+    }
+
+    /// Takes a fresh flat copy of the graph and drops the tail vectors it now holds.
+    pub fn freeze(&self) {
+        let _one = self.freezing.lock().unwrap_or_else(|e| e.into_inner());
+        self.freeze_locked();
+    }
+
+    /// [`Graph::freeze`] with `freezing` held.
+    fn freeze_locked(&self) {
+        let flat = Arc::new(Flat::capture(&self.hnsw, self.dim));
+        let mut tail = write(&self.tail);
+        tail.retain(|(s, _)| !flat.contains(s.0));
+        let keep = tail.len() * 2;
+        tail.shrink_to(keep);
+        *write(&self.flat) = flat;
     }
 
     /// Makes a slot visible to searches with the facts filters need.
@@ -147,25 +202,61 @@ impl Graph {
         self.slots.iter().enumerate().filter_map(|(i, m)| m.as_ref().filter(|m| m.matches(filter)).map(|_| Slot(i as u32))).collect()
     }
 
-    /// Approximate k nearest live slots passing `filter`, as (slot, cosine), best first.
+    /// Approximate k nearest live slots passing `filter`, as (slot, cosine), best first: a
+    /// walk of the flat copy (nodes that are dead, hidden or filtered out are walked through,
+    /// not returned) merged with an exact pass over the tail.
     pub fn search(&self, q: &[f32], k: usize, ef: usize, filter: &Filter) -> Vec<(Slot, f32)> {
-        let pass = |id: &usize| self.slots.get(*id).and_then(Option::as_ref).is_some_and(|m| m.matches(filter));
-        // hnsw_rs's filtered walk never takes its early exit (it explores until the candidate
-        // heap runs dry): without a filter, walk unfiltered for k + (dead and hidden nodes)
-        // results and drop those, which gives the same answer far faster.
-        let invisible = self.nodes().saturating_sub(self.live);
-        if filter.is_empty() && invisible <= ef.max(k) {
-            let want = k + invisible;
-            let found = self.hnsw.search(q, want, ef.max(want));
-            let kept: Vec<(Slot, f32)> =
-                found.into_iter().filter(|n| pass(&n.d_id)).take(k).map(|n| (Slot(n.d_id as u32), 1.0 - n.distance)).collect();
-            if kept.len() >= k.min(self.live) {
-                return kept;
+        let pass = |slot: u32| self.slots.get(slot as usize).and_then(Option::as_ref).is_some_and(|m| m.matches(filter));
+        // A long tail makes every search pay for it: re-copy now (one search does, the others
+        // go on with the current copy meanwhile).
+        if read(&self.tail).len() > SEARCH_TAIL_MAX {
+            if let Ok(_one) = self.freezing.try_lock() {
+                self.freeze_locked();
             }
         }
-        let found = self.hnsw.search_filter(q, k, ef.max(k), Some(&pass));
-        found.into_iter().map(|n| (Slot(n.d_id as u32), 1.0 - n.distance)).collect()
+        let flat = Arc::clone(&read(&self.flat));
+        let mut found: Vec<(Slot, f32)> = flat.search(q, k, ef, pass).into_iter().map(|(s, d)| (Slot(s), d)).collect();
+        {
+            let tail = read(&self.tail);
+            found.extend(tail.iter().filter(|(s, _)| !flat.contains(s.0) && pass(s.0)).map(|(s, v)| (*s, dot(q, v))));
+        }
+        found.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        found.dedup_by_key(|h| h.0);
+        found.truncate(k);
+        found
     }
+}
+
+impl Graph {
+    /// Exact cosine of `q` with each of `slots` whose vector is in memory (the flat copy or
+    /// the tail); the slots whose vector is not come back second.
+    pub fn score(&self, q: &[f32], slots: &[Slot]) -> (Vec<(Slot, f32)>, Vec<Slot>) {
+        let flat = Arc::clone(&read(&self.flat));
+        let ids: Vec<u32> = slots.iter().map(|s| s.0).collect();
+        let mut scored: Vec<(Slot, f32)> = flat.score(q, &ids).into_iter().map(|(s, d)| (Slot(s), d)).collect();
+        let rest: Vec<Slot> = slots.iter().filter(|s| !flat.contains(s.0)).copied().collect();
+        if rest.is_empty() {
+            return (scored, rest);
+        }
+        let tail = read(&self.tail);
+        let by_slot: std::collections::HashMap<Slot, &Vec<f32>> = tail.iter().map(|(s, v)| (*s, v)).collect();
+        let mut missing = Vec::new();
+        for s in rest {
+            match by_slot.get(&s) {
+                Some(v) => scored.push((s, dot(q, v))),
+                None => missing.push(s),
+            }
+        }
+        (scored, missing)
+    }
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Graph {

@@ -189,7 +189,7 @@ fn a_foreign_rocksdb_or_other_format_is_refused() {
 
 #[test]
 fn graph_search_matches_brute_force_on_clustered_data() {
-    // Above the exact-search threshold, so the HNSW graph answers.
+    // The HNSW walk itself (search_graph_filtered), against brute force.
     let dir = tempfile::tempdir().unwrap();
     let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
     let d = 24;
@@ -215,11 +215,91 @@ fn graph_search_matches_brute_force_on_clustered_data() {
     for qi in 0..queries {
         let q = &stored[qi * 97].1;
         let truth = brute(&stored, q, 10);
-        let hits = index.search(&Query::new(space, Kind::Video, q.clone(), 10)).unwrap();
-        found += hits.iter().filter(|h| truth.contains(&h.id.0)).count();
+        let hits = index.search_graph_filtered(&Query::new(space, Kind::Video, q.clone(), 10)).unwrap();
+        found += hits.iter().filter(|(id, _)| truth.contains(&id.0)).count();
+        // The default search answers a collection this small exactly.
+        let exact: Vec<String> =
+            index.search(&Query::new(space, Kind::Video, q.clone(), 10)).unwrap().into_iter().map(|h| h.id.0).collect();
+        assert_eq!(exact, truth);
     }
     let recall = found as f64 / (queries * 10) as f64;
     assert!(recall >= 0.95, "recall@10 {recall}");
+}
+
+#[test]
+fn graph_walk_honours_filters_deletes_and_fresh_inserts() {
+    // 9000 vectors, half of them patient "a": the graph walk (search_graph_filtered) plain and
+    // filtered, after deletes and with fresh vectors in the exactly-searched tail.
+    let dir = tempfile::tempdir().unwrap();
+    let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+    let d = 16;
+    let space = index.ensure_space("s", d).unwrap();
+    let mut rng = StdRng::seed_from_u64(9);
+    let centres: Vec<Vec<f32>> = (0..40).map(|_| unit(&mut rng, d)).collect();
+    let noisy = |rng: &mut StdRng, i: usize| {
+        let noise = unit(rng, d);
+        let v: Vec<f32> = centres[i % centres.len()].iter().zip(&noise).map(|(a, b)| a + 0.4 * b).collect();
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.into_iter().map(|x| x / n).collect::<Vec<f32>>()
+    };
+    let patient = |i: usize| if i % 2 == 0 { "a" } else { "b" };
+    let mut stored: Vec<(String, Vec<f32>)> = Vec::new();
+    let mut b = index.batch();
+    for i in 0..9000 {
+        let id = format!("v{i}");
+        let v = noisy(&mut rng, i);
+        b.put_item(video(&id, patient(i), "2024-01-01"));
+        b.put_vector(space, id.as_str(), Kind::Video, v.clone());
+        stored.push((id, v));
+    }
+    index.commit(b).unwrap();
+    // Delete every 10th vector; then add 200 in small batches (they stay in the exactly searched
+    // tail: fewer than the re-copy limit).
+    let mut b = index.batch();
+    for i in (0..9000).step_by(10) {
+        b.delete_item(format!("v{i}"));
+    }
+    index.commit(b).unwrap();
+    let deleted: std::collections::HashSet<String> = (0..9000).step_by(10).map(|i| format!("v{i}")).collect();
+    stored.retain(|(id, _)| !deleted.contains(id));
+    for chunk in 0..20 {
+        let mut b = index.batch();
+        for j in 0..10 {
+            let i = 9000 + chunk * 10 + j;
+            let id = format!("v{i}");
+            let v = noisy(&mut rng, i);
+            b.put_item(video(&id, patient(i), "2024-01-01"));
+            b.put_vector(space, id.as_str(), Kind::Video, v.clone());
+            stored.push((id, v));
+        }
+        index.commit(b).unwrap();
+    }
+    let of_a: Vec<(String, Vec<f32>)> =
+        stored.iter().filter(|(id, _)| patient(id[1..].parse::<usize>().unwrap()) == "a").cloned().collect();
+    let (mut found, mut found_a, queries) = (0, 0, 60);
+    for qi in 0..queries {
+        // Half the queries are fresh vectors: each must find itself first.
+        let (qid, q) = &stored[if qi % 2 == 0 { stored.len() - 1 - qi } else { qi * 131 }];
+        let hits = index.search_graph_filtered(&Query::new(space, Kind::Video, q.clone(), 10)).unwrap();
+        assert_eq!(&hits[0].0 .0, qid, "a stored vector is its own nearest neighbour");
+        assert!(hits.iter().all(|(id, _)| !deleted.contains(&id.0)), "a deleted vector came back");
+        let truth = brute(&stored, q, 10);
+        found += hits.iter().filter(|(id, _)| truth.contains(&id.0)).count();
+        let mut fq = Query::new(space, Kind::Video, q.clone(), 10);
+        fq.filter = Filter { patient: Some("a".into()), ..Filter::default() };
+        let hits = index.search_graph_filtered(&fq).unwrap();
+        assert_eq!(hits.len(), 10);
+        assert!(hits.iter().all(|(id, _)| id.0[1..].parse::<usize>().unwrap() % 2 == 0 && !deleted.contains(&id.0)));
+        let truth = brute(&of_a, q, 10);
+        found_a += hits.iter().filter(|(id, _)| truth.contains(&id.0)).count();
+        // The default search scores a filtered set this small exactly, from memory.
+        let exact: Vec<String> = index.search(&fq).unwrap().into_iter().map(|h| h.id.0).collect();
+        assert_eq!(exact, truth);
+    }
+    let recall = found as f64 / (queries * 10) as f64;
+    let recall_a = found_a as f64 / (queries * 10) as f64;
+    assert!(recall >= 0.95, "recall@10 {recall}");
+    assert!(recall_a >= 0.95, "filtered recall@10 {recall_a}");
 }
 
 proptest! {

@@ -8,7 +8,9 @@ mod info;
 mod ingest;
 mod inspect;
 mod output;
+mod phantom;
 mod search;
+mod train;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -106,6 +108,10 @@ enum Command {
     Tokenize(embed::TokenizeArgs),
     /// Measure image-embedding throughput on this device (random inputs).
     BenchEmbed(bench::BenchArgs),
+    /// Write synthetic echocardiograms with ground truth (EF, devices, events) and reports.
+    Phantom(phantom::PhantomArgs),
+    /// Train or fine-tune a model on video–report pairs (CLIP contrastive loss).
+    Train(train::TrainArgs),
 }
 
 /// Parses the command line, runs it, returns the exit code.
@@ -127,6 +133,8 @@ pub fn run() -> i32 {
         Command::Embed(a) => embed::run_embed(&cli.global, a),
         Command::Tokenize(a) => embed::run_tokenize(&cli.global, a),
         Command::BenchEmbed(a) => bench::run(&cli.global, a),
+        Command::Phantom(a) => phantom::run(&cli.global, a),
+        Command::Train(a) => train::run(&cli.global, a),
     };
     match result {
         Ok(code) => code,

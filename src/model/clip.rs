@@ -63,6 +63,21 @@ impl Clip {
         Ok(Clip { config, dir: dir.to_owned(), visual, text, logit_scale, device, kind: precision.kind() })
     }
 
+    /// Builds both towers from `w` (any source: a checkpoint, random initialisation, a training
+    /// run), for training or inference on `device` in f32.
+    pub fn from_weights(dir: &Path, config: ClipConfig, w: &mut Weights, device: Device) -> Result<Self, Error> {
+        let visual = VisionTower::new(w, &config)?;
+        let text = TextTower::new(w, &config)?;
+        let logit_scale = w.get("logit_scale", &[])?.double_value(&[]);
+        Ok(Clip { config, dir: dir.to_owned(), visual, text, logit_scale, device, kind: Kind::Float })
+    }
+
+    /// Unnormalised image and text features with autograd on (training): `images` `[N, 3, S, S]`
+    /// on the model's device, `ids` `[N, context_length]` int64.
+    pub fn forward_train(&self, images: &Tensor, ids: &Tensor) -> (Tensor, Tensor) {
+        (self.visual.forward(images), self.text.forward(ids))
+    }
+
     /// Device the weights live on.
     pub fn device(&self) -> Device {
         self.device

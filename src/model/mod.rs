@@ -10,6 +10,7 @@ pub mod clip;
 pub mod config;
 pub mod convnext;
 pub mod text;
+pub mod train;
 pub mod weights;
 
 pub use clip::{Clip, Precision};

@@ -17,6 +17,11 @@ pub struct Weights {
     used: BTreeSet<String>,
     device: Device,
     kind: Kind,
+    /// Training: every weight handed out requires grad and is recorded here.
+    trainable: bool,
+    params: Vec<(String, Tensor)>,
+    /// Random initialisation: missing weights are created (see [`init_tensor`]).
+    random: bool,
 }
 
 impl std::fmt::Debug for Weights {
@@ -52,17 +57,48 @@ impl Weights {
             reason: format!("cannot read {}: {e} (expected a flat state dict saved with torch.save, or safetensors)", file.display()),
         })?;
         let tensors = list.into_iter().map(|(k, t)| (k.strip_prefix("module.").map(str::to_owned).unwrap_or(k), t)).collect();
-        Ok(Weights { dir: dir.to_owned(), tensors, used: BTreeSet::new(), device, kind })
+        Ok(Weights {
+            dir: dir.to_owned(),
+            tensors,
+            used: BTreeSet::new(),
+            device,
+            kind,
+            trainable: false,
+            params: Vec::new(),
+            random: false,
+        })
+    }
+
+    /// Freshly initialised weights for any shape asked (training from scratch; `tch::manual_seed`
+    /// decides the draws).
+    pub fn random(dir: &Path, device: Device) -> Self {
+        let mut w = Weights::from_tensors(dir, HashMap::new(), device, Kind::Float);
+        w.random = true;
+        w
+    }
+
+    /// Hands out weights that require grad and records them (see [`Weights::params`]).
+    pub fn trainable(mut self) -> Self {
+        self.trainable = true;
+        self
+    }
+
+    /// The recorded trainable weights, by checkpoint key.
+    pub fn params(&self) -> Vec<(String, Tensor)> {
+        self.params.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect()
     }
 
     /// From tensors already in memory (tests, training).
     pub fn from_tensors(dir: &Path, tensors: HashMap<String, Tensor>, device: Device, kind: Kind) -> Self {
-        Weights { dir: dir.to_owned(), tensors, used: BTreeSet::new(), device, kind }
+        Weights { dir: dir.to_owned(), tensors, used: BTreeSet::new(), device, kind, trainable: false, params: Vec::new(), random: false }
     }
 
     /// Takes weight `key`, which must have `shape`. A checkpoint may store 1×1 convolution
     /// weights (`[o, i, 1, 1]`) where a linear layer (`[o, i]`) is expected: same numbers.
     pub fn get(&mut self, key: &str, shape: &[i64]) -> Result<Tensor, Error> {
+        if self.random && !self.tensors.contains_key(key) {
+            self.tensors.insert(key.to_owned(), init_tensor(key, shape));
+        }
         let t = self.tensors.get(key).ok_or_else(|| Error::MissingWeight {
             dir: self.dir.clone(),
             key: key.to_owned(),
@@ -77,7 +113,13 @@ impl Weights {
             return Err(Error::WeightShape { dir: self.dir.clone(), key: key.to_owned(), expected: shape.to_vec(), found });
         };
         self.used.insert(key.to_owned());
-        Ok(t.to_device(self.device).to_kind(self.kind).detach())
+        let t = t.to_device(self.device).to_kind(self.kind).detach();
+        if self.trainable {
+            let t = t.set_requires_grad(true);
+            self.params.push((key.to_owned(), t.shallow_clone()));
+            return Ok(t);
+        }
+        Ok(t)
     }
 
     /// Fails when the checkpoint holds weights that nothing took.
@@ -91,4 +133,47 @@ impl Weights {
         unused.truncate(8);
         Err(Error::UnexpectedWeights { dir: self.dir, keys: unused })
     }
+}
+
+/// A fresh weight for `key` (f32, CPU), following open_clip's and timm's initialisation:
+/// biases 0, norm weights 1, layer scale `gamma` 0.1 (timm uses 1e-6; a larger start trains a
+/// small model faster), `logit_scale` ln(1/0.07), embeddings N(0, 0.02) (positions 0.01),
+/// attention and MLP input weights N(0, width^-½), their output weights N(0, width^-½/2),
+/// projections N(0, in^-½), convolutions and other weights N(0, 0.02).
+pub fn init_tensor(key: &str, shape: &[i64]) -> Tensor {
+    let opts = (Kind::Float, Device::Cpu);
+    let normal = |std: f64| Tensor::randn(shape, opts) * std;
+    let last = |k: &str| key.ends_with(k);
+    let width = *shape.last().unwrap_or(&1) as f64;
+    if key == "logit_scale" {
+        return Tensor::full(shape, (1.0f64 / 0.07).ln(), opts);
+    }
+    if last(".bias") || last("in_proj_bias") {
+        return Tensor::zeros(shape, opts);
+    }
+    if last("gamma") {
+        return Tensor::full(shape, 0.1, opts);
+    }
+    if shape.len() == 1 {
+        return Tensor::ones(shape, opts);
+    }
+    if last("positional_embedding") {
+        return normal(0.01);
+    }
+    if last("token_embedding.weight") {
+        return normal(0.02);
+    }
+    if last("in_proj_weight") || last("c_fc.weight") {
+        return normal(width.powf(-0.5));
+    }
+    if last("out_proj.weight") || last("c_proj.weight") {
+        return normal(width.powf(-0.5) / 2.0);
+    }
+    if last("text_projection") {
+        return normal((shape[0] as f64).powf(-0.5));
+    }
+    if last("proj.weight") {
+        return normal(width.powf(-0.5));
+    }
+    normal(0.02)
 }

@@ -4,12 +4,13 @@
 //! ```text
 //! evindex bench --base B.npy --queries Q.npy --truth T.npy --dir DIR
 //!               [--ef 16,32,64,128,256] [--k 10] [--encoding f32|f16] [--rebuild-open]
-//!               [--filters]
+//!               [--filters] [--reuse]
 //! ```
 //! Prints one JSON object: build seconds, recall@k and single-thread QPS per ef, open seconds
 //! (snapshot load; with `--rebuild-open` also a forced rebuild), bytes per vector on disk.
 //! With `--filters`, also filtered-search recall and latency, graph vs exact, at several
-//! selectivities (what `EXACT_SEARCH_MAX_CANDIDATES` was chosen from).
+//! selectivities (what `EXACT_SEARCH_MAX_CANDIDATES` was chosen from). `--reuse` keeps the
+//! index an earlier run left in `--dir` instead of building it again (no build figures then).
 
 use echovault_index::{Filter, Index, IndexOptions, ItemRecord, Kind, Query, VectorEncoding};
 use std::collections::HashSet;
@@ -84,6 +85,7 @@ struct Args {
     encoding: VectorEncoding,
     rebuild_open: bool,
     filters: bool,
+    reuse: bool,
 }
 
 fn parse(args: &[String]) -> Res<Args> {
@@ -97,6 +99,7 @@ fn parse(args: &[String]) -> Res<Args> {
         encoding: VectorEncoding::F32,
         rebuild_open: false,
         filters: false,
+        reuse: false,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -117,6 +120,7 @@ fn parse(args: &[String]) -> Res<Args> {
             }
             "--rebuild-open" => a.rebuild_open = true,
             "--filters" => a.filters = true,
+            "--reuse" => a.reuse = true,
             "--help" | "-h" => return Err("see the module docs of index/src/bin/evindex/bench.rs".into()),
             f => return Err(format!("unknown flag {f}").into()),
         }
@@ -141,7 +145,9 @@ pub fn run(args: &[String]) -> Res {
     if base.cols != queries.cols || truth.rows != queries.rows || truth.cols < a.k {
         return Err("base, queries and truth shapes disagree".into());
     }
-    if a.dir.exists() {
+    // --reuse: keep an index a previous run built in --dir (its build figures are not repeated).
+    let reuse = a.reuse && a.dir.join("CURRENT").exists();
+    if a.dir.exists() && !reuse {
         std::fs::remove_dir_all(&a.dir)?;
     }
     let opts = || IndexOptions { encoding: a.encoding, ..IndexOptions::default() };
@@ -149,7 +155,7 @@ pub fn run(args: &[String]) -> Res {
     out.insert("n".into(), base.rows.into());
     out.insert("dim".into(), base.cols.into());
     out.insert("encoding".into(), format!("{:?}", a.encoding).to_lowercase().into());
-    {
+    if !reuse {
         let index = Index::open(&a.dir, opts())?;
         let space = index.ensure_space("bench", base.cols)?;
         let t0 = Instant::now();
@@ -217,8 +223,8 @@ pub fn run(args: &[String]) -> Res {
 
 /// Filtered search at several selectivities (date ranges holding 1 to 400 of 1000 vector
 /// classes): recall@k and latency of the plain filtered graph walk (`search_graph_filtered`,
-/// never exact, never widened), of exact search over the candidates, and of what `search`
-/// does (exact below the threshold, a widened walk above it), against the exact answer.
+/// never exact), of exact search over the candidates, and of what `search`
+/// does (exact below the threshold, the walk above it), against the exact answer.
 fn filters(index: &Index, space: echovault_index::SpaceId, base: &Matrix, qs: &[Vec<f32>], k: usize) -> Res<serde_json::Value> {
     let mut rows = Vec::new();
     let nq = qs.len().min(100);

@@ -1,0 +1,338 @@
+//! Searching a flat, read-only copy of an `hnsw_rs` graph.
+//!
+//! `hnsw_rs` builds the graph (insertion, neighbour selection, levels) and its topology is what
+//! snapshots persist. Its own search is slow for our use: every neighbour list sits behind a
+//! lock and an `Arc` per edge, the visited set is a hash map, and its filtered walk never
+//! takes the early exit (it explores until the candidate heap is empty). [`Flat`] copies the
+//! graph into contiguous arrays (vectors node-major, layer-0 neighbours in one CSR table, upper
+//! layers aside) and walks it the way `hnswlib` does: greedy descent through the upper layers,
+//! then a best-first search on layer 0 with `ef` results, where nodes a filter rejects (dead,
+//! hidden, or outside the filter) are traversed but never counted as results — so filtered
+//! walks stop as soon as `ef` accepted nodes beat every open candidate.
+//!
+//! A `Flat` is a copy taken at one moment; vectors inserted after it are searched exactly from
+//! the graph's tail (see `graph.rs`) until the next copy.
+
+use anndists::dist::DistDot;
+use hnsw_rs::hnsw::Hnsw;
+use std::cell::RefCell;
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, HashMap};
+
+const NONE: u32 = u32::MAX;
+
+/// A read-only copy of a graph's topology and vectors.
+#[derive(Debug, Default)]
+pub struct Flat {
+    dim: usize,
+    /// Node → slot.
+    slots: Vec<u32>,
+    /// Slot → node (`NONE` when the slot is not in this copy).
+    node_of: Vec<u32>,
+    /// Node-major vectors, `dim` each.
+    vectors: Vec<f32>,
+    /// Layer-0 neighbours of node `i`: `l0[l0_off[i]..l0_off[i + 1]]`.
+    l0_off: Vec<u32>,
+    l0: Vec<u32>,
+    /// Neighbours on layers 1.. of the nodes that have any: `upper[node][layer - 1]`.
+    upper: HashMap<u32, Vec<Vec<u32>>>,
+    /// Entry node and its layer.
+    entry: Option<(u32, usize)>,
+}
+
+impl Flat {
+    /// Copies `hnsw`'s graph. Safe while other threads insert: a neighbour that is not (yet) a
+    /// point of the copy is left out, and such points stay in the graph's tail.
+    pub fn capture(hnsw: &Hnsw<'static, f32, DistDot>, dim: usize) -> Self {
+        let pi = hnsw.get_point_indexation();
+        let top = if hnsw.get_nb_point() == 0 { 0 } else { pi.get_max_level_observed() as usize + 1 };
+        let mut points: Vec<(u32, Vec<f32>, Vec<Vec<u32>>)> = Vec::with_capacity(hnsw.get_nb_point());
+        let mut entry_slot = None;
+        for l in (0..top).rev() {
+            for p in pi.get_layer_iterator(l) {
+                let slot = p.get_origin_id() as u32;
+                if entry_slot.is_none() {
+                    entry_slot = Some((slot, l));
+                }
+                let hood = p.get_neighborhood_id();
+                let used = hood.iter().rposition(|ns| !ns.is_empty()).map_or(1, |i| i + 1);
+                let lists = hood.iter().take(used).map(|ns| ns.iter().map(|n| n.d_id as u32).collect()).collect();
+                points.push((slot, p.get_v().to_vec(), lists));
+            }
+        }
+        points.sort_unstable_by_key(|p| p.0);
+        points.dedup_by_key(|p| p.0);
+        let max_slot = points.last().map_or(0, |p| p.0 as usize + 1);
+        let mut node_of = vec![NONE; max_slot];
+        for (i, p) in points.iter().enumerate() {
+            node_of[p.0 as usize] = i as u32;
+        }
+        let map = |s: &u32| node_of.get(*s as usize).copied().filter(|n| *n != NONE);
+        let mut flat = Flat { dim, node_of: Vec::new(), ..Flat::default() };
+        flat.slots.reserve(points.len());
+        flat.vectors.reserve(points.len() * dim);
+        flat.l0_off.reserve(points.len() + 1);
+        flat.l0_off.push(0);
+        for (i, (slot, v, lists)) in points.iter().enumerate() {
+            flat.slots.push(*slot);
+            if v.len() == dim {
+                flat.vectors.extend_from_slice(v);
+            } else {
+                flat.vectors.extend(std::iter::repeat_n(0.0, dim));
+            }
+            flat.l0.extend(lists.first().into_iter().flatten().filter_map(map));
+            flat.l0_off.push(flat.l0.len() as u32);
+            if lists.len() > 1 {
+                let up: Vec<Vec<u32>> = lists[1..].iter().map(|ns| ns.iter().filter_map(map).collect()).collect();
+                flat.upper.insert(i as u32, up);
+            }
+        }
+        flat.entry = entry_slot.and_then(|(s, l)| map(&s).map(|n| (n, l)));
+        flat.node_of = node_of;
+        flat
+    }
+
+    /// Number of nodes in the copy.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// True when `slot` is a node of the copy.
+    pub fn contains(&self, slot: u32) -> bool {
+        self.node_of.get(slot as usize).is_some_and(|n| *n != NONE)
+    }
+
+    fn vector(&self, node: u32) -> &[f32] {
+        let i = node as usize * self.dim;
+        &self.vectors[i..i + self.dim]
+    }
+
+    fn upper(&self, node: u32, layer: usize) -> &[u32] {
+        self.upper.get(&node).and_then(|u| u.get(layer - 1)).map_or(&[], Vec::as_slice)
+    }
+
+    /// The `k` accepted nodes most similar to `q` (unit vector), as (slot, cosine), best first.
+    /// `accept(slot)` decides what may be a result; rejected nodes are still walked through.
+    pub fn search(&self, q: &[f32], k: usize, ef: usize, accept: impl Fn(u32) -> bool) -> Vec<(u32, f32)> {
+        if self.entry.is_none() || q.len() != self.dim || k == 0 {
+            return Vec::new();
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            if has_avx2_fma() {
+                // SAFETY: the CPU supports the features `search_avx2` is compiled for.
+                #[allow(unsafe_code)]
+                return unsafe { self.search_avx2(q, k, ef, accept) };
+            }
+        }
+        self.walk(q, k, ef, accept, |a, b| dot_lanes(a, b, |x, y, acc| acc + x * y), |_| {})
+    }
+
+    /// The walk compiled for AVX2/FMA: the dot product inlines into it as FMA vector code, and
+    /// each neighbour's vector is prefetched before the distances are computed.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn search_avx2(&self, q: &[f32], k: usize, ef: usize, accept: impl Fn(u32) -> bool) -> Vec<(u32, f32)> {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let prefetch = |v: &[f32]| {
+            // Prefetching only hints the cache; the addresses are inside `v`.
+            for line in v.chunks(16) {
+                _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
+            }
+        };
+        self.walk(q, k, ef, accept, |a, b| dot_lanes(a, b, f32::mul_add), prefetch)
+    }
+
+    #[inline(always)]
+    fn walk(
+        &self,
+        q: &[f32],
+        k: usize,
+        ef: usize,
+        accept: impl Fn(u32) -> bool,
+        dot: impl Fn(&[f32], &[f32]) -> f32,
+        prefetch: impl Fn(&[f32]),
+    ) -> Vec<(u32, f32)> {
+        let Some((mut cur, top)) = self.entry else { return Vec::new() };
+        let ef = ef.max(k);
+        let mut cur_sim = dot(q, self.vector(cur));
+        for layer in (1..=top).rev() {
+            loop {
+                let mut moved = false;
+                for &nb in self.upper(cur, layer) {
+                    let s = dot(q, self.vector(nb));
+                    if s > cur_sim {
+                        (cur, cur_sim, moved) = (nb, s, true);
+                    }
+                }
+                if !moved {
+                    break;
+                }
+            }
+        }
+        VISITED.with(|cell| {
+            let mut visited = cell.borrow_mut();
+            let stamp = visited.next(self.len());
+            let mut candidates: BinaryHeap<(Sim, u32)> = BinaryHeap::with_capacity(ef * 4);
+            let mut results: BinaryHeap<Reverse<(Sim, u32)>> = BinaryHeap::with_capacity(ef + 1);
+            let mut fresh: Vec<u32> = Vec::with_capacity(64);
+            visited.marks[cur as usize] = stamp;
+            candidates.push((Sim(cur_sim), cur));
+            if accept(self.slots[cur as usize]) {
+                results.push(Reverse((Sim(cur_sim), cur)));
+            }
+            while let Some((Sim(s), node)) = candidates.pop() {
+                let worst = results.peek().map_or(f32::NEG_INFINITY, |r| r.0 .0 .0);
+                if results.len() >= ef && s < worst {
+                    break;
+                }
+                let (a, b) = (self.l0_off[node as usize] as usize, self.l0_off[node as usize + 1] as usize);
+                // First the unvisited neighbours (and their vectors on their way to the cache),
+                // then their distances.
+                fresh.clear();
+                for &nb in &self.l0[a..b] {
+                    let mark = &mut visited.marks[nb as usize];
+                    if *mark != stamp {
+                        *mark = stamp;
+                        prefetch(self.vector(nb));
+                        fresh.push(nb);
+                    }
+                }
+                for &nb in &fresh {
+                    let sn = dot(q, self.vector(nb));
+                    let worst = results.peek().map_or(f32::NEG_INFINITY, |r| r.0 .0 .0);
+                    if results.len() < ef || sn > worst {
+                        candidates.push((Sim(sn), nb));
+                        if accept(self.slots[nb as usize]) {
+                            results.push(Reverse((Sim(sn), nb)));
+                            if results.len() > ef {
+                                results.pop();
+                            }
+                        }
+                    }
+                }
+            }
+            let mut out: Vec<(u32, f32)> = results.into_iter().map(|Reverse((Sim(s), n))| (self.slots[n as usize], s)).collect();
+            out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            out.truncate(k);
+            out
+        })
+    }
+
+    /// Exact scores of `slots` that are in this copy (others are skipped), from the in-memory
+    /// vectors.
+    pub fn score(&self, q: &[f32], slots: &[u32]) -> Vec<(u32, f32)> {
+        slots.iter().filter_map(|s| self.node_of.get(*s as usize).filter(|n| **n != NONE).map(|n| (*s, dot(q, self.vector(*n))))).collect()
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2_fma() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
+/// A similarity ordered totally (NaN never occurs: vectors are finite unit vectors).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Sim(f32);
+
+impl Eq for Sim {}
+
+impl PartialOrd for Sim {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Sim {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// Per-thread visited marks, reused across searches: a node is visited when its mark equals
+/// the current stamp, so clearing is one increment.
+#[derive(Default)]
+struct Visited {
+    marks: Vec<u32>,
+    stamp: u32,
+}
+
+impl Visited {
+    fn next(&mut self, n: usize) -> u32 {
+        if self.marks.len() < n {
+            self.marks.resize(n, 0);
+        }
+        self.stamp = self.stamp.wrapping_add(1);
+        if self.stamp == 0 {
+            self.marks.iter_mut().for_each(|m| *m = 0);
+            self.stamp = 1;
+        }
+        self.stamp
+    }
+}
+
+thread_local! {
+    static VISITED: RefCell<Visited> = RefCell::new(Visited::default());
+}
+
+/// Dot product (cosine for unit vectors), with AVX2/FMA when the CPU has them.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx2_fma() {
+            // SAFETY: the CPU supports the features `dot_avx2` is compiled for (checked above).
+            #[allow(unsafe_code)]
+            return unsafe { dot_avx2(a, b) };
+        }
+    }
+    dot_lanes(a, b, |x, y, acc| acc + x * y)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    dot_lanes(a, b, f32::mul_add)
+}
+
+/// Eight independent accumulators so the compiler can keep them in one vector register.
+#[inline(always)]
+fn dot_lanes(a: &[f32], b: &[f32], fma: impl Fn(f32, f32, f32) -> f32) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] = fma(x[i], y[i], acc[i]);
+        }
+    }
+    let mut tail = 0.0;
+    for (x, y) in ra.iter().zip(rb) {
+        tail = fma(*x, *y, tail);
+    }
+    (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]) + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_matches_a_plain_sum() {
+        for n in [0, 1, 7, 8, 9, 50, 512, 515] {
+            let a: Vec<f32> = (0..n).map(|i| ((i * 37 % 11) as f32 - 5.0) / 7.0).collect();
+            let b: Vec<f32> = (0..n).map(|i| ((i * 13 % 17) as f32 - 8.0) / 9.0).collect();
+            let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+            assert!((dot(&a, &b) as f64 - want).abs() < 1e-4, "n={n}");
+        }
+    }
+
+    #[test]
+    fn visited_stamps_wrap_without_stale_marks() {
+        let mut v = Visited { marks: vec![u32::MAX; 4], stamp: u32::MAX };
+        let s = v.next(4);
+        assert_eq!(s, 1);
+        assert!(v.marks.iter().all(|m| *m == 0));
+    }
+}
