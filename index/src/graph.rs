@@ -66,6 +66,9 @@ pub struct Graph {
     tail: RwLock<Vec<(Slot, Vec<f32>)>>,
     freezing: Mutex<()>,
     slots: Vec<Option<SlotMeta>>,
+    /// Bit `i` set when slot `i` is live: what an unfiltered search checks, without touching
+    /// the (larger, scattered) metadata.
+    visible: Vec<u64>,
     live: usize,
     dim: usize,
     /// Slots below this are in the stored snapshot (0: no snapshot).
@@ -95,6 +98,7 @@ impl Graph {
             tail: RwLock::new(Vec::new()),
             freezing: Mutex::new(()),
             slots: Vec::new(),
+            visible: Vec::new(),
             live: 0,
             dim,
             covered: 0,
@@ -155,13 +159,19 @@ impl Graph {
             self.live += 1;
         }
         self.slots[i] = Some(meta);
+        if self.visible.len() <= i / 64 {
+            self.visible.resize(i / 64 + 1, 0);
+        }
+        self.visible[i / 64] |= 1 << (i % 64);
     }
 
     /// Marks a slot dead (its vector was replaced or deleted).
     pub fn kill(&mut self, slot: Slot) {
-        if let Some(s) = self.slots.get_mut(slot.0 as usize) {
+        let i = slot.0 as usize;
+        if let Some(s) = self.slots.get_mut(i) {
             if s.take().is_some() {
                 self.live -= 1;
+                self.visible[i / 64] &= !(1 << (i % 64));
             }
         }
     }
@@ -206,7 +216,15 @@ impl Graph {
     /// walk of the flat copy (nodes that are dead, hidden or filtered out are walked through,
     /// not returned) merged with an exact pass over the tail.
     pub fn search(&self, q: &[f32], k: usize, ef: usize, filter: &Filter) -> Vec<(Slot, f32)> {
-        let pass = |slot: u32| self.slots.get(slot as usize).and_then(Option::as_ref).is_some_and(|m| m.matches(filter));
+        let plain = filter.is_empty();
+        let pass = |slot: u32| {
+            let i = slot as usize;
+            if plain {
+                self.visible.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+            } else {
+                self.slots.get(i).and_then(Option::as_ref).is_some_and(|m| m.matches(filter))
+            }
+        };
         // A long tail makes every search pay for it: re-copy now (one search does, the others
         // go on with the current copy meanwhile).
         if read(&self.tail).len() > SEARCH_TAIL_MAX {

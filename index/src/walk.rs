@@ -4,8 +4,9 @@
 //! snapshots persist. Its own search is slow for our use: every neighbour list sits behind a
 //! lock and an `Arc` per edge, the visited set is a hash map, and its filtered walk never
 //! takes the early exit (it explores until the candidate heap is empty). [`Flat`] copies the
-//! graph into contiguous arrays (vectors node-major, layer-0 neighbours in one CSR table, upper
-//! layers aside) and walks it the way `hnswlib` does: greedy descent through the upper layers,
+//! graph into one block per node, as `hnswlib` lays it out (slot, layer-0 degree and neighbours,
+//! then the vector: one region of memory per node; upper layers aside), and walks it the way
+//! `hnswlib` does: greedy descent through the upper layers,
 //! then a best-first search on layer 0 with `ef` results, where nodes a filter rejects (dead,
 //! hidden, or outside the filter) are traversed but never counted as results — so filtered
 //! walks stop as soon as `ef` accepted nodes beat every open candidate.
@@ -25,19 +26,19 @@ const NONE: u32 = u32::MAX;
 #[derive(Debug, Default)]
 pub struct Flat {
     dim: usize,
-    /// Node → slot.
-    slots: Vec<u32>,
+    /// Most layer-0 neighbours of any node.
+    width: usize,
+    /// Floats per node block: slot, degree, `width` neighbour node numbers (all as `f32` bit
+    /// patterns), then the `dim` vector components.
+    stride: usize,
+    blocks: Vec<f32>,
     /// Slot → node (`NONE` when the slot is not in this copy).
     node_of: Vec<u32>,
-    /// Node-major vectors, `dim` each.
-    vectors: Vec<f32>,
-    /// Layer-0 neighbours of node `i`: `l0[l0_off[i]..l0_off[i + 1]]`.
-    l0_off: Vec<u32>,
-    l0: Vec<u32>,
     /// Neighbours on layers 1.. of the nodes that have any: `upper[node][layer - 1]`.
     upper: HashMap<u32, Vec<Vec<u32>>>,
     /// Entry node and its layer.
     entry: Option<(u32, usize)>,
+    nodes: usize,
 }
 
 impl Flat {
@@ -68,20 +69,21 @@ impl Flat {
             node_of[p.0 as usize] = i as u32;
         }
         let map = |s: &u32| node_of.get(*s as usize).copied().filter(|n| *n != NONE);
-        let mut flat = Flat { dim, node_of: Vec::new(), ..Flat::default() };
-        flat.slots.reserve(points.len());
-        flat.vectors.reserve(points.len() * dim);
-        flat.l0_off.reserve(points.len() + 1);
-        flat.l0_off.push(0);
+        let width = points.iter().map(|p| p.2.first().map_or(0, Vec::len)).max().unwrap_or(0);
+        let stride = 2 + width + dim;
+        let mut flat = Flat { dim, width, stride, nodes: points.len(), ..Flat::default() };
+        flat.blocks = vec![0.0; points.len() * stride];
         for (i, (slot, v, lists)) in points.iter().enumerate() {
-            flat.slots.push(*slot);
-            if v.len() == dim {
-                flat.vectors.extend_from_slice(v);
-            } else {
-                flat.vectors.extend(std::iter::repeat_n(0.0, dim));
+            let b = &mut flat.blocks[i * stride..(i + 1) * stride];
+            b[0] = f32::from_bits(*slot);
+            let links: Vec<u32> = lists.first().into_iter().flatten().filter_map(map).collect();
+            b[1] = f32::from_bits(links.len() as u32);
+            for (j, n) in links.iter().enumerate() {
+                b[2 + j] = f32::from_bits(*n);
             }
-            flat.l0.extend(lists.first().into_iter().flatten().filter_map(map));
-            flat.l0_off.push(flat.l0.len() as u32);
+            if v.len() == dim {
+                b[2 + width..].copy_from_slice(v);
+            }
             if lists.len() > 1 {
                 let up: Vec<Vec<u32>> = lists[1..].iter().map(|ns| ns.iter().filter_map(map).collect()).collect();
                 flat.upper.insert(i as u32, up);
@@ -94,7 +96,7 @@ impl Flat {
 
     /// Number of nodes in the copy.
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.nodes
     }
 
     /// True when `slot` is a node of the copy.
@@ -102,9 +104,17 @@ impl Flat {
         self.node_of.get(slot as usize).is_some_and(|n| *n != NONE)
     }
 
+    fn block(&self, node: u32) -> &[f32] {
+        let i = node as usize * self.stride;
+        &self.blocks[i..i + self.stride]
+    }
+
     fn vector(&self, node: u32) -> &[f32] {
-        let i = node as usize * self.dim;
-        &self.vectors[i..i + self.dim]
+        &self.block(node)[2 + self.width..]
+    }
+
+    fn slot(&self, node: u32) -> u32 {
+        self.block(node)[0].to_bits()
     }
 
     fn upper(&self, node: u32, layer: usize) -> &[u32] {
@@ -134,9 +144,9 @@ impl Flat {
     #[target_feature(enable = "avx2,fma")]
     fn search_avx2(&self, q: &[f32], k: usize, ef: usize, accept: impl Fn(u32) -> bool) -> Vec<(u32, f32)> {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let prefetch = |v: &[f32]| {
-            // Prefetching only hints the cache; the addresses are inside `v`.
-            for line in v.chunks(16) {
+        let prefetch = |b: &[f32]| {
+            // Prefetching only hints the cache; the addresses are inside the slice.
+            for line in b.chunks(16) {
                 _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
             }
         };
@@ -178,7 +188,7 @@ impl Flat {
             let mut fresh: Vec<u32> = Vec::with_capacity(64);
             visited.marks[cur as usize] = stamp;
             candidates.push((Sim(cur_sim), cur));
-            if accept(self.slots[cur as usize]) {
+            if accept(self.slot(cur)) {
                 results.push(Reverse((Sim(cur_sim), cur)));
             }
             while let Some((Sim(s), node)) = candidates.pop() {
@@ -186,14 +196,16 @@ impl Flat {
                 if results.len() >= ef && s < worst {
                     break;
                 }
-                let (a, b) = (self.l0_off[node as usize] as usize, self.l0_off[node as usize + 1] as usize);
-                // First the unvisited neighbours (and their vectors on their way to the cache),
-                // then their distances.
+                let block = self.block(node);
+                let degree = block[1].to_bits() as usize;
+                // First the unvisited neighbours (their blocks on their way to the cache), then
+                // their distances.
                 fresh.clear();
-                for &nb in &self.l0[a..b] {
+                for nb in block[2..2 + degree].iter().map(|f| f.to_bits()) {
                     let mark = &mut visited.marks[nb as usize];
                     if *mark != stamp {
                         *mark = stamp;
+                        prefetch(&self.block(nb)[..1]);
                         prefetch(self.vector(nb));
                         fresh.push(nb);
                     }
@@ -203,7 +215,7 @@ impl Flat {
                     let worst = results.peek().map_or(f32::NEG_INFINITY, |r| r.0 .0 .0);
                     if results.len() < ef || sn > worst {
                         candidates.push((Sim(sn), nb));
-                        if accept(self.slots[nb as usize]) {
+                        if accept(self.slot(nb)) {
                             results.push(Reverse((Sim(sn), nb)));
                             if results.len() > ef {
                                 results.pop();
@@ -212,7 +224,7 @@ impl Flat {
                     }
                 }
             }
-            let mut out: Vec<(u32, f32)> = results.into_iter().map(|Reverse((Sim(s), n))| (self.slots[n as usize], s)).collect();
+            let mut out: Vec<(u32, f32)> = results.into_iter().map(|Reverse((Sim(s), n))| (self.slot(n), s)).collect();
             out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             out.truncate(k);
             out

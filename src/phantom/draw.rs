@@ -34,7 +34,7 @@ impl Anatomy {
     pub fn random(rng: &mut StdRng) -> Self {
         Anatomy {
             lv_centre: (0.60 + rng.random_range(-0.025..0.025), 0.40 + rng.random_range(-0.025..0.025)),
-            lv_axes: (0.20 * rng.random_range(0.88..1.12), 0.095 * rng.random_range(0.85..1.15)),
+            lv_axes: (0.20 * rng.random_range(0.93..1.07), 0.095 * rng.random_range(0.92..1.08)),
             tilt: rng.random_range(-0.12..0.12),
             rv_size: rng.random_range(0.8..1.25),
             atria: (rng.random_range(0.8..1.45), rng.random_range(0.8..1.35)),
@@ -76,9 +76,15 @@ pub struct Scene {
     pub seed: u64,
 }
 
-/// LV dilation for an ejection fraction: failing ventricles are larger (1.0 at EF 55 %).
+/// LV dilation for an ejection fraction: failing ventricles are larger (1.0 at EF 55 %), as in
+/// dilated cardiomyopathy, so that one frame already hints at the EF, as it does in real echo.
 pub fn dilation(ef: f64) -> f64 {
-    (1.0 + 0.45 * (55.0 - ef) / 45.0).clamp(0.85, 1.5)
+    (1.0 + 0.7 * (55.0 - ef) / 45.0).clamp(0.8, 1.6)
+}
+
+/// Myocardial thickness factor: thin walls in failing ventricles, thick in hyperdynamic ones.
+pub fn wall_factor(ef: f64) -> f64 {
+    0.55 + 0.9 * ef / 80.0
 }
 
 const APEX: (f64, f64) = (0.5, 0.07);
@@ -127,6 +133,8 @@ pub fn render(scene: &Scene) -> Vec<Frame> {
             0.0
         };
         let lv_scale = dil * (1.0 - (1.0 - es_scale) * c);
+        // The wall thickens as it contracts.
+        let lv_wall = a.thickness * wall_factor(scene.ef) * (1.0 + 0.2 * c);
         let (la, lb) = (a.lv_axes.0 * lv_scale, a.lv_axes.1 * lv_scale);
         // The base moves towards the apex in systole; the apex stays put.
         let lv_c = (a.lv_centre.0 + shift.0, a.lv_centre.1 + shift.1 - 0.03 * c);
@@ -154,8 +162,11 @@ pub fn render(scene: &Scene) -> Vec<Frame> {
                 let d_ra = ellipse(p, ra_c, ra_r, ra_r * 1.1, upright);
                 let inside = d_lv < 1.0 || d_rv < 1.0 || d_la < 1.0 || d_ra < 1.0;
                 // Walls: a bright band just outside each cavity.
-                let near = |d: f64, size: f64| d >= 1.0 && (d - 1.0) * size < a.thickness;
-                let wall = near(d_lv, lb) || near(d_rv, 0.07 * rv_scale) || near(d_la, la_r) || near(d_ra, ra_r);
+                let near = |d: f64, size: f64, t: f64| d >= 1.0 && (d - 1.0) * size < t;
+                let wall = near(d_lv, lb, lv_wall)
+                    || near(d_rv, 0.07 * rv_scale, a.thickness)
+                    || near(d_la, la_r, a.thickness)
+                    || near(d_ra, ra_r, a.thickness);
                 let mut v = if inside {
                     0.05
                 } else if wall {
@@ -177,13 +188,15 @@ pub fn render(scene: &Scene) -> Vec<Frame> {
                 if scene.devices.valve {
                     let centre = (mv.0 - 0.10, mv.1 - 0.02);
                     let d = ((p.0 - centre.0).powi(2) + (p.1 - centre.1).powi(2)).sqrt();
-                    if (d - 0.035).abs() < 0.01 {
+                    if (d - 0.045).abs() < 0.016 {
                         v = v.max(0.9);
                     }
                 }
                 if scene.devices.mitraclip {
-                    let d = ((p.0 - mv.0).powi(2) + (p.1 - mv.1).powi(2)).sqrt();
-                    if d < 0.02 {
+                    // The clip grasps both leaflets: a bright bar across the valve with a knob.
+                    let d = seg_dist(p, (mv.0 - 0.045, mv.1 + 0.01), (mv.0 + 0.045, mv.1 - 0.01))
+                        .min(((p.0 - mv.0).powi(2) + (p.1 - mv.1 - 0.02).powi(2)).sqrt() - 0.015);
+                    if d < 0.018 {
                         v = v.max(1.0);
                     }
                 }

@@ -11,7 +11,7 @@
 mod draw;
 mod write;
 
-pub use draw::{dilation, render, Anatomy, Devices, Scene};
+pub use draw::{dilation, render, wall_factor, Anatomy, Devices, Scene};
 
 use crate::error::Error;
 use rand::rngs::StdRng;
@@ -228,7 +228,7 @@ pub fn generate(opts: &PhantomOptions) -> Result<PhantomSummary, Error> {
                 fps: opts.fps,
                 seed: rng.random(),
             };
-            let report = report_text(&scene, transplanted, &mut rng);
+            let report = report_text(&scene, transplanted);
             let study_uid = format!("2.25.{}", uid_number(opts.seed, number, s, 1));
             let stem = format!("{patient}-S{}", s + 1);
             let (file, study) = match format {
@@ -325,25 +325,9 @@ fn uid_number(seed: u64, patient: usize, study: usize, what: u8) -> u128 {
 }
 
 /// The study's report, in the phrases of our template vocabulary.
-fn report_text(scene: &Scene, transplanted: bool, rng: &mut StdRng) -> String {
+fn report_text(scene: &Scene, transplanted: bool) -> String {
     let ef = scene.ef;
-    let mut s = Vec::new();
-    let function = if ef >= 70.0 {
-        "HYPERDYNAMIC LEFT VENTRICULAR SYSTOLIC FUNCTION.".to_owned()
-    } else if ef >= 52.0 {
-        "NORMAL LEFT VENTRICULAR SYSTOLIC FUNCTION.".to_owned()
-    } else {
-        let grade = if ef >= 41.0 {
-            "MILDLY"
-        } else if ef >= 30.0 {
-            "MODERATELY"
-        } else {
-            "SEVERELY"
-        };
-        format!("{grade} REDUCED LEFT VENTRICULAR SYSTOLIC FUNCTION.")
-    };
-    s.push(function);
-    s.push(format!("LEFT VENTRICULAR EJECTION FRACTION IS {ef:.0} %."));
+    let mut s = vec![ef_sentences(ef)];
     let dil = dilation(ef) * scene.anatomy.lv_axes.0 / 0.20;
     s.push(if dil < 1.1 {
         "NORMAL LEFT VENTRICULAR SIZE.".to_owned()
@@ -372,10 +356,30 @@ fn report_text(scene: &Scene, transplanted: bool, rng: &mut StdRng) -> String {
         s.push("THE PATIENT IS STATUS POST HEART TRANSPLANT.".into());
     }
     s.push(format!("THE HEART RATE IS {:.0} BEATS PER MINUTE.", scene.heart_rate));
-    if rng.random_bool(0.5) {
-        s.push("NO PERICARDIAL EFFUSION.".into());
-    }
+    // Only what the cine shows: no effusion is ever drawn.
+    s.push("NO PERICARDIAL EFFUSION.".into());
     s.join(" ")
+}
+
+/// The sentences of a report that state an ejection fraction: the function grade and the EF to
+/// the nearest 5 % (also the zero-shot prompts for EF, one per candidate value).
+pub fn ef_sentences(ef: f64) -> String {
+    let function = if ef >= 70.0 {
+        "HYPERDYNAMIC LEFT VENTRICULAR SYSTOLIC FUNCTION.".to_owned()
+    } else if ef >= 52.0 {
+        "NORMAL LEFT VENTRICULAR SYSTOLIC FUNCTION.".to_owned()
+    } else {
+        let grade = if ef >= 41.0 {
+            "MILDLY"
+        } else if ef >= 30.0 {
+            "MODERATELY"
+        } else {
+            "SEVERELY"
+        };
+        format!("{grade} REDUCED LEFT VENTRICULAR SYSTOLIC FUNCTION.")
+    };
+    // Reported to the nearest 5 %, as echo reports usually give it (the truth keeps the exact EF).
+    format!("{function} LEFT VENTRICULAR EJECTION FRACTION IS {:.0} %.", (ef / 5.0).round() * 5.0)
 }
 
 /// Days since 1970-01-01 of a civil date (H. Hinnant's algorithm).
@@ -436,7 +440,7 @@ mod tests {
                 fps: 30.0,
                 seed: 1,
             };
-            let text = report_text(&scene, true, &mut rng);
+            let text = report_text(&scene, true);
             for sentence in text.split_inclusive('.').map(str::trim).filter(|s| !s.is_empty()) {
                 let ok = vocab.iter().any(|p| {
                     let parts: Vec<&str> = p.split("<#>").collect();
