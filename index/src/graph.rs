@@ -56,9 +56,10 @@ impl SlotMeta {
 /// visible to searches only once its metadata is set, so a vector can be put into the graph
 /// before the write that stores it is acknowledged.
 ///
-/// `hnsw_rs` holds the graph being built; searches walk a [`Flat`] copy of it, taken again
-/// whenever more than [`Graph::stale_limit`] vectors were inserted since the last copy. Those
-/// newer vectors (the tail) are searched exactly, so every inserted vector is always found.
+/// `hnsw_rs` holds the graph being built; searches walk a [`Flat`] copy of it, taken again by
+/// an insert that leaves more than [`Graph::stale_limit`] vectors outside the copy, or by a
+/// search that finds more than 1024 there. Those newer vectors (the tail) are searched exactly,
+/// so every inserted vector is always found.
 pub struct Graph {
     hnsw: Hnsw<'static, f32, DistDot>,
     flat: RwLock<Arc<Flat>>,

