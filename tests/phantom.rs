@@ -55,24 +55,12 @@ fn pydicom_frames(path: &Path, out: &Path) -> Vec<Vec<u8>> {
 fn phantom_files_hold_what_the_manifest_says() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("ph");
-    let o = ev(&[
-        "--json",
-        "phantom",
-        "--out",
-        out.to_str().unwrap(),
-        "--patients",
-        "3",
-        "--studies",
-        "2:2",
-        "--size",
-        "64",
-        "--frames",
-        "6",
-        "--events",
-        "1",
-        "--pacemaker",
-        "1",
-    ]);
+    // Three patients, two studies each, all with a lead and an event between their studies.
+    let phantom = |to: &Path| {
+        let args = ["--patients", "3", "--studies", "2:2", "--size", "64", "--frames", "6", "--events", "1", "--pacemaker", "1"];
+        ev(&[&["--json", "phantom", "--out", to.to_str().unwrap()][..], &args[..]].concat())
+    };
+    let o = phantom(&out);
     assert_eq!(json(&o)["videos"], 6);
     let truth = read_manifest(&out.join("manifest.jsonl")).unwrap();
     assert_eq!(truth.len(), 6);
@@ -114,23 +102,7 @@ fn phantom_files_hold_what_the_manifest_says() {
     }
     // Same seed, same DICOM bytes.
     let again = dir.path().join("again");
-    ev(&[
-        "phantom",
-        "--out",
-        again.to_str().unwrap(),
-        "--patients",
-        "3",
-        "--studies",
-        "2:2",
-        "--size",
-        "64",
-        "--frames",
-        "6",
-        "--events",
-        "1",
-        "--pacemaker",
-        "1",
-    ]);
+    phantom(&again);
     for t in truth.iter().filter(|t| t.file.ends_with(".dcm")) {
         assert_eq!(std::fs::read(out.join(&t.file)).unwrap(), std::fs::read(again.join(&t.file)).unwrap(), "{}", t.file);
     }

@@ -13,6 +13,14 @@ fn unit(rng: &mut StdRng, d: usize) -> Vec<f32> {
     v.into_iter().map(|x| x / n).collect()
 }
 
+/// A unit vector near `centre`: centre + `spread` × a random unit vector, normalised.
+fn near(rng: &mut StdRng, centre: &[f32], spread: f32) -> Vec<f32> {
+    let noise = unit(rng, centre.len());
+    let v: Vec<f32> = centre.iter().zip(&noise).map(|(a, b)| a + spread * b).collect();
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.into_iter().map(|x| x / n).collect()
+}
+
 fn video(id: &str, patient: &str, date: &str) -> ItemRecord {
     let mut r = ItemRecord::new(id, Kind::Video, format!("/export/{id}.avi"));
     r.patient = Some(patient.into());
@@ -199,11 +207,7 @@ fn graph_search_matches_brute_force_on_clustered_data() {
     let mut stored = Vec::new();
     let mut b = index.batch();
     for i in 0..6000 {
-        let c = &centres[i % centres.len()];
-        let noise = unit(&mut rng, d);
-        let v: Vec<f32> = c.iter().zip(&noise).map(|(a, b)| a + 0.3 * b).collect();
-        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        let v: Vec<f32> = v.into_iter().map(|x| x / n).collect();
+        let v = near(&mut rng, &centres[i % centres.len()], 0.3);
         let id = format!("v{i}");
         b.put_item(ItemRecord::new(id.as_str(), Kind::Video, "x"));
         b.put_vector(space, id.as_str(), Kind::Video, v.clone());
@@ -236,12 +240,7 @@ fn graph_walk_honours_filters_deletes_and_fresh_inserts() {
     let space = index.ensure_space("s", d).unwrap();
     let mut rng = StdRng::seed_from_u64(9);
     let centres: Vec<Vec<f32>> = (0..40).map(|_| unit(&mut rng, d)).collect();
-    let noisy = |rng: &mut StdRng, i: usize| {
-        let noise = unit(rng, d);
-        let v: Vec<f32> = centres[i % centres.len()].iter().zip(&noise).map(|(a, b)| a + 0.4 * b).collect();
-        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        v.into_iter().map(|x| x / n).collect::<Vec<f32>>()
-    };
+    let noisy = |rng: &mut StdRng, i: usize| near(rng, &centres[i % centres.len()], 0.4);
     let patient = |i: usize| if i % 2 == 0 { "a" } else { "b" };
     let mut stored: Vec<(String, Vec<f32>)> = Vec::new();
     let mut b = index.batch();
