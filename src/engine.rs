@@ -17,9 +17,13 @@ pub const DEFAULT_FRAME_BATCH: usize = 32;
 pub struct EngineConfig {
     /// Index directory (created when absent).
     pub index_dir: PathBuf,
-    /// Model snapshot directory (`open_clip_config.json`, weights, `tokenizer.json`).
+    /// Model snapshot directory (`open_clip_config.json`, weights, `tokenizer.json`): the
+    /// primary model, whose space searches use.
     pub model_dir: PathBuf,
-    /// Embedding space name; defaults to the model directory's name.
+    /// More models embedded alongside in the same runs (ingest), each in its own space named
+    /// after its directory (e.g. EchoCLIP and EchoCLIP-R together).
+    pub extra_models: Vec<PathBuf>,
+    /// Embedding space name of the primary model; defaults to the model directory's name.
     pub space: Option<String>,
     /// Device for the model.
     pub device: Device,
@@ -42,11 +46,9 @@ pub fn parse_device(s: &str) -> Result<Device, Error> {
     }
 }
 
-/// An open index with the model of one embedding space.
+/// One model with its tokenizer and preprocessing, bound to its embedding space in the index.
 #[derive(Debug)]
-pub struct Engine {
-    /// The index.
-    pub index: Index,
+pub struct Embedder {
     /// The model.
     pub model: Clip,
     /// Its tokenizer.
@@ -57,10 +59,27 @@ pub struct Engine {
     pub space: SpaceId,
     /// The space's name.
     pub space_name: String,
-    /// Frames embedded per video.
-    pub sampling: FrameSampling,
     /// Frames per forward pass.
     pub frame_batch: usize,
+}
+
+/// An open index with the models of one or more embedding spaces. Derefs to the primary
+/// [`Embedder`] (the first model), the one searches embed their queries with.
+#[derive(Debug)]
+pub struct Engine {
+    /// The index.
+    pub index: Index,
+    /// The models, primary first.
+    pub embedders: Vec<Embedder>,
+    /// Frames embedded per video.
+    pub sampling: FrameSampling,
+}
+
+impl std::ops::Deref for Engine {
+    type Target = Embedder;
+    fn deref(&self) -> &Embedder {
+        &self.embedders[0]
+    }
 }
 
 /// A video's embeddings.
@@ -73,18 +92,47 @@ pub struct VideoEmbedding {
 }
 
 impl Engine {
-    /// Opens the index and loads the model.
+    /// Opens the index and loads the models.
     pub fn open(cfg: &EngineConfig) -> Result<Engine, Error> {
-        let model = Clip::load(&cfg.model_dir, cfg.device, Precision::F32)?;
-        let tokenizer = ClipBpe::load(&cfg.model_dir, model.context_length() as usize)?;
-        let preprocess = Preprocess { size: model.image_size(), mean: model.config.mean, std: model.config.std, order: cfg.channel_order };
         let index = Index::open(&cfg.index_dir, IndexOptions::default())?;
-        let space_name = match &cfg.space {
-            Some(s) => s.clone(),
-            None => space_name_of(&cfg.model_dir),
-        };
-        let space = index.ensure_space(&space_name, model.dim())?;
-        Ok(Engine { index, model, tokenizer, preprocess, space, space_name, sampling: cfg.sampling, frame_batch: cfg.frame_batch.max(1) })
+        let mut embedders: Vec<Embedder> = Vec::new();
+        for (i, dir) in std::iter::once(&cfg.model_dir).chain(&cfg.extra_models).enumerate() {
+            let name = match (&cfg.space, i) {
+                (Some(s), 0) => s.clone(),
+                _ => space_name_of(dir),
+            };
+            if embedders.iter().any(|e| e.space_name == name) {
+                return Err(Error::Invalid(format!(
+                    "two models would share the embedding space '{name}' ({}): give each model a directory of its own name",
+                    dir.display()
+                )));
+            }
+            let mut e = Embedder::load(dir, cfg.device, cfg.channel_order, cfg.frame_batch)?;
+            e.space = index.ensure_space(&name, e.model.dim())?;
+            e.space_name = name;
+            embedders.push(e);
+        }
+        Ok(Engine { index, embedders, sampling: cfg.sampling })
+    }
+}
+
+impl Embedder {
+    /// Loads a snapshot directory (space unbound until the engine registers it).
+    pub fn load(model_dir: &Path, device: Device, order: ChannelOrder, frame_batch: usize) -> Result<Embedder, Error> {
+        let model = Clip::load(model_dir, device, Precision::F32)?;
+        let tokenizer = ClipBpe::load(model_dir, model.context_length() as usize)?;
+        let preprocess = Preprocess { size: model.image_size(), mean: model.config.mean, std: model.config.std, order };
+        Ok(Embedder { model, tokenizer, preprocess, space: SpaceId(0), space_name: String::new(), frame_batch: frame_batch.max(1) })
+    }
+
+    /// Unit text embeddings of many texts (one forward pass per `frame_batch` texts).
+    pub fn embed_texts(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, Error> {
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(self.frame_batch.max(1)) {
+            let ids = chunk.iter().map(|t| self.tokenizer.encode(t)).collect::<Result<Vec<_>, _>>()?;
+            out.extend(clip::rows(&self.model.encode_texts(&ids)?)?);
+        }
+        Ok(out)
     }
 
     /// Unit text embedding.
@@ -104,8 +152,10 @@ impl Engine {
         let video = mean_unit(&all).ok_or_else(|| Error::Invalid("no frames to embed".into()))?;
         Ok(VideoEmbedding { video, frames: all })
     }
+}
 
-    /// Decodes a video file and embeds its sampled frames.
+impl Engine {
+    /// Decodes a video file and embeds its sampled frames with the primary model.
     #[cfg(feature = "video")]
     pub fn embed_video_file(&self, path: &Path) -> Result<(crate::media::video::VideoInfo, VideoEmbedding), Error> {
         let (info, frames) = crate::media::video::read_video(path, self.sampling)?;

@@ -20,6 +20,7 @@ pub mod media;
 pub mod model;
 pub mod phantom;
 pub mod pseudonym;
+pub mod tasks;
 pub mod tokenize;
 
 pub use echovault_index as index;

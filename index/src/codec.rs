@@ -163,6 +163,46 @@ pub fn decode_vector(b: &[u8]) -> Option<(String, Vec<f32>)> {
     Some((id, v))
 }
 
+/// `frames` key: space id (u16 BE), then the item id.
+pub fn frames_key(space: SpaceId, item: &str) -> Vec<u8> {
+    let mut k = space.0.to_be_bytes().to_vec();
+    k.extend_from_slice(item.as_bytes());
+    k
+}
+
+/// `frames` value: frame count (u32 LE), dimension (u32 LE), then the frames' components as
+/// IEEE half, little-endian, row after row. `None` when the rows differ in length.
+pub fn encode_frames(frames: &[Vec<f32>]) -> Option<Vec<u8>> {
+    let dim = frames.first().map_or(0, Vec::len);
+    if frames.iter().any(|f| f.len() != dim) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(8 + frames.len() * dim * 2);
+    out.extend_from_slice(&(frames.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(dim as u32).to_le_bytes());
+    for f in frames {
+        f.iter().for_each(|x| out.extend_from_slice(&f16::from_f32(*x).to_le_bytes()));
+    }
+    Some(out)
+}
+
+/// Decodes [`encode_frames`]; `None` when the bytes are malformed.
+pub fn decode_frames(b: &[u8]) -> Option<Vec<Vec<f32>>> {
+    if b.len() < 8 {
+        return None;
+    }
+    let n = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+    let dim = u32::from_le_bytes([b[4], b[5], b[6], b[7]]) as usize;
+    let data = &b[8..];
+    if n.checked_mul(dim)?.checked_mul(2)? != data.len() {
+        return None;
+    }
+    if dim == 0 {
+        return Some(vec![Vec::new(); n]);
+    }
+    Some(data.chunks_exact(dim * 2).map(|row| row.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,7 +244,24 @@ mod tests {
         }
 
         #[test]
+        fn frames_round_trip(n in 0usize..6, dim in 0usize..40, seed: u64) {
+            let frames: Vec<Vec<f32>> =
+                (0..n).map(|i| (0..dim).map(|j| (seed as f32 + (i * 131 + j) as f32).sin()).collect()).collect();
+            let back = decode_frames(&encode_frames(&frames).unwrap()).unwrap();
+            prop_assert_eq!(back.len(), n);
+            for (a, b) in frames.iter().zip(&back) {
+                prop_assert_eq!(a.len(), b.len());
+                for (x, y) in a.iter().zip(b) {
+                    prop_assert!((x - y).abs() <= 1e-3);
+                }
+            }
+            let k = frames_key(SpaceId(seed as u16), "video:abc");
+            prop_assert_eq!(&k[..2], &(seed as u16).to_be_bytes()[..]);
+        }
+
+        #[test]
         fn decode_never_panics(b in proptest::collection::vec(any::<u8>(), 0..40)) {
+            let _ = decode_frames(&b);
             let _ = decode_vector(&b);
             let _ = decode_vector_key(&b);
             let _ = decode_dead_key(&b);

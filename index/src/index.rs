@@ -10,7 +10,7 @@ use crate::ids::{ItemId, Kind, Slot, SpaceId};
 use crate::record::ItemRecord;
 use crate::search::{dot, Hit, Query};
 use crate::snapshot;
-use crate::store::{self, CF_ERRORS, CF_GRAPH, CF_ITEMS, CF_META, CF_SLOTS, CF_VECTORS};
+use crate::store::{self, CF_ERRORS, CF_FRAMES, CF_GRAPH, CF_INGEST_LOG, CF_ITEMS, CF_META, CF_SLOTS, CF_VECTORS};
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -85,6 +85,7 @@ pub struct Batch {
     items: Vec<ItemRecord>,
     vectors: Vec<(SpaceId, ItemId, Kind, Vec<f32>)>,
     deletes: Vec<ItemId>,
+    frames: Vec<(SpaceId, ItemId, Vec<Vec<f32>>)>,
     raw: Vec<RawWrite>,
 }
 
@@ -108,6 +109,18 @@ impl Batch {
         self.deletes.push(item.into());
     }
 
+    /// Stores the per-frame embeddings of `item` in `space` (as f16; replaces earlier ones). The
+    /// item must exist or be put in the same batch; deleting it drops them.
+    pub fn put_frames(&mut self, space: SpaceId, item: impl Into<ItemId>, frames: Vec<Vec<f32>>) {
+        self.frames.push((space, item.into(), frames));
+    }
+
+    /// Writes (`Some`) or removes (`None`) one ingest-log entry. Keys and values belong to the
+    /// caller (the ingest pipeline); they commit atomically with the rest of the batch.
+    pub fn put_log(&mut self, key: &str, value: Option<&[u8]>) {
+        self.raw.push((CF_INGEST_LOG, key.as_bytes().to_vec(), value.map(<[u8]>::to_vec)));
+    }
+
     /// Records an ingest error for `input` (a path); `None` clears it.
     pub fn put_error(&mut self, input: &str, message: Option<&str>) {
         self.raw.push((CF_ERRORS, input.as_bytes().to_vec(), message.map(|m| m.as_bytes().to_vec())));
@@ -115,7 +128,7 @@ impl Batch {
 
     /// True when the batch changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.items.is_empty() && self.vectors.is_empty() && self.deletes.is_empty() && self.raw.is_empty()
+        self.items.is_empty() && self.vectors.is_empty() && self.deletes.is_empty() && self.frames.is_empty() && self.raw.is_empty()
     }
 }
 
@@ -788,9 +801,27 @@ impl Index {
         let mut new_counters = writer.next_slot.clone();
         // Slots assigned inside this batch, so a vector put twice in one batch replaces itself.
         let mut assigned: HashMap<(Collection, ItemId), Slot> = HashMap::new();
+        let cf_frames = self.cf(CF_FRAMES)?;
+        for (space, item, frames) in batch.frames.iter().filter(|(_, id, _)| !deleted.contains(id)) {
+            let info = spaces.get(space).ok_or(IndexError::UnknownSpace(space.0))?;
+            if let Some(f) = frames.iter().find(|f| f.len() != info.dim) {
+                return Err(IndexError::DimensionMismatch {
+                    item: item.0.clone(),
+                    space: info.name.clone(),
+                    expected: info.dim,
+                    got: f.len(),
+                });
+            }
+            if !records.contains_key(item) && self.get_item(item)?.is_none() {
+                return Err(IndexError::UnknownItem(item.0.clone()));
+            }
+            let value = codec::encode_frames(frames).ok_or_else(|| corrupt(&self.path, "frame embeddings", item.0.clone()))?;
+            wb.put_cf(cf_frames, codec::frames_key(*space, &item.0), value);
+        }
         for id in &deleted {
             wb.delete_cf(cf_items, id.0.as_bytes());
             for space in spaces.keys() {
+                wb.delete_cf(cf_frames, codec::frames_key(*space, &id.0));
                 for kind in Kind::ALL {
                     let c = Collection { space: *space, kind };
                     if let Some(old) = self.slot_of(c, id)? {
@@ -945,6 +976,19 @@ impl Index {
         let (_, mut v) = codec::decode_vector(&b).ok_or_else(|| corrupt(&self.path, "vector", item.0.clone()))?;
         renormalise(&mut v);
         Ok(Some(v))
+    }
+
+    /// The stored per-frame embeddings of `item` in `space` (f16 precision), in frame order.
+    pub fn get_frames(&self, space: SpaceId, item: &ItemId) -> Result<Option<Vec<Vec<f32>>>, IndexError> {
+        let Some(b) = self.db.get_cf(self.cf(CF_FRAMES)?, codec::frames_key(space, &item.0)).map_err(|e| self.storage(e))? else {
+            return Ok(None);
+        };
+        codec::decode_frames(&b).map(Some).ok_or_else(|| corrupt(&self.path, "frame embeddings", item.0.clone()))
+    }
+
+    /// One ingest-log value (see [`Batch::put_log`]).
+    pub fn get_log(&self, key: &str) -> Result<Option<Vec<u8>>, IndexError> {
+        self.db.get_cf(self.cf(CF_INGEST_LOG)?, key.as_bytes()).map_err(|e| self.storage(e))
     }
 
     /// All item records of one kind (full scan of the items table).

@@ -20,13 +20,17 @@ pub const CF_SLOTS: &str = "slots";
 /// HNSW graph snapshots (`snap/` + collection: header and chunks) and tombstones (`dead/` +
 /// collection + slot).
 pub const CF_GRAPH: &str = "graph";
-/// Ingest bookkeeping: which inputs were done, by content hash.
+/// Ingest bookkeeping, keys and values owned by the ingest pipeline (which file was done as
+/// which item, SOPInstanceUIDs seen).
 pub const CF_INGEST_LOG: &str = "ingest_log";
 /// Per-input errors of ingest runs.
 pub const CF_ERRORS: &str = "errors";
+/// Space + item id → the item's per-frame embeddings (f16, see `codec::encode_frames`). Added
+/// after format 2 was released: an older index gains it, empty, on its next open.
+pub const CF_FRAMES: &str = "frames";
 
 /// All column families, in creation order.
-pub const COLUMN_FAMILIES: [&str; 7] = [CF_META, CF_ITEMS, CF_VECTORS, CF_SLOTS, CF_GRAPH, CF_INGEST_LOG, CF_ERRORS];
+pub const COLUMN_FAMILIES: [&str; 8] = [CF_META, CF_ITEMS, CF_VECTORS, CF_SLOTS, CF_GRAPH, CF_INGEST_LOG, CF_ERRORS, CF_FRAMES];
 
 /// `meta` key holding the format version (u32 BE).
 pub const KEY_FORMAT_VERSION: &[u8] = b"format_version";

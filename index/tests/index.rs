@@ -343,3 +343,43 @@ fn a_record_update_without_a_new_vector_reaches_the_filters() {
     q.filter.patient = Some("p1".into());
     assert!(index.search(&q).unwrap().is_empty());
 }
+
+#[test]
+fn frame_embeddings_and_the_ingest_log_commit_with_the_item_and_go_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(5);
+    let frames: Vec<Vec<f32>> = (0..7).map(|_| unit(&mut rng, 16)).collect();
+    {
+        let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+        let space = index.ensure_space("echoclip", 16).unwrap();
+        // Frames of an item that does not exist are refused, and so is a wrong dimension.
+        let mut b = index.batch();
+        b.put_frames(space, "ghost", frames.clone());
+        assert!(matches!(index.commit(b), Err(IndexError::UnknownItem(_))));
+        let mut b = index.batch();
+        b.put_item(video("v1", "p1", "2021-01-01"));
+        b.put_frames(space, "v1", vec![vec![0.5; 15]]);
+        assert!(matches!(index.commit(b), Err(IndexError::DimensionMismatch { .. })));
+        assert!(index.get_item(&ItemId::from("v1")).unwrap().is_none(), "a refused batch writes nothing");
+        let mut b = index.batch();
+        b.put_item(video("v1", "p1", "2021-01-01"));
+        b.put_vector(space, "v1", Kind::Video, frames[0].clone());
+        b.put_frames(space, "v1", frames.clone());
+        b.put_log("file:/export/v1.avi", Some(b"v1"));
+        index.commit(b).unwrap();
+    }
+    let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+    let space = index.space("echoclip").unwrap().id;
+    let got = index.get_frames(space, &ItemId::from("v1")).unwrap().unwrap();
+    assert_eq!(got.len(), 7);
+    for (a, b) in frames.iter().zip(&got) {
+        assert!(a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-3), "f16 frames round-trip closely");
+    }
+    assert_eq!(index.get_log("file:/export/v1.avi").unwrap().as_deref(), Some(&b"v1"[..]));
+    let mut b = index.batch();
+    b.delete_item("v1");
+    b.put_log("file:/export/v1.avi", None);
+    index.commit(b).unwrap();
+    assert!(index.get_frames(space, &ItemId::from("v1")).unwrap().is_none());
+    assert!(index.get_log("file:/export/v1.avi").unwrap().is_none());
+}

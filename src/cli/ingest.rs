@@ -1,10 +1,12 @@
-//! `echovault ingest PATH...`.
+//! `echovault ingest PATH...` and `echovault errors`.
 
 use super::{open_engine, Global, EXIT_PARTIAL};
-use clap::Args;
-use echovault::ingest::{ingest, IngestOptions};
+use clap::{Args, ValueEnum};
+use echovault::ingest::{ingest, IngestOptions, Progress};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Args, Debug)]
 pub struct IngestArgs {
@@ -22,31 +24,73 @@ pub struct IngestArgs {
     /// present and lies inside the image.
     #[arg(long)]
     crop_region: bool,
+    /// Only studies dated on or after this day (YYYY-MM-DD): DICOM StudyDate, or for videos the
+    /// report manifest's date of their study. Undated inputs are passed over.
+    #[arg(long)]
+    since: Option<String>,
+    /// Decode workers (default: one per core).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+    /// Videos each queue between pipeline stages holds at most (bounds memory).
+    #[arg(long, default_value_t = 2)]
+    queue: usize,
+    /// Progress display: auto (bars on a terminal, log lines otherwise), bar, log or none.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    progress: ProgressMode,
+    /// Seconds between progress log lines.
+    #[arg(long, default_value_t = 10.0)]
+    progress_every: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    Auto,
+    Bar,
+    Log,
+    None,
 }
 
 pub fn run(g: &Global, a: &IngestArgs) -> anyhow::Result<i32> {
     let engine = open_engine(g)?;
     let start = Instant::now();
-    let opts = IngestOptions { reports: a.reports.clone(), crop_regions: a.crop_region };
-    let summary = ingest(&engine, &a.paths, &opts, |done, total| {
-        tracing::info!("ingest: {done}/{total} files, {:.1} files/s", done as f64 / start.elapsed().as_secs_f64().max(1e-9));
-    })?;
+    let opts = IngestOptions {
+        reports: a.reports.clone(),
+        crop_regions: a.crop_region,
+        workers: a.workers,
+        since: a.since.clone(),
+        queue: a.queue,
+    };
+    let mode = match a.progress {
+        ProgressMode::Auto if std::io::stderr().is_terminal() => ProgressMode::Bar,
+        ProgressMode::Auto => ProgressMode::Log,
+        m => m,
+    };
+    let mut display = Display::new(mode, Duration::from_secs_f64(a.progress_every.max(0.1)));
+    let summary = ingest(&engine, &a.paths, &opts, |p| display.update(p))?;
+    display.finish();
     let secs = start.elapsed().as_secs_f64();
+    let spaces: Vec<&str> = engine.embedders.iter().map(|e| e.space_name.as_str()).collect();
     if g.json {
         let mut v = serde_json::to_value(&summary)?;
         v["seconds"] = serde_json::json!(secs);
+        v["videos_per_s"] = serde_json::json!(summary.ingested as f64 / secs.max(1e-9));
         v["space"] = serde_json::json!(engine.space_name);
+        v["spaces"] = serde_json::json!(spaces);
         println!("{v}");
     } else {
         println!(
-            "ingested {} videos and {} reports into {} (space {}), skipped {}, failed {} — {:.1} s",
+            "ingested {} videos ({} frames) and {} reports into {} (spaces {}); skipped {} already indexed, {} duplicates, {} outside --since; failed {} — {:.1} s, {:.2} videos/s",
             summary.ingested,
+            summary.frames,
             summary.reports,
             g.index.display(),
-            engine.space_name,
+            spaces.join(", "),
             summary.skipped,
+            summary.duplicates,
+            summary.outside_since,
             summary.failed.len(),
-            secs
+            secs,
+            summary.ingested as f64 / secs.max(1e-9)
         );
         for f in &summary.failed {
             println!("  failed: {}: {}", f.path, f.reason);
@@ -56,4 +100,107 @@ pub fn run(g: &Global, a: &IngestArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(if summary.failed.is_empty() { 0 } else { EXIT_PARTIAL })
+}
+
+/// Progress on stderr: an indicatif bar, or a line every few seconds.
+struct Display {
+    mode: ProgressMode,
+    bar: Option<ProgressBar>,
+    every: Duration,
+    last: Instant,
+    latest: Progress,
+}
+
+impl Display {
+    fn new(mode: ProgressMode, every: Duration) -> Display {
+        let bar = (mode == ProgressMode::Bar).then(|| {
+            let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            let style = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} files  {msg}  ETA {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar());
+            b.set_style(style);
+            b
+        });
+        Display { mode, bar, every, last: Instant::now(), latest: Progress::default() }
+    }
+
+    fn update(&mut self, p: &Progress) {
+        self.latest = p.clone();
+        match self.mode {
+            ProgressMode::Bar => {
+                if let Some(b) = &self.bar {
+                    b.set_length(p.found as u64);
+                    b.set_position(p.done as u64);
+                    b.set_message(format!(
+                        "{} frames · {:.2} videos/s · {} ingested, {} skipped, {} failed, {} reports",
+                        p.frames,
+                        p.videos_per_s(),
+                        p.ingested,
+                        p.skipped,
+                        p.failed,
+                        p.reports
+                    ));
+                }
+            }
+            ProgressMode::Log if self.last.elapsed() >= self.every => {
+                self.last = Instant::now();
+                log_line(p);
+            }
+            _ => {}
+        }
+    }
+
+    fn finish(&mut self) {
+        match self.mode {
+            ProgressMode::Bar => {
+                if let Some(b) = &self.bar {
+                    b.finish_and_clear();
+                }
+            }
+            ProgressMode::Log => log_line(&self.latest),
+            _ => {}
+        }
+    }
+}
+
+/// A progress line on stderr whatever the log filter (the user asked for progress).
+#[allow(clippy::print_stderr)]
+fn log_line(p: &Progress) {
+    let left = p.found.saturating_sub(p.done);
+    let rate = p.done as f64 / p.elapsed.as_secs_f64().max(1e-9);
+    let eta = if rate > 0.0 { format!("{:.0} s", left as f64 / rate) } else { "?".into() };
+    eprintln!(
+        "ingest: {}/{} files ({} ingested, {} skipped, {} failed), {} frames, {:.2} videos/s, {:.1} frames/s, {} reports, ETA {eta}",
+        p.done,
+        p.found,
+        p.ingested,
+        p.skipped,
+        p.failed,
+        p.frames,
+        p.videos_per_s(),
+        p.frames_per_s(),
+        p.reports
+    );
+}
+
+#[derive(Args, Debug)]
+pub struct ErrorsArgs {}
+
+/// `echovault errors`: the inputs whose last ingest failed, with reasons.
+pub fn run_errors(g: &Global, _: &ErrorsArgs) -> anyhow::Result<i32> {
+    anyhow::ensure!(g.index.is_dir(), "no index at {} (pass --index DIR)", g.index.display());
+    let opts = echovault::index::IndexOptions { passive_open: true, ..Default::default() };
+    let index = echovault::index::Index::open(&g.index, opts)?;
+    let errors = index.errors()?;
+    if g.json {
+        let list: Vec<_> = errors.iter().map(|(path, reason)| serde_json::json!({ "path": path, "reason": reason })).collect();
+        println!("{}", serde_json::json!({ "errors": list }));
+    } else if errors.is_empty() {
+        println!("no failed inputs recorded in {}", g.index.display());
+    } else {
+        println!("{} failed inputs in {}:", errors.len(), g.index.display());
+        for (path, reason) in &errors {
+            println!("  {path}: {reason}");
+        }
+    }
+    Ok(0)
 }

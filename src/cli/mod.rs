@@ -40,9 +40,11 @@ pub struct Global {
     #[arg(long, global = true, env = "ECHOVAULT_INDEX", default_value = "echovault-index")]
     pub index: PathBuf,
     /// Model snapshot directory (open_clip_config.json, weights, tokenizer.json).
-    /// Default: $ECHOVAULT_MODEL, else ./data-samples/echovault-tiny.
-    #[arg(long, global = true, env = "ECHOVAULT_MODEL")]
-    pub model: Option<PathBuf>,
+    /// Default: $ECHOVAULT_MODEL, else ./data-samples/echovault-tiny. Repeat it to ingest with
+    /// several models in one run (e.g. EchoCLIP and EchoCLIP-R), each into the space named
+    /// after its directory; the first is the one other commands embed queries with.
+    #[arg(long, global = true, env = "ECHOVAULT_MODEL", action = clap::ArgAction::Append)]
+    pub model: Vec<PathBuf>,
     /// Embedding space name in the index (default: the model directory's name).
     #[arg(long, global = true)]
     pub space: Option<String>,
@@ -69,7 +71,7 @@ pub struct Global {
 impl Global {
     /// Resolves the engine settings.
     pub fn engine_config(&self) -> anyhow::Result<EngineConfig> {
-        let model_dir = match &self.model {
+        let model_dir = match self.model.first() {
             Some(m) => m.clone(),
             None => {
                 let p = PathBuf::from(SAMPLE_MODEL);
@@ -80,6 +82,7 @@ impl Global {
         Ok(EngineConfig {
             index_dir: self.index.clone(),
             model_dir,
+            extra_models: self.model.iter().skip(1).cloned().collect(),
             space: self.space.clone(),
             device: parse_device(&self.device)?,
             channel_order: self.channel_order,
@@ -95,6 +98,8 @@ enum Command {
     Ingest(ingest::IngestArgs),
     /// Find videos, reports or studies by text, by a video file, or like an indexed item.
     Search(search::SearchArgs),
+    /// List the inputs whose last ingest failed, with reasons (exit 0).
+    Errors(ingest::ErrorsArgs),
     /// Show what the index holds.
     Info,
     /// Check the index; rebuild its graphs from the stored vectors, drop deleted and replaced
@@ -127,6 +132,7 @@ pub fn run() -> i32 {
     let result = match &cli.command {
         Command::Ingest(a) => ingest::run(&cli.global, a),
         Command::Search(a) => search::run(&cli.global, a),
+        Command::Errors(a) => ingest::run_errors(&cli.global, a),
         Command::Info => info::run(&cli.global),
         Command::Repair(a) => info::run_repair(&cli.global, a),
         Command::Inspect(a) => inspect::run(&cli.global, a),

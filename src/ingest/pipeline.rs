@@ -1,0 +1,774 @@
+//! The ingest pipeline: stages on bounded crossbeam channels.
+//!
+//! ```text
+//! feeder ──todo──▶ decode ×N ──decoded──▶ preprocess ──prepared──▶ embed ──done──▶ write
+//!   │  (stat, ingest log)  (hash, skip, decode)    (resize, normalise)   (batched across   (one atomic
+//!   └──────────────── quick skips, failures, passes ────────────────────▶ videos, every   batch per video,
+//!                                                                          model; reports)  per report)
+//! ```
+//!
+//! - **feeder**: stats each discovered file; a file whose path, size and mtime the ingest log
+//!   records as done, and whose item holds a video vector in every configured space, is
+//!   skipped without being read.
+//! - **decode** (`workers` threads): content hash (the video's id); skip when indexed in every
+//!   space; DICOM header first (passes over non-images, `--since`, SOPInstanceUIDs already
+//!   indexed), then the sampled frames. A panic inside a decoder is caught and becomes that
+//!   file's failure.
+//! - **preprocess**: resize, crop, normalise, once per distinct preprocessing of the models.
+//! - **embed**: gathers videos until `frame_batch` frames (or the queue runs dry), runs each
+//!   model on the lot, splits the rows back per video; then embeds the reports, batched.
+//! - **write** (the calling thread): per video one atomic batch — item, frame embeddings (f16),
+//!   video embedding and the refreshed study embedding in every space, the ingest-log entries,
+//!   the error entry cleared; per report one batch. A study's embedding is the normalised mean of
+//!   all its videos in the index, in id order, so it does not depend on the order of arrival.
+//!
+//! **Memory bound.** Each channel holds at most `queue` items (default 2), so at any time at
+//! most `workers + queue + 1` decoded videos (raw frames) and `2·queue + 1` preprocessed ones
+//! plus the embed batch (≤ `frame_batch` frames, or one video) are alive: memory is bounded by
+//! the largest videos times about `workers + 3·queue + 3`, whatever the number of files. The
+//! discovered file list (paths only) is the one thing that grows with the export.
+//!
+//! **Failure.** Every stage ends when its input closes or its output is gone, so a stage that
+//! fails (an error or a panic) brings the others down instead of leaving them blocked; the
+//! run then reports that error. What was committed stays committed; re-running continues.
+
+use super::{
+    content_id, decode_dicom, decode_video, report_id, study_id, Decoded, Discovered, Failure, Gate, IngestOptions, IngestSummary,
+    InputKind, Pass, ReportEntry,
+};
+use crate::engine::{mean_unit, Engine};
+use crate::error::Error;
+use crate::media::{FrameSampling, Preprocess};
+use crate::model::clip;
+use crossbeam_channel::{bounded, Receiver, Sender};
+use echovault_index::{Index, ItemId, ItemRecord, Kind, SpaceId};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tch::Tensor;
+
+/// What the stages other than embedding need: the index, the frame sampling, and per model its
+/// space and preprocessing (the models themselves stay on the embedding thread: LibTorch
+/// modules are not shared between threads).
+#[derive(Debug)]
+pub struct Ctx<'a> {
+    /// The index.
+    pub index: &'a Index,
+    /// Frames embedded per video.
+    pub sampling: FrameSampling,
+    /// Per model: its space and preprocessing.
+    pub spaces: Vec<(SpaceId, Preprocess)>,
+}
+
+/// Where a run stands, passed to the progress callback after each input and each report.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Progress {
+    /// Inputs found by the walk.
+    pub found: usize,
+    /// Inputs finished (ingested, skipped, passed over or failed).
+    pub done: usize,
+    /// Videos embedded and written.
+    pub ingested: usize,
+    /// Inputs skipped as already indexed or duplicates.
+    pub skipped: usize,
+    /// Inputs that failed.
+    pub failed: usize,
+    /// Frames embedded (per model).
+    pub frames: usize,
+    /// Reports written.
+    pub reports: usize,
+    /// Time since the run started.
+    #[serde(skip)]
+    pub elapsed: Duration,
+}
+
+impl Progress {
+    /// Videos embedded per second so far.
+    pub fn videos_per_s(&self) -> f64 {
+        self.ingested as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Frames embedded per second so far.
+    pub fn frames_per_s(&self) -> f64 {
+        self.frames as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// What the ingest log remembers of a file that was done.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct LogEntry {
+    id: String,
+    size: u64,
+    mtime_ns: u128,
+}
+
+fn file_key(path: &Path) -> String {
+    format!("file:{}", path.display())
+}
+
+fn sop_key(uid: &str) -> String {
+    format!("sop:{uid}")
+}
+
+/// Size and modification time of a file, as the ingest log records them.
+fn stamp(path: &Path) -> Option<(u64, u128)> {
+    let m = std::fs::metadata(path).ok()?;
+    let mtime = m.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
+    Some((m.len(), mtime))
+}
+
+struct Job {
+    input: Discovered,
+}
+
+/// A decoded video with what the models still lack.
+struct DecodedJob {
+    input: Discovered,
+    id: String,
+    decoded: Decoded,
+    /// Indices of the engine's embedders whose space lacks this video.
+    needs: Vec<usize>,
+}
+
+struct Prepared {
+    input: Discovered,
+    id: String,
+    decoded: Decoded,
+    needs: Vec<usize>,
+    /// One `[n, 3, S, S]` tensor per needed embedder (shared when preprocessing agrees).
+    tensors: Vec<Tensor>,
+    n_frames: usize,
+}
+
+struct Embedded {
+    input: Discovered,
+    id: String,
+    decoded: Decoded,
+    /// (embedder index, video embedding, frame embeddings).
+    spaces: Vec<(usize, Vec<f32>, Vec<Vec<f32>>)>,
+}
+
+struct EmbeddedReport {
+    entry: ReportEntry,
+    source: String,
+    spaces: Vec<(usize, Vec<f32>)>,
+}
+
+enum Done {
+    Skipped { input: Discovered, id: Option<String> },
+    Duplicate,
+    OutsideSince,
+    NotImage(Failure),
+    Failed(Failure),
+    Video(Box<Embedded>),
+    Report(Box<EmbeddedReport>),
+    ReportUnchanged,
+}
+
+/// A report to index, with where it came from.
+struct ReportJob {
+    entry: ReportEntry,
+    source: String,
+}
+
+/// Ingests `paths` (files or directories) into the engine's index with every model of the
+/// engine. `progress` is called (on the writing thread) after each finished input and report.
+pub fn ingest(
+    engine: &Engine,
+    paths: &[PathBuf],
+    opts: &IngestOptions,
+    mut progress: impl FnMut(&Progress) + Send,
+) -> Result<IngestSummary, Error> {
+    let start = Instant::now();
+    if let Some(since) = &opts.since {
+        check_date(since)?;
+    }
+    let found = super::discover(paths)?;
+    let mut summary = IngestSummary { found: found.videos.len(), ..IngestSummary::default() };
+    for (path, reason) in &found.skipped {
+        summary.not_images.push(Failure { path: path.display().to_string(), reason: reason.clone() });
+    }
+    let reports = gather_reports(opts, &found.videos)?;
+    let dates: HashMap<String, String> = reports.iter().filter_map(|r| Some((r.entry.study.clone(), r.entry.date.clone()?))).collect();
+    let workers = if opts.workers == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { opts.workers };
+    let queue = if opts.queue == 0 { 2 } else { opts.queue };
+    let stop = AtomicBool::new(false);
+
+    let (todo_tx, todo_rx) = bounded::<Job>(queue);
+    let (dec_tx, dec_rx) = bounded::<DecodedJob>(queue);
+    let (prep_tx, prep_rx) = bounded::<Prepared>(queue);
+    let (done_tx, done_rx) = bounded::<Done>(queue.max(workers));
+
+    let ctx = Ctx {
+        index: &engine.index,
+        sampling: engine.sampling,
+        spaces: engine.embedders.iter().map(|e| (e.space, e.preprocess.clone())).collect(),
+    };
+    let gate = |study: &str, date: Option<&str>, sop: Option<&str>| -> Option<Pass> {
+        if let Some(since) = &opts.since {
+            let date = date.or_else(|| dates.get(study).map(String::as_str));
+            if date.is_none_or(|d| d < since.as_str()) {
+                return Some(Pass::OutsideSince);
+            }
+        }
+        let uid = sop?;
+        let known = ctx.index.get_log(&sop_key(uid)).ok().flatten()?;
+        let other = String::from_utf8(known).ok()?;
+        indexed_everywhere(&ctx, &other).then_some(Pass::DuplicateOf(other))
+    };
+
+    let result = std::thread::scope(|s| -> Result<(), Error> {
+        let (ctx, stop, gate, dates) = (&ctx, &stop, &gate, &dates);
+        let feeder = {
+            let done_tx = done_tx.clone();
+            let videos = &found.videos;
+            s.spawn(move || feed(ctx, videos, &todo_tx, &done_tx, stop))
+        };
+        let mut decoders = Vec::new();
+        for _ in 0..workers {
+            let (todo_rx, dec_tx, done_tx) = (todo_rx.clone(), dec_tx.clone(), done_tx.clone());
+            decoders.push(s.spawn(move || decode_stage(ctx, opts, gate, &todo_rx, &dec_tx, &done_tx, stop)));
+        }
+        drop((todo_rx, dec_tx));
+        let pre = {
+            let done_tx = done_tx.clone();
+            s.spawn(move || preprocess_stage(ctx, &dec_rx, &prep_tx, &done_tx))
+        };
+        let summary = &mut summary;
+        let writer = s.spawn(move || {
+            let r = write_stage(ctx, &done_rx, dates, summary, start, &mut progress);
+            if r.is_err() {
+                stop.store(true, Ordering::SeqCst);
+            }
+            // Dropping the receiver here makes every stage's next send fail: they end.
+            drop(done_rx);
+            r
+        });
+        // Embedding runs on this thread, which owns the models.
+        let embedded = embed_stage(engine, &prep_rx, &done_tx, reports);
+        drop((prep_rx, done_tx));
+        if embedded.is_err() {
+            stop.store(true, Ordering::SeqCst);
+        }
+        let mut stage_error = None;
+        let mut join = |name: &str, h: std::thread::ScopedJoinHandle<'_, Result<(), Error>>| match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                stage_error.get_or_insert(e);
+            }
+            Err(_) => {
+                stage_error.get_or_insert(Error::Invalid(format!("the {name} stage of the ingest pipeline panicked")));
+            }
+        };
+        join("write", writer);
+        join("discover", feeder);
+        for d in decoders {
+            join("decode", d);
+        }
+        join("preprocess", pre);
+        if let Some(e) = stage_error {
+            return Err(e);
+        }
+        embedded
+    });
+    result?;
+    // Snapshot the graphs now, so the next open replays nothing.
+    engine.index.checkpoint()?;
+    Ok(summary)
+}
+
+/// A `--since` value must be a day.
+fn check_date(d: &str) -> Result<(), Error> {
+    let b = d.as_bytes();
+    let ok = b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+        && (1..=12).contains(&d[5..7].parse::<u32>().unwrap_or(0))
+        && (1..=31).contains(&d[8..10].parse::<u32>().unwrap_or(0));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!("--since '{d}': give a day as YYYY-MM-DD")))
+    }
+}
+
+/// Manifest reports, then sidecar reports of studies the manifest does not cover.
+fn gather_reports(opts: &IngestOptions, videos: &[Discovered]) -> Result<Vec<ReportJob>, Error> {
+    let mut out: Vec<ReportJob> = Vec::new();
+    let mut seen = HashSet::new();
+    if let Some(manifest) = &opts.reports {
+        for entry in super::read_reports(manifest)? {
+            seen.insert(entry.study.clone());
+            out.push(ReportJob { entry, source: manifest.display().to_string() });
+        }
+    }
+    for v in videos {
+        let (Some(report), Some(study)) = (&v.report, v.path.file_stem().and_then(|s| s.to_str())) else { continue };
+        if seen.insert(study.to_owned()) {
+            let text = std::fs::read_to_string(report).map_err(|e| Error::io(report, e))?;
+            out.push(ReportJob {
+                entry: ReportEntry { study: study.to_owned(), text: text.trim().to_owned(), date: None },
+                source: report.display().to_string(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// True when every space of the engine holds a video vector for `id`.
+fn indexed_everywhere(ctx: &Ctx, id: &str) -> bool {
+    missing_spaces(ctx, id).is_ok_and(|m| m.is_empty())
+}
+
+/// Indices of the embedders whose space lacks a video vector for `id`.
+fn missing_spaces(ctx: &Ctx, id: &str) -> Result<Vec<usize>, Error> {
+    let item = ItemId::from(id);
+    let mut out = Vec::new();
+    for (i, (space, _)) in ctx.spaces.iter().enumerate() {
+        if ctx.index.get_vector(*space, Kind::Video, &item)?.is_none() {
+            out.push(i);
+        }
+    }
+    Ok(out)
+}
+
+fn feed(ctx: &Ctx, videos: &[Discovered], todo: &Sender<Job>, done: &Sender<Done>, stop: &AtomicBool) -> Result<(), Error> {
+    for input in videos {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        // Quick skip: same path, size and mtime as a file done before, still indexed.
+        let logged = ctx.index.get_log(&file_key(&input.path))?.and_then(|b| serde_json::from_slice::<LogEntry>(&b).ok());
+        if let (Some(log), Some((size, mtime_ns))) = (logged, stamp(&input.path)) {
+            if log.size == size && log.mtime_ns == mtime_ns && indexed_everywhere(ctx, &log.id) {
+                if done.send(Done::Skipped { input: input.clone(), id: None }).is_err() {
+                    break;
+                }
+                continue;
+            }
+        }
+        if todo.send(Job { input: input.clone() }).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn decode_stage(
+    ctx: &Ctx,
+    opts: &IngestOptions,
+    gate: Gate,
+    todo: &Receiver<Job>,
+    out: &Sender<DecodedJob>,
+    done: &Sender<Done>,
+    stop: &AtomicBool,
+) -> Result<(), Error> {
+    for job in todo {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let path = job.input.path.clone();
+        let outcome = catch_unwind(AssertUnwindSafe(|| decode_job(ctx, opts, gate, &job.input)))
+            .unwrap_or_else(|_| Err(Error::media(&path, "the decoder panicked on this file")));
+        let sent = match outcome {
+            Ok(Step::Decoded(d)) => out.send(*d).is_ok(),
+            Ok(Step::Done(d)) => done.send(d).is_ok(),
+            Err(e) => done.send(Done::Failed(failure(&path, &e))).is_ok(),
+        };
+        if !sent {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn failure(path: &Path, e: &Error) -> Failure {
+    let reason = match e {
+        // The path is already the key; keep the reason alone.
+        Error::Media { reason, .. } => reason.clone(),
+        Error::Io { source, .. } => source.to_string(),
+        other => other.to_string(),
+    };
+    Failure { path: path.display().to_string(), reason }
+}
+
+enum Step {
+    Decoded(Box<DecodedJob>),
+    Done(Done),
+}
+
+fn decode_job(ctx: &Ctx, opts: &IngestOptions, gate: Gate, input: &Discovered) -> Result<Step, Error> {
+    let id = content_id(&input.path)?;
+    let needs = missing_spaces(ctx, &id)?;
+    if needs.is_empty() {
+        return Ok(Step::Done(Done::Skipped { input: input.clone(), id: Some(id) }));
+    }
+    let decoded = match input.kind {
+        InputKind::Video => decode_video(ctx, &input.path, &id, gate)?,
+        InputKind::Dicom => decode_dicom(ctx, &input.path, &id, opts, gate)?,
+    };
+    match decoded {
+        Ok(decoded) => Ok(Step::Decoded(Box::new(DecodedJob { input: input.clone(), id, decoded, needs }))),
+        Err(Pass::NotImage(reason)) => {
+            tracing::info!(file = %input.path.display(), "passed over: {reason}");
+            Ok(Step::Done(Done::NotImage(Failure { path: input.path.display().to_string(), reason })))
+        }
+        Err(Pass::OutsideSince) => Ok(Step::Done(Done::OutsideSince)),
+        Err(Pass::DuplicateOf(other)) => {
+            tracing::info!(file = %input.path.display(), "same SOPInstanceUID as indexed item {other}: skipped");
+            Ok(Step::Done(Done::Duplicate))
+        }
+    }
+}
+
+fn preprocess_stage(ctx: &Ctx, input: &Receiver<DecodedJob>, out: &Sender<Prepared>, done: &Sender<Done>) -> Result<(), Error> {
+    for job in input {
+        let path = job.input.path.clone();
+        let result = catch_unwind(AssertUnwindSafe(|| prepare(ctx, job)))
+            .unwrap_or_else(|_| Err(Error::media(&path, "preprocessing panicked on this file")));
+        let sent = match result {
+            Ok(p) => out.send(p).is_ok(),
+            Err(e) => done.send(Done::Failed(failure(&path, &e))).is_ok(),
+        };
+        if !sent {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn prepare(ctx: &Ctx, job: DecodedJob) -> Result<Prepared, Error> {
+    let DecodedJob { input, id, mut decoded, needs } = job;
+    let mut tensors: Vec<Tensor> = Vec::with_capacity(needs.len());
+    for (k, &i) in needs.iter().enumerate() {
+        let pre = &ctx.spaces[i].1;
+        // Models with the same preprocessing share one tensor.
+        let same = needs[..k].iter().position(|&j| ctx.spaces[j].1 == *pre);
+        let t = match same {
+            Some(p) => tensors[p].shallow_clone(),
+            None => pre.frames(&decoded.frames).map_err(|e| match e {
+                Error::Invalid(reason) => Error::media(&input.path, reason),
+                other => other,
+            })?,
+        };
+        tensors.push(t);
+    }
+    let n_frames = decoded.frames.len();
+    // The raw frames are no longer needed: free them before the video waits for its batch.
+    decoded.frames = Vec::new();
+    Ok(Prepared { input, id, decoded, needs, tensors, n_frames })
+}
+
+fn embed_stage(engine: &Engine, input: &Receiver<Prepared>, done: &Sender<Done>, reports: Vec<ReportJob>) -> Result<(), Error> {
+    let batch_frames = engine.embedders.iter().map(|e| e.frame_batch).min().unwrap_or(1).max(1);
+    let mut pending: Vec<Prepared> = Vec::new();
+    let mut frames = 0usize;
+    loop {
+        // Take what is queued; block only when there is nothing to embed yet.
+        let next = if pending.is_empty() {
+            match input.recv() {
+                Ok(p) => Some(p),
+                Err(_) => break,
+            }
+        } else {
+            input.try_recv().ok()
+        };
+        // With nothing more queued, embed what is pending rather than wait.
+        if let Some(p) = next {
+            frames += p.n_frames;
+            pending.push(p);
+            if frames < batch_frames {
+                continue;
+            }
+        }
+        for d in embed_batch(engine, std::mem::take(&mut pending)) {
+            if done.send(d).is_err() {
+                return Ok(());
+            }
+        }
+        frames = 0;
+    }
+    if !pending.is_empty() {
+        for d in embed_batch(engine, pending) {
+            if done.send(d).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    embed_reports(engine, reports, done)
+}
+
+/// Embeds the frames of several videos in shared forward passes; a video whose pass fails is
+/// retried alone, so one bad video fails alone.
+fn embed_batch(engine: &Engine, videos: Vec<Prepared>) -> Vec<Done> {
+    match embed_together(engine, &videos) {
+        Ok(per_video) => videos.into_iter().zip(per_video).map(|(p, spaces)| embedded(p, spaces)).collect(),
+        Err(e) if videos.len() == 1 => videos.into_iter().map(|p| Done::Failed(failure(&p.input.path, &e))).collect(),
+        Err(_) => videos
+            .into_iter()
+            .map(|p| match embed_together(engine, std::slice::from_ref(&p)) {
+                Ok(mut s) => embedded(p, s.remove(0)),
+                Err(e) => Done::Failed(failure(&p.input.path, &e)),
+            })
+            .collect(),
+    }
+}
+
+fn embedded(p: Prepared, spaces: Vec<(usize, Vec<f32>, Vec<Vec<f32>>)>) -> Done {
+    Done::Video(Box::new(Embedded { input: p.input, id: p.id, decoded: p.decoded, spaces }))
+}
+
+type SpaceRows = Vec<(usize, Vec<f32>, Vec<Vec<f32>>)>;
+
+fn embed_together(engine: &Engine, videos: &[Prepared]) -> Result<Vec<SpaceRows>, Error> {
+    let mut out: Vec<SpaceRows> = videos.iter().map(|_| Vec::new()).collect();
+    for (i, e) in engine.embedders.iter().enumerate() {
+        // The videos needing this model, with their tensor for it.
+        let members: Vec<(usize, &Tensor, usize)> = videos
+            .iter()
+            .enumerate()
+            .filter_map(|(v, p)| p.needs.iter().position(|&n| n == i).map(|k| (v, &p.tensors[k], p.n_frames)))
+            .collect();
+        if members.is_empty() {
+            continue;
+        }
+        let all = Tensor::cat(&members.iter().map(|(_, t, _)| *t).collect::<Vec<_>>(), 0);
+        let total = all.size()[0];
+        let mut rows: Vec<Vec<f32>> = Vec::with_capacity(total as usize);
+        let step = e.frame_batch.max(1) as i64;
+        let mut at = 0i64;
+        while at < total {
+            let n = step.min(total - at);
+            rows.extend(clip::rows(&e.model.encode_images(&all.narrow(0, at, n))?)?);
+            at += n;
+        }
+        let mut rows = rows.into_iter();
+        for (v, _, n) in members {
+            let frames: Vec<Vec<f32>> = rows.by_ref().take(n).collect();
+            let video = mean_unit(&frames).ok_or_else(|| Error::Invalid("no frames to embed".into()))?;
+            out[v].push((i, video, frames));
+        }
+    }
+    Ok(out)
+}
+
+fn embed_reports(engine: &Engine, reports: Vec<ReportJob>, done: &Sender<Done>) -> Result<(), Error> {
+    // Only what is new or changed, per space.
+    let mut todo: Vec<(ReportJob, Vec<usize>)> = Vec::new();
+    for r in reports {
+        let rid = ItemId(report_id(&r.entry.study));
+        let same_text = engine.index.get_item(&rid)?.and_then(|rec| rec.text).is_some_and(|t| t == r.entry.text);
+        let mut needs = Vec::new();
+        for (i, e) in engine.embedders.iter().enumerate() {
+            if !same_text || engine.index.get_vector(e.space, Kind::Report, &rid)?.is_none() {
+                needs.push(i);
+            }
+        }
+        if needs.is_empty() {
+            if done.send(Done::ReportUnchanged).is_err() {
+                return Ok(());
+            }
+        } else {
+            todo.push((r, needs));
+        }
+    }
+    let chunk = engine.embedders.iter().map(|e| e.frame_batch).min().unwrap_or(32).max(1);
+    for group in todo.chunks(chunk) {
+        let mut spaces: Vec<Vec<(usize, Vec<f32>)>> = group.iter().map(|_| Vec::new()).collect();
+        for (i, e) in engine.embedders.iter().enumerate() {
+            let members: Vec<usize> = (0..group.len()).filter(|&g| group[g].1.contains(&i)).collect();
+            if members.is_empty() {
+                continue;
+            }
+            let texts: Vec<&str> = members.iter().map(|&g| group[g].0.entry.text.as_str()).collect();
+            for (g, v) in members.into_iter().zip(e.embed_texts(&texts)?) {
+                spaces[g].push((i, v));
+            }
+        }
+        for ((r, _), spaces) in group.iter().zip(spaces) {
+            let d = Done::Report(Box::new(EmbeddedReport { entry: r.entry.clone(), source: r.source.clone(), spaces }));
+            if done.send(d).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Study id → its videos in the index (built from the items table once, then kept current).
+type Members = HashMap<String, BTreeSet<ItemId>>;
+
+fn write_stage(
+    ctx: &Ctx,
+    done: &Receiver<Done>,
+    dates: &HashMap<String, String>,
+    summary: &mut IngestSummary,
+    start: Instant,
+    progress: &mut impl FnMut(&Progress),
+) -> Result<(), Error> {
+    let index = ctx.index;
+    // Ids written in this run: the same content under two paths is indexed once.
+    let mut written: HashSet<String> = HashSet::new();
+    let mut members: Option<Members> = None;
+    let mut p = Progress { found: summary.found, ..Progress::default() };
+    for d in done {
+        let input_done = !matches!(d, Done::Report(_) | Done::ReportUnchanged);
+        match d {
+            Done::Skipped { input, id } => {
+                summary.skipped += 1;
+                p.skipped += 1;
+                // A file recognised by its hash gets a log entry, so the next run skips it
+                // without reading it.
+                if let (Some(id), Some((size, mtime_ns))) = (id, stamp(&input.path)) {
+                    let mut b = index.batch();
+                    put_log(&mut b, &input.path, &id, size, mtime_ns)?;
+                    b.put_error(&input.path.to_string_lossy(), None);
+                    index.commit(b)?;
+                }
+            }
+            Done::Duplicate => {
+                summary.duplicates += 1;
+                p.skipped += 1;
+            }
+            Done::OutsideSince => summary.outside_since += 1,
+            Done::NotImage(f) => summary.not_images.push(f),
+            Done::Failed(f) => {
+                tracing::warn!(file = %f.path, "ingest failed: {}", f.reason);
+                let mut b = index.batch();
+                b.put_error(&f.path, Some(&f.reason));
+                index.commit(b)?;
+                summary.failed.push(f);
+                p.failed += 1;
+            }
+            Done::Video(e) => {
+                if !written.insert(e.id.clone()) {
+                    // The same content under two paths in one run: indexed once.
+                    summary.duplicates += 1;
+                    p.skipped += 1;
+                } else {
+                    let members = match &mut members {
+                        Some(m) => m,
+                        None => members.insert(study_members(index)?),
+                    };
+                    let frames = e.spaces.first().map_or(0, |s| s.2.len());
+                    write_video(ctx, &e, dates, members)?;
+                    summary.ingested += 1;
+                    summary.frames += frames;
+                    summary.ids.push(e.id.clone());
+                    p.ingested += 1;
+                    p.frames += frames;
+                }
+            }
+            Done::Report(r) => {
+                write_report(ctx, &r)?;
+                summary.reports += 1;
+                p.reports += 1;
+            }
+            Done::ReportUnchanged => summary.reports_unchanged += 1,
+        }
+        if input_done {
+            p.done += 1;
+        }
+        p.elapsed = start.elapsed();
+        progress(&p);
+    }
+    Ok(())
+}
+
+fn study_members(index: &Index) -> Result<Members, Error> {
+    let mut m = Members::new();
+    for rec in index.items(Some(Kind::Video))? {
+        if let Some(study) = rec.study {
+            m.entry(study).or_default().insert(rec.id);
+        }
+    }
+    Ok(m)
+}
+
+fn put_log(b: &mut echovault_index::Batch, path: &Path, id: &str, size: u64, mtime_ns: u128) -> Result<(), Error> {
+    let entry = LogEntry { id: id.to_owned(), size, mtime_ns };
+    let value = serde_json::to_vec(&entry).map_err(|e| Error::Invalid(format!("ingest log entry: {e}")))?;
+    b.put_log(&file_key(path), Some(&value));
+    Ok(())
+}
+
+fn write_video(ctx: &Ctx, e: &Embedded, dates: &HashMap<String, String>, members: &mut Members) -> Result<(), Error> {
+    let index = ctx.index;
+    let d = &e.decoded;
+    let path = &e.input.path;
+    let item = ItemId(e.id.clone());
+    let mut rec = ItemRecord::new(e.id.clone(), Kind::Video, path.display().to_string());
+    rec.study = Some(d.study.clone());
+    rec.patient = d.patient.clone();
+    rec.date = d.date.clone().or_else(|| dates.get(&d.study).cloned()).or_else(|| existing_date(index, &d.study));
+    rec.frames = Some(d.total_frames as u32);
+    rec.fps = d.fps;
+    rec.extra = d.extra.clone();
+    rec.extra.insert("embedded_frames".into(), e.spaces.first().map_or(0, |s| s.2.len()).to_string());
+    let mut b = index.batch();
+    b.put_item(rec.clone());
+    let study = members.entry(d.study.clone()).or_default();
+    study.insert(item.clone());
+    let sid = study_id(&d.study);
+    let mut srec = ItemRecord::new(sid.clone(), Kind::Study, path.display().to_string());
+    srec.study = Some(d.study.clone());
+    srec.patient = d.patient.clone();
+    srec.date = rec.date.clone();
+    srec.extra.insert("videos".into(), study.len().to_string());
+    b.put_item(srec);
+    for (i, video, frames) in &e.spaces {
+        let space = ctx.spaces[*i].0;
+        b.put_vector(space, e.id.clone(), Kind::Video, video.clone());
+        b.put_frames(space, e.id.clone(), frames.clone());
+        // The study embedding: mean of all its videos in this space, in id order.
+        let mut vectors = Vec::with_capacity(study.len());
+        for m in study.iter() {
+            if *m == item {
+                vectors.push(video.clone());
+            } else if let Some(v) = index.get_vector(space, Kind::Video, m)? {
+                vectors.push(v);
+            }
+        }
+        if let Some(v) = mean_unit(&vectors) {
+            b.put_vector(space, sid.clone(), Kind::Study, v);
+        }
+    }
+    if let Some((size, mtime_ns)) = stamp(path) {
+        put_log(&mut b, path, &e.id, size, mtime_ns)?;
+    }
+    if let Some(uid) = &d.sop_uid {
+        b.put_log(&sop_key(uid), Some(e.id.as_bytes()));
+    }
+    b.put_error(&path.to_string_lossy(), None);
+    index.commit(b)?;
+    Ok(())
+}
+
+/// The date the index knows for a study (from its report), for videos that carry none.
+fn existing_date(index: &Index, study: &str) -> Option<String> {
+    let rec = index.get_item(&ItemId(report_id(study))).ok().flatten()?;
+    rec.date
+}
+
+fn write_report(ctx: &Ctx, r: &EmbeddedReport) -> Result<(), Error> {
+    let index = ctx.index;
+    let rid = report_id(&r.entry.study);
+    let mut rec = ItemRecord::new(rid.clone(), Kind::Report, r.source.clone());
+    rec.study = Some(r.entry.study.clone());
+    rec.text = Some(r.entry.text.clone());
+    // Linked to its study: the study's patient and date where the report has none.
+    let study = index.get_item(&ItemId(study_id(&r.entry.study)))?;
+    rec.patient = study.as_ref().and_then(|s| s.patient.clone());
+    rec.date = r.entry.date.clone().or_else(|| study.as_ref().and_then(|s| s.date.clone()));
+    let mut b = index.batch();
+    b.put_item(rec);
+    for (i, v) in &r.spaces {
+        b.put_vector(ctx.spaces[*i].0, rid.clone(), Kind::Report, v.clone());
+    }
+    index.commit(b)?;
+    Ok(())
+}

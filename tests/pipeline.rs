@@ -1,0 +1,331 @@
+//! The ingest pipeline end to end through the real binary, LibTorch, FFmpeg, dicom-rs and
+//! RocksDB: kill -9 at random points and resume to the same index as an uninterrupted run, two
+//! models in one run, frame embeddings stored, incremental runs, `--since`, duplicates by
+//! content and by SOPInstanceUID, failures listed with exit code 3 and `echovault errors`.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{json, root};
+use echovault::index::{Index, IndexOptions, ItemId, Kind, SpaceId};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Instant;
+
+fn models() -> [PathBuf; 2] {
+    [root().join("data-samples/echovault-phantom"), root().join("data-samples/echovault-tiny")]
+}
+
+/// `echovault --index INDEX --model PHANTOM --model TINY --device cpu ARGS...`
+fn command(index: &Path, args: &[&str]) -> Command {
+    let [a, b] = models();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_echovault"));
+    c.args(["--index", index.to_str().unwrap(), "--device", "cpu", "--model", a.to_str().unwrap(), "--model", b.to_str().unwrap()])
+        .args(args)
+        .env_remove("ECHOVAULT_INDEX")
+        .env_remove("ECHOVAULT_MODEL");
+    c
+}
+
+fn run(index: &Path, args: &[&str]) -> Output {
+    command(index, args).output().unwrap()
+}
+
+fn phantoms(out: &Path, patients: &str, extra: &[&str]) {
+    let args =
+        [&["--json", "phantom", "--out", out.to_str().unwrap(), "--patients", patients, "--size", "64", "--frames", "10"][..], extra]
+            .concat();
+    let o = Command::new(env!("CARGO_BIN_EXE_echovault")).args(&args).output().unwrap();
+    assert!(o.status.success(), "phantom: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// (study, patient key, date) of an item.
+type Facts = (Option<String>, Option<String>, Option<String>);
+/// Records with the patient key reduced to its presence, and the groups of items sharing one.
+type Anonymous = (BTreeMap<String, (Option<String>, bool, Option<String>)>, BTreeSet<Vec<String>>);
+
+/// Everything an index holds that a search can see: per space and kind, item → vector; per
+/// video, its frame embeddings; every record.
+struct Contents {
+    spaces: Vec<u16>,
+    vectors: BTreeMap<(u16, u8, String), Vec<f32>>,
+    frames: BTreeMap<(u16, String), Vec<Vec<f32>>>,
+    records: BTreeMap<String, Facts>,
+}
+
+fn contents(dir: &Path) -> Contents {
+    let index = Index::open(dir, IndexOptions { passive_open: true, ..Default::default() }).unwrap();
+    let spaces: Vec<SpaceId> = index.spaces().iter().map(|s| s.id).collect();
+    assert!(spaces.len() <= 2, "at most one space per model");
+    let mut c = Contents {
+        spaces: spaces.iter().map(|s| s.0).collect(),
+        vectors: BTreeMap::new(),
+        frames: BTreeMap::new(),
+        records: BTreeMap::new(),
+    };
+    for rec in index.items(None).unwrap() {
+        c.records.insert(rec.id.0.clone(), (rec.study.clone(), rec.patient.clone(), rec.date.clone()));
+        for &s in &spaces {
+            if let Some(v) = index.get_vector(s, rec.kind, &rec.id).unwrap() {
+                c.vectors.insert((s.0, rec.kind as u8, rec.id.0.clone()), v);
+            }
+            if let Some(f) = index.get_frames(s, &rec.id).unwrap() {
+                c.frames.insert((s.0, rec.id.0.clone()), f);
+            }
+        }
+    }
+    let v = index.verify().unwrap();
+    assert!(v.ok(), "graph and vectors agree: {v:?}");
+    c
+}
+
+fn mean_unit(vs: &[&Vec<f32>]) -> Vec<f32> {
+    let mut m = vec![0f32; vs[0].len()];
+    for v in vs {
+        m.iter_mut().zip(v.iter()).for_each(|(a, b)| *a += b);
+    }
+    let n = m.iter().map(|x| x * x).sum::<f32>().sqrt();
+    m.into_iter().map(|x| x / n).collect()
+}
+
+fn close(a: &[f32], b: &[f32], tol: f32) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol)
+}
+
+/// Whatever moment a run was killed at, what is in the index is whole: every video has its
+/// vector and frames in both spaces, every study vector is the mean of its videos there.
+fn assert_consistent(c: &Contents) {
+    let mut studies: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (id, (study, _, _)) in &c.records {
+        if c.spaces.iter().any(|&s| c.vectors.contains_key(&(s, Kind::Video as u8, id.clone()))) {
+            studies.entry(study.clone().unwrap()).or_default().push(id.clone());
+        }
+    }
+    for (study, videos) in &studies {
+        for &s in &c.spaces {
+            let vs: Vec<&Vec<f32>> =
+                videos.iter().map(|v| c.vectors.get(&(s, Kind::Video as u8, v.clone())).expect("video in both spaces")).collect();
+            for v in videos {
+                let f = c.frames.get(&(s, v.clone())).expect("frames stored with the video");
+                let fm: Vec<&Vec<f32>> = f.iter().collect();
+                assert!(
+                    close(&mean_unit(&fm), c.vectors[&(s, Kind::Video as u8, v.clone())].as_slice(), 5e-3),
+                    "video = mean of its frames"
+                );
+            }
+            let sv = c.vectors.get(&(s, Kind::Study as u8, format!("study:{study}"))).expect("study vector written with its videos");
+            assert!(close(&mean_unit(&vs), sv, 1e-5), "study {study} vector is the mean of its {} videos", vs.len());
+        }
+    }
+}
+
+#[test]
+fn killed_at_random_points_an_ingest_resumes_to_the_same_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("export");
+    phantoms(&export, "12", &["--studies", "2:2", "--formats", "dicom-jpeg,avi,dicom-native"]);
+    let reports = export.join("reports.jsonl");
+    let n = echovault::phantom::read_manifest(&export.join("manifest.jsonl")).unwrap().len() as u64;
+    assert_eq!(n, 24, "12 patients × 2 studies");
+    let args = ["--json", "ingest", export.to_str().unwrap(), "--reports", reports.to_str().unwrap(), "--progress", "log"];
+
+    // The uninterrupted run.
+    let whole = dir.path().join("whole");
+    let t0 = Instant::now();
+    let o = run(&whole, &args);
+    let full_time = t0.elapsed();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary = json(&o);
+    assert_eq!(summary["ingested"], summary["found"]);
+    assert_eq!(summary["ingested"].as_u64(), Some(n));
+    assert_eq!(summary["spaces"].as_array().unwrap().len(), 2);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&format!("ingest: {n}/{n} files")),
+        "a final progress line when stderr is not a terminal"
+    );
+    let reference = contents(&whole);
+    assert_consistent(&reference);
+
+    // Killed at random moments, each run resuming the last, until 10 runs died mid-way (a run
+    // that got to the end before its kill starts the chain again on an empty index).
+    let resumed = dir.path().join("resumed");
+    let mut rng = StdRng::seed_from_u64(2026);
+    let mut kills = Vec::new();
+    let mut partial = 0;
+    for _ in 0..40 {
+        let delay = full_time.mul_f64(rng.random_range(0.1..0.7));
+        let mut child = command(&resumed, &args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(delay);
+        let finished = child.try_wait().unwrap().is_some();
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        if resumed.join("CURRENT").exists() {
+            let c = contents(&resumed);
+            assert_consistent(&c);
+            let videos = c.vectors.keys().filter(|(s, k, _)| *s == c.spaces[0] && *k == Kind::Video as u8).count() as u64;
+            if !finished && videos > 0 && videos < n {
+                partial += 1;
+            }
+        }
+        if finished {
+            std::fs::remove_dir_all(&resumed).unwrap();
+        } else {
+            kills.push(delay);
+            if kills.len() == 10 {
+                break;
+            }
+        }
+    }
+    assert_eq!(kills.len(), 10, "10 runs were killed mid-way");
+    assert!(partial >= 5, "at least 5 kills left the index part-written ({partial})");
+    let o = run(&resumed, &args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let last = json(&o);
+    assert_eq!(last["ingested"].as_u64().unwrap() + last["skipped"].as_u64().unwrap(), n, "{last}");
+    let after = contents(&resumed);
+    assert_consistent(&after);
+
+    // The same items, records, vectors and frames as the uninterrupted run. Patient keys are
+    // keyed hashes under each index's own secret: compare which items share a patient.
+    let anonymous = |c: &Contents| -> Anonymous {
+        let mut groups: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for (id, (_, p, _)) in &c.records {
+            if let Some(p) = p {
+                groups.entry(p).or_default().push(id.clone());
+            }
+        }
+        let recs = c.records.iter().map(|(id, (s, p, d))| (id.clone(), (s.clone(), p.is_some(), d.clone()))).collect();
+        (recs, groups.into_values().collect())
+    };
+    assert_eq!(anonymous(&after), anonymous(&reference));
+    assert_eq!(after.vectors.keys().collect::<Vec<_>>(), reference.vectors.keys().collect::<Vec<_>>());
+    for (k, v) in &reference.vectors {
+        assert!(close(v, &after.vectors[k], 1e-5), "{k:?} differs after resuming");
+    }
+    assert_eq!(after.frames.len(), reference.frames.len());
+    for (k, f) in &reference.frames {
+        let g = &after.frames[k];
+        assert!(f.len() == g.len() && f.iter().zip(g).all(|(a, b)| close(a, b, 2e-3)), "{k:?} frames differ");
+    }
+    // Searches answer alike (the same hits, in the same order).
+    for q in ["severely reduced left ventricular ejection fraction", "pacemaker lead in the right ventricle", "normal study"] {
+        for kind in ["video", "report", "study"] {
+            let a = json(&run(&whole, &["--json", "search", "--text", q, "--kind", kind, "-k", "8"]));
+            let b = json(&run(&resumed, &["--json", "search", "--text", q, "--kind", kind, "-k", "8"]));
+            let ids = |v: &Value| v["hits"].as_array().unwrap().iter().map(|h| h["id"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+            assert_eq!(ids(&a), ids(&b), "{kind} hits for {q:?}");
+            assert_eq!(ids(&a).len(), 8);
+        }
+    }
+    // Nothing is done twice: a further run skips everything without reading a file.
+    let again = json(&run(&resumed, &args));
+    assert_eq!((again["ingested"].as_u64(), again["skipped"].as_u64(), again["reports"].as_u64()), (Some(0), Some(n), Some(0)), "{again}");
+    println!("kill delays: {kills:?} of an uninterrupted {full_time:?}; {partial} left the index part-written");
+}
+
+#[test]
+fn incremental_runs_since_duplicates_and_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = dir.path().join("all");
+    phantoms(&all, "8", &["--studies", "2:2", "--formats", "dicom-jpeg,avi"]);
+    let reports = all.join("reports.jsonl");
+    let manifest = echovault::phantom::read_manifest(&all.join("manifest.jsonl")).unwrap();
+    let total = manifest.len();
+    assert_eq!(total, 16);
+
+    // --since on a fresh index: exactly the studies dated on or after the day.
+    let mut dates: Vec<&str> = manifest.iter().map(|t| t.date.as_str()).collect();
+    dates.sort();
+    let since = dates[dates.len() / 2];
+    let newer = manifest.iter().filter(|t| t.date.as_str() >= since).count();
+    let idx = dir.path().join("since");
+    let o = run(&idx, &["--json", "ingest", all.to_str().unwrap(), "--reports", reports.to_str().unwrap(), "--since", since]);
+    let s = json(&o);
+    assert_eq!(s["ingested"].as_u64().unwrap() as usize, newer, "{s}");
+    assert_eq!(s["outside_since"].as_u64().unwrap() as usize, total - newer);
+    assert!(newer > 0 && newer < total);
+    let index = Index::open(&idx, IndexOptions { passive_open: true, ..Default::default() }).unwrap();
+    for rec in index.items(Some(Kind::Video)).unwrap() {
+        assert!(rec.date.as_deref().unwrap() >= since, "{:?} is older than --since", rec.date);
+    }
+    drop(index);
+    let bad = run(&idx, &["ingest", all.to_str().unwrap(), "--since", "2024-13-01"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("YYYY-MM-DD"));
+
+    // A growing export: the second run embeds only what is new.
+    let export = dir.path().join("export");
+    std::fs::create_dir_all(export.join("avi")).unwrap();
+    let avis: BTreeSet<PathBuf> = manifest.iter().filter(|t| t.file.ends_with(".avi")).map(|t| all.join(&t.file)).collect();
+    let videos: Vec<&PathBuf> = avis.iter().collect();
+    let k = videos.len();
+    assert!(k >= 5, "{k} AVIs");
+    let copy = |p: &Path| {
+        std::fs::copy(p, export.join("avi").join(p.file_name().unwrap())).unwrap();
+    };
+    videos[..3].iter().for_each(|p| copy(p));
+    let idx = dir.path().join("grow");
+    let first = json(&run(&idx, &["--json", "ingest", export.to_str().unwrap()]));
+    assert_eq!(first["ingested"], 3);
+    videos[3..].iter().for_each(|p| copy(p));
+    let second = json(&run(&idx, &["--json", "ingest", export.to_str().unwrap()]));
+    assert_eq!((second["ingested"].as_u64(), second["skipped"].as_u64()), (Some(k as u64 - 3), Some(3)), "{second}");
+
+    // The same content under another name is indexed once.
+    std::fs::copy(videos[0], export.join("copy-of-first.avi")).unwrap();
+    let third = json(&run(&idx, &["--json", "ingest", export.to_str().unwrap()]));
+    assert_eq!((third["ingested"].as_u64(), third["skipped"].as_u64()), (Some(0), Some(k as u64 + 1)), "{third}");
+
+    // The same DICOM instance re-exported (other bytes, same SOPInstanceUID) is indexed once.
+    let dcm_dir = dir.path().join("dicom");
+    std::fs::create_dir_all(&dcm_dir).unwrap();
+    let one = all.join(&manifest.iter().find(|t| t.file.ends_with(".dcm")).unwrap().file);
+    std::fs::copy(&one, dcm_dir.join("a.dcm")).unwrap();
+    let first = json(&run(&idx, &["--json", "ingest", dcm_dir.to_str().unwrap()]));
+    assert_eq!(first["ingested"], 1);
+    let mut bytes = std::fs::read(&one).unwrap();
+    bytes[7] ^= 0xff; // the 128-byte preamble: no meaning to DICOM, a new content hash
+    std::fs::write(dcm_dir.join("b.dcm"), &bytes).unwrap();
+    let second = json(&run(&idx, &["--json", "ingest", dcm_dir.to_str().unwrap()]));
+    assert_eq!((second["ingested"].as_u64(), second["duplicates"].as_u64()), (Some(0), Some(1)), "{second}");
+
+    // Bad files fail alone, with their reasons, exit code 3, and stay listed until fixed.
+    std::fs::write(export.join("broken.avi"), b"not a video at all").unwrap();
+    std::fs::write(export.join("truncated.dcm"), &std::fs::read(&one).unwrap()[..600]).unwrap();
+    let o = run(&idx, &["--json", "ingest", export.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = json(&o);
+    let failed: Vec<&str> = s["failed"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
+    assert_eq!(failed.len(), 2, "{s}");
+    assert!(failed.iter().any(|p| p.ends_with("broken.avi")) && failed.iter().any(|p| p.ends_with("truncated.dcm")));
+    let errs = json(&run(&idx, &["--json", "errors"]));
+    let listed = errs["errors"].as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{errs}");
+    assert!(listed.iter().all(|e| !e["reason"].as_str().unwrap().is_empty()));
+    let text = run(&idx, &["errors"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("broken.avi"));
+    // Fixed: the good file under the bad name clears its error (and is a duplicate of content
+    // already indexed, so nothing is embedded twice).
+    std::fs::copy(videos[1], export.join("broken.avi")).unwrap();
+    std::fs::remove_file(export.join("truncated.dcm")).unwrap();
+    let o = run(&idx, &["--json", "ingest", export.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let errs = json(&run(&idx, &["--json", "errors"]));
+    let left: Vec<&str> = errs["errors"].as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
+    assert_eq!(left.len(), 1, "only the removed file's error remains: {left:?}");
+    assert!(left[0].ends_with("truncated.dcm"));
+
+    // Frames are kept per video (f16), one row per embedded frame.
+    let index = Index::open(&idx, IndexOptions { passive_open: true, ..Default::default() }).unwrap();
+    let rec = index.items(Some(Kind::Video)).unwrap().remove(0);
+    let n: usize = rec.extra["embedded_frames"].parse().unwrap();
+    for s in index.spaces() {
+        let f = index.get_frames(s.id, &ItemId(rec.id.0.clone())).unwrap().unwrap();
+        assert_eq!(f.len(), n);
+        assert_eq!(f[0].len(), s.dim);
+    }
+}
