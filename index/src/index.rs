@@ -234,6 +234,16 @@ fn bincode_config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
+/// How a commit reaches the disk (see [`Index::commit_with`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Synced to disk before the commit returns.
+    #[default]
+    Synced,
+    /// Written to the operating system; synced by a later synced commit or [`Index::sync`].
+    Buffered,
+}
+
 fn synced() -> WriteOptions {
     let mut wo = WriteOptions::default();
     wo.set_sync(true);
@@ -779,6 +789,13 @@ impl Index {
     /// Replaced and deleted vectors become tombstones: their slots are marked dead and their
     /// vectors stay stored (the graph snapshot may still route through them) until a rebuild.
     pub fn commit(&self, batch: Batch) -> Result<(), IndexError> {
+        self.commit_with(batch, Durability::Synced)
+    }
+
+    /// Commits `batch` atomically with the given durability: [`Durability::Buffered`] hands the
+    /// write to the operating system (it survives the process being killed, not a power cut,
+    /// until the next synced commit or [`Index::sync`]); searches see it at once either way.
+    pub fn commit_with(&self, batch: Batch, durability: Durability) -> Result<(), IndexError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -902,7 +919,11 @@ impl Index {
         }
         // Store and reveal under the exclusive lock: a search sees the whole batch or none of it.
         let mut graphs = self.graphs.write().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = self.db.write_opt(wb, &synced()) {
+        let wo = match durability {
+            Durability::Synced => synced(),
+            Durability::Buffered => WriteOptions::default(),
+        };
+        if let Err(e) = self.db.write_opt(wb, &wo) {
             // The hidden nodes were never stored: never reuse their slots in this process, and
             // rebuild those graphs at the next checkpoint.
             writer.poisoned.extend(inserts.keys().copied());
@@ -938,6 +959,11 @@ impl Index {
             self.checkpoint_locked(&mut writer, &due, false)?;
         }
         Ok(())
+    }
+
+    /// Syncs every buffered commit to disk.
+    pub fn sync(&self) -> Result<(), IndexError> {
+        self.db.flush_wal(true).map_err(|e| self.storage(e))
     }
 
     fn slot_of(&self, c: Collection, item: &ItemId) -> Result<Option<Slot>, IndexError> {

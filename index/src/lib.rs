@@ -34,8 +34,8 @@ mod walk;
 pub use error::IndexError;
 pub use ids::{ItemId, Kind, Slot, SpaceId};
 pub use index::{
-    Batch, Counts, GraphLoad, Index, IndexOptions, SpaceInfo, VectorEncoding, Verification, DEFAULT_EF_SEARCH, EXACT_SEARCH_MAX_CANDIDATES,
-    EXACT_SEARCH_MAX_WORK, MAX_EF_SEARCH,
+    Batch, Counts, Durability, GraphLoad, Index, IndexOptions, SpaceInfo, VectorEncoding, Verification, DEFAULT_EF_SEARCH,
+    EXACT_SEARCH_MAX_CANDIDATES, EXACT_SEARCH_MAX_WORK, MAX_EF_SEARCH,
 };
 pub use record::ItemRecord;
 pub use search::{Filter, Hit, Query};

@@ -383,3 +383,24 @@ fn frame_embeddings_and_the_ingest_log_commit_with_the_item_and_go_with_it() {
     assert!(index.get_frames(space, &ItemId::from("v1")).unwrap().is_none());
     assert!(index.get_log("file:/export/v1.avi").unwrap().is_none());
 }
+
+#[test]
+fn buffered_commits_are_visible_at_once_and_kept_after_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(6);
+    let v = unit(&mut rng, 8);
+    {
+        let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+        let space = index.ensure_space("s", 8).unwrap();
+        let mut b = index.batch();
+        b.put_item(video("b1", "p", "2022-02-02"));
+        b.put_vector(space, "b1", Kind::Video, v.clone());
+        index.commit_with(b, echovault_index::Durability::Buffered).unwrap();
+        let hits = index.search(&Query::new(space, Kind::Video, v.clone(), 1)).unwrap();
+        assert_eq!(hits[0].id.as_str(), "b1", "a buffered commit is searchable at once");
+        index.sync().unwrap();
+    }
+    let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+    let space = index.space("s").unwrap().id;
+    assert!(index.get_vector(space, Kind::Video, &ItemId::from("b1")).unwrap().is_some());
+}

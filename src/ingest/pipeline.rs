@@ -15,12 +15,16 @@
 //!   indexed), then the sampled frames. A panic inside a decoder is caught and becomes that
 //!   file's failure.
 //! - **preprocess**: resize, crop, normalise, once per distinct preprocessing of the models.
-//! - **embed**: gathers videos until `frame_batch` frames (or the queue runs dry), runs each
-//!   model on the lot, splits the rows back per video; then embeds the reports, batched.
-//! - **write** (the calling thread): per video one atomic batch — item, frame embeddings (f16),
+//! - **embed** (the calling thread, which owns the LibTorch models): gathers videos until
+//!   `frame_batch` frames (or the queue runs dry), runs each model on the lot, splits the rows
+//!   back per video; then embeds the reports, batched.
+//! - **write**: per video one atomic batch — item, frame embeddings (f16),
 //!   video embedding and the refreshed study embedding in every space, the ingest-log entries,
 //!   the error entry cleared; per report one batch. A study's embedding is the normalised mean of
 //!   all its videos in the index, in id order, so it does not depend on the order of arrival.
+//!   Commits are handed to the OS at once (a killed process loses nothing committed) and synced
+//!   to disk every second and at the end (a power cut loses at most the last second, which the
+//!   next run redoes: ingest is idempotent).
 //!
 //! **Memory bound.** Each channel holds at most `queue` items (default 2), so at any time at
 //! most `workers + queue + 1` decoded videos (raw frames) and `2·queue + 1` preprocessed ones
@@ -41,7 +45,7 @@ use crate::error::Error;
 use crate::media::{FrameSampling, Preprocess};
 use crate::model::clip;
 use crossbeam_channel::{bounded, Receiver, Sender};
-use echovault_index::{Index, ItemId, ItemRecord, Kind, SpaceId};
+use echovault_index::{Durability, Index, ItemId, ItemRecord, Kind, SpaceId};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -615,6 +619,9 @@ fn write_stage(
     let mut written: HashSet<String> = HashSet::new();
     let mut members: Option<Members> = None;
     let mut p = Progress { found: summary.found, ..Progress::default() };
+    // Commits are buffered (they survive the process being killed) and synced to disk once a
+    // second: a power cut loses at most the last second, which the next run redoes.
+    let mut synced_at = Instant::now();
     for d in done {
         let input_done = !matches!(d, Done::Report(_) | Done::ReportUnchanged);
         match d {
@@ -627,7 +634,7 @@ fn write_stage(
                     let mut b = index.batch();
                     put_log(&mut b, &input.path, &id, size, mtime_ns)?;
                     b.put_error(&input.path.to_string_lossy(), None);
-                    index.commit(b)?;
+                    index.commit_with(b, Durability::Buffered)?;
                 }
             }
             Done::Duplicate => {
@@ -640,7 +647,7 @@ fn write_stage(
                 tracing::warn!(file = %f.path, "ingest failed: {}", f.reason);
                 let mut b = index.batch();
                 b.put_error(&f.path, Some(&f.reason));
-                index.commit(b)?;
+                index.commit_with(b, Durability::Buffered)?;
                 summary.failed.push(f);
                 p.failed += 1;
             }
@@ -673,11 +680,19 @@ fn write_stage(
         if input_done {
             p.done += 1;
         }
+        if synced_at.elapsed() >= SYNC_EVERY {
+            index.sync()?;
+            synced_at = Instant::now();
+        }
         p.elapsed = start.elapsed();
         progress(&p);
     }
+    index.sync()?;
     Ok(())
 }
+
+/// How often the writer syncs its buffered commits.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
 
 fn study_members(index: &Index) -> Result<Members, Error> {
     let mut m = Members::new();
@@ -744,7 +759,7 @@ fn write_video(ctx: &Ctx, e: &Embedded, dates: &HashMap<String, String>, members
         b.put_log(&sop_key(uid), Some(e.id.as_bytes()));
     }
     b.put_error(&path.to_string_lossy(), None);
-    index.commit(b)?;
+    index.commit_with(b, Durability::Buffered)?;
     Ok(())
 }
 
@@ -769,6 +784,6 @@ fn write_report(ctx: &Ctx, r: &EmbeddedReport) -> Result<(), Error> {
     for (i, v) in &r.spaces {
         b.put_vector(ctx.spaces[*i].0, rid.clone(), Kind::Report, v.clone());
     }
-    index.commit(b)?;
+    index.commit_with(b, Durability::Buffered)?;
     Ok(())
 }

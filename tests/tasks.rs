@@ -1,0 +1,105 @@
+//! The task algorithms (DESIGN §6) against an independent numpy implementation written from the
+//! design text (`tools/tasks/tasks_ref.py`), fed the same embeddings and scores: zero-shot
+//! binary, regression and categorical readings, AUC, and bootstrap intervals (the same seeded
+//! resamples, so the intervals must agree too).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::root;
+use echovault::tasks::metrics::{auc, bootstrap, mae};
+use echovault::tasks::zeroshot::{binary_score, categorical, regression_estimate};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use serde_json::{json, Value};
+use std::process::Command;
+
+fn unit(rng: &mut StdRng, d: usize) -> Vec<f32> {
+    let v: Vec<f32> = (0..d).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.into_iter().map(|x| x / n).collect()
+}
+
+fn close(a: f64, b: &Value, tol: f64) -> bool {
+    b.as_f64().is_some_and(|b| (a - b).abs() <= tol)
+}
+
+#[test]
+fn task_algorithms_match_an_independent_numpy_implementation() {
+    let mut rng = StdRng::seed_from_u64(8);
+    let mut cases = Vec::new();
+    let mut ours: Vec<Value> = Vec::new();
+    for t in 0..12 {
+        let d = 16 + t;
+        let frames: Vec<Vec<f32>> = (0..1 + t % 5).map(|_| unit(&mut rng, d)).collect();
+        let prompts: Vec<Vec<f32>> = (0..1 + t % 3).map(|_| unit(&mut rng, d)).collect();
+        ours.push(json!(binary_score(&frames, &prompts)));
+        cases.push(json!({"op": "binary", "frames": frames, "prompts": prompts}));
+        let n = 11 + t * 7;
+        let values: Vec<f64> = (0..n).map(|i| i as f64 * 100.0 / (n - 1) as f64).collect();
+        let prompts: Vec<Vec<f32>> = (0..n).map(|_| unit(&mut rng, d)).collect();
+        ours.push(json!(regression_estimate(&frames, &prompts, &values, 0.2)));
+        cases.push(json!({"op": "regression", "frames": frames, "prompts": prompts, "values": values, "head": 0.2}));
+        let classes: Vec<Vec<Vec<f32>>> = (0..2 + t % 3).map(|_| (0..1 + t % 2).map(|_| unit(&mut rng, d)).collect()).collect();
+        ours.push(categorical(&frames, &classes).map_or(Value::Null, |(best, scores)| json!({"best": best, "scores": scores})));
+        cases.push(json!({"op": "categorical", "frames": frames, "classes": classes}));
+        // Scores with ties (rounded), labels unbalanced.
+        let m = 20 + t * 9;
+        let scores: Vec<f64> = (0..m).map(|_| (rng.random_range(0.0..1.0f64) * 20.0).round() / 20.0).collect();
+        let labels: Vec<u8> = (0..m).map(|i| u8::from(rng.random_range(0.0..1.0f64) < 0.3 + 0.2 * scores[i])).collect();
+        let split = |idx: &[usize]| {
+            let pos: Vec<f64> = idx.iter().filter(|&&i| labels[i] == 1).map(|&i| scores[i]).collect();
+            let neg: Vec<f64> = idx.iter().filter(|&&i| labels[i] == 0).map(|&i| scores[i]).collect();
+            (pos, neg)
+        };
+        let (pos, neg) = split(&(0..m).collect::<Vec<_>>());
+        ours.push(json!(auc(&pos, &neg)));
+        cases.push(json!({"op": "auc", "pos": pos, "neg": neg}));
+        let seed = 1000 + t as u64;
+        let est = bootstrap(m, 200, seed, |idx| {
+            let (p, n) = split(idx);
+            auc(&p, &n)
+        });
+        ours.push(json!(est));
+        cases.push(json!({"op": "bootstrap_auc", "scores": scores, "labels": labels, "resamples": 200, "seed": seed}));
+        let pred: Vec<f64> = (0..m).map(|_| rng.random_range(10.0..80.0)).collect();
+        let truth: Vec<f64> = pred.iter().map(|p| p + rng.random_range(-15.0..15.0)).collect();
+        let est = bootstrap(m, 200, seed, |idx| {
+            let p: Vec<f64> = idx.iter().map(|&i| pred[i]).collect();
+            let t: Vec<f64> = idx.iter().map(|&i| truth[i]).collect();
+            mae(&p, &t)
+        });
+        ours.push(json!(est));
+        cases.push(json!({"op": "bootstrap_mae", "pred": pred, "truth": truth, "resamples": 200, "seed": seed}));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("cases.json");
+    std::fs::write(&input, json!({ "cases": cases }).to_string()).unwrap();
+    let out = Command::new(root().join(".venv/bin/python")).arg(root().join("tools/tasks/tasks_ref.py")).arg(&input).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let theirs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let theirs = theirs["results"].as_array().unwrap();
+    assert_eq!(theirs.len(), ours.len());
+    let mut checked = 0;
+    for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
+        let op = cases[i]["op"].as_str().unwrap();
+        match op {
+            "binary" | "auc" => assert!(close(a.as_f64().unwrap(), b, 1e-6), "{op} #{i}: {a} vs {b}"),
+            "regression" => assert!(close(a.as_f64().unwrap(), b, 1e-9), "{op} #{i}: {a} vs {b}"),
+            "categorical" => {
+                assert_eq!(a["best"], b["best"], "{op} #{i}");
+                for (x, y) in a["scores"].as_array().unwrap().iter().zip(b["scores"].as_array().unwrap()) {
+                    assert!(close(x.as_f64().unwrap(), y, 1e-6), "{op} #{i}: {x} vs {y}");
+                }
+            }
+            _ => {
+                for k in ["value", "lo", "hi"] {
+                    assert!(close(a[k].as_f64().unwrap(), &b[k], 1e-9), "{op} #{i} {k}: {a} vs {b}");
+                }
+                assert_eq!(a["undefined"], b["undefined"], "{op} #{i}");
+            }
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 72);
+}
