@@ -137,9 +137,7 @@ impl Embedder {
 
     /// Unit text embedding.
     pub fn embed_text(&self, text: &str) -> Result<Vec<f32>, Error> {
-        let ids = self.tokenizer.encode(text)?;
-        let t = self.model.encode_texts(&[ids])?;
-        Ok(clip::rows(&t)?.remove(0))
+        self.embed_texts(&[text])?.pop().ok_or_else(|| Error::Invalid("the text tower returned no embedding".into()))
     }
 
     /// Unit frame embeddings and their pooled video embedding.
