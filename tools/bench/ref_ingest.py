@@ -10,13 +10,12 @@ import os
 import sys
 import time
 
-import cv2
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "parity"))
 import common  # noqa: E402
-from preprocess_ref import MEAN, STD, crop_and_scale  # noqa: E402
+from preprocess_ref import MEAN, STD, crop_and_scale, read_bgr_frames  # noqa: E402
 
 
 def main():
@@ -29,13 +28,7 @@ def main():
     vectors, frames_done = {}, 0
     with torch.no_grad():
         for p in paths:
-            cap = cv2.VideoCapture(p)
-            frames = []
-            while True:
-                ok, f = cap.read()
-                if not ok:
-                    break
-                frames.append(crop_and_scale(f, size))
+            frames = [crop_and_scale(f, size) for f in read_bgr_frames(p)]
             x = np.stack(frames)[start:end:step]
             x = torch.from_numpy(((x.astype(np.float32) / 255.0 - MEAN) / STD)).permute(0, 3, 1, 2).contiguous()
             e = model.encode_image(x, normalize=True).mean(0)

@@ -34,15 +34,20 @@ def crop_and_scale(img, size=224, zoom=0.1):
     return cv2.resize(img, (size, size), interpolation=cv2.INTER_CUBIC)
 
 
-def main():
-    path, out = sys.argv[1:3]
+def read_bgr_frames(path):
+    """Every frame of a video as OpenCV decodes it (BGR, uint8)."""
     cap = cv2.VideoCapture(path)
     frames = []
     while True:
         ok, f = cap.read()
         if not ok:
-            break
+            return frames
         frames.append(f)
+
+
+def main():
+    path, out = sys.argv[1:3]
+    frames = read_bgr_frames(path)
     raw = np.stack(frames)
     pix = np.stack([(crop_and_scale(f).astype(np.float32) / 255.0 - MEAN) / STD for f in frames])
     save_file({"frames_bgr": torch.from_numpy(raw).contiguous(),
