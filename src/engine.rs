@@ -4,7 +4,7 @@
 use crate::error::Error;
 use crate::media::{ChannelOrder, Frame, FrameSampling, Preprocess};
 use crate::model::{clip, Clip, Precision};
-use crate::tokenize::ClipBpe;
+use crate::tokenize::TextTokenizer;
 use echovault_index::{Filter, Hit, Index, IndexOptions, ItemId, Kind, Query, SpaceId};
 use std::path::{Path, PathBuf};
 use tch::Device;
@@ -51,8 +51,9 @@ pub fn parse_device(s: &str) -> Result<Device, Error> {
 pub struct Embedder {
     /// The model.
     pub model: Clip,
-    /// Its tokenizer.
-    pub tokenizer: ClipBpe,
+    /// Its tokenizer: CLIP BPE, or EchoCLIP-R's phrase templates when the model directory holds
+    /// a `template_vocab.txt`.
+    pub tokenizer: TextTokenizer,
     /// Its preprocessing.
     pub preprocess: Preprocess,
     /// The embedding space in the index.
@@ -120,7 +121,7 @@ impl Embedder {
     /// Loads a snapshot directory (space unbound until the engine registers it).
     pub fn load(model_dir: &Path, device: Device, order: ChannelOrder, frame_batch: usize) -> Result<Embedder, Error> {
         let model = Clip::load(model_dir, device, Precision::F32)?;
-        let tokenizer = ClipBpe::load(model_dir, model.context_length() as usize)?;
+        let tokenizer = TextTokenizer::for_model(model_dir, None, model.context_length() as usize, Some(model.config.text.vocab_size))?;
         let preprocess = Preprocess { size: model.image_size(), mean: model.config.mean, std: model.config.std, order };
         Ok(Embedder { model, tokenizer, preprocess, space: SpaceId(0), space_name: String::new(), frame_batch: frame_batch.max(1) })
     }

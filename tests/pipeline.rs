@@ -329,3 +329,162 @@ fn incremental_runs_since_duplicates_and_failures() {
         assert_eq!(f[0].len(), s.dim);
     }
 }
+
+/// A copy of the tiny sample model under `name`, with `vocab` as its `template_vocab.txt`.
+fn template_model(dir: &Path, name: &str, vocab: &str) -> PathBuf {
+    let m = dir.join(name);
+    std::fs::create_dir_all(&m).unwrap();
+    let tiny = root().join("data-samples/echovault-tiny");
+    for f in std::fs::read_dir(&tiny).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, m.join(f.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(m.join("template_vocab.txt"), vocab).unwrap();
+    m
+}
+
+fn cos(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[test]
+fn a_model_directory_with_a_template_vocabulary_embeds_reports_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("export");
+    phantoms(&export, "4", &["--studies", "1:1", "--formats", "avi"]);
+    let vocab = std::fs::read_to_string(root().join("data-samples/template-vocab.txt")).unwrap();
+    let r = template_model(dir.path(), "tiny-r", &vocab);
+    let tiny = root().join("data-samples/echovault-tiny");
+    let idx = dir.path().join("idx");
+    let base = |primary: &Path, second: Option<&Path>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_echovault"));
+        c.args(["--index", idx.to_str().unwrap(), "--device", "cpu", "--model", primary.to_str().unwrap()]);
+        if let Some(s) = second {
+            c.args(["--model", s.to_str().unwrap()]);
+        }
+        c.env_remove("ECHOVAULT_INDEX").env_remove("ECHOVAULT_MODEL");
+        c
+    };
+    let reports = export.join("reports.jsonl");
+    let o = base(&tiny, Some(&r))
+        .args(["--json", "ingest", export.to_str().unwrap(), "--reports", reports.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = json(&o);
+    assert_eq!(s["tokenizers"]["echovault-tiny"], "clip-bpe", "{s}");
+    assert_eq!(s["tokenizers"]["tiny-r"], "template", "{s}");
+    assert_eq!(s["reports"], 4);
+
+    let index = Index::open(&idx, IndexOptions { passive_open: true, ..Default::default() }).unwrap();
+    let space = |name: &str| index.spaces().iter().find(|s| s.name == name).unwrap().id;
+    let (bpe, tmpl) = (space("echovault-tiny"), space("tiny-r"));
+    let reports: Vec<_> = index.items(Some(Kind::Report)).unwrap();
+    assert_eq!(reports.len(), 4);
+    let vocab_file = root().join("data-samples/template-vocab.txt");
+    for rec in &reports {
+        let text = rec.text.clone().unwrap();
+        let stored_t = index.get_vector(tmpl, Kind::Report, &rec.id).unwrap().unwrap();
+        let stored_b = index.get_vector(bpe, Kind::Report, &rec.id).unwrap().unwrap();
+        // The same vector `embed` gives with the vocabulary named explicitly, and with the
+        // template model's directory (which finds its vocabulary itself).
+        let explicit = base(&tiny, None)
+            .args(["--json", "embed", "--text", &text, "--template-vocab", vocab_file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let by_dir = base(&r, None).args(["--json", "embed", "--text", &text]).output().unwrap();
+        let plain = base(&tiny, None).args(["--json", "embed", "--text", &text]).output().unwrap();
+        let vec_of = |o: &Output| -> Vec<f32> { serde_json::from_value(json(o)["embedding"].clone()).unwrap() };
+        assert!(close(&vec_of(&explicit), &stored_t, 1e-5), "report embedded with the template tokenizer");
+        assert!(close(&vec_of(&by_dir), &stored_t, 1e-5));
+        assert!(close(&vec_of(&plain), &stored_b, 1e-5), "the BPE space keeps CLIP BPE");
+        assert!(cos(&stored_t, &stored_b) < 0.999, "the two tokenizations give different vectors");
+    }
+    drop(index);
+    // Searches in the template space tokenise the query with the vocabulary too.
+    let text = reports[0].text.clone().unwrap();
+    let o = base(&r, None).args(["--json", "search", "--text", &text, "--kind", "report", "-k", "1"]).output().unwrap();
+    let hits = json(&o);
+    assert_eq!(hits["hits"][0]["id"].as_str(), Some(reports[0].id.0.as_str()), "{hits}");
+    assert!(hits["hits"][0]["score"].as_f64().unwrap() > 0.9999);
+
+    // A vocabulary the text tower cannot hold is refused when the model loads, naming the file.
+    let big: String = (0..49_500).map(|i| format!("PHRASE NUMBER W{i:05X}\n")).collect();
+    let huge = template_model(dir.path(), "tiny-huge", &big);
+    let o = base(&huge, None).args(["ingest", export.to_str().unwrap()]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("template_vocab.txt") && err.contains("vocab_size 49408"), "{err}");
+}
+
+/// Runs `f` on a thread and waits at most `secs` for it: a hang fails the test instead of
+/// stalling the suite.
+fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(secs)).expect("the ingest ended instead of hanging")
+}
+
+fn engine(idx: &Path, model: &Path) -> echovault::engine::Engine {
+    echovault::engine::Engine::open(&echovault::engine::EngineConfig {
+        index_dir: idx.to_owned(),
+        model_dir: model.to_owned(),
+        extra_models: vec![],
+        space: None,
+        device: tch::Device::Cpu,
+        channel_order: Default::default(),
+        sampling: echovault::media::FrameSampling::ALL,
+        frame_batch: 8,
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_failing_stage_ends_the_run_with_an_error_and_a_rerun_completes() {
+    use echovault::ingest::{ingest, IngestOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("export");
+    phantoms(&export, "6", &["--studies", "2:2", "--formats", "avi,dicom-jpeg"]);
+    let opts = IngestOptions { reports: Some(export.join("reports.jsonl")), workers: 2, queue: 1, ..Default::default() };
+    let tiny = root().join("data-samples/echovault-tiny");
+    let idx = dir.path().join("idx");
+
+    // The writer panics (here: in the caller's progress callback) after three files.
+    let (i2, e2, o2, t2) = (idx.clone(), export.clone(), opts.clone(), tiny.clone());
+    let r = within(120, move || {
+        let engine = engine(&i2, &t2);
+        let r = ingest(&engine, &[e2], &o2, |p| assert!(p.done < 3, "progress callback gives up"));
+        r.map(|s| s.ingested).map_err(|e| e.to_string())
+    });
+    let err = r.expect_err("a panicking writer fails the run");
+    assert!(err.contains("write stage") && err.contains("panicked"), "{err}");
+
+    // The embed stage fails (a tokenizer whose ids the text tower does not have: reports cannot
+    // be embedded) once the videos are done: the run ends with that error.
+    let big: String = (0..49_500).map(|i| format!("PHRASE NUMBER W{i:05X}\n")).collect();
+    let vocab = dir.path().join("big-vocab.txt");
+    std::fs::write(&vocab, big).unwrap();
+    let (i2, e2, o2, t2) = (idx.clone(), export.clone(), opts.clone(), tiny.clone());
+    let r = within(120, move || {
+        let mut engine = engine(&i2, &t2);
+        engine.embedders[0].tokenizer =
+            echovault::tokenize::TextTokenizer::Template(echovault::tokenize::TemplateTokenizer::load(&vocab, 77).unwrap());
+        ingest(&engine, &[e2], &o2, |_| {}).map(|s| s.ingested).map_err(|e| e.to_string())
+    });
+    let err = r.expect_err("a failing embed stage fails the run");
+    assert!(err.contains("vocabulary"), "{err}");
+
+    // What was committed is whole, and a normal run finishes the job.
+    let c = contents(&idx);
+    assert_consistent(&c);
+    let r = within(300, move || {
+        let engine = engine(&idx, &tiny);
+        ingest(&engine, &[export], &opts, |_| {}).map_err(|e| e.to_string())
+    });
+    let s = r.unwrap();
+    assert_eq!(s.ingested + s.skipped, 12, "{s:?}");
+    assert_eq!(s.reports + s.reports_unchanged, 12);
+    assert!(s.failed.is_empty(), "{:?}", s.failed);
+}

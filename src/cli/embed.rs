@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{ArgGroup, Args};
 use echovault::media::Preprocess;
 use echovault::model::{clip, Clip};
-use echovault::tokenize::{ClipBpe, TemplateTokenizer, TextTokenizer};
+use echovault::tokenize::TextTokenizer;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
@@ -22,7 +22,8 @@ pub struct EmbedArgs {
     /// Image file(s) (PNG or JPEG) to embed; several give `embeddings`, one per image.
     #[arg(long, num_args = 1..)]
     image: Vec<PathBuf>,
-    /// EchoCLIP-R template vocabulary (one phrase per line, `<#>` = slot) instead of CLIP BPE.
+    /// EchoCLIP-R template vocabulary (one phrase per line, `<#>` = slot) instead of CLIP BPE
+    /// (default: the model directory's `template_vocab.txt` when it has one).
     #[arg(long)]
     template_vocab: Option<PathBuf>,
     /// Also print the per-frame embeddings of a video.
@@ -53,20 +54,18 @@ fn model_dir(g: &Global) -> anyhow::Result<PathBuf> {
     Ok(g.engine_config()?.model_dir)
 }
 
-fn text_tokenizer(template: Option<&Path>, bpe: &Path, context_length: usize) -> anyhow::Result<TextTokenizer> {
-    Ok(match template {
-        Some(v) => TextTokenizer::Template(TemplateTokenizer::load(v, context_length)?),
-        None => TextTokenizer::Bpe(Box::new(ClipBpe::load(bpe, context_length)?)),
-    })
-}
-
 pub fn run_embed(g: &Global, a: &EmbedArgs) -> anyhow::Result<i32> {
     let cfg = g.engine_config()?;
     let model = Clip::load(&cfg.model_dir, cfg.device, super::bench::parse_precision(&a.precision)?)?;
     let preprocess = Preprocess { size: model.image_size(), mean: model.config.mean, std: model.config.std, order: cfg.channel_order };
     let mut out = json!({ "model": cfg.model_dir.display().to_string(), "dim": model.dim() });
     if let Some(t) = &a.text {
-        let tok = text_tokenizer(a.template_vocab.as_deref(), &cfg.model_dir, model.context_length() as usize)?;
+        let tok = TextTokenizer::for_model(
+            &cfg.model_dir,
+            a.template_vocab.as_deref(),
+            model.context_length() as usize,
+            Some(model.config.text.vocab_size),
+        )?;
         let ids = tok.encode(t)?;
         out["embedding"] = json!(clip::rows(&model.encode_texts(&[ids])?)?.remove(0));
     } else if !a.image.is_empty() {
@@ -92,7 +91,7 @@ pub fn run_tokenize(g: &Global, a: &TokenizeArgs) -> anyhow::Result<i32> {
         Some(p) => p.clone(),
         None => model_dir(g)?,
     };
-    let tok = text_tokenizer(a.template_vocab.as_deref(), &bpe, a.context_length)?;
+    let tok = TextTokenizer::for_model(&bpe, a.template_vocab.as_deref(), a.context_length, None)?;
     let ids = tok.encode(&a.text)?;
     print_result(g.json, &json!({ "ids": ids }));
     Ok(0)

@@ -76,6 +76,7 @@ pub fn run(g: &Global, a: &IngestArgs) -> anyhow::Result<i32> {
         v["videos_per_s"] = serde_json::json!(summary.ingested as f64 / secs.max(1e-9));
         v["space"] = serde_json::json!(engine.space_name);
         v["spaces"] = serde_json::json!(spaces);
+        v["tokenizers"] = engine.embedders.iter().map(|e| (e.space_name.clone(), serde_json::json!(e.tokenizer.kind()))).collect();
         println!("{v}");
     } else {
         println!(

@@ -39,7 +39,8 @@ pub struct Global {
     /// Index directory (created on first ingest).
     #[arg(long, global = true, env = "ECHOVAULT_INDEX", default_value = "echovault-index")]
     pub index: PathBuf,
-    /// Model snapshot directory (open_clip_config.json, weights, tokenizer.json).
+    /// Model snapshot directory (open_clip_config.json, weights, tokenizer.json; a
+    /// template_vocab.txt there makes it tokenise with EchoCLIP-R's phrase templates).
     /// Default: $ECHOVAULT_MODEL, else ./data-samples/echovault-tiny. Repeat it to ingest with
     /// several models in one run (e.g. EchoCLIP and EchoCLIP-R), each into the space named
     /// after its directory; the first is the one other commands embed queries with.
