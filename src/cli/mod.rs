@@ -10,6 +10,7 @@ mod inspect;
 mod output;
 mod phantom;
 mod search;
+mod tasks;
 mod train;
 
 use anyhow::Context;
@@ -118,6 +119,16 @@ enum Command {
     Phantom(phantom::PhantomArgs),
     /// Train or fine-tune a model on video–report pairs (CLIP contrastive loss).
     Train(train::TrainArgs),
+    /// Zero-shot readings (LVEF, devices, ...) of video files or indexed videos from prompts.
+    ZeroShot(tasks::ZeroShotArgs),
+    /// Patient re-identification: the studies of other dates most like a video or study.
+    Reid(tasks::ReidArgs),
+    /// A patient's studies in date order with their similarity to the previous study, or to the
+    /// earliest study around an event; drops flagged.
+    Timeline(tasks::TimelineArgs),
+    /// Evaluate zero-shot readings, re-identification, transitions or retrieval against labels:
+    /// a Markdown table (or JSON) with 95 % bootstrap intervals and the paper's figures.
+    Eval(tasks::EvalArgs),
 }
 
 /// Parses the command line, runs it, returns the exit code.
@@ -142,6 +153,10 @@ pub fn run() -> i32 {
         Command::BenchEmbed(a) => bench::run(&cli.global, a),
         Command::Phantom(a) => phantom::run(&cli.global, a),
         Command::Train(a) => train::run(&cli.global, a),
+        Command::ZeroShot(a) => tasks::run_zero_shot(&cli.global, a),
+        Command::Reid(a) => tasks::run_reid(&cli.global, a),
+        Command::Timeline(a) => tasks::run_timeline(&cli.global, a),
+        Command::Eval(a) => tasks::run_eval(&cli.global, a),
     };
     match result {
         Ok(code) => code,

@@ -10,7 +10,7 @@
 
 mod discover;
 pub mod pipeline;
-mod reports;
+pub(crate) mod reports;
 
 pub use discover::{discover, Discovered, Found, InputKind};
 pub use pipeline::{ingest, Progress};

@@ -197,6 +197,13 @@ pub fn ingest(
     }
     let reports = gather_reports(opts, &found.videos)?;
     let dates: HashMap<String, String> = reports.iter().filter_map(|r| Some((r.entry.study.clone(), r.entry.date.clone()?))).collect();
+    // Patients named by the report manifest, keyed at once: videos that carry no PatientID
+    // (AVI, MP4) take their study's.
+    let patients: HashMap<String, String> = reports
+        .iter()
+        .filter_map(|r| Some((r.entry.study.clone(), crate::pseudonym::patient_key(engine.index.secret(), r.entry.patient.as_deref()?))))
+        .collect();
+    let facts = StudyFacts { dates, patients };
     let workers = if opts.workers == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { opts.workers };
     let queue = if opts.queue == 0 { 2 } else { opts.queue };
     let stop = AtomicBool::new(false);
@@ -213,7 +220,7 @@ pub fn ingest(
     };
     let gate = |study: &str, date: Option<&str>, sop: Option<&str>| -> Option<Pass> {
         if let Some(since) = &opts.since {
-            let date = date.or_else(|| dates.get(study).map(String::as_str));
+            let date = date.or_else(|| facts.dates.get(study).map(String::as_str));
             if date.is_none_or(|d| d < since.as_str()) {
                 return Some(Pass::OutsideSince);
             }
@@ -225,7 +232,7 @@ pub fn ingest(
     };
 
     let result = std::thread::scope(|s| -> Result<(), Error> {
-        let (ctx, stop, gate, dates) = (&ctx, &stop, &gate, &dates);
+        let (ctx, stop, gate, facts) = (&ctx, &stop, &gate, &facts);
         let feeder = {
             let done_tx = done_tx.clone();
             let videos = &found.videos;
@@ -243,7 +250,7 @@ pub fn ingest(
         };
         let summary = &mut summary;
         let writer = s.spawn(move || {
-            let r = write_stage(ctx, &done_rx, dates, summary, start, &mut progress);
+            let r = write_stage(ctx, &done_rx, facts, summary, start, &mut progress);
             if r.is_err() {
                 stop.store(true, Ordering::SeqCst);
             }
@@ -315,7 +322,7 @@ fn gather_reports(opts: &IngestOptions, videos: &[Discovered]) -> Result<Vec<Rep
         if seen.insert(study.to_owned()) {
             let text = std::fs::read_to_string(report).map_err(|e| Error::io(report, e))?;
             out.push(ReportJob {
-                entry: ReportEntry { study: study.to_owned(), text: text.trim().to_owned(), date: None },
+                entry: ReportEntry { study: study.to_owned(), text: text.trim().to_owned(), date: None, patient: None },
                 source: report.display().to_string(),
             });
         }
@@ -609,7 +616,7 @@ type Members = HashMap<String, BTreeSet<ItemId>>;
 fn write_stage(
     ctx: &Ctx,
     done: &Receiver<Done>,
-    dates: &HashMap<String, String>,
+    facts: &StudyFacts,
     summary: &mut IngestSummary,
     start: Instant,
     progress: &mut impl FnMut(&Progress),
@@ -662,7 +669,7 @@ fn write_stage(
                         None => members.insert(study_members(index)?),
                     };
                     let frames = e.spaces.first().map_or(0, |s| s.2.len());
-                    write_video(ctx, &e, dates, members)?;
+                    write_video(ctx, &e, facts, members)?;
                     summary.ingested += 1;
                     summary.frames += frames;
                     summary.ids.push(e.id.clone());
@@ -711,19 +718,27 @@ fn put_log(b: &mut echovault_index::Batch, path: &Path, id: &str, size: u64, mti
     Ok(())
 }
 
-fn write_video(ctx: &Ctx, e: &Embedded, dates: &HashMap<String, String>, members: &mut Members) -> Result<(), Error> {
+/// What the report manifest says of each study: its date, its (keyed) patient.
+struct StudyFacts {
+    dates: HashMap<String, String>,
+    patients: HashMap<String, String>,
+}
+
+fn write_video(ctx: &Ctx, e: &Embedded, facts: &StudyFacts, members: &mut Members) -> Result<(), Error> {
     let index = ctx.index;
     let d = &e.decoded;
     let path = &e.input.path;
     let item = ItemId(e.id.clone());
     let mut rec = ItemRecord::new(e.id.clone(), Kind::Video, path.display().to_string());
     rec.study = Some(d.study.clone());
-    rec.patient = d.patient.clone();
-    rec.date = d.date.clone().or_else(|| dates.get(&d.study).cloned()).or_else(|| existing_date(index, &d.study));
+    rec.patient = d.patient.clone().or_else(|| facts.patients.get(&d.study).cloned());
+    rec.date = d.date.clone().or_else(|| facts.dates.get(&d.study).cloned()).or_else(|| existing_date(index, &d.study));
     rec.frames = Some(d.total_frames as u32);
     rec.fps = d.fps;
     rec.extra = d.extra.clone();
     rec.extra.insert("embedded_frames".into(), e.spaces.first().map_or(0, |s| s.2.len()).to_string());
+    // Which frames the stored frame embeddings are (zero-shot readings pick theirs from them).
+    rec.extra.insert("sampling".into(), ctx.sampling.to_string());
     let mut b = index.batch();
     b.put_item(rec.clone());
     let study = members.entry(d.study.clone()).or_default();
@@ -731,7 +746,7 @@ fn write_video(ctx: &Ctx, e: &Embedded, dates: &HashMap<String, String>, members
     let sid = study_id(&d.study);
     let mut srec = ItemRecord::new(sid.clone(), Kind::Study, path.display().to_string());
     srec.study = Some(d.study.clone());
-    srec.patient = d.patient.clone();
+    srec.patient = rec.patient.clone();
     srec.date = rec.date.clone();
     srec.extra.insert("videos".into(), study.len().to_string());
     b.put_item(srec);
@@ -777,7 +792,10 @@ fn write_report(ctx: &Ctx, r: &EmbeddedReport) -> Result<(), Error> {
     rec.text = Some(r.entry.text.clone());
     // Linked to its study: the study's patient and date where the report has none.
     let study = index.get_item(&ItemId(study_id(&r.entry.study)))?;
-    rec.patient = study.as_ref().and_then(|s| s.patient.clone());
+    rec.patient = study
+        .as_ref()
+        .and_then(|s| s.patient.clone())
+        .or_else(|| r.entry.patient.as_deref().map(|p| crate::pseudonym::patient_key(index.secret(), p)));
     rec.date = r.entry.date.clone().or_else(|| study.as_ref().and_then(|s| s.date.clone()));
     let mut b = index.batch();
     b.put_item(rec);

@@ -1,8 +1,12 @@
 //! Report manifests mapping study ids (for DICOM: the StudyInstanceUID) to report text:
-//! - JSON Lines (`.jsonl`): one `{"study": ID, "text": TEXT, "date": "YYYY-MM-DD"?}` per line;
+//! - JSON Lines (`.jsonl`): one `{"study": ID, "text": TEXT, "date": "YYYY-MM-DD"?,
+//!   "patient": ID?}` per line;
 //! - CSV (`.csv`, RFC 4180 quoting, reports may span lines): a header row naming a `study`
 //!   column (also `study_uid`, `study_id`, `StudyInstanceUID`), a `text` column (also `report`)
-//!   and optionally `date`;
+//!   and optionally `date` and `patient` (also `patient_id`, `mrn`);
+//!
+//! A patient id given here is what links the videos of formats that carry none (AVI, MP4) to
+//! their patient; ingest pseudonymises it like a DICOM PatientID before anything is stored.
 //! - plain text: a `.txt` file (the study id is its name without extension), or a folder of them.
 
 use crate::error::Error;
@@ -19,6 +23,9 @@ pub struct ReportEntry {
     /// Study date.
     #[serde(default)]
     pub date: Option<String>,
+    /// The patient's id (raw: pseudonymised at ingest, never stored as given).
+    #[serde(default, alias = "patient_id")]
+    pub patient: Option<String>,
 }
 
 /// Reads reports from a JSONL or CSV manifest, a `.txt` file or a folder of `.txt` files. A
@@ -43,7 +50,7 @@ pub fn read_reports(path: &Path) -> Result<Vec<ReportEntry>, Error> {
 fn read_text(path: &Path) -> Result<ReportEntry, Error> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let study = path.file_stem().and_then(|s| s.to_str()).ok_or_else(|| Error::media(path, "file name is not UTF-8"))?;
-    Ok(ReportEntry { study: study.to_owned(), text: text.trim().to_owned(), date: None })
+    Ok(ReportEntry { study: study.to_owned(), text: text.trim().to_owned(), date: None, patient: None })
 }
 
 fn read_jsonl(path: &Path) -> Result<Vec<ReportEntry>, Error> {
@@ -69,6 +76,7 @@ fn read_csv(path: &Path) -> Result<Vec<ReportEntry>, Error> {
         .ok_or_else(|| Error::media(path, format!("no study column in the header {header:?}")))?;
     let text_col = col(&["text", "report"]).ok_or_else(|| Error::media(path, format!("no text column in the header {header:?}")))?;
     let date = col(&["date", "study_date"]);
+    let patient = col(&["patient", "patient_id", "mrn"]);
     let mut out = Vec::new();
     for (line, row) in it {
         if row.iter().all(|c| c.trim().is_empty()) {
@@ -77,13 +85,14 @@ fn read_csv(path: &Path) -> Result<Vec<ReportEntry>, Error> {
         let get = |i: usize| row.get(i).map(|s| s.trim().to_owned());
         let s = get(study).filter(|s| !s.is_empty()).ok_or_else(|| Error::media(path, format!("line {line}: no study id")))?;
         let t = get(text_col).ok_or_else(|| Error::media(path, format!("line {line}: no text")))?;
-        out.push(ReportEntry { study: s, text: t, date: date.and_then(get).filter(|d| !d.is_empty()) });
+        let date = date.and_then(get).filter(|d| !d.is_empty());
+        out.push(ReportEntry { study: s, text: t, date, patient: patient.and_then(get).filter(|p| !p.is_empty()) });
     }
     Ok(out)
 }
 
 /// RFC 4180 rows as (line number where the row starts, fields).
-fn parse_csv(text: &str) -> Result<Vec<(usize, Vec<String>)>, String> {
+pub(crate) fn parse_csv(text: &str) -> Result<Vec<(usize, Vec<String>)>, String> {
     let mut rows = Vec::new();
     let (mut row, mut field) = (Vec::new(), String::new());
     let (mut line, mut row_line) = (1usize, 1usize);
@@ -145,7 +154,12 @@ mod tests {
         assert_eq!(r.len(), 2);
         assert_eq!(
             r[0],
-            ReportEntry { study: "1.2.3".into(), text: "Normal LV, \"EF\" 60%.\nNo effusion.".into(), date: Some("2020-01-02".into()) }
+            ReportEntry {
+                study: "1.2.3".into(),
+                text: "Normal LV, \"EF\" 60%.\nNo effusion.".into(),
+                date: Some("2020-01-02".into()),
+                patient: None
+            }
         );
         assert_eq!(r[1].date, None);
         std::fs::write(&p, "id,text\n1,x\n").unwrap();

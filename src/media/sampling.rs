@@ -56,6 +56,23 @@ impl FromStr for FrameSampling {
     }
 }
 
+impl std::fmt::Display for FrameSampling {
+    /// `START:END:STEP` (END empty for all), which [`FromStr`] reads back.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.end {
+            Some(e) => write!(f, "{}:{}:{}", self.start, e, self.step),
+            None => write!(f, "{}::{}", self.start, self.step),
+        }
+    }
+}
+
+impl FrameSampling {
+    /// Frame index of the `row`-th frame this sampling selects (frames it stores in that order).
+    pub fn frame_of_row(&self, row: usize) -> usize {
+        self.start + row * self.step.max(1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,5 +86,9 @@ mod tests {
         assert_eq!("1:10:3".parse::<FrameSampling>().unwrap(), FrameSampling { start: 1, end: Some(10), step: 3 });
         assert!("1:1:3".parse::<FrameSampling>().is_err());
         assert!("0::0".parse::<FrameSampling>().is_err());
+        for s in [FrameSampling::ZERO_SHOT, FrameSampling::ALL, FrameSampling { start: 3, end: Some(9), step: 2 }] {
+            assert_eq!(s.to_string().parse::<FrameSampling>().unwrap(), s);
+        }
+        assert_eq!(FrameSampling::ZERO_SHOT.frame_of_row(3), 6);
     }
 }

@@ -264,7 +264,7 @@ pub fn generate(opts: &PhantomOptions) -> Result<PhantomSummary, Error> {
                     dev.push(name.to_owned());
                 }
             }
-            reports.push(serde_json::json!({"study": study, "text": report, "date": civil(date)}));
+            reports.push(serde_json::json!({"study": study, "text": report, "date": civil(date), "patient": patient}));
             manifest.push(Truth {
                 file,
                 format,

@@ -1,5 +1,10 @@
-//! The clinical tasks over embeddings (DESIGN §6): metrics and their bootstrap intervals.
+//! The clinical tasks over embeddings (DESIGN §6): zero-shot readings from prompt files,
+//! re-identification, transitions and retrieval, their metrics and bootstrap intervals, and the
+//! label manifests evaluations read.
 
+pub mod manifest;
 pub mod metrics;
-
+pub mod pairs;
+pub mod prompts;
+pub mod source;
 pub mod zeroshot;

@@ -19,7 +19,8 @@ pub fn binary_score(frames: &[Vec<f32>], prompts: &[Vec<f32>]) -> Option<f64> {
 /// Regression estimate: for each frame, the prompts ranked by similarity (most similar first,
 /// ties by prompt order) and mapped to their values; the ranked value lists averaged over frames
 /// position by position; the lower median of the first `head` fraction (DESIGN: 20 %) of
-/// positions (at least one). `None` without frames or prompts, or when the counts differ.
+/// positions, rounded down as the reference's `int(n * 0.2)` does (at least one). `None`
+/// without frames or prompts, or when the counts differ.
 pub fn regression_estimate(frames: &[Vec<f32>], prompts: &[Vec<f32>], values: &[f64], head: f64) -> Option<f64> {
     if frames.is_empty() || prompts.is_empty() || prompts.len() != values.len() {
         return None;
@@ -35,7 +36,7 @@ pub fn regression_estimate(frames: &[Vec<f32>], prompts: &[Vec<f32>], values: &[
         }
     }
     avg.iter_mut().for_each(|x| *x /= frames.len() as f64);
-    let top = ((values.len() as f64 * head).ceil() as usize).clamp(1, values.len());
+    let top = ((values.len() as f64 * head).floor() as usize).clamp(1, values.len());
     let mut first = avg[..top].to_vec();
     first.sort_by(f64::total_cmp);
     Some(first[(top - 1) / 2])
@@ -96,5 +97,69 @@ mod tests {
         let frames = vec![unit(&[0.9, 0.1])];
         let classes = vec![vec![unit(&[0.0, 1.0])], vec![unit(&[1.0, 0.0])]];
         assert_eq!(categorical(&frames, &classes).map(|c| c.0), Some(1));
+    }
+}
+
+/// A task's prompts embedded, ready to read videos with.
+#[derive(Clone, Debug)]
+pub enum EmbeddedTask {
+    /// Prompt embeddings; optional presence threshold.
+    Binary(Vec<Vec<f32>>, Option<f64>),
+    /// Prompt embeddings with their values.
+    Regression(Vec<Vec<f32>>, Vec<f64>),
+    /// Class names with their prompt embeddings.
+    Categorical(Vec<(String, Vec<Vec<f32>>)>),
+}
+
+/// What a task reads from one video.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(untagged)]
+pub enum Reading {
+    /// Mean cosine; `present` when the task has a threshold.
+    Binary {
+        /// The score.
+        score: f64,
+        /// Score ≥ threshold.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        present: Option<bool>,
+    },
+    /// The estimated value.
+    Regression {
+        /// The estimate.
+        value: f64,
+    },
+    /// The best class and every class's score.
+    Categorical {
+        /// Best class.
+        class: String,
+        /// Class → score, in class order.
+        scores: Vec<(String, f64)>,
+    },
+}
+
+impl Reading {
+    /// The number an evaluation uses: the score, the value, or the best class's score.
+    pub fn number(&self) -> f64 {
+        match self {
+            Reading::Binary { score, .. } => *score,
+            Reading::Regression { value } => *value,
+            Reading::Categorical { scores, class } => scores.iter().find(|(c, _)| c == class).map_or(f64::NAN, |s| s.1),
+        }
+    }
+}
+
+/// Reads one task from a video's unit frame embeddings. `None` without frames.
+pub fn read(frames: &[Vec<f32>], task: &EmbeddedTask) -> Option<Reading> {
+    match task {
+        EmbeddedTask::Binary(p, threshold) => {
+            let score = binary_score(frames, p)?;
+            Some(Reading::Binary { score, present: threshold.map(|t| score >= t) })
+        }
+        EmbeddedTask::Regression(p, values) => Some(Reading::Regression { value: regression_estimate(frames, p, values, 0.2)? }),
+        EmbeddedTask::Categorical(classes) => {
+            let embs: Vec<Vec<Vec<f32>>> = classes.iter().map(|c| c.1.clone()).collect();
+            let (best, scores) = categorical(frames, &embs)?;
+            Some(Reading::Categorical { class: classes[best].0.clone(), scores: classes.iter().map(|c| c.0.clone()).zip(scores).collect() })
+        }
     }
 }

@@ -50,7 +50,7 @@ def regression(frames, prompts, values, head):
     sims = f @ p.T                                      # frames × prompts
     order = np.argsort(-sims, axis=1, kind="stable")    # most similar first, ties in prompt order
     ranked = v[order].mean(axis=0)                      # average of ranked value lists, per position
-    top = min(max(int(np.ceil(len(v) * head)), 1), len(v))
+    top = min(max(int(np.floor(len(v) * head)), 1), len(v))  # first 20 %, rounded down
     first = np.sort(ranked[:top])
     return float(first[(top - 1) // 2])                 # lower median
 

@@ -1,0 +1,141 @@
+//! Where the tasks get their embeddings: the index when it holds the video (stored frame and
+//! video embeddings of the model's space), else the file itself, decoded and embedded.
+
+use super::prompts::{Expanded, PromptTask};
+use super::zeroshot::EmbeddedTask;
+use crate::engine::Embedder;
+use crate::error::Error;
+use crate::media::FrameSampling;
+use echovault_index::{Index, ItemId, ItemRecord, Kind};
+use std::cell::OnceCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Embeddings of videos by file or by indexed id, for one model.
+#[derive(Debug)]
+pub struct VideoSource<'a> {
+    /// The model (and its space in the index).
+    pub embedder: &'a Embedder,
+    /// The index, when there is one.
+    pub index: Option<&'a Index>,
+    /// Frames zero-shot readings use.
+    pub zero_shot_frames: FrameSampling,
+    /// Frames a video embedding of an unindexed file averages (the ingest default: all).
+    pub video_frames: FrameSampling,
+    by_source: OnceCell<HashMap<PathBuf, ItemRecord>>,
+}
+
+/// A video's embeddings and where they came from.
+#[derive(Clone, Debug)]
+pub struct Embedded {
+    /// The index record, when the index holds the video.
+    pub record: Option<ItemRecord>,
+    /// Unit frame embeddings (zero-shot selection).
+    pub frames: Vec<Vec<f32>>,
+}
+
+fn canonical(p: &Path) -> PathBuf {
+    p.canonicalize().unwrap_or_else(|_| p.to_owned())
+}
+
+impl<'a> VideoSource<'a> {
+    /// A source over `embedder` and, optionally, an index.
+    pub fn new(embedder: &'a Embedder, index: Option<&'a Index>, zero_shot_frames: FrameSampling, video_frames: FrameSampling) -> Self {
+        VideoSource { embedder, index, zero_shot_frames, video_frames, by_source: OnceCell::new() }
+    }
+
+    /// The indexed video ingested from `path`, if any.
+    pub fn lookup(&self, path: &Path) -> Result<Option<ItemRecord>, Error> {
+        let Some(index) = self.index else { return Ok(None) };
+        if self.by_source.get().is_none() {
+            let mut m = HashMap::new();
+            for rec in index.items(Some(Kind::Video))? {
+                m.insert(canonical(Path::new(&rec.source)), rec);
+            }
+            let _ = self.by_source.set(m);
+        }
+        Ok(self.by_source.get().and_then(|m| m.get(&canonical(path)).cloned()))
+    }
+
+    /// An indexed item by id.
+    pub fn item(&self, id: &str) -> Result<ItemRecord, Error> {
+        let index = self.index.ok_or_else(|| Error::Invalid(format!("item '{id}': no index to look it up in")))?;
+        index.get_item(&ItemId::from(id))?.ok_or_else(|| Error::Invalid(format!("no item '{id}' in the index")))
+    }
+
+    /// The stored frame embeddings of an indexed video that the zero-shot sampling selects
+    /// (all stored frames when it selects none of them). `None` when the space lacks them.
+    pub fn stored_frames(&self, rec: &ItemRecord) -> Result<Option<Vec<Vec<f32>>>, Error> {
+        let Some(index) = self.index else { return Ok(None) };
+        let Some(rows) = index.get_frames(self.embedder.space, &rec.id)? else { return Ok(None) };
+        let stored: FrameSampling = rec.extra.get("sampling").and_then(|s| s.parse().ok()).unwrap_or(FrameSampling::ALL);
+        let picked: Vec<Vec<f32>> = rows
+            .iter()
+            .enumerate()
+            .filter(|(r, _)| self.zero_shot_frames.selects(stored.frame_of_row(*r)))
+            .map(|(_, f)| f.clone())
+            .collect();
+        Ok(Some(if picked.is_empty() { rows } else { picked }))
+    }
+
+    /// Frame embeddings of an indexed video.
+    pub fn frames_of_item(&self, rec: &ItemRecord) -> Result<Embedded, Error> {
+        let frames = self.stored_frames(rec)?.ok_or_else(|| {
+            Error::Invalid(format!(
+                "item '{}' has no frame embeddings in space '{}' (ingest it with this model)",
+                rec.id, self.embedder.space_name
+            ))
+        })?;
+        Ok(Embedded { record: Some(rec.clone()), frames })
+    }
+
+    /// Frame embeddings of a file: stored ones when the index holds it, else decoded and embedded.
+    pub fn frames_of_file(&self, path: &Path) -> Result<Embedded, Error> {
+        if let Some(rec) = self.lookup(path)? {
+            if let Some(frames) = self.stored_frames(&rec)? {
+                return Ok(Embedded { record: Some(rec), frames });
+            }
+        }
+        let s = self.zero_shot_frames;
+        let frames = crate::media::read_frames(path, |i| s.selects(i))?;
+        let e = self.embedder.embed_frames(&frames).map_err(|e| Error::media(path, e.to_string()))?;
+        Ok(Embedded { record: None, frames: e.frames })
+    }
+
+    /// The video embedding of a file: the stored one when indexed, else all frames of
+    /// `video_frames` embedded and averaged.
+    pub fn video_of_file(&self, path: &Path) -> Result<(Option<ItemRecord>, Vec<f32>), Error> {
+        if let Some(rec) = self.lookup(path)? {
+            if let Some(v) = self.stored_vector(&rec.id, Kind::Video)? {
+                return Ok((Some(rec), v));
+            }
+        }
+        let s = self.video_frames;
+        let frames = crate::media::read_frames(path, |i| s.selects(i))?;
+        let e = self.embedder.embed_frames(&frames).map_err(|e| Error::media(path, e.to_string()))?;
+        Ok((None, e.video))
+    }
+
+    /// A stored vector of the model's space.
+    pub fn stored_vector(&self, id: &ItemId, kind: Kind) -> Result<Option<Vec<f32>>, Error> {
+        match self.index {
+            Some(index) => Ok(index.get_vector(self.embedder.space, kind, id)?),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Embeds a task's prompts with the model.
+pub fn embed_task(embedder: &Embedder, task: &PromptTask) -> Result<EmbeddedTask, Error> {
+    let texts = |ts: &[String]| -> Result<Vec<Vec<f32>>, Error> {
+        let refs: Vec<&str> = ts.iter().map(String::as_str).collect();
+        embedder.embed_texts(&refs)
+    };
+    Ok(match task.expand().map_err(Error::Invalid)? {
+        Expanded::Binary(p) => EmbeddedTask::Binary(texts(&p)?, task.threshold),
+        Expanded::Regression(p, v) => EmbeddedTask::Regression(texts(&p)?, v),
+        Expanded::Categorical(classes) => {
+            EmbeddedTask::Categorical(classes.into_iter().map(|(c, p)| Ok((c, texts(&p)?))).collect::<Result<_, Error>>()?)
+        }
+    })
+}
