@@ -103,3 +103,114 @@ fn task_algorithms_match_an_independent_numpy_implementation() {
     }
     assert_eq!(checked, 72);
 }
+
+fn python(cases: &[Value]) -> Vec<Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("cases.json");
+    std::fs::write(&input, json!({ "cases": cases }).to_string()).unwrap();
+    let out = Command::new(root().join(".venv/bin/python")).arg(root().join("tools/tasks/tasks_ref.py")).arg(&input).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["results"].as_array().unwrap().clone()
+}
+
+fn floats_close(a: &Value, b: &Value) -> bool {
+    let (a, b) = (a.as_array().unwrap(), b.as_array().unwrap());
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x.as_f64().unwrap() - y.as_f64().unwrap()).abs() <= 1e-12)
+}
+
+#[test]
+fn reid_transitions_timeline_and_retrieval_match_the_numpy_implementation() {
+    use echovault::tasks::pairs::{reid_pairs, retrieval_ranks, timeline, transition_scores, Event, Visit};
+    let mut rng = StdRng::seed_from_u64(21);
+    let mut cases = Vec::new();
+    let mut ours = Vec::new();
+    for t in 0..6 {
+        let d = 8 + t;
+        // Patients with a few studies each; vectors of a patient near its own centre.
+        let n = 12 + t * 5;
+        let centres: Vec<Vec<f32>> = (0..5).map(|_| unit(&mut rng, d)).collect();
+        let mut vectors = Vec::new();
+        let (mut patients, mut studies) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            let p = rng.random_range(0..5usize);
+            let noise = unit(&mut rng, d);
+            let v: Vec<f32> = centres[p].iter().zip(&noise).map(|(c, e)| c + 0.6 * e).collect();
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            vectors.push(v.into_iter().map(|x| x / norm).collect::<Vec<f32>>());
+            patients.push(format!("p{p}"));
+            studies.push(format!("s{p}-{}", i % 3));
+        }
+        for max_pairs in [10_000, 40] {
+            let r = reid_pairs(&vectors, &patients, &studies, max_pairs, 77 + t as u64);
+            ours.push(serde_json::to_value(&r).unwrap());
+            cases.push(json!({"op": "reid_pairs", "vectors": vectors, "patients": patients, "studies": studies, "max_pairs": max_pairs, "seed": 77 + t as u64}));
+        }
+        let visits: Vec<Visit> =
+            (0..n).map(|i| Visit { patient: patients[i].clone(), day: rng.random_range(0..2000), vector: vectors[i].clone() }).collect();
+        let events: Vec<Event> = (0..4)
+            .map(|e| Event {
+                patient: format!("p{}", e % 5),
+                day: rng.random_range(200..1800),
+                kind: ["heart_transplant", "valve"][e % 2].into(),
+            })
+            .collect();
+        let vj: Vec<Value> = visits.iter().map(|v| json!({"patient": v.patient, "day": v.day, "vector": v.vector})).collect();
+        let ej: Vec<Value> = events.iter().map(|e| json!({"patient": e.patient, "day": e.day, "kind": e.kind})).collect();
+        let window = 300 + 200 * t as i64;
+        ours.push(serde_json::to_value(transition_scores(&visits, &events, window)).unwrap());
+        cases.push(json!({"op": "transitions", "visits": vj, "events": ej, "window": window}));
+        let mut mine: Vec<Visit> = visits.iter().filter(|v| v.patient == "p0").cloned().collect();
+        mine.sort_by_key(|v| v.day);
+        let mj: Vec<Value> = mine.iter().map(|v| json!({"patient": v.patient, "day": v.day, "vector": v.vector})).collect();
+        for event in [None, Some(900i64)] {
+            ours.push(serde_json::to_value(timeline(&mine, event, window, 0.05)).unwrap());
+            cases.push(json!({"op": "timeline", "visits": mj, "event": event, "window": window, "drop": 0.05}));
+        }
+        // Reports: one per study; some studies with two videos.
+        let reports: Vec<Vec<f32>> = (0..n.div_ceil(2)).map(|_| unit(&mut rng, d)).collect();
+        let truth: Vec<usize> = (0..n).map(|i| i / 2).collect();
+        let videos: Vec<Vec<f32>> = truth
+            .iter()
+            .map(|&r| {
+                let e = unit(&mut rng, d);
+                let v: Vec<f32> = reports[r].iter().zip(&e).map(|(a, b)| a + 0.8 * b).collect();
+                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                v.into_iter().map(|x| x / norm).collect()
+            })
+            .collect();
+        ours.push(serde_json::to_value(retrieval_ranks(&videos, &reports, &truth)).unwrap());
+        cases.push(json!({"op": "retrieval", "videos": videos, "reports": reports, "truth": truth}));
+    }
+    let theirs = python(&cases);
+    assert_eq!(theirs.len(), ours.len());
+    let mut scored = 0;
+    for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+        match cases[i]["op"].as_str().unwrap() {
+            "reid_pairs" => {
+                for k in ["same_study", "same_patient", "different"] {
+                    assert!(floats_close(&a[k], &b[k]), "#{i} {k}");
+                }
+                assert_eq!(a["sampled"], b["sampled"]);
+            }
+            "transitions" | "timeline" => {
+                let (x, y) = (a.as_array().unwrap(), b.as_array().unwrap());
+                assert_eq!(x.len(), y.len(), "#{i}");
+                for (p, q) in x.iter().zip(y) {
+                    for (k, v) in p.as_object().unwrap() {
+                        match (v.as_f64(), q[k].as_f64()) {
+                            (Some(m), Some(n)) if k == "similarity" => assert!((m - n).abs() <= 1e-12, "#{i} {k}"),
+                            _ => assert_eq!(v, &q[k], "#{i} {k}: {p} vs {q}"),
+                        }
+                    }
+                    scored += 1;
+                }
+            }
+            _ => {
+                assert_eq!(a["video_to_report"], b["video_to_report"], "#{i}");
+                assert_eq!(a["report_to_video"], b["report_to_video"], "#{i}");
+            }
+        }
+    }
+    assert!(scored > 30, "enough transitions and timeline rows compared ({scored})");
+}

@@ -39,6 +39,9 @@ pub struct PhantomArgs {
     /// Fraction of patients with a MitraClip.
     #[arg(long, default_value_t = 0.15)]
     mitraclip: f64,
+    /// Fraction of patients with a transcatheter aortic valve from their first study on.
+    #[arg(long, default_value_t = 0.0)]
+    valve: f64,
     /// Fraction of patients with a heart transplant or valve replacement between two studies.
     #[arg(long, default_value_t = 0.3)]
     events: f64,
@@ -50,7 +53,7 @@ pub struct PhantomArgs {
 pub fn run(g: &Global, a: &PhantomArgs) -> anyhow::Result<i32> {
     let (lo, hi) = a.studies.split_once(':').unwrap_or((&a.studies, &a.studies));
     let studies = (lo.trim().parse()?, hi.trim().parse()?);
-    for (name, p) in [("pacemaker", a.pacemaker), ("mitraclip", a.mitraclip), ("events", a.events)] {
+    for (name, p) in [("pacemaker", a.pacemaker), ("mitraclip", a.mitraclip), ("valve", a.valve), ("events", a.events)] {
         anyhow::ensure!((0.0..=1.0).contains(&p), "--{name} must be a fraction between 0 and 1");
     }
     anyhow::ensure!(a.size % 2 == 0, "--size must be even (H.264 needs even sides)");
@@ -66,6 +69,7 @@ pub fn run(g: &Global, a: &PhantomArgs) -> anyhow::Result<i32> {
         formats: a.formats.clone(),
         pacemaker: a.pacemaker,
         mitraclip: a.mitraclip,
+        valve: a.valve,
         events: a.events,
         seed: a.seed,
     };

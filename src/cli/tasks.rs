@@ -617,20 +617,18 @@ fn eval_zero_shot(g: &Global, a: &EvalZeroShot) -> anyhow::Result<i32> {
     let (file, prompts_name) = load_prompts(a.prompts.as_deref())?;
     // Tasks: those named, else every task the manifest labels at least once.
     let label_names = |t: &str| file[t].label_names(t);
-    let has_label = |t: &str, r: &Row| {
+    // A task is labelled when some row gives its value (binary: both present and absent rows).
+    let labelled = |t: &str| {
         let names = label_names(t);
         let n: Vec<&str> = names.iter().map(String::as_str).collect();
         match file[t].mode {
-            Mode::Regression => r.number(&n).is_some(),
-            Mode::Binary => r.flag(&n).is_some(),
-            Mode::Categorical => r.text(&n).is_some(),
+            Mode::Regression => rows.iter().any(|r| r.number(&n).is_some()),
+            Mode::Binary => [true, false].iter().all(|want| rows.iter().any(|r| r.flag(&n) == Some(*want))),
+            Mode::Categorical => rows.iter().any(|r| r.text(&n).is_some()),
         }
     };
-    let names: Vec<String> = if a.task.is_empty() {
-        file.keys().filter(|t| rows.iter().any(|r| has_label(t, r))).cloned().collect()
-    } else {
-        select_tasks(&file, &a.task)?
-    };
+    let names: Vec<String> =
+        if a.task.is_empty() { file.keys().filter(|t| labelled(t)).cloned().collect() } else { select_tasks(&file, &a.task)? };
     anyhow::ensure!(
         !names.is_empty(),
         "{}: no column labels any task of the prompt file ({}); columns are matched by task name or the task's `labels`",

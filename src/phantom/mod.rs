@@ -65,6 +65,9 @@ pub struct PhantomOptions {
     pub pacemaker: f64,
     /// Fraction of patients with a MitraClip.
     pub mitraclip: f64,
+    /// Fraction of patients with a transcatheter aortic valve from their first study on (drawn
+    /// from a stream of its own: 0 leaves every other draw as it was).
+    pub valve: f64,
     /// Fraction of patients with a clinical event (transplant or valve surgery) between studies.
     pub events: f64,
     /// Seed of everything.
@@ -85,6 +88,7 @@ impl Default for PhantomOptions {
             formats: vec![Format::DicomJpeg, Format::Avi, Format::DicomNative],
             pacemaker: 0.25,
             mitraclip: 0.15,
+            valve: 0.0,
             events: 0.3,
             seed: 1,
             first_patient: 1,
@@ -165,6 +169,7 @@ pub fn generate(opts: &PhantomOptions) -> Result<PhantomSummary, Error> {
         let hr_base: f64 = rng.random_range(55.0..95.0);
         let pacemaker = rng.random_bool(opts.pacemaker);
         let mitraclip = rng.random_bool(opts.mitraclip);
+        let tavr = StdRng::seed_from_u64(opts.seed ^ (number as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)).random_bool(opts.valve);
         let n_studies = rng.random_range(opts.studies.0..=opts.studies.1);
         // Studies 2 months to 2 years apart from a start in 2015–2022.
         let mut day = days_from_civil(2015, 1, 1) + rng.random_range(0..8 * 365);
@@ -186,7 +191,7 @@ pub fn generate(opts: &PhantomOptions) -> Result<PhantomSummary, Error> {
         }
         let mut changed = false;
         for (s, &date) in dates.iter().enumerate() {
-            let mut devices = Devices { pacemaker, valve: false, mitraclip };
+            let mut devices = Devices { pacemaker, valve: tavr, mitraclip };
             let mut after_events = Vec::new();
             let mut transplanted = false;
             if let Some((when, kind)) = event {
@@ -208,6 +213,7 @@ pub fn generate(opts: &PhantomOptions) -> Result<PhantomSummary, Error> {
                     if kind == "heart_transplant" {
                         devices.pacemaker = false;
                         devices.mitraclip = false;
+                        devices.valve = false;
                         transplanted = true;
                     } else {
                         devices.valve = true;

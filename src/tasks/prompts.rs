@@ -149,10 +149,17 @@ impl PromptTask {
         }
     }
 
-    /// The manifest names of this task's truth.
+    /// The manifest names of this task's truth: the task's name, its `labels`, and those of the
+    /// built-in task of the same name (so a user's `ejection_fraction` task also reads `EF`).
     pub fn label_names(&self, task: &str) -> Vec<String> {
-        let mut names = vec![task.to_owned()];
-        names.extend(self.labels.iter().cloned());
+        let mut names = vec![task.to_ascii_lowercase()];
+        let builtin = default_prompts().remove(task).map(|t| t.labels).unwrap_or_default();
+        for n in self.labels.iter().chain(&builtin) {
+            let n = n.to_ascii_lowercase();
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
         names
     }
 }
