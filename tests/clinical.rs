@@ -134,10 +134,34 @@ fn reid_and_timeline_over_indexed_studies() {
     let data = dir.path().join("data");
     phantoms(&data, &["--patients", "4", "--studies", "3:3", "--formats", "dicom-jpeg,avi", "--events", "1"]);
     let idx = dir.path().join("idx");
-    ok(ev(
-        &idx,
-        &["--json", "ingest", data.to_str().unwrap(), "--reports", data.join("reports.jsonl").to_str().unwrap(), "--progress", "none"],
-    ));
+    // Two models, as the paper uses them: a copy of the phantom model with a template
+    // vocabulary plays EchoCLIP-R.
+    let r_model = dir.path().join("phantom-r");
+    std::fs::create_dir_all(&r_model).unwrap();
+    for f in std::fs::read_dir(root().join("data-samples/echovault-phantom")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, r_model.join(f.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(root().join("data-samples/template-vocab.txt"), r_model.join("template_vocab.txt")).unwrap();
+    let both = |args: &[&str]| {
+        let mut all = vec!["--model", r_model.to_str().unwrap()];
+        all.extend_from_slice(args);
+        ev(&idx, &all)
+    };
+    ok(both(&[
+        "--json",
+        "ingest",
+        data.to_str().unwrap(),
+        "--reports",
+        data.join("reports.jsonl").to_str().unwrap(),
+        "--progress",
+        "none",
+    ]));
+    // Zero-shot reads with the BPE model, similarity and retrieval use the template one.
+    let f = data.join(&echovault::phantom::read_manifest(&data.join("manifest.jsonl")).unwrap()[0].file);
+    assert_eq!(ok(both(&["--json", "zero-shot", f.to_str().unwrap(), "--task", "pacemaker"]))["model"], "echovault-phantom");
+    assert_eq!(ok(both(&["--json", "eval", "retrieval", "--resamples", "10"]))["model"], "phantom-r");
+    assert_eq!(ok(both(&["--json", "reid", f.to_str().unwrap()]))["space"], "phantom-r");
     let index = Index::open(&idx, IndexOptions { passive_open: true, ..Default::default() }).unwrap();
     let videos = index.items(Some(Kind::Video)).unwrap();
     assert!(videos.iter().all(|v| v.patient.is_some()), "AVI videos take their patient from the report manifest");

@@ -5,7 +5,7 @@ use super::{open_engine, Global, EXIT_PARTIAL};
 use anyhow::Context;
 use clap::{ArgGroup, Args, Subcommand};
 use echovault::engine::{Embedder, Engine};
-use echovault::index::{Filter, Index, ItemId, ItemRecord, Kind};
+use echovault::index::{Filter, Index, ItemId, ItemRecord, Kind, Query};
 use echovault::ingest::{report_id, study_id};
 use echovault::media::FrameSampling;
 use echovault::tasks::manifest::{self, Manifest, Row};
@@ -18,37 +18,62 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+/// Which of several `--model`s a command uses, as the paper found best: zero-shot readings with
+/// EchoCLIP (CLIP BPE), similarity and retrieval with EchoCLIP-R (a model directory holding
+/// `template_vocab.txt`). With one model, that one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Prefer {
+    ZeroShot,
+    Similarity,
+}
+
+fn pick(models: &[PathBuf], prefer: Prefer) -> usize {
+    let template = |d: &PathBuf| d.join(echovault::tokenize::TEMPLATE_VOCAB_FILE).is_file();
+    models.iter().position(|d| template(d) == (prefer == Prefer::Similarity)).unwrap_or(0)
+}
+
 /// The model and, when the index exists, the index: read-only commands never create an index.
 enum Loaded {
-    Engine(Box<Engine>),
+    Engine(Box<Engine>, usize),
     Bare(Box<Embedder>),
 }
 
 impl Loaded {
-    fn open(g: &Global, need_index: bool) -> anyhow::Result<Loaded> {
+    fn open(g: &Global, need_index: bool, prefer: Prefer) -> anyhow::Result<Loaded> {
+        let cfg = g.engine_config()?;
+        let models: Vec<PathBuf> = std::iter::once(cfg.model_dir.clone()).chain(cfg.extra_models.iter().cloned()).collect();
+        let i = pick(&models, prefer);
         if g.index.is_dir() {
-            return Ok(Loaded::Engine(Box::new(open_engine(g)?)));
+            return Ok(Loaded::Engine(Box::new(open_engine(g)?), i));
         }
         anyhow::ensure!(!need_index, "no index at {} (run `echovault ingest` first, or pass --index DIR)", g.index.display());
-        let cfg = g.engine_config()?;
-        let mut e = Embedder::load(&cfg.model_dir, cfg.device, cfg.channel_order, cfg.frame_batch)
-            .with_context(|| format!("loading model {}", cfg.model_dir.display()))?;
-        e.space_name = echovault::engine::space_name_of(&cfg.model_dir);
+        let mut e = Embedder::load(&models[i], cfg.device, cfg.channel_order, cfg.frame_batch)
+            .with_context(|| format!("loading model {}", models[i].display()))?;
+        e.space_name = match (&cfg.space, i) {
+            (Some(s), 0) => s.clone(),
+            _ => echovault::engine::space_name_of(&models[i]),
+        };
         Ok(Loaded::Bare(Box::new(e)))
     }
 
+    /// The model this command uses (and its space).
     fn embedder(&self) -> &Embedder {
         match self {
-            Loaded::Engine(e) => e,
+            Loaded::Engine(e, i) => &e.embedders[*i],
             Loaded::Bare(e) => e,
         }
     }
 
     fn index(&self) -> Option<&Index> {
         match self {
-            Loaded::Engine(e) => Some(&e.index),
+            Loaded::Engine(e, _) => Some(&e.index),
             Loaded::Bare(_) => None,
         }
+    }
+
+    /// The index, for commands that need one.
+    fn need_index(&self) -> anyhow::Result<&Index> {
+        self.index().context("no index")
     }
 
     fn source(&self, zero_shot: FrameSampling, video: FrameSampling) -> VideoSource<'_> {
@@ -148,7 +173,7 @@ pub fn run_zero_shot(g: &Global, a: &ZeroShotArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let names = select_tasks(&file, &a.task)?;
-    let loaded = Loaded::open(g, !a.ids.is_empty() || a.all_indexed || a.store)?;
+    let loaded = Loaded::open(g, !a.ids.is_empty() || a.all_indexed || a.store, Prefer::ZeroShot)?;
     let src = loaded.source(a.frames, g.sampling);
     let tasks = embed_tasks(loaded.embedder(), &file, &names)?;
 
@@ -246,8 +271,8 @@ pub struct ReidArgs {
 
 pub fn run_reid(g: &Global, a: &ReidArgs) -> anyhow::Result<i32> {
     anyhow::ensure!(a.k > 0, "-k must be at least 1");
-    let loaded = Loaded::open(g, true)?;
-    let Loaded::Engine(engine) = &loaded else { anyhow::bail!("no index") };
+    let loaded = Loaded::open(g, true, Prefer::Similarity)?;
+    let (index, emb) = (loaded.need_index()?, loaded.embedder());
     let src = loaded.source(FrameSampling::ZERO_SHOT, g.sampling);
     let (query, rec, v) = if let Some(p) = &a.video {
         let (rec, v) = src.video_of_file(p)?;
@@ -256,15 +281,14 @@ pub fn run_reid(g: &Global, a: &ReidArgs) -> anyhow::Result<i32> {
         let rec = src.item(id)?;
         let v = src
             .stored_vector(&rec.id, Kind::Video)?
-            .with_context(|| format!("video '{id}' has no vector in space '{}'", engine.space_name))?;
+            .with_context(|| format!("video '{id}' has no vector in space '{}'", emb.space_name))?;
         (json!({ "video_id": id }), Some(rec), v)
     } else {
         let s = a.study_id.clone().unwrap_or_default();
         let id = if s.starts_with("study:") { s.clone() } else { study_id(&s) };
         let rec = src.item(&id)?;
-        let v = src
-            .stored_vector(&rec.id, Kind::Study)?
-            .with_context(|| format!("study '{s}' has no vector in space '{}'", engine.space_name))?;
+        let v =
+            src.stored_vector(&rec.id, Kind::Study)?.with_context(|| format!("study '{s}' has no vector in space '{}'", emb.space_name))?;
         (json!({ "study_id": s }), Some(rec), v)
     };
     let own_study = rec.as_ref().and_then(|r| r.study.clone());
@@ -275,7 +299,9 @@ pub fn run_reid(g: &Global, a: &ReidArgs) -> anyhow::Result<i32> {
         filter.exclude.push(ItemId(study_id(s)));
     }
     // Over-fetch: same-date studies are dropped after the search.
-    let hits = engine.search_vector(v, Kind::Study, a.k * 4 + 16, filter, false)?;
+    let mut q = Query::new(emb.space, Kind::Study, v, a.k * 4 + 16);
+    q.filter = filter;
+    let hits = index.search(&q)?;
     let hits: Vec<_> = hits.into_iter().filter(|h| a.same_date || own_date.is_none() || h.record.date != own_date).take(a.k).collect();
     let rows: Vec<Value> = hits
         .iter()
@@ -287,10 +313,10 @@ pub fn run_reid(g: &Global, a: &ReidArgs) -> anyhow::Result<i32> {
     if g.json {
         println!(
             "{}",
-            json!({ "query": query, "study": own_study, "date": own_date, "patient": own_patient, "space": engine.space_name, "candidates": rows })
+            json!({ "query": query, "study": own_study, "date": own_date, "patient": own_patient, "space": emb.space_name, "candidates": rows })
         );
     } else {
-        println!("studies most like {query} (other dates), space {}:", engine.space_name);
+        println!("studies most like {query} (other dates), space {}:", emb.space_name);
         for (i, h) in hits.iter().enumerate() {
             let same = match (&own_patient, &h.record.patient) {
                 (Some(p), Some(q)) if p == q => "  same patient",
@@ -333,11 +359,11 @@ pub struct TimelineArgs {
 }
 
 pub fn run_timeline(g: &Global, a: &TimelineArgs) -> anyhow::Result<i32> {
-    let loaded = Loaded::open(g, true)?;
-    let Loaded::Engine(engine) = &loaded else { anyhow::bail!("no index") };
+    let loaded = Loaded::open(g, true, Prefer::Similarity)?;
+    let (index, emb) = (loaded.need_index()?, loaded.embedder());
     let key = match (&a.patient, &a.patient_id) {
         (Some(k), _) => k.clone(),
-        (None, Some(raw)) => echovault::pseudonym::patient_key(engine.index.secret(), raw),
+        (None, Some(raw)) => echovault::pseudonym::patient_key(index.secret(), raw),
         _ => anyhow::bail!("give --patient or --patient-id"),
     };
     let event = match &a.event {
@@ -346,7 +372,7 @@ pub fn run_timeline(g: &Global, a: &TimelineArgs) -> anyhow::Result<i32> {
     };
     let mut studies: Vec<(i64, ItemRecord, Vec<f32>)> = Vec::new();
     let mut undated = 0;
-    for rec in engine.index.items(Some(Kind::Study))? {
+    for rec in index.items(Some(Kind::Study))? {
         if rec.patient.as_deref() != Some(key.as_str()) {
             continue;
         }
@@ -354,11 +380,11 @@ pub fn run_timeline(g: &Global, a: &TimelineArgs) -> anyhow::Result<i32> {
             undated += 1;
             continue;
         };
-        if let Some(v) = engine.index.get_vector(engine.space, Kind::Study, &rec.id)? {
+        if let Some(v) = index.get_vector(emb.space, Kind::Study, &rec.id)? {
             studies.push((day, rec, v));
         }
     }
-    anyhow::ensure!(!studies.is_empty(), "no dated studies of this patient in space '{}'", engine.space_name);
+    anyhow::ensure!(!studies.is_empty(), "no dated studies of this patient in space '{}'", emb.space_name);
     studies.sort_by(|x, y| (x.0, &x.1.id).cmp(&(y.0, &y.1.id)));
     let visits: Vec<Visit> = studies.iter().map(|(d, _, v)| Visit { patient: key.clone(), day: *d, vector: v.clone() }).collect();
     let rows = pairs::timeline(&visits, event, a.window, a.drop);
@@ -373,7 +399,7 @@ pub fn run_timeline(g: &Global, a: &TimelineArgs) -> anyhow::Result<i32> {
     if g.json {
         println!(
             "{}",
-            json!({ "patient": key, "event": a.event, "window_days": a.window, "space": engine.space_name, "studies": out, "undated": undated })
+            json!({ "patient": key, "event": a.event, "window_days": a.window, "space": emb.space_name, "studies": out, "undated": undated })
         );
     } else {
         let how = if a.event.is_some() { "the earliest study in the window" } else { "the previous study" };
@@ -635,7 +661,7 @@ fn eval_zero_shot(g: &Global, a: &EvalZeroShot) -> anyhow::Result<i32> {
         a.manifest.display(),
         file.keys().cloned().collect::<Vec<_>>().join(", ")
     );
-    let loaded = Loaded::open(g, false)?;
+    let loaded = Loaded::open(g, false, Prefer::ZeroShot)?;
     let src = loaded.source(a.frames, g.sampling);
     let tasks = embed_tasks(loaded.embedder(), &file, &names)?;
 
@@ -811,7 +837,7 @@ fn mean_estimate(v: &[f64], c: &EvalCommon) -> Option<Estimate> {
 
 fn eval_reid(g: &Global, a: &EvalReid) -> anyhow::Result<i32> {
     let m = manifest::read(&a.manifest)?;
-    let loaded = Loaded::open(g, false)?;
+    let loaded = Loaded::open(g, false, Prefer::Similarity)?;
     let src = loaded.source(FrameSampling::ZERO_SHOT, g.sampling);
     let (l, failed) = labelled_videos(&m, &src)?;
     let c = &a.common;
@@ -881,7 +907,7 @@ fn paper_transition(kind: &str) -> Option<&'static str> {
 
 fn eval_transitions(g: &Global, a: &EvalTransitions) -> anyhow::Result<i32> {
     let ev = manifest::read(&a.manifest)?;
-    let loaded = Loaded::open(g, a.studies.is_none())?;
+    let loaded = Loaded::open(g, a.studies.is_none(), Prefer::Similarity)?;
     let src = loaded.source(FrameSampling::ZERO_SHOT, g.sampling);
     let mut failed = Vec::new();
     // Visits: one per study.
@@ -905,11 +931,11 @@ fn eval_transitions(g: &Global, a: &EvalTransitions) -> anyhow::Result<i32> {
             (v, false)
         }
         None => {
-            let Loaded::Engine(engine) = &loaded else { anyhow::bail!("no index") };
+            let (index, emb) = (loaded.need_index()?, loaded.embedder());
             let mut v = Vec::new();
-            for rec in engine.index.items(Some(Kind::Study))? {
+            for rec in index.items(Some(Kind::Study))? {
                 let (Some(patient), Some(day)) = (rec.patient.clone(), rec.date.as_deref().and_then(parse_day)) else { continue };
-                if let Some(vector) = engine.index.get_vector(engine.space, Kind::Study, &rec.id)? {
+                if let Some(vector) = index.get_vector(emb.space, Kind::Study, &rec.id)? {
                     v.push(Visit { patient, day, vector });
                 }
             }
@@ -928,8 +954,8 @@ fn eval_transitions(g: &Global, a: &EvalTransitions) -> anyhow::Result<i32> {
             continue;
         };
         // Index studies carry pseudonymous keys: a raw id is keyed with the index's secret.
-        let patient = match (&loaded, from_index && !known.contains(patient.as_str())) {
-            (Loaded::Engine(e), true) => echovault::pseudonym::patient_key(e.index.secret(), &patient),
+        let patient = match (loaded.index(), from_index && !known.contains(patient.as_str())) {
+            (Some(index), true) => echovault::pseudonym::patient_key(index.secret(), &patient),
             _ => patient,
         };
         let kind = r.text(&["event", "type", "event_type"]).unwrap_or_else(|| "event".into());
@@ -976,12 +1002,12 @@ fn eval_transitions(g: &Global, a: &EvalTransitions) -> anyhow::Result<i32> {
 }
 
 fn eval_retrieval(g: &Global, a: &EvalRetrieval) -> anyhow::Result<i32> {
-    let loaded = Loaded::open(g, true)?;
-    let Loaded::Engine(engine) = &loaded else { anyhow::bail!("no index") };
+    let loaded = Loaded::open(g, true, Prefer::Similarity)?;
+    let (index, emb) = (loaded.need_index()?, loaded.embedder());
     let src = loaded.source(FrameSampling::ZERO_SHOT, g.sampling);
     let mut failed = Vec::new();
     let records: Vec<ItemRecord> = match &a.manifest {
-        None => engine.index.items(Some(Kind::Video))?,
+        None => index.items(Some(Kind::Video))?,
         Some(p) => {
             let m = manifest::read(p)?;
             let mut v = Vec::new();
@@ -1006,11 +1032,11 @@ fn eval_retrieval(g: &Global, a: &EvalRetrieval) -> anyhow::Result<i32> {
     for rec in &records {
         let Some(study) = &rec.study else { continue };
         let rid = ItemId(report_id(study));
-        let Some(v) = engine.index.get_vector(engine.space, Kind::Video, &rec.id)? else { continue };
+        let Some(v) = index.get_vector(emb.space, Kind::Video, &rec.id)? else { continue };
         let r = match report_of.get(&rid.0) {
             Some(&r) => r,
             None => {
-                let Some(rv) = engine.index.get_vector(engine.space, Kind::Report, &rid)? else { continue };
+                let Some(rv) = index.get_vector(emb.space, Kind::Report, &rid)? else { continue };
                 reports.push(rv);
                 report_of.insert(rid.0.clone(), reports.len() - 1);
                 reports.len() - 1
@@ -1019,7 +1045,7 @@ fn eval_retrieval(g: &Global, a: &EvalRetrieval) -> anyhow::Result<i32> {
         videos.push(v);
         truth.push(r);
     }
-    anyhow::ensure!(!videos.is_empty(), "no indexed video has a report in space '{}' (ingest with --reports)", engine.space_name);
+    anyhow::ensure!(!videos.is_empty(), "no indexed video has a report in space '{}' (ingest with --reports)", emb.space_name);
     let c = &a.common;
     dump(
         c,
@@ -1053,6 +1079,6 @@ fn eval_retrieval(g: &Global, a: &EvalRetrieval) -> anyhow::Result<i32> {
             });
         }
     }
-    let model = engine.space_name.clone();
+    let model = emb.space_name.clone();
     finish(g, c, "retrieval", &model, &lines, json!({ "videos": ranks.videos, "reports": ranks.reports }), &failed)
 }
