@@ -72,16 +72,10 @@ fn task_algorithms_match_an_independent_numpy_implementation() {
         ours.push(json!(est));
         cases.push(json!({"op": "bootstrap_mae", "pred": pred, "truth": truth, "resamples": 200, "seed": seed}));
     }
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("cases.json");
-    std::fs::write(&input, json!({ "cases": cases }).to_string()).unwrap();
-    let out = Command::new(root().join(".venv/bin/python")).arg(root().join("tools/tasks/tasks_ref.py")).arg(&input).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let theirs: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let theirs = theirs["results"].as_array().unwrap();
+    let theirs = python(&cases);
     assert_eq!(theirs.len(), ours.len());
     let mut checked = 0;
-    for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
+    for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
         let op = cases[i]["op"].as_str().unwrap();
         match op {
             "binary" | "auc" => assert!(close(a.as_f64().unwrap(), b, 1e-6), "{op} #{i}: {a} vs {b}"),
