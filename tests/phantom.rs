@@ -316,13 +316,19 @@ fn measure() -> TaskFigures {
     ingest(&index2, &steady);
     assert!(read_manifest(&data.join("manifest.jsonl")).unwrap().iter().any(|t| !t.after_events.is_empty()), "the held-out set has events");
 
-    // The user's prompt file: the phrases these reports use (EF as the reports state it, per value).
+    // The user's prompt file, in the reports' own phrasing: EF as the reports state it, one
+    // prompt per value; each device phrase in the context of a report's first sentences, one
+    // prompt per function grade (a prompt ensemble: alone, a device phrase's similarity also
+    // tracks how well the heart pumps, which has nothing to do with the device).
     let values: Vec<f64> = (10..=80).step_by(5).map(f64::from).collect();
+    let device = |phrase: &str| -> Vec<String> {
+        [20.0, 35.0, 45.0, 60.0, 75.0].iter().map(|ef| format!("{} {phrase}", ef_sentences(*ef))).collect()
+    };
     let prompts = json!({
         "ejection_fraction": {"mode": "regression", "prompts": values.iter().map(|v| ef_sentences(*v)).collect::<Vec<_>>(), "values": values},
-        "pacemaker": {"mode": "binary", "prompts": ["A PACEMAKER LEAD IS SEEN IN THE RIGHT HEART."]},
-        "mitraclip": {"mode": "binary", "prompts": ["A MITRACLIP IS SEEN ON THE MITRAL LEAFLETS."]},
-        "valve": {"mode": "binary", "prompts": ["A TRANSCATHETER AORTIC VALVE PROSTHESIS IS PRESENT."]},
+        "pacemaker": {"mode": "binary", "prompts": device("A PACEMAKER LEAD IS SEEN IN THE RIGHT HEART.")},
+        "mitraclip": {"mode": "binary", "prompts": device("A MITRACLIP IS SEEN ON THE MITRAL LEAFLETS.")},
+        "valve": {"mode": "binary", "prompts": device("A TRANSCATHETER AORTIC VALVE PROSTHESIS IS PRESENT.")},
     });
     let prompt_file = dir.path().join("prompts.json");
     std::fs::write(&prompt_file, prompts.to_string()).unwrap();

@@ -150,13 +150,14 @@ fn killed_at_random_points_an_ingest_resumes_to_the_same_index() {
     let reference = contents(&whole);
     assert_consistent(&reference);
 
-    // Killed at random moments, each run resuming the last, until 10 runs died mid-way (a run
-    // that got to the end before its kill starts the chain again on an empty index).
+    // Killed at random moments, each run resuming the last, until 10 runs died mid-way and 5 of
+    // them left the index part-written (a run that got to the end before its kill starts the
+    // chain again on an empty index; the machine's load moves where a given delay lands).
     let resumed = dir.path().join("resumed");
     let mut rng = StdRng::seed_from_u64(2026);
     let mut kills = Vec::new();
     let mut partial = 0;
-    for _ in 0..40 {
+    for _ in 0..80 {
         let delay = full_time.mul_f64(rng.random_range(0.1..0.7));
         let mut child = command(&resumed, &args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         std::thread::sleep(delay);
@@ -175,12 +176,12 @@ fn killed_at_random_points_an_ingest_resumes_to_the_same_index() {
             std::fs::remove_dir_all(&resumed).unwrap();
         } else {
             kills.push(delay);
-            if kills.len() == 10 {
+            if kills.len() >= 10 && partial >= 5 {
                 break;
             }
         }
     }
-    assert_eq!(kills.len(), 10, "10 runs were killed mid-way");
+    assert!(kills.len() >= 10, "10 runs were killed mid-way ({})", kills.len());
     assert!(partial >= 5, "at least 5 kills left the index part-written ({partial})");
     let o = run(&resumed, &args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
