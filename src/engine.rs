@@ -111,9 +111,67 @@ impl Engine {
             let mut e = Embedder::load(dir, cfg.device, cfg.channel_order, cfg.frame_batch)?;
             e.space = index.ensure_space(&name, e.model.dim())?;
             e.space_name = name;
+            check_probe(&index, &e, dir)?;
             embedders.push(e);
         }
         Ok(Engine { index, embedders, sampling: cfg.sampling })
+    }
+}
+
+/// The fixed text whose embedding identifies a space's model.
+const PROBE_TEXT: &str = "PROBE: NORMAL LEFT VENTRICULAR SIZE AND SYSTOLIC FUNCTION.";
+/// Probe embeddings closer than this are the same model (device and kernel differences stay far
+/// above it; another checkpoint falls far below).
+const PROBE_MIN_COSINE: f32 = 0.999;
+
+fn probe_key(space: &str) -> String {
+    format!("model-probe:{space}")
+}
+
+/// What the model makes of a fixed text and a fixed image.
+fn probe(e: &Embedder) -> Result<(Vec<f32>, Vec<f32>), Error> {
+    let text = e.embed_text(PROBE_TEXT)?;
+    let n = e.model.image_size().max(1) as usize;
+    // Grey (the same in every channel), so the probe does not depend on --channel-order.
+    let rgb: Vec<u8> = (0..n * n * 3).map(|i| ((i / 3 % n) * 7 + (i / 3 / n) * 3) as u8).collect();
+    let frame = Frame::new(n, n, rgb).ok_or_else(|| Error::Invalid("probe image".into()))?;
+    let image = e.embed_frames(std::slice::from_ref(&frame))?.video;
+    Ok((text, image))
+}
+
+/// A space remembers the probe embeddings of the model that first filled it; opening it with
+/// another model (other weights under the same directory name, say) is refused, so that an
+/// index never mixes two models' vectors in one space.
+fn check_probe(index: &Index, e: &Embedder, dir: &Path) -> Result<(), Error> {
+    let (text, image) = probe(e)?;
+    let key = probe_key(&e.space_name);
+    match index.get_log(&key)? {
+        None => {
+            let value = serde_json::to_vec(&serde_json::json!({ "text": text, "image": image }))
+                .map_err(|err| Error::Invalid(format!("model probe: {err}")))?;
+            let mut b = index.batch();
+            b.put_log(&key, Some(&value));
+            index.commit(b)?;
+            Ok(())
+        }
+        Some(bytes) => {
+            let stored: serde_json::Value =
+                serde_json::from_slice(&bytes).map_err(|err| Error::Invalid(format!("model probe of space '{}': {err}", e.space_name)))?;
+            let vec = |k: &str| -> Vec<f32> {
+                stored[k].as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect()).unwrap_or_default()
+            };
+            let cos = |a: &[f32], b: &[f32]| if a.len() == b.len() { a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>() } else { -1.0 };
+            let (ct, ci) = (cos(&text, &vec("text")), cos(&image, &vec("image")));
+            if ct < PROBE_MIN_COSINE || ci < PROBE_MIN_COSINE {
+                return Err(Error::Invalid(format!(
+                    "embedding space '{}' of index {} was filled by another model than {} (probe embeddings differ: cosine {ct:.3} text, {ci:.3} image); give this model a space of its own (--space NAME) or a new index",
+                    e.space_name,
+                    index.path().display(),
+                    dir.display()
+                )));
+            }
+            Ok(())
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use common::{echovault, json, root};
 
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 fn clips() -> PathBuf {
     root().join("data-samples/clips")
@@ -171,4 +172,35 @@ fn embed_tokenize_and_bench_print_their_json() {
     let b = json(&echovault(&index, &["bench-embed", "--batch", "2", "--iters", "2", "--json"]));
     assert_eq!(b["batch"], 2);
     assert!(b["frames_per_s"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn a_space_refuses_vectors_of_another_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx = dir.path().join("idx");
+    let run = |model: &str, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_echovault"))
+            .args(["--index", idx.to_str().unwrap(), "--device", "cpu", "--model"])
+            .arg(root().join(model))
+            .args(args)
+            .env_remove("ECHOVAULT_INDEX")
+            .env_remove("ECHOVAULT_MODEL")
+            .output()
+            .unwrap()
+    };
+    let o = run("data-samples/echovault-tiny", &["--space", "echo", "ingest", clips().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The same model again (another device or channel order would do too): accepted.
+    let o = run("data-samples/echovault-tiny", &["--space", "echo", "--channel-order", "rgb", "search", "--text", "pacemaker"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Another model with the same dimension into the same space: refused, nothing written.
+    let o = run("data-samples/echovault-phantom", &["--space", "echo", "search", "--text", "pacemaker"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("space 'echo'") && err.contains("another model") && err.contains("echovault-phantom"), "{err}");
+    let o = run("data-samples/echovault-phantom", &["--space", "echo", "ingest", clips().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    // Its own space in the same index is fine.
+    let o = run("data-samples/echovault-phantom", &["ingest", clips().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
