@@ -190,9 +190,18 @@ fn a_space_refuses_vectors_of_another_model() {
     };
     let o = run("data-samples/echovault-tiny", &["--space", "echo", "ingest", clips().to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    // The same model again (another device or channel order would do too): accepted.
-    let o = run("data-samples/echovault-tiny", &["--space", "echo", "--channel-order", "rgb", "search", "--text", "pacemaker"]);
+    // The same model again, in a new process (its probe recomputed): accepted.
+    let o = run("data-samples/echovault-tiny", &["--space", "echo", "search", "--text", "pacemaker"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let vectors_in = |space: &str| {
+        let index =
+            echovault::index::Index::open(&idx, echovault::index::IndexOptions { passive_open: true, ..Default::default() }).unwrap();
+        let s = index.space(space).unwrap().id;
+        let items = index.items(Some(echovault::index::Kind::Video)).unwrap();
+        items.iter().filter(|r| index.get_vector(s, r.kind, &r.id).unwrap().is_some()).count()
+    };
+    let before = vectors_in("echo");
+    assert_eq!(before, sample_videos().len());
     // Another model with the same dimension into the same space: refused, nothing written.
     let o = run("data-samples/echovault-phantom", &["--space", "echo", "search", "--text", "pacemaker"]);
     assert_eq!(o.status.code(), Some(1));
@@ -200,6 +209,8 @@ fn a_space_refuses_vectors_of_another_model() {
     assert!(err.contains("space 'echo'") && err.contains("another model") && err.contains("echovault-phantom"), "{err}");
     let o = run("data-samples/echovault-phantom", &["--space", "echo", "ingest", clips().to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("another model"));
+    assert_eq!(vectors_in("echo"), before, "the refused model wrote nothing into the space");
     // Its own space in the same index is fine.
     let o = run("data-samples/echovault-phantom", &["ingest", clips().to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

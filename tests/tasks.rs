@@ -37,10 +37,21 @@ fn task_algorithms_match_an_independent_numpy_implementation() {
         cases.push(json!({"op": "binary", "frames": frames, "prompts": prompts}));
         let n = 11 + t * 7;
         let values: Vec<f64> = (0..n).map(|i| i as f64 * 100.0 / (n - 1) as f64).collect();
-        let prompts: Vec<Vec<f32>> = (0..n).map(|_| unit(&mut rng, d)).collect();
+        let mut prompts: Vec<Vec<f32>> = (0..n).map(|_| unit(&mut rng, d)).collect();
+        // Exact ties: some prompts repeat an earlier one (ranked in prompt order on both sides).
+        for k in (3..n).step_by(4) {
+            prompts[k] = prompts[k - 3].clone();
+        }
         ours.push(json!(regression_estimate(&frames, &prompts, &values, 0.2)));
         cases.push(json!({"op": "regression", "frames": frames, "prompts": prompts, "values": values, "head": 0.2}));
-        let classes: Vec<Vec<Vec<f32>>> = (0..2 + t % 3).map(|_| (0..1 + t % 2).map(|_| unit(&mut rng, d)).collect()).collect();
+        let mut classes: Vec<Vec<Vec<f32>>> = (0..2 + t % 3).map(|_| (0..1 + t % 2).map(|_| unit(&mut rng, d)).collect()).collect();
+        if t % 2 == 0 {
+            // A tie for the best class: a later class repeats the first (the first wins).
+            let last = classes.len() - 1;
+            classes[last] = classes[0].clone();
+            let best_is_first = categorical(&frames, &classes).map(|(b, _)| b);
+            assert_ne!(best_is_first, Some(last), "equal scores go to the first class");
+        }
         ours.push(categorical(&frames, &classes).map_or(Value::Null, |(best, scores)| json!({"best": best, "scores": scores})));
         cases.push(json!({"op": "categorical", "frames": frames, "classes": classes}));
         // Scores with ties (rounded), labels unbalanced.
@@ -82,6 +93,7 @@ fn task_algorithms_match_an_independent_numpy_implementation() {
             "regression" => assert!(close(a.as_f64().unwrap(), b, 1e-9), "{op} #{i}: {a} vs {b}"),
             "categorical" => {
                 assert_eq!(a["best"], b["best"], "{op} #{i}");
+                assert_eq!(a["scores"].as_array().unwrap().len(), b["scores"].as_array().unwrap().len(), "{op} #{i}");
                 for (x, y) in a["scores"].as_array().unwrap().iter().zip(b["scores"].as_array().unwrap()) {
                     assert!(close(x.as_f64().unwrap(), y, 1e-6), "{op} #{i}: {x} vs {y}");
                 }

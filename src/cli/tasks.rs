@@ -124,14 +124,18 @@ fn select_tasks(file: &PromptFile, names: &[String]) -> anyhow::Result<Vec<Strin
     if names.is_empty() || names.iter().any(|n| n == "all") {
         return Ok(file.keys().cloned().collect());
     }
+    let mut out: Vec<String> = Vec::new();
     for n in names {
         anyhow::ensure!(
             file.contains_key(n),
             "no task '{n}' in the prompt file (it has: {})",
             file.keys().cloned().collect::<Vec<_>>().join(", ")
         );
+        if !out.contains(n) {
+            out.push(n.clone());
+        }
     }
-    Ok(names.to_vec())
+    Ok(out)
 }
 
 fn embed_tasks(e: &Embedder, file: &PromptFile, names: &[String]) -> anyhow::Result<Vec<(String, EmbeddedTask)>> {
@@ -729,17 +733,16 @@ fn eval_zero_shot(g: &Global, a: &EvalZeroShot) -> anyhow::Result<i32> {
         std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
     }
     if a.common.dump_inputs.is_some() {
-        let mut tdump = serde_json::Map::new();
-        for (name, t) in &tasks {
-            tdump.insert(
-                name.clone(),
-                match t {
-                    EmbeddedTask::Binary(p, _) => json!({ "mode": "binary", "prompts": p }),
-                    EmbeddedTask::Regression(p, v) => json!({ "mode": "regression", "prompts": p, "values": v }),
-                    EmbeddedTask::Categorical(c) => json!({ "mode": "categorical", "classes": c.iter().map(|x| &x.1).collect::<Vec<_>>() }),
-                },
-            );
-        }
+        let tdump: Vec<Value> = tasks
+            .iter()
+            .map(|(name, t)| match t {
+                EmbeddedTask::Binary(p, _) => json!({ "name": name, "mode": "binary", "prompts": p }),
+                EmbeddedTask::Regression(p, v) => json!({ "name": name, "mode": "regression", "prompts": p, "values": v }),
+                EmbeddedTask::Categorical(c) => {
+                    json!({ "name": name, "mode": "categorical", "classes": c.iter().map(|x| &x.1).collect::<Vec<_>>() })
+                }
+            })
+            .collect();
         dump(
             &a.common,
             json!({ "op": "eval_zero_shot", "tasks": tdump, "inputs": dumped, "resamples": a.common.resamples, "seed": a.common.seed }),
@@ -816,11 +819,17 @@ fn labelled_videos(m: &Manifest, src: &VideoSource<'_>) -> anyhow::Result<(Label
         })();
         match got {
             Ok((patient, rec, v, name)) => {
+                // A file the index does not hold: the DICOM header's study and date.
+                let (file_study, file_date) = match (&rec, m.file(r)) {
+                    (None, Some(p)) => VideoSource::file_facts(&p),
+                    _ => (None, None),
+                };
                 let study = r
                     .text(&["study", "study_uid", "study_id"])
                     .or_else(|| rec.as_ref().and_then(|x| x.study.clone()))
+                    .or(file_study)
                     .unwrap_or_else(|| Path::new(&name).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or(name.clone()));
-                out.dates.push(r.text(&["date", "study_date"]).or_else(|| rec.and_then(|x| x.date)));
+                out.dates.push(r.text(&["date", "study_date"]).or_else(|| rec.and_then(|x| x.date)).or(file_date));
                 out.vectors.push(v);
                 out.patients.push(patient);
                 out.studies.push(study);

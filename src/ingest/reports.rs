@@ -24,7 +24,7 @@ pub struct ReportEntry {
     #[serde(default)]
     pub date: Option<String>,
     /// The patient's id (raw: pseudonymised at ingest, never stored as given).
-    #[serde(default, alias = "patient_id")]
+    #[serde(default)]
     pub patient: Option<String>,
 }
 
@@ -60,8 +60,22 @@ fn read_jsonl(path: &Path) -> Result<Vec<ReportEntry>, Error> {
         if line.trim().is_empty() {
             continue;
         }
-        let e: ReportEntry = serde_json::from_str(line).map_err(|e| Error::media(path, format!("line {}: {e}", i + 1)))?;
-        out.push(e);
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::media(path, format!("line {}: {e}", i + 1)))?;
+        let bad = |what: &str| Error::media(path, format!("line {}: {what}", i + 1));
+        if !v.is_object() {
+            return Err(bad("not a JSON object"));
+        }
+        // Ids may be written as strings or numbers; empty ones count as absent.
+        let field = |names: &[&str]| -> Option<String> {
+            names.iter().find_map(|n| match v.get(*n)? {
+                serde_json::Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+                serde_json::Value::Number(x) => Some(x.to_string()),
+                _ => None,
+            })
+        };
+        let study = field(&["study", "study_uid", "study_id"]).ok_or_else(|| bad("no study id"))?;
+        let text = v.get("text").and_then(|t| t.as_str()).ok_or_else(|| bad("no text"))?.to_owned();
+        out.push(ReportEntry { study, text, date: field(&["date", "study_date"]), patient: field(&["patient", "patient_id"]) });
     }
     Ok(out)
 }
@@ -180,5 +194,17 @@ mod tests {
         let jl = dir.path().join("r.jsonl");
         std::fs::write(&jl, "{\"study\":\"a\",\"text\":\"t\"}\nnot json\n").unwrap();
         assert!(read_reports(&jl).unwrap_err().to_string().contains("line 2"));
+        // Patients: strings or numbers, either key; blank ones are absent (never one shared key).
+        std::fs::write(
+            &jl,
+            "{\"study\":1,\"text\":\"a\",\"patient\":12345}\n{\"study\":\"b\",\"text\":\"b\",\"patient\":\"  \"}\n{\"study\":\"c\",\"text\":\"c\",\"patient_id\":\"MRN-7\"}\n",
+        )
+        .unwrap();
+        let r = read_reports(&jl).unwrap();
+        let p: Vec<Option<&str>> = r.iter().map(|e| e.patient.as_deref()).collect();
+        assert_eq!(p, vec![Some("12345"), None, Some("MRN-7")]);
+        assert_eq!(r[0].study, "1");
+        std::fs::write(&jl, "{\"text\":\"no study\"}\n").unwrap();
+        assert!(read_reports(&jl).unwrap_err().to_string().contains("no study id"));
     }
 }

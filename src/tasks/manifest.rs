@@ -142,6 +142,7 @@ impl Row {
                 _ => {}
             }
         }
+        let mut listed = None;
         for list in ["devices", "findings"] {
             let items: Vec<String> = match self.fields.get(list) {
                 Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_ascii_lowercase)).collect(),
@@ -150,9 +151,10 @@ impl Row {
                 }
                 _ => continue,
             };
-            return Some(names.iter().any(|n| items.iter().any(|i| i == &n.to_ascii_lowercase())));
+            let here = names.iter().any(|n| items.iter().any(|i| i == &n.to_ascii_lowercase()));
+            listed = Some(listed.unwrap_or(false) || here);
         }
-        None
+        listed
     }
 }
 
@@ -183,6 +185,13 @@ mod tests {
         assert_eq!(m.rows[0].flag(&["pacemaker", "pacer"]), Some(true));
         assert_eq!(m.rows[0].flag(&["impella"]), Some(false));
         assert_eq!(m.rows[1].flag(&["pacemaker"]), Some(false));
+        let both = Row {
+            line: 1,
+            fields: [("devices".to_owned(), serde_json::json!(["pacemaker"])), ("findings".to_owned(), serde_json::json!("effusion; lvh"))]
+                .into(),
+        };
+        assert_eq!(both.flag(&["effusion"]), Some(true), "every list is looked at");
+        assert_eq!(both.flag(&["impella"]), Some(false));
         assert_eq!(m.rows[1].line, 3);
         std::fs::write(&jl, "{\"file\": 1}\nnot json\n").unwrap_or_default();
         let e = read(&jl).err().map(|e| e.to_string()).unwrap_or_default();

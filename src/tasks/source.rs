@@ -63,19 +63,43 @@ impl<'a> VideoSource<'a> {
         index.get_item(&ItemId::from(id))?.ok_or_else(|| Error::Invalid(format!("no item '{id}' in the index")))
     }
 
-    /// The stored frame embeddings of an indexed video that the zero-shot sampling selects
-    /// (all stored frames when it selects none of them). `None` when the space lacks them.
+    /// The stored frame embeddings of an indexed video that the zero-shot sampling selects.
+    /// Ingest records which frames it stored (`sampling`); a record without it (an index from
+    /// before that) is taken as every frame only when it stored as many rows as the video has
+    /// frames, else all its rows are used as they are. `None` when the space lacks them; an
+    /// error when the sampling selects none of the stored frames.
     pub fn stored_frames(&self, rec: &ItemRecord) -> Result<Option<Vec<Vec<f32>>>, Error> {
         let Some(index) = self.index else { return Ok(None) };
         let Some(rows) = index.get_frames(self.embedder.space, &rec.id)? else { return Ok(None) };
-        let stored: FrameSampling = rec.extra.get("sampling").and_then(|s| s.parse().ok()).unwrap_or(FrameSampling::ALL);
+        let stored: Option<FrameSampling> = match rec.extra.get("sampling") {
+            Some(s) => s.parse().ok(),
+            None => (rec.frames == Some(rows.len() as u32)).then_some(FrameSampling::ALL),
+        };
+        let Some(stored) = stored else { return Ok(Some(rows)) };
         let picked: Vec<Vec<f32>> = rows
             .iter()
             .enumerate()
             .filter(|(r, _)| self.zero_shot_frames.selects(stored.frame_of_row(*r)))
             .map(|(_, f)| f.clone())
             .collect();
-        Ok(Some(if picked.is_empty() { rows } else { picked }))
+        if picked.is_empty() {
+            return Err(Error::Invalid(format!(
+                "item '{}': the index stores frames {stored} of it, of which --frames {} selects none (read the file instead)",
+                rec.id, self.zero_shot_frames
+            )));
+        }
+        Ok(Some(picked))
+    }
+
+    /// Study id and date a file carries itself (DICOM StudyInstanceUID and StudyDate).
+    pub fn file_facts(path: &Path) -> (Option<String>, Option<String>) {
+        if !crate::media::dicom::is_dicom(path) {
+            return (None, None);
+        }
+        match crate::media::dicom::DicomCine::open(path) {
+            Ok(c) => (c.info().study_uid.clone(), c.info().study_date.clone()),
+            Err(_) => (None, None),
+        }
     }
 
     /// Frame embeddings of an indexed video.

@@ -1,9 +1,9 @@
 //! Zero-shot readings from frame embeddings and prompt embeddings (DESIGN §6). All inputs are
 //! unit vectors; similarities are dot products.
 
-/// Dot product.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+/// Dot product, accumulated in f64 (so that an independent implementation ranks alike).
+pub fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum()
 }
 
 /// Binary score: the mean cosine of every frame with every prompt (averaged over prompts and
@@ -12,7 +12,7 @@ pub fn binary_score(frames: &[Vec<f32>], prompts: &[Vec<f32>]) -> Option<f64> {
     if frames.is_empty() || prompts.is_empty() {
         return None;
     }
-    let total: f64 = frames.iter().flat_map(|f| prompts.iter().map(move |p| f64::from(dot(f, p)))).sum();
+    let total: f64 = frames.iter().flat_map(|f| prompts.iter().map(move |p| dot(f, p))).sum();
     Some(total / (frames.len() * prompts.len()) as f64)
 }
 
@@ -27,7 +27,7 @@ pub fn regression_estimate(frames: &[Vec<f32>], prompts: &[Vec<f32>], values: &[
     }
     let mut avg = vec![0.0; values.len()];
     for f in frames {
-        let sims: Vec<f32> = prompts.iter().map(|p| dot(f, p)).collect();
+        let sims: Vec<f64> = prompts.iter().map(|p| dot(f, p)).collect();
         let mut order: Vec<usize> = (0..values.len()).collect();
         // Stable: equal similarities keep prompt order.
         order.sort_by(|&a, &b| sims[b].total_cmp(&sims[a]));
@@ -46,7 +46,16 @@ pub fn regression_estimate(frames: &[Vec<f32>], prompts: &[Vec<f32>], values: &[
 /// all scores. `None` without classes or frames.
 pub fn categorical(frames: &[Vec<f32>], classes: &[Vec<Vec<f32>>]) -> Option<(usize, Vec<f64>)> {
     let scores: Vec<f64> = classes.iter().map(|p| binary_score(frames, p)).collect::<Option<_>>()?;
-    let best = scores.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1))?.0;
+    if scores.is_empty() {
+        return None;
+    }
+    // The first of equal best scores (as numpy's argmax).
+    let mut best = 0;
+    for (i, s) in scores.iter().enumerate() {
+        if *s > scores[best] {
+            best = i;
+        }
+    }
     Some((best, scores))
 }
 
@@ -55,7 +64,7 @@ mod tests {
     use super::*;
 
     fn unit(v: &[f32]) -> Vec<f32> {
-        let n = dot(v, v).sqrt();
+        let n = dot(v, v).sqrt() as f32;
         v.iter().map(|x| x / n).collect()
     }
 

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """An independent implementation of the clinical-task algorithms of DESIGN §6, in numpy, written
 from the design text (not from the Rust code), for the parity tests: fed the same embeddings,
-its outputs must equal echovault's to float tolerance.
+its outputs must equal echovault's to float tolerance. Where the design leaves a choice open,
+both follow the conventions echovault documents: similarities in float64, ties in a ranking
+count against the truth, stable order (then the lower index) on equal scores, the first 20 %
+rounded down, SplitMix64 for bootstrap resamples and pair samples.
 
 Usage: tasks_ref.py IN.json → OUT.json on stdout. IN holds a list of "cases", each one of:
   {"op": "binary", "frames": [[...]], "prompts": [[...]]}
@@ -51,7 +54,7 @@ def binary(frames, prompts):
 
 
 def regression(frames, prompts, values, head):
-    f, p, v = np.asarray(frames, np.float32), np.asarray(prompts, np.float32), np.asarray(values, np.float64)
+    f, p, v = np.asarray(frames, np.float64), np.asarray(prompts, np.float64), np.asarray(values, np.float64)
     if len(f) == 0 or len(p) == 0 or len(p) != len(v):
         return None
     sims = f @ p.T                                      # frames × prompts
@@ -181,7 +184,8 @@ def eval_table(d):
     R, seed = d["resamples"], d["seed"]
     rows = []
     if d["op"] == "eval_zero_shot":
-        for name, t in d["tasks"].items():
+        for t in d["tasks"]:
+            name = t["name"]
             pairs = []
             for inp in d["inputs"]:
                 if name not in inp["labels"]:
