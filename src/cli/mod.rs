@@ -44,7 +44,9 @@ pub struct Global {
     /// template_vocab.txt there makes it tokenise with EchoCLIP-R's phrase templates).
     /// Default: $ECHOVAULT_MODEL, else ./data-samples/echovault-tiny. Repeat it to ingest with
     /// several models in one run (e.g. EchoCLIP and EchoCLIP-R), each into the space named
-    /// after its directory; the first is the one other commands embed queries with.
+    /// after its directory. `search` embeds queries with the first; `zero-shot` uses the first
+    /// CLIP-BPE model (EchoCLIP), `reid`, `timeline` and `eval` of similarity and retrieval the
+    /// first template-tokenizer model (EchoCLIP-R), as the paper found best.
     #[arg(long, global = true, env = "ECHOVAULT_MODEL", action = clap::ArgAction::Append)]
     pub model: Vec<PathBuf>,
     /// Embedding space name in the index (default: the model directory's name).
