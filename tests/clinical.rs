@@ -216,6 +216,25 @@ fn reid_and_timeline_over_indexed_studies() {
     let scores: Vec<f64> = cands.iter().map(|c| c["score"].as_f64().unwrap()).collect();
     assert!(scores.windows(2).all(|w| w[0] >= w[1]));
 
+    // A DICOM file the index does not hold (a copy elsewhere) still brings its study, date and
+    // (keyed) patient from its header: its own study is left out, same-patient studies flagged.
+    let dcm =
+        echovault::phantom::read_manifest(&data.join("manifest.jsonl")).unwrap().into_iter().find(|t| t.file.ends_with(".dcm")).unwrap();
+    let outside = dir.path().join("outside.dcm");
+    std::fs::copy(data.join(&dcm.file), &outside).unwrap();
+    let r = ok(ev(&idx, &["--json", "reid", outside.to_str().unwrap(), "-k", "11"]));
+    assert_eq!(r["study"].as_str(), Some(dcm.study.as_str()), "{r}");
+    assert_eq!(r["date"].as_str(), Some(dcm.date.as_str()));
+    let key = r["patient"].as_str().unwrap();
+    assert!(key.starts_with("p-") && !key.contains(&dcm.patient));
+    let cands = r["candidates"].as_array().unwrap();
+    assert_eq!(cands.len(), 11, "the 12 studies but its own");
+    assert!(cands.iter().all(|c| c["study"].as_str() != Some(dcm.study.as_str())));
+    let flagged = cands.iter().filter(|c| c["same_patient"] == true).count();
+    let truth = cands.iter().filter(|c| patient_of[c["study"].as_str().unwrap()] == dcm.patient).count();
+    assert_eq!(flagged, truth);
+    assert_eq!(truth, 2, "the patient's two other studies are among the candidates");
+
     let events: Vec<Value> =
         std::fs::read_to_string(data.join("events.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let e = &events[0];

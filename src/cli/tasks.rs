@@ -295,9 +295,20 @@ pub fn run_reid(g: &Global, a: &ReidArgs) -> anyhow::Result<i32> {
             src.stored_vector(&rec.id, Kind::Study)?.with_context(|| format!("study '{s}' has no vector in space '{}'", emb.space_name))?;
         (json!({ "study_id": s }), Some(rec), v)
     };
-    let own_study = rec.as_ref().and_then(|r| r.study.clone());
-    let own_date = rec.as_ref().and_then(|r| r.date.clone());
-    let own_patient = rec.as_ref().and_then(|r| r.patient.clone());
+    // A DICOM file the index does not hold still says whose study it is (the patient keyed with
+    // this index's secret, as ingest would store it).
+    let header = match (&rec, &a.video) {
+        (None, Some(p)) if echovault::media::dicom::is_dicom(p) => {
+            echovault::media::dicom::DicomCine::open(p).ok().map(|c| c.info().clone())
+        }
+        _ => None,
+    };
+    let own_study = rec.as_ref().and_then(|r| r.study.clone()).or_else(|| header.as_ref().and_then(|h| h.study_uid.clone()));
+    let own_date = rec.as_ref().and_then(|r| r.date.clone()).or_else(|| header.as_ref().and_then(|h| h.study_date.clone()));
+    let own_patient = rec.as_ref().and_then(|r| r.patient.clone()).or_else(|| {
+        let id = header.as_ref()?.patient_id.as_ref()?;
+        Some(echovault::pseudonym::patient_key(index.secret(), id.expose()))
+    });
     let mut filter = Filter::default();
     if let Some(s) = &own_study {
         filter.exclude.push(ItemId(study_id(s)));
