@@ -259,7 +259,7 @@ pub fn decode(b: &[u8]) -> Result<Topology, SnapshotError> {
 /// in `scratch` (an empty directory the caller removes afterwards).
 pub fn restore<'v>(
     t: &Topology,
-    vector: impl Fn(Slot) -> Option<&'v [f32]>,
+    vector: impl Fn(Slot) -> Option<&'v [f32]> + Sync,
     scratch: &Path,
 ) -> Result<Hnsw<'static, f32, DistDot>, SnapshotError> {
     let dim = t.params.dim as usize;
@@ -300,35 +300,60 @@ pub fn restore<'v>(
     d.write_all(&MAGIC_DATA.to_ne_bytes()).map_err(io)?;
     d.write_all(&dim.to_ne_bytes()).map_err(io)?;
     let empty = Vec::new();
-    let mut rec = Vec::with_capacity(1024);
+    // One node's records: its graph entry (edges with their distances, recomputed here) and its
+    // data entry. Nodes are encoded in blocks, each block split over the cores, then written in
+    // order: the distances are most of a load's work.
+    let encode = |l: usize, r0: usize, nodes: &[Node], g: &mut Vec<u8>, d: &mut Vec<u8>| -> Result<(), SnapshotError> {
+        for (i, node) in nodes.iter().enumerate() {
+            let v = get(node.slot)?;
+            g.extend_from_slice(&MAGIC_POINT.to_ne_bytes());
+            g.extend_from_slice(&(node.slot as usize).to_ne_bytes());
+            g.push(l as u8);
+            g.extend_from_slice(&((r0 + i) as i32).to_ne_bytes());
+            for li in 0..HNSW_LAYERS {
+                let ns = node.neighbours.get(li).map_or(&[][..], Vec::as_slice);
+                g.extend_from_slice(&ns.len().to_ne_bytes());
+                for &s in ns {
+                    let (nl, nr) = rank[&s];
+                    g.extend_from_slice(&(s as usize).to_ne_bytes());
+                    g.push(nl);
+                    g.extend_from_slice(&nr.to_ne_bytes());
+                    g.extend_from_slice(&DistDot.eval(v, get(s)?).to_ne_bytes());
+                }
+            }
+            d.extend_from_slice(&MAGIC_DATA.to_ne_bytes());
+            d.extend_from_slice(&(node.slot as u64).to_ne_bytes());
+            d.extend_from_slice(&((dim * 4) as u64).to_ne_bytes());
+            v.iter().for_each(|x| d.extend_from_slice(&x.to_ne_bytes()));
+        }
+        Ok(())
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 16);
+    const BLOCK: usize = 1 << 14;
     for l in 0..HNSW_LAYERS {
         let layer = t.layers.get(l).unwrap_or(&empty);
         g.write_all(&MAGIC_LAYER.to_ne_bytes()).map_err(io)?;
         g.write_all(&layer.len().to_ne_bytes()).map_err(io)?;
-        for (r, node) in layer.iter().enumerate() {
-            let v = get(node.slot)?;
-            rec.clear();
-            rec.extend_from_slice(&MAGIC_POINT.to_ne_bytes());
-            rec.extend_from_slice(&(node.slot as usize).to_ne_bytes());
-            rec.push(l as u8);
-            rec.extend_from_slice(&(r as i32).to_ne_bytes());
-            for li in 0..HNSW_LAYERS {
-                let ns = node.neighbours.get(li).map_or(&[][..], Vec::as_slice);
-                rec.extend_from_slice(&ns.len().to_ne_bytes());
-                for &s in ns {
-                    let (nl, nr) = rank[&s];
-                    rec.extend_from_slice(&(s as usize).to_ne_bytes());
-                    rec.push(nl);
-                    rec.extend_from_slice(&nr.to_ne_bytes());
-                    rec.extend_from_slice(&DistDot.eval(v, get(s)?).to_ne_bytes());
-                }
-            }
-            g.write_all(&rec).map_err(io)?;
-            d.write_all(&MAGIC_DATA.to_ne_bytes()).map_err(io)?;
-            d.write_all(&(node.slot as u64).to_ne_bytes()).map_err(io)?;
-            d.write_all(&((dim * 4) as u64).to_ne_bytes()).map_err(io)?;
-            for x in v {
-                d.write_all(&x.to_ne_bytes()).map_err(io)?;
+        for (b, block) in layer.chunks(BLOCK).enumerate() {
+            let per = block.len().div_ceil(threads);
+            let parts: Vec<Result<(Vec<u8>, Vec<u8>), SnapshotError>> = std::thread::scope(|sc| {
+                let handles: Vec<_> = block
+                    .chunks(per)
+                    .enumerate()
+                    .map(|(j, nodes)| {
+                        let encode = &encode;
+                        sc.spawn(move || {
+                            let (mut gb, mut db) = (Vec::new(), Vec::new());
+                            encode(l, b * BLOCK + j * per, nodes, &mut gb, &mut db).map(|()| (gb, db))
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(bad("snapshot encoder panicked")))).collect()
+            });
+            for part in parts {
+                let (gb, db) = part?;
+                g.write_all(&gb).map_err(io)?;
+                d.write_all(&db).map_err(io)?;
             }
         }
     }
@@ -337,8 +362,11 @@ pub fn restore<'v>(
     g.write_all(&(t.layers[top][0].slot as usize).to_ne_bytes()).map_err(io)?;
     g.write_all(&[top as u8]).map_err(io)?;
     g.write_all(&0i32.to_ne_bytes()).map_err(io)?;
-    g.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)?;
-    d.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)?;
+    // Flushed, not synced: this process reads them back at once (the page cache serves it), and
+    // a crash loses nothing (the snapshot in RocksDB is the copy that counts).
+    g.flush().map_err(io)?;
+    d.flush().map_err(io)?;
+    drop((g, d));
     // `load_hnsw` ties the graph's lifetime to its loader even without memory maps; the loader
     // is a few bytes of paths, leaked once per collection per open.
     let loader: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(scratch, "g")));

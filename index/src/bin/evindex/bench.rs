@@ -169,6 +169,10 @@ pub fn run(args: &[String]) -> Res {
                 b.put_vector(space, id.as_str(), Kind::Video, base.row_f32(i));
             }
             index.commit(b)?;
+            let done = chunk[chunk.len() - 1] + 1;
+            if done % 100_000 == 0 {
+                progress(&format!("inserted {done} of {} vectors, {:.1} s", base.rows, t0.elapsed().as_secs_f64()));
+            }
         }
         index.checkpoint()?;
         out.insert("build_s".into(), t0.elapsed().as_secs_f64().into());
