@@ -24,6 +24,9 @@ use std::collections::{HashMap, HashSet};
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
+/// One block part of a reload's scratch files: graph bytes and data bytes.
+type Encoded = Result<(Vec<u8>, Vec<u8>), SnapshotError>;
+
 /// First bytes of every snapshot blob.
 const MAGIC: &[u8; 8] = b"EVHNSW01";
 /// Layers `hnsw_rs` always allocates (its `NB_LAYER_MAX`).
@@ -336,7 +339,7 @@ pub fn restore<'v>(
         g.write_all(&layer.len().to_ne_bytes()).map_err(io)?;
         for (b, block) in layer.chunks(BLOCK).enumerate() {
             let per = block.len().div_ceil(threads);
-            let parts: Vec<Result<(Vec<u8>, Vec<u8>), SnapshotError>> = std::thread::scope(|sc| {
+            let parts: Vec<Encoded> = std::thread::scope(|sc| {
                 let handles: Vec<_> = block
                     .chunks(per)
                     .enumerate()
