@@ -4,10 +4,12 @@
 
 use crate::ids::{ItemId, Slot};
 use crate::search::Filter;
+use crate::snapshot::Topology;
 use crate::walk::{dot, Flat};
 use anndists::dist::DistDot;
 use hnsw_rs::hnsw::Hnsw;
-use std::sync::{Arc, Mutex, RwLock};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 /// Searches re-copy the graph when more vectors than this wait in the exactly-searched tail.
 const SEARCH_TAIL_MAX: usize = 1024;
@@ -60,8 +62,15 @@ impl SlotMeta {
 /// an insert that leaves more than [`Graph::stale_limit`] vectors outside the copy, or by a
 /// search that finds more than 1024 there. Those newer vectors (the tail) are searched exactly,
 /// so every inserted vector is always found.
+///
+/// A graph opened from a snapshot is searched at once through a flat copy made straight from
+/// the snapshot ([`Flat::from_topology`]); the `hnsw_rs` graph itself is reloaded only when
+/// something is first inserted into it (most opens only search).
 pub struct Graph {
-    hnsw: Hnsw<'static, f32, DistDot>,
+    hnsw: OnceLock<Hnsw<'static, f32, DistDot>>,
+    /// The snapshot `hnsw` is still to be reloaded from, and the directory for the scratch
+    /// files of that reload.
+    unloaded: Mutex<Option<(Topology, PathBuf)>>,
     flat: RwLock<Arc<Flat>>,
     /// Vectors inserted into `hnsw` that may be missing from `flat`.
     tail: RwLock<Vec<(Slot, Vec<f32>)>>,
@@ -87,14 +96,33 @@ impl std::fmt::Debug for Graph {
 impl Graph {
     /// An empty graph sized for about `capacity` vectors.
     pub fn new(dim: usize, capacity: usize) -> Self {
-        let hnsw = Hnsw::new(HNSW_M, capacity.max(1024), HNSW_MAX_LAYER, HNSW_EF_CONSTRUCTION, DistDot);
-        Self::from_hnsw(hnsw, dim)
+        Self::from_hnsw(new_hnsw(capacity), dim)
     }
 
     /// Wraps a graph reloaded from a snapshot; every node is invisible until [`Graph::set_meta`].
     pub fn from_hnsw(hnsw: Hnsw<'static, f32, DistDot>, dim: usize) -> Self {
-        let g = Self {
+        let g = Self::empty(dim, OnceLock::from(hnsw));
+        if g.loaded().is_some_and(|h| h.get_nb_point() > 0) {
+            g.freeze();
+        }
+        g
+    }
+
+    /// The graph of a validated snapshot `t` whose every node has its vector in `vector`,
+    /// searchable at once; its `hnsw_rs` graph is reloaded (through scratch files in a temporary
+    /// directory under `scratch`) on the first insert. Nodes are invisible until
+    /// [`Graph::set_meta`].
+    pub fn from_snapshot<'v>(t: Topology, dim: usize, vector: impl Fn(Slot) -> Option<&'v [f32]>, scratch: &Path) -> Self {
+        let g = Self::empty(dim, OnceLock::new());
+        *write(&g.flat) = Arc::new(Flat::from_topology(&t, dim, |s| vector(Slot(s))));
+        *lock(&g.unloaded) = Some((t, scratch.to_path_buf()));
+        g
+    }
+
+    fn empty(dim: usize, hnsw: OnceLock<Hnsw<'static, f32, DistDot>>) -> Self {
+        Self {
             hnsw,
+            unloaded: Mutex::new(None),
             flat: RwLock::new(Arc::new(Flat::default())),
             tail: RwLock::new(Vec::new()),
             freezing: Mutex::new(()),
@@ -104,23 +132,57 @@ impl Graph {
             dim,
             covered: 0,
             pending: 0,
-        };
-        if g.hnsw.get_nb_point() > 0 {
-            g.freeze();
         }
-        g
+    }
+
+    /// The `hnsw_rs` graph when it is in memory (not waiting to be reloaded).
+    fn loaded(&self) -> Option<&Hnsw<'static, f32, DistDot>> {
+        self.hnsw.get()
+    }
+
+    /// The `hnsw_rs` graph, reloaded from the snapshot first if need be. The snapshot was
+    /// validated when the index opened, so the reload only fails on scratch-file I/O; then the
+    /// graph is rebuilt from the flat copy's vectors instead (slower, never wrong).
+    fn hnsw(&self) -> &Hnsw<'static, f32, DistDot> {
+        if let Some(h) = self.hnsw.get() {
+            return h;
+        }
+        let mut unloaded = lock(&self.unloaded);
+        if let Some((t, scratch)) = unloaded.take() {
+            let flat = Arc::clone(&read(&self.flat));
+            let reloaded = tempfile::Builder::new()
+                .prefix(SCRATCH_PREFIX)
+                .tempdir_in(&scratch)
+                .map_err(|e| format!("scratch dir: {e}"))
+                .and_then(|dir| crate::snapshot::restore(&t, |s| flat.vector_of(s.0), dir.path()).map_err(|e| e.to_string()));
+            let h = reloaded.unwrap_or_else(|why| {
+                tracing::warn!(reason = %why, "graph snapshot reload failed; rebuilding the graph from its vectors");
+                let h = new_hnsw(flat.len());
+                let rows: Vec<(&[f32], usize)> = flat.slots().filter_map(|s| flat.vector_of(s).map(|v| (v, s as usize))).collect();
+                h.parallel_insert_slice(&rows);
+                h
+            });
+            let _ = self.hnsw.set(h);
+        }
+        drop(unloaded);
+        // Set above, by this call or by the one that held the lock before it.
+        self.hnsw.get_or_init(|| new_hnsw(0))
     }
 
     /// Puts vectors into the graph without making them visible (`&self`: `hnsw_rs` inserts
     /// concurrently with searches). [`Graph::set_meta`] reveals them.
     pub fn insert_hidden(&self, rows: &[(Slot, &[f32])]) {
+        if rows.is_empty() {
+            return;
+        }
+        let hnsw = self.hnsw();
         // Into the tail first: a vector is always in the flat copy, the tail, or both.
         write(&self.tail).extend(rows.iter().map(|(s, v)| (*s, v.to_vec())));
         if rows.len() > 64 {
             let refs: Vec<(&[f32], usize)> = rows.iter().map(|(s, v)| (*v, s.0 as usize)).collect();
-            self.hnsw.parallel_insert_slice(&refs);
+            hnsw.parallel_insert_slice(&refs);
         } else {
-            rows.iter().for_each(|(s, v)| self.hnsw.insert_slice((v, s.0 as usize)));
+            rows.iter().for_each(|(s, v)| hnsw.insert_slice((v, s.0 as usize)));
         }
         if read(&self.tail).len() > self.stale_limit() {
             self.freeze();
@@ -142,7 +204,9 @@ impl Graph {
 
     /// [`Graph::freeze`] with `freezing` held.
     fn freeze_locked(&self) {
-        let flat = Arc::new(Flat::capture(&self.hnsw, self.dim));
+        // Not reloaded yet: nothing was inserted, the flat copy made from the snapshot is whole.
+        let Some(hnsw) = self.loaded() else { return };
+        let flat = Arc::new(Flat::capture(hnsw, self.dim));
         let mut tail = write(&self.tail);
         tail.retain(|(s, _)| !flat.contains(s.0));
         let keep = tail.len() * 2;
@@ -184,12 +248,18 @@ impl Graph {
 
     /// Number of graph nodes, live or dead.
     pub fn nodes(&self) -> usize {
-        self.hnsw.get_nb_point()
+        match self.loaded() {
+            Some(h) => h.get_nb_point(),
+            None => lock(&self.unloaded).as_ref().map_or(0, |(t, _)| t.len()),
+        }
     }
 
     /// The slot of every graph node.
     pub fn node_slots(&self) -> Vec<Slot> {
-        let pi = self.hnsw.get_point_indexation();
+        let Some(hnsw) = self.loaded() else {
+            return lock(&self.unloaded).as_ref().map_or_else(Vec::new, |(t, _)| t.slots().map(Slot).collect());
+        };
+        let pi = hnsw.get_point_indexation();
         (0..HNSW_MAX_LAYER).flat_map(|l| pi.get_layer_iterator(l).map(|p| Slot(p.get_origin_id() as u32))).collect()
     }
 
@@ -199,8 +269,14 @@ impl Graph {
     }
 
     /// The graph's topology, for a snapshot.
-    pub fn topology(&self) -> crate::snapshot::Topology {
-        crate::snapshot::capture(&self.hnsw, self.dim)
+    pub fn topology(&self) -> Topology {
+        match self.loaded() {
+            Some(h) => crate::snapshot::capture(h, self.dim),
+            None => {
+                let t = lock(&self.unloaded).as_ref().map(|(t, _)| t.clone());
+                t.unwrap_or_else(|| crate::snapshot::capture(self.hnsw(), self.dim))
+            }
+        }
     }
 
     /// Facts about a live slot.
@@ -269,6 +345,19 @@ impl Graph {
         (scored, missing)
     }
 }
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An empty `hnsw_rs` graph sized for about `capacity` vectors.
+fn new_hnsw(capacity: usize) -> Hnsw<'static, f32, DistDot> {
+    Hnsw::new(HNSW_M, capacity.max(1024), HNSW_MAX_LAYER, HNSW_EF_CONSTRUCTION, DistDot)
+}
+
+/// Name prefix of the scratch directories a graph reload writes `hnsw_rs`'s files into
+/// (inside the index directory; an open removes any a crash left behind).
+pub const SCRATCH_PREFIX: &str = ".graph-load-";
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|e| e.into_inner())

@@ -5,7 +5,7 @@
 
 use crate::codec::{self, Collection, Encoding};
 use crate::error::IndexError;
-use crate::graph::{Graph, SlotMeta};
+use crate::graph::{Graph, SlotMeta, SCRATCH_PREFIX};
 use crate::ids::{ItemId, Kind, Slot, SpaceId};
 use crate::record::ItemRecord;
 use crate::search::{dot, Hit, Query};
@@ -176,10 +176,6 @@ struct SnapshotHeader {
     chunks: u32,
     sha256: [u8; 32],
 }
-
-/// Name prefix of the scratch directory a graph load writes `hnsw_rs`'s files into (inside the
-/// index directory; about the size of the collection's vectors, removed when the load ends).
-const SCRATCH_PREFIX: &str = ".graph-load-";
 
 /// Snapshot chunk size: well under RocksDB's comfortable value sizes.
 const SNAPSHOT_CHUNK: usize = 4 << 20;
@@ -515,9 +511,8 @@ impl Index {
             let replay = stored.rows.iter().skip(h.covered as usize).filter(|r| r.is_some()).count();
             return Ok((g, replay));
         }
-        let scratch = tempfile::Builder::new().prefix(SCRATCH_PREFIX).tempdir_in(&self.path).map_err(|e| format!("scratch dir: {e}"))?;
-        let hnsw = snapshot::restore(&topo, |s| stored.vector(s), scratch.path()).map_err(|e| format!("snapshot: {e}"))?;
-        let mut g = Graph::from_hnsw(hnsw, dim);
+        // Searchable at once from the snapshot; hnsw_rs reloads it on the first insert.
+        let mut g = Graph::from_snapshot(topo, dim, |s| stored.vector(s), &self.path);
         g.covered = h.covered;
         let replay = stored.rows.iter().skip(h.covered as usize).filter(|r| r.is_some()).count();
         Ok((g, replay))

@@ -5,9 +5,11 @@
 //! hold every vector a second time and 17 bytes per edge. The index keeps the vectors once, in
 //! the `vectors` column family, so a snapshot holds only the topology: for each layer, the
 //! points in `hnsw_rs`'s own order, each with its neighbour slots per layer (4 bytes per edge,
-//! no distances: they are recomputed from the vectors on load). Loading writes the two
-//! `hnsw_rs` files into a temporary directory inside the index and lets `HnswIo` read them,
-//! which rebuilds exactly the graph that was saved (same layers, same ranks, same edges).
+//! no distances: they are recomputed from the vectors on load). An open lays out the flat copy
+//! searches walk straight from the topology ([`crate::walk::Flat::from_topology`]); the
+//! `hnsw_rs` graph is reloaded on the first insert ([`restore`]): the two `hnsw_rs` files are
+//! written into a temporary directory inside the index and `HnswIo` reads them, which rebuilds
+//! exactly the graph that was saved (same layers, same ranks, same edges).
 //!
 //! The `hnsw_rs` file layout reproduced here is that of `hnsw_rs` 0.3.5 (format 4, "full"
 //! dump mode); the workspace pins that version, and `graph_round_trips_through_a_snapshot`
@@ -413,6 +415,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let h2 = restore(&back, |s| vs.get(s.0 as usize).map(Vec::as_slice), dir.path()).unwrap();
         assert_eq!(capture(&h2, 12), topo, "the reloaded graph has the same layers, ranks and edges");
+        // The flat copy an open makes straight from the snapshot is the one it would take of
+        // the reloaded graph (and of the original).
+        let flat = crate::walk::Flat::from_topology(&topo, 12, |s| vs.get(s as usize).map(Vec::as_slice));
+        assert_eq!(flat, crate::walk::Flat::capture(&h2, 12));
+        assert_eq!(flat, crate::walk::Flat::capture(&h, 12));
         let mut rng = StdRng::seed_from_u64(8);
         for _ in 0..100 {
             let q = unit(&mut rng, 12);
@@ -424,6 +431,55 @@ mod tests {
         let extra = unit(&mut rng, 12);
         h2.insert_slice((&extra, 3000));
         assert_eq!(h2.search(&extra, 1, 32)[0].d_id, 3000);
+    }
+
+    #[test]
+    fn a_graph_opened_from_a_snapshot_searches_before_and_after_its_lazy_reload() {
+        use crate::graph::{Graph, SlotMeta};
+        use crate::ids::ItemId;
+        use crate::search::Filter;
+        let (h, vs) = graph(2000, 16, 11);
+        let topo = capture(&h, 16);
+        let meta = |i: usize| SlotMeta { item: ItemId(format!("v{i}")), patient: None, study: None, date: None };
+        let (eager_dir, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut eager = Graph::from_hnsw(restore(&topo, |s| vs.get(s.0 as usize).map(Vec::as_slice), eager_dir.path()).unwrap(), 16);
+        let mut lazy = Graph::from_snapshot(topo.clone(), 16, |s| vs.get(s.0 as usize).map(Vec::as_slice), dir.path());
+        for i in 0..2000 {
+            eager.set_meta(Slot(i as u32), meta(i));
+            lazy.set_meta(Slot(i as u32), meta(i));
+        }
+        assert_eq!(lazy.nodes(), 2000);
+        assert_eq!(lazy.topology(), topo, "not reloaded yet: the snapshot's own topology");
+        let mut rng = StdRng::seed_from_u64(12);
+        let queries: Vec<Vec<f32>> = (0..50).map(|_| unit(&mut rng, 16)).collect();
+        for q in &queries {
+            assert_eq!(lazy.search(q, 10, 64, &Filter::default()), eager.search(q, 10, 64, &Filter::default()));
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing reloaded by searches");
+        // The first insert reloads hnsw_rs (scratch files removed after) and the graph goes on.
+        let extra: Vec<Vec<f32>> = (0..100).map(|_| unit(&mut rng, 16)).collect();
+        let rows: Vec<(Slot, &[f32])> = extra.iter().enumerate().map(|(i, v)| (Slot(2000 + i as u32), v.as_slice())).collect();
+        lazy.insert_hidden(&rows);
+        eager.insert_hidden(&rows);
+        for i in 2000..2100 {
+            lazy.set_meta(Slot(i as u32), meta(i));
+            eager.set_meta(Slot(i as u32), meta(i));
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "scratch removed");
+        assert_eq!(lazy.nodes(), 2100);
+        let t2 = lazy.topology();
+        assert_eq!(t2.len(), 2100);
+        assert!(t2.slots().any(|s| s == 2099));
+        for (i, v) in extra.iter().enumerate() {
+            assert_eq!(lazy.search(v, 1, 32, &Filter::default())[0].0, Slot(2000 + i as u32), "inserted vector {i} found");
+        }
+        // Both reloaded the same graph and inserted the same points: same answers.
+        for q in &queries {
+            let a: Vec<Slot> = lazy.search(q, 10, 64, &Filter::default()).into_iter().map(|h| h.0).collect();
+            let b: Vec<Slot> = eager.search(q, 10, 64, &Filter::default()).into_iter().map(|h| h.0).collect();
+            let common = a.iter().filter(|s| b.contains(s)).count();
+            assert!(common >= 9, "{a:?} vs {b:?}");
+        }
     }
 
     #[test]

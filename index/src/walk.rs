@@ -14,6 +14,7 @@
 //! A `Flat` is a copy taken at one moment; vectors inserted after it are searched exactly from
 //! the graph's tail (see `graph.rs`) until the next copy.
 
+use crate::snapshot::Topology;
 use anndists::dist::DistDot;
 use hnsw_rs::hnsw::Hnsw;
 use std::cell::RefCell;
@@ -22,8 +23,11 @@ use std::collections::{BinaryHeap, HashMap};
 
 const NONE: u32 = u32::MAX;
 
+/// A point being laid out: slot, vector, neighbour slots per layer from layer 0.
+type Point<V> = (u32, V, Vec<Vec<u32>>);
+
 /// A read-only copy of a graph's topology and vectors.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 pub struct Flat {
     dim: usize,
     /// Most layer-0 neighbours of any node.
@@ -47,21 +51,44 @@ impl Flat {
     pub fn capture(hnsw: &Hnsw<'static, f32, DistDot>, dim: usize) -> Self {
         let pi = hnsw.get_point_indexation();
         let top = if hnsw.get_nb_point() == 0 { 0 } else { pi.get_max_level_observed() as usize + 1 };
-        let mut points: Vec<(u32, Vec<f32>, Vec<Vec<u32>>)> = Vec::with_capacity(hnsw.get_nb_point());
-        let mut entry_slot = None;
+        let mut points: Vec<Point<Vec<f32>>> = Vec::with_capacity(hnsw.get_nb_point());
+        let mut entry = None;
         for l in (0..top).rev() {
             for p in pi.get_layer_iterator(l) {
-                let slot = p.get_origin_id() as u32;
-                if entry_slot.is_none() {
-                    entry_slot = Some((slot, l));
-                }
+                entry = entry.or(Some((p.get_origin_id() as u32, l)));
                 let hood = p.get_neighborhood_id();
                 let used = hood.iter().rposition(|ns| !ns.is_empty()).map_or(1, |i| i + 1);
                 let lists = hood.iter().take(used).map(|ns| ns.iter().map(|n| n.d_id as u32).collect()).collect();
-                points.push((slot, p.get_v().to_vec(), lists));
+                points.push((p.get_origin_id() as u32, p.get_v().to_vec(), lists));
             }
         }
-        points.sort_unstable_by_key(|p| p.0);
+        Self::assemble(points, entry, dim)
+    }
+
+    /// The copy [`Flat::capture`] would take of the graph `hnsw_rs` reloads from `t` (same
+    /// nodes, links, entry point and vectors), made without `hnsw_rs`: what lets an index
+    /// open search at once and reload the `hnsw_rs` graph only when it is first inserted into.
+    /// Points whose vector `vector` lacks are left out.
+    pub fn from_topology<'v>(t: &Topology, dim: usize, vector: impl Fn(u32) -> Option<&'v [f32]>) -> Self {
+        let mut points: Vec<Point<&'v [f32]>> = Vec::with_capacity(t.len());
+        let mut entry = None;
+        for (l, layer) in t.layers.iter().enumerate().rev() {
+            for n in layer {
+                entry = entry.or(Some((n.slot, l)));
+                if let Some(v) = vector(n.slot) {
+                    let lists = if n.neighbours.is_empty() { vec![Vec::new()] } else { n.neighbours.clone() };
+                    points.push((n.slot, v, lists));
+                }
+            }
+        }
+        Self::assemble(points, entry, dim)
+    }
+
+    /// Lays out `points` (top layer first; a slot seen again lower down is dropped) as node
+    /// blocks in slot order, entering at `entry_slot` (the first point of the top layer, as
+    /// `hnsw_rs`'s layer iterator gives it, with that layer).
+    fn assemble<V: AsRef<[f32]>>(mut points: Vec<Point<V>>, entry_slot: Option<(u32, usize)>, dim: usize) -> Self {
+        points.sort_by_key(|p| p.0);
         points.dedup_by_key(|p| p.0);
         let max_slot = points.last().map_or(0, |p| p.0 as usize + 1);
         let mut node_of = vec![NONE; max_slot];
@@ -74,6 +101,7 @@ impl Flat {
         let mut flat = Flat { dim, width, stride, nodes: points.len(), ..Flat::default() };
         flat.blocks = vec![0.0; points.len() * stride];
         for (i, (slot, v, lists)) in points.iter().enumerate() {
+            let v = v.as_ref();
             let b = &mut flat.blocks[i * stride..(i + 1) * stride];
             b[0] = f32::from_bits(*slot);
             let links: Vec<u32> = lists.first().into_iter().flatten().filter_map(map).collect();
@@ -92,6 +120,16 @@ impl Flat {
         flat.entry = entry_slot.and_then(|(s, l)| map(&s).map(|n| (n, l)));
         flat.node_of = node_of;
         flat
+    }
+
+    /// The vector of `slot`, when it is a node of the copy.
+    pub fn vector_of(&self, slot: u32) -> Option<&[f32]> {
+        self.node_of.get(slot as usize).filter(|n| **n != NONE).map(|n| self.vector(*n))
+    }
+
+    /// Every node's slot, in slot order.
+    pub fn slots(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.nodes as u32).map(|n| self.slot(n))
     }
 
     /// Number of nodes in the copy.
@@ -129,6 +167,11 @@ impl Flat {
         }
         #[cfg(target_arch = "x86_64")]
         {
+            if has_avx512() {
+                // SAFETY: the CPU supports the features `search_avx512` is compiled for.
+                #[allow(unsafe_code)]
+                return unsafe { self.search_avx512(q, k, ef, accept) };
+            }
             if has_avx2_fma() {
                 // SAFETY: the CPU supports the features `search_avx2` is compiled for.
                 #[allow(unsafe_code)]
@@ -138,19 +181,20 @@ impl Flat {
         self.walk(q, k, ef, accept, |a, b| dot_lanes(a, b, |x, y, acc| acc + x * y), |_| {})
     }
 
+    /// The walk compiled for AVX-512: as [`Flat::search_avx2`], the dot product's 32 lanes in
+    /// two 512-bit registers.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    fn search_avx512(&self, q: &[f32], k: usize, ef: usize, accept: impl Fn(u32) -> bool) -> Vec<(u32, f32)> {
+        self.walk(q, k, ef, accept, |a, b| finish(a, b, wide_avx512(a, b), f32::mul_add), |b| prefetch(b))
+    }
+
     /// The walk compiled for AVX2/FMA: the dot product inlines into it as FMA vector code, and
     /// each neighbour's vector is prefetched before the distances are computed.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     fn search_avx2(&self, q: &[f32], k: usize, ef: usize, accept: impl Fn(u32) -> bool) -> Vec<(u32, f32)> {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let prefetch = |b: &[f32]| {
-            // Prefetching only hints the cache; the addresses are inside the slice.
-            for line in b.chunks(16) {
-                _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
-            }
-        };
-        self.walk(q, k, ef, accept, |a, b| dot_lanes(a, b, f32::mul_add), prefetch)
+        self.walk(q, k, ef, accept, |a, b| finish(a, b, wide_avx2(a, b), f32::mul_add), |b| prefetch(b))
     }
 
     #[inline(always)]
@@ -205,12 +249,20 @@ impl Flat {
                     let mark = &mut visited.marks[nb as usize];
                     if *mark != stamp {
                         *mark = stamp;
+                        // The block's first line (slot, links, the vector's start) now; the
+                        // rest of the vector just before its distance (a wide vector's lines,
+                        // all at once for every neighbour, would overflow the fill buffers).
                         prefetch(&self.block(nb)[..1]);
-                        prefetch(self.vector(nb));
                         fresh.push(nb);
                     }
                 }
-                for &nb in &fresh {
+                if let Some(&first) = fresh.first() {
+                    prefetch(self.vector(first));
+                }
+                for (i, &nb) in fresh.iter().enumerate() {
+                    if let Some(&next) = fresh.get(i + 1) {
+                        prefetch(self.vector(next));
+                    }
                     let sn = dot(q, self.vector(nb));
                     let worst = results.peek().map_or(f32::NEG_INFINITY, |r| r.0 .0 .0);
                     if results.len() < ef || sn > worst {
@@ -241,6 +293,22 @@ impl Flat {
 #[cfg(target_arch = "x86_64")]
 fn has_avx2_fma() -> bool {
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
+/// Hints the cache to fetch `b` (its addresses are inside the slice; a hint never faults).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse")]
+#[inline]
+fn prefetch(b: &[f32]) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    for line in b.chunks(16) {
+        _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    std::is_x86_feature_detected!("avx512f") && has_avx2_fma()
 }
 
 /// A similarity ordered totally (NaN never occurs: vectors are finite unit vectors).
@@ -291,6 +359,11 @@ thread_local! {
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
+        if has_avx512() {
+            // SAFETY: the CPU supports the features `dot_avx512` is compiled for (checked above).
+            #[allow(unsafe_code)]
+            return unsafe { dot_avx512(a, b) };
+        }
         if has_avx2_fma() {
             // SAFETY: the CPU supports the features `dot_avx2` is compiled for (checked above).
             #[allow(unsafe_code)]
@@ -301,26 +374,112 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    dot_lanes(a, b, f32::mul_add)
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+    finish(a, b, wide_avx512(a, b), f32::mul_add)
 }
 
-/// Eight independent accumulators so the compiler can keep them in one vector register.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    finish(a, b, wide_avx2(a, b), f32::mul_add)
+}
+
+/// [`wide`] in four 256-bit FMA registers (lane `p` of the result is lane `p % 8` of register
+/// `p / 8`: the same sums in the same order).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn wide_avx2(a: &[f32], b: &[f32]) -> [f32; 32] {
+    use std::arch::x86_64::{_mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps, _mm256_storeu_ps};
+    let n = a.len().min(b.len()) / 32 * 32;
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for i in (0..n).step_by(32) {
+        for (j, r) in acc.iter_mut().enumerate() {
+            // SAFETY: i + 8j + 8 <= n, within both slices.
+            #[allow(unsafe_code)]
+            let (x, y) = unsafe { (_mm256_loadu_ps(a.as_ptr().add(i + 8 * j)), _mm256_loadu_ps(b.as_ptr().add(i + 8 * j))) };
+            *r = _mm256_fmadd_ps(x, y, *r);
+        }
+    }
+    let mut out = [0.0f32; 32];
+    for (j, r) in acc.iter().enumerate() {
+        // SAFETY: `out` has room for 8 floats at 8j.
+        #[allow(unsafe_code)]
+        unsafe {
+            _mm256_storeu_ps(out.as_mut_ptr().add(8 * j), *r)
+        };
+    }
+    out
+}
+
+/// [`wide`] in two 512-bit FMA registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn wide_avx512(a: &[f32], b: &[f32]) -> [f32; 32] {
+    use std::arch::x86_64::{_mm512_fmadd_ps, _mm512_loadu_ps, _mm512_setzero_ps, _mm512_storeu_ps};
+    let n = a.len().min(b.len()) / 32 * 32;
+    let mut acc = [_mm512_setzero_ps(); 2];
+    for i in (0..n).step_by(32) {
+        for (j, r) in acc.iter_mut().enumerate() {
+            // SAFETY: i + 16j + 16 <= n, within both slices.
+            #[allow(unsafe_code)]
+            let (x, y) = unsafe { (_mm512_loadu_ps(a.as_ptr().add(i + 16 * j)), _mm512_loadu_ps(b.as_ptr().add(i + 16 * j))) };
+            *r = _mm512_fmadd_ps(x, y, *r);
+        }
+    }
+    let mut out = [0.0f32; 32];
+    for (j, r) in acc.iter().enumerate() {
+        // SAFETY: `out` has room for 16 floats at 16j.
+        #[allow(unsafe_code)]
+        unsafe {
+            _mm512_storeu_ps(out.as_mut_ptr().add(16 * j), *r)
+        };
+    }
+    out
+}
+
+/// The dot product, portable: [`wide`] then [`finish`].
 #[inline(always)]
 fn dot_lanes(a: &[f32], b: &[f32], fma: impl Fn(f32, f32, f32) -> f32) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
+    finish(a, b, wide(a, b, &fma), fma)
+}
+
+/// Over the leading blocks of 32 components, 32 independent sums: lane `p` accumulates the
+/// products at positions `p`, `p + 32`, … (the vector paths keep them in four 256-bit or two
+/// 512-bit registers, so the fused multiply-adds overlap instead of waiting on one register).
+#[inline(always)]
+fn wide(a: &[f32], b: &[f32], fma: impl Fn(f32, f32, f32) -> f32) -> [f32; 32] {
+    let n = a.len().min(b.len()) / 32 * 32;
+    let mut lanes = [0.0f32; 32];
+    for (x, y) in a[..n].chunks_exact(32).zip(b[..n].chunks_exact(32)) {
+        for i in 0..32 {
+            lanes[i] = fma(x[i], y[i], lanes[i]);
+        }
+    }
+    lanes
+}
+
+/// The rest of the dot product after [`wide`]: the remaining components 8 at a time, then one
+/// by one, and a fixed reduction order — so every path that fuses (portable `mul_add`, AVX2/FMA,
+/// AVX-512) gives the same bits.
+#[inline(always)]
+fn finish(a: &[f32], b: &[f32], lanes: [f32; 32], fma: impl Fn(f32, f32, f32) -> f32) -> f32 {
+    let len = a.len().min(b.len());
+    let n = len / 32 * 32;
+    let (ra, rb) = (&a[n..len], &b[n..len]);
     let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
+    let (ca, cb) = (ra.chunks_exact(8), rb.chunks_exact(8));
+    let (ta, tb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for i in 0..8 {
             acc[i] = fma(x[i], y[i], acc[i]);
         }
     }
+    for i in 0..8 {
+        acc[i] += (lanes[i] + lanes[i + 16]) + (lanes[i + 8] + lanes[i + 24]);
+    }
     let mut tail = 0.0;
-    for (x, y) in ra.iter().zip(rb) {
+    for (x, y) in ta.iter().zip(tb) {
         tail = fma(*x, *y, tail);
     }
     (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]) + tail
@@ -332,11 +491,35 @@ mod tests {
 
     #[test]
     fn dot_matches_a_plain_sum() {
-        for n in [0, 1, 7, 8, 9, 50, 512, 515] {
+        for n in [0, 1, 7, 8, 9, 31, 32, 33, 40, 50, 64, 100, 512, 515] {
             let a: Vec<f32> = (0..n).map(|i| ((i * 37 % 11) as f32 - 5.0) / 7.0).collect();
             let b: Vec<f32> = (0..n).map(|i| ((i * 13 % 17) as f32 - 8.0) / 9.0).collect();
             let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
             assert!((dot(&a, &b) as f64 - want).abs() < 1e-4, "n={n}");
+        }
+    }
+
+    #[test]
+    fn every_fused_path_gives_the_same_bits() {
+        for n in [0, 1, 7, 8, 9, 31, 32, 33, 40, 50, 64, 100, 512, 515] {
+            let a: Vec<f32> = (0..n).map(|i| ((i * 37 % 11) as f32 - 5.0) / 7.0).collect();
+            let b: Vec<f32> = (0..n).map(|i| ((i * 13 % 17) as f32 - 8.0) / 9.0).collect();
+            let portable = dot_lanes(&a, &b, f32::mul_add);
+            #[cfg(target_arch = "x86_64")]
+            {
+                if has_avx2_fma() {
+                    #[allow(unsafe_code)]
+                    // SAFETY: checked just above.
+                    let v = unsafe { dot_avx2(&a, &b) };
+                    assert_eq!(v.to_bits(), portable.to_bits(), "avx2, n={n}");
+                }
+                if has_avx512() {
+                    #[allow(unsafe_code)]
+                    // SAFETY: checked just above.
+                    let v = unsafe { dot_avx512(&a, &b) };
+                    assert_eq!(v.to_bits(), portable.to_bits(), "avx512, n={n}");
+                }
+            }
         }
     }
 
