@@ -473,6 +473,25 @@ mod tests {
         for (i, v) in extra.iter().enumerate() {
             assert_eq!(lazy.search(v, 1, 32, &Filter::default())[0].0, Slot(2000 + i as u32), "inserted vector {i} found");
         }
+        // A reload that cannot write its scratch files (here the scratch "directory" is a file)
+        // rebuilds the graph from the flat copy's vectors instead: inserts and searches go on.
+        let not_a_dir = dir.path().join("file");
+        std::fs::write(&not_a_dir, b"x").unwrap();
+        let mut rebuilt = Graph::from_snapshot(topo.clone(), 16, |s| vs.get(s.0 as usize).map(Vec::as_slice), &not_a_dir);
+        for i in 0..2000 {
+            rebuilt.set_meta(Slot(i as u32), meta(i));
+        }
+        rebuilt.insert_hidden(&rows);
+        for i in 2000..2100 {
+            rebuilt.set_meta(Slot(i as u32), meta(i));
+        }
+        assert_eq!(rebuilt.nodes(), 2100);
+        for (i, v) in extra.iter().enumerate() {
+            assert_eq!(rebuilt.search(v, 1, 32, &Filter::default())[0].0, Slot(2000 + i as u32), "rebuilt: vector {i} found");
+        }
+        for v in vs.iter().take(50) {
+            assert!(rebuilt.search(v, 1, 64, &Filter::default())[0].1 > 0.9999, "rebuilt: an old vector finds itself");
+        }
         // Both reloaded the same graph and inserted the same points: same answers.
         for q in &queries {
             let a: Vec<Slot> = lazy.search(q, 10, 64, &Filter::default()).into_iter().map(|h| h.0).collect();

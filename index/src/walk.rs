@@ -249,20 +249,12 @@ impl Flat {
                     let mark = &mut visited.marks[nb as usize];
                     if *mark != stamp {
                         *mark = stamp;
-                        // The block's first line (slot, links, the vector's start) now; the
-                        // rest of the vector just before its distance (a wide vector's lines,
-                        // all at once for every neighbour, would overflow the fill buffers).
                         prefetch(&self.block(nb)[..1]);
+                        prefetch(self.vector(nb));
                         fresh.push(nb);
                     }
                 }
-                if let Some(&first) = fresh.first() {
-                    prefetch(self.vector(first));
-                }
-                for (i, &nb) in fresh.iter().enumerate() {
-                    if let Some(&next) = fresh.get(i + 1) {
-                        prefetch(self.vector(next));
-                    }
+                for &nb in &fresh {
                     let sn = dot(q, self.vector(nb));
                     let worst = results.peek().map_or(f32::NEG_INFINITY, |r| r.0 .0 .0);
                     if results.len() < ef || sn > worst {
