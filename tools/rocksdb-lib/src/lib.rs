@@ -1,0 +1,1 @@
+//! Empty: this crate exists only to run librocksdb-sys's build script (see Cargo.toml).
