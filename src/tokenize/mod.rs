@@ -1,12 +1,14 @@
 //! Tokenizers: CLIP BPE (EchoCLIP) through the HF `tokenizers` crate, read from a snapshot's
-//! `tokenizer.json`, and the EchoCLIP-R template tokenizer over a user-supplied phrase
-//! vocabulary.
+//! `tokenizer.json` or, when it has none, built into echovault; and the EchoCLIP-R template
+//! tokenizer over a user-supplied phrase vocabulary.
 
 mod clean;
 mod clip_bpe;
+mod report_clean;
 mod template;
 
 pub use clip_bpe::ClipBpe;
+pub use report_clean::{clean_report, extract_variables};
 pub use template::TemplateTokenizer;
 
 /// Either tokenizer, as a model's text tower needs it.
@@ -19,13 +21,14 @@ pub enum TextTokenizer {
 }
 
 /// A model directory holding this file tokenises with it (EchoCLIP-R's phrase templates)
-/// instead of its `tokenizer.json` (CLIP BPE).
+/// instead of CLIP BPE.
 pub const TEMPLATE_VOCAB_FILE: &str = "template_vocab.txt";
 
 impl TextTokenizer {
     /// The tokenizer of a model snapshot: `vocab` when given, else the directory's
-    /// [`TEMPLATE_VOCAB_FILE`] when present, else its CLIP BPE `tokenizer.json` (`model_dir` may
-    /// also name a `tokenizer.json` directly). `vocab_size` is the text tower's: a template
+    /// [`TEMPLATE_VOCAB_FILE`] when present, else CLIP BPE: its `tokenizer.json`, or the built-in
+    /// one when it has none (`model_dir` may also name a `tokenizer.json` directly; see
+    /// [`ClipBpe::load`]). `vocab_size` is the text tower's: a template
     /// vocabulary whose ids would not fit is refused here, not at the first report.
     pub fn for_model(
         model_dir: &std::path::Path,
@@ -36,6 +39,15 @@ impl TextTokenizer {
         let in_dir = model_dir.join(TEMPLATE_VOCAB_FILE);
         let vocab = vocab.map(std::path::Path::to_owned).or_else(|| in_dir.is_file().then_some(in_dir));
         let Some(v) = vocab else {
+            let bpe_ids = clip_bpe::END_ID + 1;
+            if let Some(n) = vocab_size.filter(|&n| n < bpe_ids) {
+                return Err(crate::Error::Tokenizer {
+                    path: model_dir.to_owned(),
+                    reason: format!(
+                        "the model's text tower has vocab_size {n}, too small for CLIP BPE ({bpe_ids} ids): it is an EchoCLIP-R-style model; put its template vocabulary in the directory as {TEMPLATE_VOCAB_FILE} or pass --template-vocab FILE"
+                    ),
+                });
+            }
             return Ok(TextTokenizer::Bpe(Box::new(ClipBpe::load(model_dir, context_length)?)));
         };
         let t = TemplateTokenizer::load(&v, context_length)?;
@@ -43,8 +55,9 @@ impl TextTokenizer {
             return Err(crate::Error::Tokenizer {
                 path: v,
                 reason: format!(
-                    "template vocabulary needs {} token ids but the model's text tower has vocab_size {n}: it is not this model's vocabulary",
-                    t.vocab_size()
+                    "template vocabulary's end id {} does not fit the model's text tower (vocab_size {n}, ids 0..{}): it is not this model's vocabulary",
+                    t.end_id(),
+                    n - 1
                 ),
             });
         }
@@ -63,7 +76,7 @@ impl TextTokenizer {
     pub fn encode(&self, text: &str) -> Result<Vec<i64>, crate::Error> {
         match self {
             TextTokenizer::Bpe(t) => t.encode(text),
-            TextTokenizer::Template(t) => Ok(t.encode(text)),
+            TextTokenizer::Template(t) => t.encode(text),
         }
     }
 }

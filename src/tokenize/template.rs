@@ -1,196 +1,164 @@
-//! The EchoCLIP-R "template" tokenizer: report text → ids of known report phrases, each followed
-//! by the values of its slots. The vocabulary is a user-supplied file of report phrases, one per
-//! line, where `<#>` marks a slot for a number or a severity word (the reference's vocabulary
-//! may not be redistributed: echovault reads it from a path the user gives).
+//! The EchoCLIP-R "template" tokenizer, id for id as the published EchoCLIP-R checkpoint was
+//! trained (Christensen et al., *Nature Medicine* 2024; reference: github echonet/echo_CLIP,
+//! whose files may not be redistributed — the vocabulary is read from a path the user gives).
+//! A report becomes the ids of the known report phrases it contains, each followed by the values
+//! (numbers, severities) that filled the phrase's slots.
 //!
-//! The algorithm, exactly (an independent Python implementation in
-//! `tools/parity/template_ref.py` must give the same ids):
+//! **Vocabulary file.** One phrase per line; a line is everything before its newline (`\n`,
+//! `\r\n` or `\r`), trailing spaces included (every line of the published file ends with a
+//! space); `<#>` marks a slot.
 //!
-//! 1. **Clean** (text and vocabulary lines alike): upper-case; collapse whitespace runs to one
-//!    space; `MM HG` → `MMHG`; `PERCENT` → `%`.
-//! 2. **Split** into tokens: numbers `\d+(\.\d+)?`, words `[A-Z]+(-[A-Z]+)*`, `<#>`, and any other
-//!    single non-space character (punctuation).
-//! 3. **Slots**: a number, a severity word or `<#>` is a slot. Severity words: `TRACE`/`TRIVIAL`,
-//!    `MILD[LY]`, `MODERATE[LY]`, `SEVERE[LY]`, and the hyphenated ranges `MILD[LY]-MODERATE[LY]`
-//!    and `MODERATE[LY]-SEVERE[LY]`; a severity, `TO` or `-`, then the next severity up the
-//!    same range also join into one range slot. In the text a slot carries its value; in a phrase
-//!    it matches any value; a literal `<#>` in a text is ignored. (So a vocabulary line with a literal
-//!    severity is the same phrase as with `<#>`; when two lines clean to the same phrase, the
-//!    first keeps its id.)
-//! 4. **Match** leftmost-longest: from the first token, take the longest phrase that matches here
-//!    (ties: the lower id), emit it and jump past it; where none matches, drop one token.
-//! 5. **Emit** per matched phrase its id, then one value per slot: a severity as its own id; a
-//!    number as the id of its integer part (clamped to 0..=999) followed, when it has a
-//!    fractional part, by the id of its first decimal digit.
-//! 6. **Ids**: 0 = padding, 1–4 reserved, phrases 5.. in file order; then the number vocabulary
-//!    (6 severities, integers 0–999, decimals .0–.9); then start; then end = the largest id (the
-//!    text tower pools at the largest id). `[start, …, end]`, truncated to the context length
-//!    with the end id kept last, zero-padded.
+//! **Ids.** `T = 5 + P`, P the number of distinct non-empty lines.
+//! - 0 `[UNK]` (also the padding id), 1–4 `[CLS] [SEP] [PAD] [MASK]`.
+//! - Phrases 5 … T−1 in file order (a line equal to an earlier line or to a special gets no id).
+//! - Values, each offset by T: 0–4 the specials; 5–105 `"0"` … `"100"`; 106 the separator `‡`;
+//!   107–111 `MILD`, `MODERATE`, `SEVERE`, `MILD/MODERATE`, `MODERATE/SEVERE`; 112–121 `.0` …
+//!   `.9`; 122–131 `00` … `09` (132 value ids).
+//! - start = T + 132, end = T + 133 (the largest id: the text tower pools there). For the
+//!   published 770-line vocabulary: T = 775, start 907, end 908.
+//!
+//! **Matching** is the `tokenizers` crate's added-token matching (leftmost-longest) over a
+//! WordPiece model whose vocabulary is the five specials (unk `[UNK]`, prefix `##`, at most 500
+//! characters a word, no normalizer, no pre-tokenizer), with the phrases — or the value strings
+//! — added as tokens. Every stretch of text no added token covers becomes one `[UNK]`.
+//!
+//! **Steps** for a report:
+//! 1. Clean ([`super::report_clean::clean_report`]; only texts longer than one character), in
+//!    order: upper-case; trim; backtick → apostrophe; delete `^`, `CRLF` and `‡`; a period
+//!    preceded by a non-digit or followed by a non-digit becomes `". "`; delete `[` and `]`;
+//!    whole words `WAS`→`IS`, `WERE`→`ARE`, `AND/OR`→`AND`; anywhere `NORMALLY`→`NORMAL`,
+//!    `MILDLY`→`MILD`, `MODERATELY`→`MODERATE`, `SEVERELY`→`SEVERE`, `PULMONARY ARTERY`→`PA`;
+//!    delete dates `dd/dd/dddd` and `dd.dd.dddd`; delete an upper-case letter followed by
+//!    `digits.digits*` up to a word boundary (ICD codes); delete whitespace before `MMHG`,
+//!    `MM`, `CM` or `%`; `" ."` → `"."`; collapse whitespace runs; `" + "` → `"+"`;
+//!    `+CVPMMHG` → `MMHG`; trim; append one space; add a period after each of twenty fixed
+//!    phrases (`<#>` = a number) not already followed by one; collapse runs of periods.
+//! 2. Variables: every number `\d+\.?\d*` and every severity (`MODERATE/SEVERE`,
+//!    `MILD/MODERATE`, `MILD`, `MODERATE`, `SEVERE`, `VERY SEVERE`, in that order, not preceded
+//!    by a letter) is taken out, in order, into a list and replaced by `<#>`.
+//! 3. Two fixed rewrites (the inferior vena cava sentence, `ANALYSIS.:`).
+//! 4. Encode with the phrase tokenizer. A phrase with k `<#>` claims the next k variables; an
+//!    `[UNK]` stretch with k `<#>` in its source text discards the next k. `[UNK]` ids are dropped.
+//! 5. Per phrase: its id, then its claimed variables joined with `‡` and encoded with the value
+//!    tokenizer (`150` → `"15","0"`; `37.5` → `"37",".5"`; `2005` → `"20","05"`; `VERY SEVERE` →
+//!    `[UNK]`,`"SEVERE"`), each value id + T.
+//! 6. `[start, …, end]`; longer than the context (77) → the first 77 with the end id last;
+//!    shorter → padded with 0.
+//!
+//! A text whose placeholders outnumber its variables (a literal `<#>` in it) is an error.
 
+use super::report_clean::{clean_report, extract_variables, fixed_rewrites, PLACEHOLDER};
 use crate::error::Error;
 use std::path::{Path, PathBuf};
+use tokenizers::{AddedToken, Tokenizer};
 
-/// First phrase id.
-pub const FIRST_PHRASE_ID: i64 = 5;
-/// Canonical severities, in id order.
-pub const SEVERITIES: [&str; 6] = ["TRACE", "MILD", "MILD-MODERATE", "MODERATE", "MODERATE-SEVERE", "SEVERE"];
-/// Largest integer with its own id; larger values are clamped to it.
-pub const MAX_INT: u32 = 999;
-/// Size of the number vocabulary: severities, integers 0..=MAX_INT, ten decimal digits.
-pub const NUMBER_VOCAB: i64 = SEVERITIES.len() as i64 + MAX_INT as i64 + 1 + 10;
+/// The specials of the blank WordPiece model, in id order.
+pub const SPECIALS: [&str; 5] = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"];
+/// The unknown (and padding) id.
+pub const UNK_ID: i64 = 0;
+/// Value separator between the variables of one phrase.
+pub const SEPARATOR: &str = "‡";
+/// Number of value ids (specials included).
+pub const VALUE_VOCAB: i64 = 132;
 
-/// A token after cleaning.
-#[derive(Clone, Debug, PartialEq)]
-enum Tok {
-    Word(String),
-    /// A slot; `None` in vocabulary phrases (matches any value).
-    Slot(Option<Value>),
+/// The value strings added to the blank WordPiece model, in id order from 5.
+fn value_strings() -> Vec<String> {
+    let mut v: Vec<String> = (0..=100).map(|i| i.to_string()).collect();
+    v.push(SEPARATOR.into());
+    v.extend(["MILD", "MODERATE", "SEVERE", "MILD/MODERATE", "MODERATE/SEVERE"].map(String::from));
+    v.extend((0..10).map(|i| format!(".{i}")));
+    v.extend((0..10).map(|i| format!("0{i}")));
+    v
 }
 
-/// A slot value.
-#[derive(Clone, Debug, PartialEq)]
-enum Value {
-    Severity(usize),
-    /// Integer part (clamped) and first decimal digit.
-    Number(u32, Option<u8>),
+/// A WordPiece model knowing only the specials, with `tokens` added (leftmost-longest).
+fn blank_with(tokens: &[String]) -> Result<Tokenizer, String> {
+    // Built through the crate's own serialised form: its builder wants a map type it does not
+    // export.
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        SPECIALS.iter().enumerate().map(|(i, s)| ((*s).to_owned(), serde_json::Value::from(i))).collect();
+    let spec = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": null, "post_processor": null, "decoder": null,
+        "model": {"type": "WordPiece", "unk_token": SPECIALS[0], "continuing_subword_prefix": "##",
+                  "max_input_chars_per_word": 500, "vocab": vocab},
+    });
+    let mut t: Tokenizer = spec.to_string().parse().map_err(|e: tokenizers::Error| e.to_string())?;
+    let specials: Vec<AddedToken> = SPECIALS.iter().map(|s| AddedToken::from(*s, true).normalized(false)).collect();
+    t.add_special_tokens(&specials);
+    let added: Vec<AddedToken> = tokens.iter().map(|s| AddedToken::from(s.clone(), false)).collect();
+    t.add_tokens(&added);
+    Ok(t)
 }
 
-fn severity(word: &str) -> Option<usize> {
-    let single = |w: &str| -> Option<usize> {
-        Some(match w {
-            "TRACE" | "TRIVIAL" => 0,
-            "MILD" | "MILDLY" => 1,
-            "MODERATE" | "MODERATELY" => 3,
-            "SEVERE" | "SEVERELY" => 5,
-            _ => return None,
-        })
-    };
-    match word.split_once('-') {
-        None => single(word),
-        Some((a, b)) => match (single(a)?, single(b)?) {
-            (1, 3) => Some(2),
-            (3, 5) => Some(4),
-            _ => None,
-        },
+/// The lines of a vocabulary file as Python's text mode reads them (universal newlines, the
+/// newline itself removed, everything else kept).
+fn vocab_lines(text: &str) -> Vec<String> {
+    let unified = text.replace("\r\n", "\n").replace('\r', "\n");
+    let mut lines: Vec<String> = unified.split('\n').map(str::to_owned).collect();
+    if unified.ends_with('\n') || unified.is_empty() {
+        lines.pop();
     }
-}
-
-/// Step 1: upper-case, collapse whitespace, normalise units and wording.
-fn clean(text: &str) -> String {
-    let up = text.to_uppercase();
-    let s = up.split_whitespace().collect::<Vec<_>>().join(" ");
-    s.replace("MM HG", "MMHG").replace("PERCENT", "%")
-}
-
-/// Steps 2 and 3: split a cleaned string into tokens, mark slots, join severity ranges.
-fn split(s: &str) -> Vec<Tok> {
-    let chars: Vec<char> = s.chars().collect();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        if c.is_whitespace() {
-            i += 1;
-        } else if c.is_ascii_digit() {
-            let start = i;
-            while i < chars.len() && chars[i].is_ascii_digit() {
-                i += 1;
-            }
-            let int: String = chars[start..i].iter().collect();
-            let mut dec = None;
-            if i + 1 < chars.len() && chars[i] == '.' && chars[i + 1].is_ascii_digit() {
-                dec = chars[i + 1].to_digit(10).map(|d| d as u8);
-                i += 1;
-                while i < chars.len() && chars[i].is_ascii_digit() {
-                    i += 1;
-                }
-            }
-            let v = int.parse::<u64>().map_or(MAX_INT, |n| n.min(u64::from(MAX_INT)) as u32);
-            out.push(Tok::Slot(Some(Value::Number(v, dec))));
-        } else if c.is_ascii_uppercase() {
-            let start = i;
-            while i < chars.len() && chars[i].is_ascii_uppercase() {
-                i += 1;
-                if i + 1 < chars.len() && chars[i] == '-' && chars[i + 1].is_ascii_uppercase() {
-                    i += 1;
-                }
-            }
-            let w: String = chars[start..i].iter().collect();
-            out.push(match severity(&w) {
-                Some(sev) => Tok::Slot(Some(Value::Severity(sev))),
-                None => Tok::Word(w),
-            });
-        } else if c == '<' && chars.get(i + 1) == Some(&'#') && chars.get(i + 2) == Some(&'>') {
-            out.push(Tok::Slot(None));
-            i += 3;
-        } else {
-            out.push(Tok::Word(c.to_string()));
-            i += 1;
-        }
-    }
-    join_ranges(out)
-}
-
-/// `MILD TO MODERATE`, `MILD - MODERATE` (and the MODERATE/SEVERE pair) → one compound slot.
-fn join_ranges(toks: Vec<Tok>) -> Vec<Tok> {
-    let mut out: Vec<Tok> = Vec::with_capacity(toks.len());
-    let mut i = 0;
-    while i < toks.len() {
-        if i + 2 < toks.len() {
-            if let (Tok::Slot(Some(Value::Severity(a))), Tok::Word(w), Tok::Slot(Some(Value::Severity(b)))) =
-                (&toks[i], &toks[i + 1], &toks[i + 2])
-            {
-                if (w == "TO" || w == "-") && matches!((a, b), (1, 3) | (3, 5)) {
-                    out.push(Tok::Slot(Some(Value::Severity(a + 1))));
-                    i += 3;
-                    continue;
-                }
-            }
-        }
-        out.push(toks[i].clone());
-        i += 1;
-    }
-    out
+    lines
 }
 
 /// A loaded template vocabulary.
 #[derive(Debug, Clone)]
 pub struct TemplateTokenizer {
     path: PathBuf,
-    /// Phrases as slot patterns, by id − 5; `None` for duplicates of an earlier line.
-    phrases: Vec<Option<Vec<Tok>>>,
+    phrases: Tokenizer,
+    values: Tokenizer,
+    /// `<#>` slots per phrase-tokenizer id (0 for the specials).
+    slots: Vec<usize>,
+    /// T: size of the phrase vocabulary, specials included.
+    phrase_vocab: i64,
     context_length: usize,
 }
 
 impl TemplateTokenizer {
-    /// Reads a vocabulary file (one phrase per line; empty lines are ignored).
+    /// Reads a vocabulary file.
     pub fn load(path: &Path, context_length: usize) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Tokenizer { path: path.to_owned(), reason: format!("cannot read template vocabulary: {e}") })?;
-        let mut phrases: Vec<Option<Vec<Tok>>> = Vec::new();
-        for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            // In a phrase every slot is a wildcard, whether written `<#>` or as a literal value.
-            let toks: Vec<Tok> = split(&clean(line)).into_iter().map(|t| if let Tok::Slot(_) = t { Tok::Slot(None) } else { t }).collect();
-            let dup = toks.is_empty() || phrases.iter().flatten().any(|p| *p == toks);
-            phrases.push(if dup { None } else { Some(toks) });
-        }
-        if phrases.iter().all(Option::is_none) {
-            return Err(Error::Tokenizer { path: path.to_owned(), reason: "template vocabulary has no phrases".into() });
-        }
-        Ok(TemplateTokenizer { path: path.to_owned(), phrases, context_length })
+        let err = |reason: String| Error::Tokenizer { path: path.to_owned(), reason };
+        let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read template vocabulary: {e}")))?;
+        let text = String::from_utf8(bytes).map_err(|e| err(format!("template vocabulary is not UTF-8 text: {e}")))?;
+        Self::from_lines(path, &vocab_lines(&text), context_length)
     }
 
-    /// Number of phrase lines (ids 5..5+n).
-    pub fn phrase_count(&self) -> i64 {
-        self.phrases.len() as i64
+    /// A tokenizer over these vocabulary lines (`path` names them in errors).
+    pub fn from_lines(path: &Path, lines: &[String], context_length: usize) -> Result<Self, Error> {
+        let err = |reason: String| Error::Tokenizer { path: path.to_owned(), reason };
+        let phrases = blank_with(lines).map_err(err)?;
+        let mut value_list = vec![SPECIALS[0].to_owned()];
+        value_list.extend(value_strings());
+        let values = blank_with(&value_list).map_err(err)?;
+        let phrase_vocab = phrases.get_vocab(true).len();
+        if phrase_vocab <= SPECIALS.len() {
+            return Err(err("template vocabulary has no phrases".into()));
+        }
+        if values.get_vocab(true).len() as i64 != VALUE_VOCAB {
+            return Err(err(format!("value vocabulary has {} ids, not {VALUE_VOCAB}", values.get_vocab(true).len())));
+        }
+        let mut slots = vec![0; phrase_vocab];
+        for (token, id) in phrases.get_vocab(true) {
+            let Some(s) = slots.get_mut(id as usize) else {
+                return Err(err(format!("phrase id {id} outside the vocabulary of {phrase_vocab}")));
+            };
+            *s = token.matches(PLACEHOLDER).count();
+        }
+        Ok(TemplateTokenizer { path: path.to_owned(), phrases, values, slots, phrase_vocab: phrase_vocab as i64, context_length })
     }
 
-    /// The start id.
+    /// T: phrase ids end here; value ids start here.
+    pub fn phrase_vocab(&self) -> i64 {
+        self.phrase_vocab
+    }
+
+    /// The start id (T + 132).
     pub fn start_id(&self) -> i64 {
-        FIRST_PHRASE_ID + self.phrase_count() + NUMBER_VOCAB
+        self.phrase_vocab + VALUE_VOCAB
     }
 
-    /// The end id (the largest id).
+    /// The end id (T + 133), the largest id.
     pub fn end_id(&self) -> i64 {
         self.start_id() + 1
     }
@@ -205,62 +173,59 @@ impl TemplateTokenizer {
         &self.path
     }
 
-    fn value_ids(&self, v: &Value, out: &mut Vec<i64>) {
-        let base = FIRST_PHRASE_ID + self.phrase_count();
-        match v {
-            Value::Severity(s) => out.push(base + *s as i64),
-            Value::Number(n, dec) => {
-                out.push(base + SEVERITIES.len() as i64 + i64::from(*n));
-                if let Some(d) = dec {
-                    out.push(base + SEVERITIES.len() as i64 + i64::from(MAX_INT) + 1 + i64::from(*d));
-                }
-            }
-        }
+    fn encode_with(&self, tok: &Tokenizer, text: &str) -> Result<tokenizers::Encoding, Error> {
+        tok.encode(text, false).map_err(|e| Error::Tokenizer { path: self.path.clone(), reason: e.to_string() })
     }
 
-    /// Phrase and value ids of `text`, without start/end framing.
-    pub fn encode_raw(&self, text: &str) -> Vec<i64> {
-        // A literal `<#>` in a text carries no value: ignore it.
-        let toks: Vec<Tok> = split(&clean(text)).into_iter().filter(|t| *t != Tok::Slot(None)).collect();
+    /// Phrase and value ids of `text` (steps 1–5), without start/end framing.
+    pub fn encode_raw(&self, text: &str) -> Result<Vec<i64>, Error> {
+        self.encode_explained(text).map(|(ids, _)| ids)
+    }
+
+    /// [`Self::encode_raw`], and the stretches of the cleaned text no phrase covered (what the
+    /// text tower never sees; `<#>` marks the variables they swallowed).
+    pub fn encode_explained(&self, text: &str) -> Result<(Vec<i64>, Vec<String>), Error> {
+        let (vars, templated) = extract_variables(&clean_report(text));
+        let templated = fixed_rewrites(&templated);
+        let placeholders = templated.matches(PLACEHOLDER).count();
+        if placeholders > vars.len() {
+            return Err(Error::Tokenizer {
+                path: self.path.clone(),
+                reason: format!(
+                    "the text holds {placeholders} `<#>` placeholders for {} values (a literal `<#>` in a report cannot be tokenised)",
+                    vars.len()
+                ),
+            });
+        }
+        let enc = self.encode_with(&self.phrases, &templated)?;
+        let mut vars = vars.into_iter();
         let mut out = Vec::new();
-        let mut i = 0;
-        while i < toks.len() {
-            let mut best: Option<(usize, usize)> = None; // (phrase index, length)
-            for (pi, p) in self.phrases.iter().enumerate() {
-                let Some(p) = p else { continue };
-                if p.len() > toks.len() - i || best.is_some_and(|(_, l)| p.len() <= l) {
-                    continue;
-                }
-                let hit = p.iter().zip(&toks[i..]).all(|(a, b)| match (a, b) {
-                    (Tok::Slot(None), Tok::Slot(Some(_))) => true,
-                    (Tok::Word(x), Tok::Word(y)) => x == y,
-                    _ => false,
-                });
-                if hit {
-                    best = Some((pi, p.len()));
-                }
+        let mut unknown = Vec::new();
+        for (&id, &(start, end)) in enc.get_ids().iter().zip(enc.get_offsets()) {
+            if i64::from(id) == UNK_ID {
+                // An unknown stretch swallows the variables it held.
+                let stretch = templated.get(start..end).unwrap_or_default();
+                vars.by_ref().take(stretch.matches(PLACEHOLDER).count()).for_each(drop);
+                unknown.push(stretch.to_owned());
+                continue;
             }
-            match best {
-                Some((pi, len)) => {
-                    out.push(FIRST_PHRASE_ID + pi as i64);
-                    for t in &toks[i..i + len] {
-                        if let Tok::Slot(Some(v)) = t {
-                            self.value_ids(v, &mut out);
-                        }
-                    }
-                    i += len;
-                }
-                None => i += 1,
+            out.push(i64::from(id));
+            let k = self.slots.get(id as usize).copied().unwrap_or(0);
+            let claimed: Vec<String> = vars.by_ref().take(k).collect();
+            if claimed.is_empty() {
+                continue;
             }
+            let value = self.encode_with(&self.values, &claimed.join(SEPARATOR))?;
+            out.extend(value.get_ids().iter().map(|&v| i64::from(v) + self.phrase_vocab));
         }
-        out
+        Ok((out, unknown))
     }
 
-    /// The `context_length` ids the text tower sees.
-    pub fn encode(&self, text: &str) -> Vec<i64> {
+    /// The `context_length` ids the text tower sees (step 6).
+    pub fn encode(&self, text: &str) -> Result<Vec<i64>, Error> {
         let mut ids = Vec::with_capacity(self.context_length);
         ids.push(self.start_id());
-        ids.extend(self.encode_raw(text));
+        ids.extend(self.encode_raw(text)?);
         ids.push(self.end_id());
         if ids.len() > self.context_length {
             ids.truncate(self.context_length);
@@ -269,49 +234,29 @@ impl TemplateTokenizer {
             }
         }
         ids.resize(self.context_length, 0);
-        ids
+        Ok(ids)
+    }
+
+    /// The token strings behind `ids` (`[START]`, `[END]`, phrases, values as `<VALUE>`), for
+    /// `tokenize --json`: a way to see what the text tower is told.
+    pub fn describe(&self, ids: &[i64]) -> Vec<String> {
+        ids.iter()
+            .map(|&id| {
+                if id == self.start_id() {
+                    "[START]".to_owned()
+                } else if id == self.end_id() {
+                    "[END]".to_owned()
+                } else if id >= self.phrase_vocab {
+                    let v = self.values.id_to_token((id - self.phrase_vocab) as u32).unwrap_or_default();
+                    format!("<{v}>")
+                } else {
+                    self.phrases.id_to_token(id as u32).unwrap_or_default()
+                }
+            })
+            .collect()
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn vocab(lines: &str) -> TemplateTokenizer {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("v.txt");
-        std::fs::write(&p, lines).unwrap();
-        TemplateTokenizer::load(&p, 77).unwrap()
-    }
-
-    #[test]
-    fn phrases_slots_and_framing() {
-        let t = vocab("NORMAL LEFT VENTRICULAR SIZE.\nLEFT VENTRICULAR EJECTION FRACTION IS <#> %.\n<#> MITRAL REGURGITATION.\nLEFT VENTRICULAR SIZE.\n");
-        let base = 5 + 4;
-        let ids = t.encode_raw("Normal left ventricular size. LV is big. Left ventricular ejection fraction is 55 percent. Moderate to severe mitral regurgitation.");
-        assert_eq!(ids, vec![5, 6, base + 6 + 55, 7, base + 4]);
-        assert_eq!(t.encode_raw("left ventricular ejection fraction is 37.5 %."), vec![6, base + 6 + 37, base + 6 + 1000 + 5]);
-        assert_eq!(t.encode_raw("nothing matches here"), Vec::<i64>::new());
-        let full = t.encode("mild mitral regurgitation.");
-        assert_eq!(&full[..4], &[t.start_id(), 7, base + 1, t.end_id()]);
-        assert_eq!(t.end_id(), 5 + 4 + NUMBER_VOCAB + 1);
-        assert!(full[4..].iter().all(|&x| x == 0));
-        let long = "mild mitral regurgitation. ".repeat(40);
-        let ids = t.encode(&long);
-        assert_eq!(ids.len(), 77);
-        assert_eq!(ids[76], t.end_id());
-    }
-
-    #[test]
-    fn cleaning_normalises_units_and_ranges() {
-        assert_eq!(clean("PA pressure 35 mm  Hg, mildly reduced"), "PA PRESSURE 35 MMHG, MILDLY REDUCED");
-        assert_eq!(clean("ef 40 percent"), "EF 40 %");
-        let sev = |s: &str| split(&clean(s));
-        let one = |v| vec![Tok::Slot(Some(Value::Severity(v)))];
-        assert_eq!(sev("mildly-moderately"), one(2));
-        assert_eq!(sev("moderate to severe"), one(4));
-        assert_eq!(sev("Moderate - Severely"), one(4));
-        assert_eq!(sev("trivial"), one(0));
-        assert_eq!(sev("mild to severe").len(), 3, "not a recognised range");
-    }
-}
+#[path = "template_tests.rs"]
+mod tests;

@@ -1,114 +1,152 @@
 #!/usr/bin/env python3
-"""Independent implementation of echovault's template tokenizer (EchoCLIP-R style), written
-from the algorithm's description (src/tokenize/template.rs header), not from the Rust code:
-regular expressions and a dictionary-of-lengths search instead of a hand-written scanner.
-Usage: template_ref.py VOCAB_FILE < texts.json > ids.json   (77 ids per text)"""
+"""A second, independent implementation of EchoCLIP-R's template tokenizer, written from the
+specification (issue "EchoCLIP-R as published"; the same text heads src/tokenize/template.rs) and
+not from echovault's code: the cleaning rules run on Python's own `re` (the engine the published
+tokenizer was written for) and the phrase matching on the `tokenizers` Python package. It never
+calls echovault.
+
+Usage: template_ref.py VOCAB_FILE < texts.json > ids.json
+Each text gives 77 ids, or null when the text is refused (placeholders outnumber values)."""
 import json
 import re
 import sys
 
-SEVERITIES = ["TRACE", "MILD", "MILD-MODERATE", "MODERATE", "MODERATE-SEVERE", "SEVERE"]
-SINGLE = {"TRACE": 0, "TRIVIAL": 0, "MILD": 1, "MILDLY": 1, "MODERATE": 3, "MODERATELY": 3, "SEVERE": 5, "SEVERELY": 5}
-MAX_INT = 999
-NUMBER_VOCAB = len(SEVERITIES) + MAX_INT + 1 + 10
-TOKEN = re.compile(r"(\d+)(?:\.(\d)\d*)?|([A-Z]+(?:-[A-Z]+)*)|(<#>)|(\S)")
+from tokenizers import AddedToken, Tokenizer
+from tokenizers.models import WordPiece
+
+SPECIALS = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
+CONTEXT = 77
+SLOT = "<#>"
+NUMBER = r"\d+\.?\d*"
+
+# Phrases that get a period when none follows them (spec, step 1).
+NEEDS_PERIOD = [
+    "THE PEAK TRANSAORTIC GRADIENT IS <#>MMHG",
+    "THE MEAN TRANSAORTIC GRADIENT IS <#>MMHG",
+    "LV EJECTION FRACTION IS <#>%",
+    "ESTIMATED PA PRESSURE IS <#>MMHG",
+    "RESTING SEGMENTAL WALL MOTION ANALYSIS",
+    "THE IVC DIAMETER IS <#>MM",
+    "EST RV/RA PRESSURE GRADIENT IS <#>MMHG",
+    "ESTIMATED PEAK RVSP IS <#>MMHG",
+    "HEART FAILURE, UNSPECIFIED",
+    "CHEST PAIN, UNSPECIFIED",
+    "SINUS OF VALSALVA: <#>CM",
+    "THE PEAK TRANSMITRAL GRADIENT IS <#>MMHG",
+    "THE MEAN TRANSMITRAL GRADIENT IS <#>MMHG",
+    "ASCENDING AORTA <#>CM",
+    "ESTIMATED PA SYSTOLIC PRESSURE IS <#>MMHG",
+    "ICD_CODE SHORTNESS BREATH",
+    "ICD_CODE ABNORMAL ELECTROCARDIOGRAM ECG EKG",
+    "SHORTNESS BREATH",
+    "ABNORMAL ELECTROCARDIOGRAM ECG EKG",
+    "THE LEFT ATRIAL APPENDAGE IS NORMAL IN APPEARANCE WITH NO EVIDENCE OF THROMBUS",
+]
 
 
-def severity(word):
-    if "-" not in word:
-        return SINGLE.get(word)
-    a, b = word.split("-", 1)
-    pair = (SINGLE.get(a), SINGLE.get(b))
-    return {(1, 3): 2, (3, 5): 4}.get(pair)
+def _phrase_pattern(phrase):
+    return f"(?:{NUMBER})".join(re.escape(p) for p in phrase.split(SLOT))
 
 
-def tokens(text):
-    s = " ".join(text.upper().split()).replace("MM HG", "MMHG").replace("PERCENT", "%")
-    out = []
-    for m in TOKEN.finditer(s):
-        num, dec, word, slot, other = m.groups()
-        if num is not None:
-            out.append(("slot", ("num", min(int(num), MAX_INT), None if dec is None else int(dec))))
-        elif word is not None:
-            sev = severity(word)
-            out.append(("slot", ("sev", sev)) if sev is not None else ("word", word))
-        elif slot is not None:
-            out.append(("slot", None))
-        else:
-            out.append(("word", other))
-    joined = []
-    i = 0
-    while i < len(out):
-        if i + 2 < len(out):
-            a, mid, b = out[i], out[i + 1], out[i + 2]
-            if (a[0] == "slot" and a[1] and a[1][0] == "sev" and b[0] == "slot" and b[1] and b[1][0] == "sev"
-                    and mid in (("word", "TO"), ("word", "-")) and (a[1][1], b[1][1]) in ((1, 3), (3, 5))):
-                joined.append(("slot", ("sev", a[1][1] + 1)))
-                i += 3
-                continue
-        joined.append(out[i])
-        i += 1
-    return joined
+# Step 1 as an ordered table of (pattern, replacement); upper-casing, trimming and the backtick
+# come before it, the trailing space, added periods and period runs after it.
+CLEANING = [
+    (r"\^|CRLF|‡", ""),
+    (r"(?<=\D)\.|\.(?=\D)", ". "),
+    (r"[\[\]]", ""),
+    (r"\bWAS\b", "IS"),
+    (r"\bWERE\b", "ARE"),
+    (r"\bAND/OR\b", "AND"),
+    (r"NORMALLY", "NORMAL"),
+    (r"MILDLY", "MILD"),
+    (r"MODERATELY", "MODERATE"),
+    (r"SEVERELY", "SEVERE"),
+    (r"PULMONARY ARTERY", "PA"),
+    (r"\d{2}/\d{2}/\d{4}", ""),
+    (r"\d{2}\.\d{2}\.\d{4}", ""),
+    (r"[A-Z]\d+\.\d*\b", ""),
+    (r"\s+(MMHG|MM|CM|%)", r"\1"),
+    (r"\s\.", "."),
+    (r"\s+", " "),
+    (r"\s\+\s", "+"),
+    (r"\+CVPMMHG", "MMHG"),
+]
+PERIOD_AFTER = re.compile("(" + "|".join(f"(?:{_phrase_pattern(p)})(?!\\.)" for p in NEEDS_PERIOD) + ")")
+VARIABLE = re.compile(f"{NUMBER}|(?<![A-Za-z])(?:MODERATE/SEVERE|MILD/MODERATE|MILD|MODERATE|SEVERE|VERY SEVERE)")
+REWRITES = [
+    (
+        "THE INFERIOR VENA CAVA IS NORMAL IN SIZE AND SHOWS A NORMAL RESPIRATORY COLLAPSE, CONSISTENT WITH NORMAL RIGHT ATRIAL PRESSURE (<#>MMHG).",
+        "THE INFERIOR VENA CAVA SHOWS A NORMAL RESPIRATORY COLLAPSE CONSISTENT WITH NORMAL RIGHT ATRIAL PRESSURE (<#>MMHG).",
+    ),
+    ("RESTING SEGMENTAL WALL MOTION ANALYSIS.:", "RESTING SEGMENTAL WALL MOTION ANALYSIS."),
+]
+VALUES = [str(i) for i in range(101)] + ["‡", "MILD", "MODERATE", "SEVERE", "MILD/MODERATE", "MODERATE/SEVERE"]
+VALUES += [f".{i}" for i in range(10)] + [f"0{i}" for i in range(10)]
 
 
-def pattern(toks):
-    """A phrase's matching key: words as themselves, every slot as one wildcard."""
-    return tuple("<#>" if kind == "slot" else value for kind, value in toks)
+def clean(text):
+    if len(text) <= 1:
+        return text
+    text = text.upper().strip().replace("`", "'")
+    for pattern, replacement in CLEANING:
+        text = re.sub(pattern, replacement, text)
+    text = text.strip() + " "
+    text = PERIOD_AFTER.sub(lambda m: m.group(1) + ".", text)
+    return re.sub(r"\.+", ".", text)
 
 
-class Template:
-    def __init__(self, path, context_length=77):
-        lines = [l.strip() for l in open(path, encoding="utf-8").read().splitlines()]
-        lines = [l for l in lines if l]
-        self.n = len(lines)
-        self.by_key = {}
-        for i, line in enumerate(lines):
-            key = pattern(tokens(line))
-            if key and key not in self.by_key:
-                self.by_key[key] = 5 + i
-        self.lengths = sorted({len(k) for k in self.by_key}, reverse=True)
-        self.start = 5 + self.n + NUMBER_VOCAB
-        self.end = self.start + 1
-        self.context_length = context_length
+def blank_wordpiece(added):
+    tok = Tokenizer(WordPiece({s: i for i, s in enumerate(SPECIALS)}, unk_token="[UNK]", max_input_chars_per_word=500))
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIALS])
+    tok.add_tokens(added)
+    return tok
 
-    def values(self, v):
-        base = 5 + self.n
-        if v[0] == "sev":
-            return [base + v[1]]
-        ids = [base + len(SEVERITIES) + v[1]]
-        if v[2] is not None:
-            ids.append(base + len(SEVERITIES) + MAX_INT + 1 + v[2])
-        return ids
+
+class TemplateTokenizer:
+    def __init__(self, vocab_path):
+        # Lines end at \n, \r\n or \r (str.splitlines would also break at \v, \f, \x85…).
+        with open(vocab_path, encoding="utf-8", newline="") as f:
+            raw = f.read()
+        lines = re.split(r"\r\n|\r|\n", raw)
+        if raw.endswith(("\n", "\r")) or raw == "":
+            lines.pop()
+        self.phrases = blank_wordpiece(lines)
+        self.values = blank_wordpiece(["[UNK]"] + VALUES)
+        vocab = self.phrases.get_vocab()
+        self.T = len(vocab)
+        self.slots = {i: tok.count(SLOT) for tok, i in vocab.items()}
+        assert len(self.values.get_vocab()) == 132
+        self.start, self.end = self.T + 132, self.T + 133
 
     def encode(self, text):
-        toks = [t for t in tokens(text) if t != ("slot", None)]
-        key = pattern(toks)
-        ids, i = [], 0
-        while i < len(toks):
-            for length in self.lengths:
-                if i + length <= len(toks):
-                    # A text token that is a slot always has a value, so "<#>" in the key only
-                    # ever comes from a slot of the text.
-                    pid = self.by_key.get(key[i:i + length])
-                    if pid is not None:
-                        ids.append(pid)
-                        for kind, v in toks[i:i + length]:
-                            if kind == "slot":
-                                ids.extend(self.values(v))
-                        i += length
-                        break
-            else:
-                i += 1
-        ids = [self.start] + ids + [self.end]
-        if len(ids) > self.context_length:
-            ids = ids[: self.context_length]
-            ids[-1] = self.end
-        return ids + [0] * (self.context_length - len(ids))
+        found = []
+        templated = VARIABLE.sub(lambda m: found.append(m.group(0)) or SLOT, clean(text))
+        for old, new in REWRITES:
+            templated = templated.replace(old, new)
+        if templated.count(SLOT) > len(found):
+            return None
+        pending = iter(found)
+        enc = self.phrases.encode(templated)
+        out = []
+        for tid, (a, b) in zip(enc.ids, enc.offsets):
+            if tid == 0:
+                for _ in range(templated[a:b].count(SLOT)):
+                    next(pending)
+                continue
+            out.append(tid)
+            mine = [next(pending) for _ in range(self.slots[tid])]
+            if mine:
+                out += [v + self.T for v in self.values.encode("‡".join(mine)).ids]
+        ids = [self.start] + out + [self.end]
+        if len(ids) > CONTEXT:
+            ids = ids[:CONTEXT - 1] + [self.end]
+        return ids + [0] * (CONTEXT - len(ids))
 
 
 def main():
-    t = Template(sys.argv[1])
-    json.dump([t.encode(x) for x in json.load(sys.stdin)], sys.stdout)
+    tok = TemplateTokenizer(sys.argv[1])
+    texts = json.load(sys.stdin)
+    json.dump([tok.encode(t) for t in texts], sys.stdout)
 
 
 if __name__ == "__main__":
