@@ -3,15 +3,17 @@
 //! scaled by the learned temperature (`logit_scale`, clamped to ln 100 as open_clip does);
 //! AdamW (decoupled weight decay, none on gains, biases, embeddings' 1-D parameters and the
 //! temperature), linear warm-up then cosine decay. Writes an HF-style snapshot directory
-//! (`open_clip_config.json`, `open_clip_model.safetensors`, `tokenizer.json`) that every other
-//! command loads.
+//! (`open_clip_config.json`, `open_clip_model.safetensors`, and the source's `tokenizer.json` or
+//! `template_vocab.txt`) that every other command loads. A source directory holding a
+//! `template_vocab.txt` trains an EchoCLIP-R-style model: reports tokenised with the template
+//! tokenizer.
 
 use crate::error::Error;
 use crate::media::{read_frames, Frame, Preprocess};
 use crate::model::clip::normalise;
 use crate::model::weights::{checkpoint_file, Weights};
 use crate::model::{Clip, ClipConfig};
-use crate::tokenize::ClipBpe;
+use crate::tokenize::{TextTokenizer, TEMPLATE_VOCAB_FILE};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -25,7 +27,7 @@ pub enum Init {
     /// A snapshot directory (fine-tuning).
     Snapshot(PathBuf),
     /// Random initialisation of the model described by this directory's
-    /// `open_clip_config.json` (its `tokenizer.json` is used too).
+    /// `open_clip_config.json` (its `tokenizer.json` or `template_vocab.txt` is used too).
     Random(PathBuf),
 }
 
@@ -128,7 +130,8 @@ pub fn train(opts: &TrainOptions, mut log: impl FnMut(&str)) -> Result<TrainSumm
         w.finish()?;
     }
     let parameters: i64 = params.iter().map(|(_, t)| t.numel() as i64).sum();
-    let tokenizer = ClipBpe::load(&src, config.text.context_length as usize)?;
+    let tokenizer = TextTokenizer::for_model(&src, None, config.text.context_length as usize, Some(config.text.vocab_size))?;
+    log(&format!("train: {} tokenizer", tokenizer.kind()));
     let pre = Preprocess { size: config.vision.image_size, mean: config.mean, std: config.std, order: Default::default() };
 
     let pairs = read_pairs(&opts.pairs)?;
@@ -263,10 +266,11 @@ fn spaced(frames: &[Frame], n: usize) -> Vec<Frame> {
 /// Writes the snapshot atomically enough: weights to a temporary name, then renamed.
 fn save(params: &[(String, Tensor)], src: &Path, out: &Path, f16: bool) -> Result<(), Error> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    for name in ["open_clip_config.json", "tokenizer.json"] {
+    for name in ["open_clip_config.json", "tokenizer.json", TEMPLATE_VOCAB_FILE] {
         let from = src.join(name);
         let to = out.join(name);
-        if from != to {
+        // The config is required; a tokenizer file is copied when the source has one.
+        if from != to && (name == "open_clip_config.json" || from.is_file()) {
             std::fs::copy(&from, &to).map_err(|e| Error::io(&from, e))?;
         }
     }
