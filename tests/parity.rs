@@ -42,14 +42,22 @@ fn run_py(script: &str, args: &[&str], stdin: Option<&str>) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// A cached random-init open_clip checkpoint (regenerated when absent).
-fn checkpoint(which: &str, seed: u64) -> PathBuf {
-    let dir = root().join("target/parity-cache").join(format!("{which}-{seed}"));
+/// A cached random-init open_clip checkpoint (regenerated when absent): `torch.save` of the
+/// model's own `state_dict()` by the pinned torch; `flags` go to make_checkpoint.py.
+fn checkpoint(which: &str, seed: u64, flags: &[&str]) -> PathBuf {
+    let name = [format!("{which}-{seed}-state-dict")].into_iter().chain(flags.iter().map(|f| f.trim_start_matches('-').to_owned()));
+    let dir = root().join("target/parity-cache").join(name.collect::<Vec<_>>().join("-"));
     if !dir.join("open_clip_pytorch_model.bin").exists() {
-        run_py("make_checkpoint.py", &[which, &seed.to_string(), dir.to_str().unwrap()], None);
+        let mut args = vec![which.to_owned(), seed.to_string(), dir.to_str().unwrap().to_owned()];
+        args.extend(flags.iter().map(|f| f.to_string()));
+        run_py("make_checkpoint.py", &args.iter().map(String::as_str).collect::<Vec<_>>(), None);
     }
     dir
 }
+
+/// The tiny checkpoint with bf16/f16 parameters, transposed and shared-storage views at offsets,
+/// a stride-0 parameter, `module.` keys (DataParallel's state dict).
+const TINY_LAYOUTS: [&str; 2] = ["--layouts", "--module-prefix"];
 
 fn report_sentences(n: usize, seed: u64) -> Vec<String> {
     let mut rng = StdRng::seed_from_u64(seed);
@@ -250,12 +258,89 @@ fn model_parity(dir: &Path, n_images: i64, n_texts: usize) {
 
 #[test]
 fn tiny_config_embeddings_equal_open_clip() {
-    model_parity(&checkpoint("tiny", 1), 8, 24);
+    model_parity(&checkpoint("tiny", 1, &TINY_LAYOUTS), 8, 24);
 }
 
 #[test]
 fn convnext_base_embeddings_equal_open_clip() {
-    model_parity(&checkpoint("convnext_base", 2), 8, 20);
+    model_parity(&checkpoint("convnext_base", 2, &[]), 8, 20);
+}
+
+fn kind_of(torch_dtype: &str) -> Kind {
+    match torch_dtype {
+        "float32" => Kind::Float,
+        "float64" => Kind::Double,
+        "float16" => Kind::Half,
+        "bfloat16" => Kind::BFloat16,
+        "int64" => Kind::Int64,
+        "int32" => Kind::Int,
+        "int16" => Kind::Int16,
+        "int8" => Kind::Int8,
+        "uint8" => Kind::Uint8,
+        "bool" => Kind::Bool,
+        "float8_e4m3fn" => Kind::Float8e4m3fn,
+        "float8_e5m2" => Kind::Float8e5m2,
+        other => panic!("dtype {other} not covered by this test"),
+    }
+}
+
+/// Every tensor of torch.save files written by the pinned torch, read by `torch_zip`, equals
+/// (bit for bit, dtype and shape) what `torch.load` gives for the same file, written back by
+/// Python as safetensors. The files cover: an OrderedDict with `_metadata` (a model's
+/// `state_dict()`), `module.` keys, a zip prefix other than `archive`, pickle protocols 2 and 5,
+/// a training wrapper, every typed-storage dtype, float8 (`_rebuild_tensor_v3`), a Parameter, 0-d
+/// and empty tensors, views sharing a storage at offsets, transposed, strided and stride-0.
+#[test]
+fn torch_save_layouts_equal_torch_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut files = vec![checkpoint("tiny", 1, &TINY_LAYOUTS).join("open_clip_pytorch_model.bin")];
+    for protocol in ["2", "5"] {
+        let f = tmp.path().join(format!("cases-p{protocol}.pt"));
+        run_py("torch_save_cases.py", &[f.to_str().unwrap(), protocol], None);
+        files.push(f);
+    }
+    let mut seen: Vec<serde_json::Value> = Vec::new();
+    for file in &files {
+        let st = tmp.path().join("reference.safetensors");
+        let desc: serde_json::Value =
+            serde_json::from_str(&run_py("checkpoint_tensors.py", &[file.to_str().unwrap(), st.to_str().unwrap()], None)).unwrap();
+        let theirs: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&st).unwrap().into_iter().collect();
+        let ours = echovault::model::torch_zip::read_state_dict(file).unwrap();
+        let want = desc["tensors"].as_object().unwrap();
+        let order: Vec<String> = serde_json::from_value(desc["keys"].clone()).unwrap();
+        assert_eq!(ours.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), order, "{}: keys in the file's order", file.display());
+        for (k, t) in &ours {
+            let kind = kind_of(want[k]["dtype"].as_str().unwrap());
+            let shape: Vec<i64> = serde_json::from_value(want[k]["shape"].clone()).unwrap();
+            assert_eq!((t.kind(), t.size()), (kind, shape), "{}: {k}", file.display());
+            assert!(t.is_contiguous(), "{k}");
+            let t = if matches!(kind, Kind::Float8e4m3fn | Kind::Float8e5m2) { t.view_dtype(Kind::Uint8) } else { t.shallow_clone() };
+            assert!(t.equal(&theirs[k]), "{}: {k} differs from torch.load", file.display());
+        }
+        seen.push(desc);
+    }
+    // The layouts this test means to cover are really in the files.
+    let all = || seen.iter().flat_map(|d| d["tensors"].as_object().unwrap().iter());
+    let has = |what: &str, f: &dyn Fn(&serde_json::Value) -> bool| assert!(all().any(|(_, v)| f(v)), "no {what} in the files");
+    for dtype in ["float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool", "float8_e4m3fn"] {
+        has(dtype, &|v| v["dtype"] == dtype);
+    }
+    has("non-contiguous tensor", &|v| v["contiguous"] == false);
+    has("storage offset", &|v| v["offset"].as_i64().unwrap() > 0);
+    has("stride 0", &|v| v["stride"].as_array().unwrap().iter().any(|s| s == 0));
+    has("parameter", &|v| v["parameter"] == true);
+    has("0-d tensor", &|v| v["shape"].as_array().unwrap().is_empty());
+    has("empty tensor", &|v| v["shape"].as_array().unwrap().iter().any(|s| s == 0));
+    let model = &seen[0];
+    assert_eq!((model["type"].as_str(), model["metadata"].as_bool()), (Some("OrderedDict"), Some(true)));
+    assert_ne!(model["prefix"], "archive");
+    let keys = model["tensors"].as_object().unwrap();
+    assert!(keys.keys().all(|k| k.starts_with("module.")));
+    let mut storages: Vec<i64> = keys.values().map(|v| v["storage"].as_i64().unwrap()).collect();
+    let n = storages.len();
+    storages.sort();
+    storages.dedup();
+    assert!(storages.len() < n, "some tensors of the model checkpoint share a storage");
 }
 
 #[test]

@@ -3,13 +3,16 @@
 //! `CLIP` with a timm `convnext_base` trunk). Inference only.
 //!
 //! - [`config`]: `open_clip_config.json`, with the timm ConvNeXt variants.
-//! - [`weights`]: state-dict loading (`.bin` torch zip or `.safetensors`) with shape checks.
+//! - [`weights`]: state-dict loading (`.bin` torch zip or `.safetensors`) with shape checks;
+//!   [`torch_zip`] reads `torch.save` files, with the strict unpickler [`torch_pickle`].
 //! - [`convnext`]: the image tower; [`text`]: the text tower; [`clip`]: both, and the snapshot loader.
 
 pub mod clip;
 pub mod config;
 pub mod convnext;
 pub mod text;
+pub mod torch_pickle;
+pub mod torch_zip;
 pub mod train;
 pub mod weights;
 

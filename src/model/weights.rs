@@ -1,8 +1,10 @@
 //! Checkpoint loading: a snapshot's `open_clip_pytorch_model.bin` (a `torch.save` zip of a state
-//! dict) or `*.safetensors`, with every weight checked against the shape the config implies and
+//! dict, read by [`super::torch_zip`]; `module.` prefixes of DataParallel/DDP saves dropped) or
+//! `*.safetensors`, with every weight checked against the shape the config implies and
 //! leftovers reported, so a wrong checkpoint fails by name instead of computing nonsense.
 
 use crate::error::Error;
+use crate::model::torch_zip;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -50,12 +52,14 @@ impl Weights {
     /// Reads every tensor of the snapshot's checkpoint, to be moved to `device` as `kind`.
     pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self, Error> {
         let file = checkpoint_file(dir)?;
-        let read =
-            if file.extension().is_some_and(|e| e == "safetensors") { Tensor::read_safetensors(&file) } else { Tensor::loadz_multi(&file) };
-        let list = read.map_err(|e| Error::Model {
-            dir: dir.to_owned(),
-            reason: format!("cannot read {}: {e} (expected a flat state dict saved with torch.save, or safetensors)", file.display()),
-        })?;
+        let list = if file.extension().is_some_and(|e| e == "safetensors") {
+            Tensor::read_safetensors(&file).map_err(|e| Error::Model {
+                dir: dir.to_owned(),
+                reason: format!("cannot read {}: {e} (expected safetensors, or a state dict saved with torch.save)", file.display()),
+            })?
+        } else {
+            torch_zip::read_state_dict(&file)?
+        };
         let tensors = list.into_iter().map(|(k, t)| (k.strip_prefix("module.").map(str::to_owned).unwrap_or(k), t)).collect();
         Ok(Weights {
             dir: dir.to_owned(),
