@@ -294,12 +294,16 @@ mod tests {
 
     /// A torch.save-shaped zip with `pickle` and the given storage records.
     fn write_zip(path: &Path, prefix: &str, pickle: &[u8], records: &[(&str, Vec<u8>)]) {
+        write_zip_as(path, prefix, pickle, records, "little", zip::CompressionMethod::Stored);
+    }
+
+    fn write_zip_as(path: &Path, prefix: &str, pickle: &[u8], records: &[(&str, Vec<u8>)], order: &str, method: zip::CompressionMethod) {
         let mut z = zip::ZipWriter::new(File::create(path).unwrap());
-        let opts = zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        let opts = zip::write::FileOptions::default().compression_method(method);
         z.start_file(format!("{prefix}/data.pkl"), opts).unwrap();
         z.write_all(pickle).unwrap();
         z.start_file(format!("{prefix}/byteorder"), opts).unwrap();
-        z.write_all(b"little").unwrap();
+        z.write_all(order.as_bytes()).unwrap();
         for (k, b) in records {
             z.start_file(format!("{prefix}/data/{k}"), opts).unwrap();
             z.write_all(b).unwrap();
@@ -361,6 +365,22 @@ mod tests {
         assert_eq!(v(&sd[1].1), [1.0, 5.0, 2.0, 6.0, 3.0, 7.0]);
         assert!(sd[1].1.is_contiguous());
         assert_eq!(v(&sd[2].1), [5.0, 6.0, 5.0, 6.0]);
+    }
+
+    #[test]
+    fn big_endian_and_deflated_records_are_read() {
+        // torch writes stored records in native order; a big-endian machine's file says so in
+        // `byteorder`, and a zip tool may have recompressed the records.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.bin");
+        let data = [1.5f32, -2.25, 3.0e-3, 65504.0];
+        let be: Vec<u8> = data.iter().flat_map(|x| x.to_be_bytes()).collect();
+        let p = pickle(&[("w", 0, &[2, 2], &[2, 1])], 4);
+        write_zip_as(&path, "archive", &p, &[("0", be)], "big", zip::CompressionMethod::Deflated);
+        let sd = read_state_dict(&path).unwrap();
+        assert_eq!(Vec::<f32>::try_from(sd[0].1.reshape([-1])).unwrap(), data);
+        write_zip_as(&path, "archive", &p, &[("0", floats(&data))], "middle", zip::CompressionMethod::Stored);
+        assert!(read_state_dict(&path).unwrap_err().to_string().contains("byteorder record says \"middle\""));
     }
 
     #[test]
