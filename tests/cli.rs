@@ -215,3 +215,44 @@ fn a_space_refuses_vectors_of_another_model() {
     let o = run("data-samples/echovault-phantom", &["ingest", clips().to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+#[test]
+fn a_model_directory_without_tokenizer_json_uses_the_builtin_clip_bpe() {
+    // An open_clip hub repo as downloaded: open_clip_config.json and weights, no tokenizer.json.
+    let tmp = tempfile::tempdir().unwrap();
+    let bare = tmp.path().join("bare");
+    std::fs::create_dir(&bare).unwrap();
+    for f in std::fs::read_dir(root().join("data-samples/echovault-tiny")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, bare.join(f.file_name().unwrap())).unwrap();
+    }
+    std::fs::remove_file(bare.join("tokenizer.json")).unwrap();
+    let run = |model: &Path, args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_echovault"))
+            .args(["--index", tmp.path().join("unused").to_str().unwrap(), "--device", "cpu", "--model"])
+            .arg(model)
+            .args(args)
+            .env_remove("ECHOVAULT_INDEX")
+            .env_remove("ECHOVAULT_MODEL")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        json(&o)
+    };
+    let with = root().join("data-samples/echovault-tiny");
+    let texts = [
+        "Mild mitral regurgitation.",
+        "\u{201c}Severe\u{201d} TR; PASP \u{2248} 45 mmHg \u{2014} \u{fb01}brosis &amp; caf\u{e9}",
+        &"LVEF 35 %. ".repeat(30),
+    ];
+    let mut seen = Vec::new();
+    for text in texts {
+        let a = run(&with, &["embed", "--text", text, "--json"]);
+        let b = run(&bare, &["embed", "--text", text, "--json"]);
+        assert_eq!(a["embedding"].as_array().map(Vec::len), Some(64));
+        assert_eq!(a["embedding"], b["embedding"], "{text}");
+        assert_eq!(run(&with, &["tokenize", "--text", text, "--json"])["ids"], run(&bare, &["tokenize", "--text", text, "--json"])["ids"]);
+        seen.push(b["embedding"].clone());
+    }
+    assert!(seen[0] != seen[1] && seen[1] != seen[2], "different texts embed differently");
+}

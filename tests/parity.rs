@@ -142,6 +142,71 @@ fn clip_bpe_ids_equal_open_clip() {
     assert!(ours.iter().filter(|r| r[76] == 49407).count() >= 20, "long texts were truncated");
 }
 
+/// open_clip's `tokenize` ids of `texts` (77 each).
+fn open_clip_ids(texts: &[String]) -> Vec<Vec<i64>> {
+    serde_json::from_str(&run_py("tokenize_ref.py", &[], Some(&serde_json::to_string(texts).unwrap()))).unwrap()
+}
+
+/// Asserts `tok` gives `theirs` for every text; names the first text that differs.
+fn assert_ids(what: &str, tok: &ClipBpe, texts: &[String], theirs: &[Vec<i64>]) {
+    assert_eq!(texts.len(), theirs.len());
+    let ours: Vec<Vec<i64>> = texts.iter().map(|t| tok.encode(t).unwrap()).collect();
+    let bad: Vec<usize> = (0..texts.len()).filter(|&i| ours[i] != theirs[i]).collect();
+    assert!(
+        bad.is_empty(),
+        "{what}: {} of {} differ, e.g. {:?}: {:?} vs {:?}",
+        bad.len(),
+        texts.len(),
+        texts[bad[0]],
+        ours[bad[0]],
+        theirs[bad[0]]
+    );
+}
+
+#[test]
+fn clip_bpe_builtin_ids_equal_open_clip() {
+    let tok = ClipBpe::builtin(77).unwrap();
+    let texts = report_sentences(240, 7);
+    assert_ids("built-in", &tok, &texts, &open_clip_ids(&texts));
+    // A model directory without tokenizer.json (an open_clip hub repo as downloaded) gets it.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(root().join("data-samples/echovault-tiny/open_clip_config.json"), dir.path().join("open_clip_config.json")).unwrap();
+    assert!(ClipBpe::load(dir.path(), 77).unwrap().is_builtin());
+}
+
+#[test]
+fn clip_bpe_builtin_equals_the_sample_tokenizer_json() {
+    let file = ClipBpe::load(&root().join("data-samples/echovault-tiny/tokenizer.json"), 77).unwrap();
+    let reports = std::fs::read_dir(root().join("data-samples/clips")).unwrap().map(|e| e.unwrap().path());
+    let reports = reports.filter(|p| p.extension().is_some_and(|x| x == "txt")).map(|p| std::fs::read_to_string(p).unwrap());
+    let texts: Vec<String> = report_sentences(240, 7).into_iter().chain(report_sentences(120, 8)).chain(reports).collect();
+    assert_eq!(texts.len(), 240 + 120 + 6);
+    let theirs: Vec<Vec<i64>> = texts.iter().map(|t| file.encode(t).unwrap()).collect();
+    assert_ids("built-in vs tokenizer.json", &ClipBpe::builtin(77).unwrap(), &texts, &theirs);
+}
+
+#[test]
+fn clip_bpe_hugging_face_tokenizer_json_ids_equal_open_clip() {
+    // transformers writes the file as an open_clip hub upload does (tools/parity/hf_clip_tokenizer.py).
+    let dir = tempfile::tempdir().unwrap();
+    let made: serde_json::Value = serde_json::from_str(&run_py("hf_clip_tokenizer.py", &[dir.path().to_str().unwrap()], None)).unwrap();
+    assert_eq!(made["class"], "CLIPTokenizer", "{made}");
+    let file = dir.path().join("tokenizer.json");
+    // What would break the ids unless ignored is there: its own specials, padding to 77 with the
+    // end id, truncation, and a post-processor adding start and end.
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(json["padding"]["strategy"]["Fixed"], 77, "{}", json["padding"]);
+    assert_eq!(json["padding"]["pad_id"], 49407);
+    assert_eq!(json["truncation"]["max_length"], 77);
+    assert_eq!(json["post_processor"]["type"], "RobertaProcessing");
+    let specials: Vec<&str> = json["added_tokens"].as_array().unwrap().iter().map(|t| t["content"].as_str().unwrap()).collect();
+    assert_eq!(specials, ["<|startoftext|>", "<|endoftext|>"]);
+    let tok = ClipBpe::load(dir.path(), 77).unwrap();
+    assert!(!tok.is_builtin());
+    let texts = report_sentences(240, 7);
+    assert_ids("CLIPTokenizerFast tokenizer.json", &tok, &texts, &open_clip_ids(&texts));
+}
+
 fn template_sentences(vocab: &str, n: usize, seed: u64) -> Vec<String> {
     let phrases: Vec<&str> = vocab.lines().filter(|l| !l.trim().is_empty()).collect();
     let severities = [
