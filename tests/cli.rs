@@ -256,3 +256,38 @@ fn a_model_directory_without_tokenizer_json_uses_the_builtin_clip_bpe() {
     }
     assert!(seen[0] != seen[1] && seen[1] != seen[2], "different texts embed differently");
 }
+
+#[test]
+fn zero_shot_reads_a_prompt_file_of_the_reference_schema() {
+    let tmp = tempfile::tempdir().unwrap();
+    let index = tmp.path().join("unused");
+    let prompts = root().join("tests/fixtures/prompts_reference_schema.json");
+    let clip = clips().join("a4c_pacer_03.avi");
+    let out = echovault(&index, &["--json", "zero-shot", clip.to_str().unwrap(), "--prompts", prompts.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let v = json(&out);
+    assert_eq!(v["prompts"], prompts.display().to_string());
+    let r = &v["results"][0]["readings"];
+    assert_eq!(r.as_object().unwrap().len(), 6, "{v}");
+    let ef = r["ejection_fraction"]["value"].as_f64().unwrap();
+    assert!((0.0..=100.0).contains(&ef), "{ef}");
+    let pa = r["pulmonary_artery_pressure"]["value"].as_f64().unwrap();
+    assert!((10.0..=90.0).contains(&pa), "{pa}");
+    assert!(r["pacemaker"]["score"].is_f64() && r["pacemaker"].get("present").is_none(), "no threshold in the file: {r}");
+    let classes =
+        |task: &str| -> Vec<String> { r[task]["scores"].as_array().unwrap().iter().map(|s| s[0].as_str().unwrap().to_owned()).collect() };
+    assert_eq!(classes("pericardial_effusion"), ["none", "small", "moderate", "large"]);
+    assert_eq!(classes("left_ventricle_size"), ["normal", "mildly dilated", "3"]);
+    assert!(classes("left_ventricle_size").contains(&r["left_ventricle_size"]["class"].as_str().unwrap().to_owned()));
+    // The built-in pacemaker task has the reference's threshold: present is reported.
+    let out = json(&echovault(&index, &["--json", "zero-shot", clip.to_str().unwrap(), "--task", "pacemaker"]));
+    let p = &out["results"][0]["readings"]["pacemaker"];
+    assert_eq!(p["present"].as_bool(), Some(p["score"].as_f64().unwrap() > 0.298), "{p}");
+    // A misspelt field names its task and field.
+    let bad = tmp.path().join("bad.json");
+    std::fs::write(&bad, r#"{"tavr": {"mode": "binary", "label_source": ["A TAVR IS SEEN."]}}"#).unwrap();
+    let out = echovault(&index, &["zero-shot", clip.to_str().unwrap(), "--prompts", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("task 'tavr'") && err.contains("unknown field `label_source`"), "{err}");
+}

@@ -220,3 +220,106 @@ fn reid_transitions_timeline_and_retrieval_match_the_numpy_implementation() {
     }
     assert!(scored > 30, "enough transitions and timeline rows compared ({scored})");
 }
+
+#[test]
+fn presence_is_strictly_above_the_threshold_as_numpy_reads_it() {
+    use echovault::tasks::zeroshot::{read, EmbeddedTask, Reading};
+    // Two-dimensional f32 vectors: each product is exact in f64 and the sum is rounded once, so
+    // both sides compute the same score bit for bit and a threshold equal to it is a true tie.
+    let mut rng = StdRng::seed_from_u64(298);
+    let (mut cases, mut ours) = (Vec::new(), Vec::new());
+    for _ in 0..20 {
+        let frames = vec![unit(&mut rng, 2)];
+        let prompts = vec![unit(&mut rng, 2)];
+        let score = binary_score(&frames, &prompts).unwrap();
+        for threshold in [score, score - 1e-9, score + 1e-9, 0.298] {
+            let present = match read(&frames, &EmbeddedTask::Binary(prompts.clone(), Some(threshold))) {
+                Some(Reading::Binary { present, .. }) => present,
+                other => panic!("{other:?}"),
+            };
+            ours.push(json!(present));
+            cases.push(json!({"op": "present", "frames": frames, "prompts": prompts, "threshold": threshold}));
+        }
+    }
+    let theirs = python(&cases);
+    assert_eq!(ours, theirs);
+    // Every fourth case is a tie: absent on both sides.
+    assert!(ours.iter().step_by(4).all(|p| p == &json!(false)));
+    assert!(ours.iter().skip(1).step_by(4).all(|p| p == &json!(true)));
+}
+
+#[test]
+fn eval_zero_shot_reads_a_prompt_file_of_the_reference_schema() {
+    // The committed sample clips with their drawn truth (tools/make_samples.py), an effusion label
+    // per clip named as the file's value_mapping names classes.
+    let clips = [
+        ("a4c_normal_01.avi", 62, false, "none"),
+        ("a4c_reduced_02.avi", 28, false, "small"),
+        ("a4c_pacer_03.avi", 45, true, "moderate"),
+        ("a4c_normal_04.mp4", 58, false, "large"),
+        ("a4c_reduced_05.mp4", 35, true, "none"),
+        ("a4c_hyperdynamic_06.mp4", 75, false, "small"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("labels.jsonl");
+    let lines: Vec<String> = clips
+        .iter()
+        .map(|(f, ef, pacer, pe)| {
+            json!({"file": root().join("data-samples/clips").join(f), "EF": ef, "pacemaker": pacer, "pericardial_effusion": pe}).to_string()
+        })
+        .collect();
+    std::fs::write(&manifest, lines.join("\n")).unwrap();
+    let prompts = root().join("tests/fixtures/prompts_reference_schema.json");
+    let (dump, preds) = (dir.path().join("dump.json"), dir.path().join("predictions.jsonl"));
+    let args = [
+        "--json",
+        "eval",
+        "zero-shot",
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--resamples",
+        "50",
+        "--dump-inputs",
+        dump.to_str().unwrap(),
+        "--predictions",
+        preds.to_str().unwrap(),
+    ];
+    let o = common::echovault(&dir.path().join("no-index"), &args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ours = common::json(&o);
+    // The labelled tasks only, each over the six clips.
+    let rows = ours["rows"].as_array().unwrap();
+    let tasks: Vec<(&str, &str, u64)> =
+        rows.iter().map(|r| (r["task"].as_str().unwrap(), r["metric"].as_str().unwrap(), r["n"].as_u64().unwrap())).collect();
+    assert_eq!(tasks, [("ejection_fraction", "MAE", 6), ("pacemaker", "AUC", 6), ("pericardial_effusion", "accuracy", 6)], "{ours}");
+    // Class labels are indices into the classes in ascending value order: none, small, moderate, large.
+    let labels: Vec<f64> = std::fs::read_to_string(&preds)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["labels"]["pericardial_effusion"].as_f64().unwrap())
+        .collect();
+    assert_eq!(labels, [0.0, 1.0, 2.0, 3.0, 0.0, 1.0]);
+    let dumped: Value = serde_json::from_str(&std::fs::read_to_string(&dump).unwrap()).unwrap();
+    let effusion = dumped["tasks"].as_array().unwrap().iter().find(|t| t["name"] == "pericardial_effusion").unwrap();
+    let sizes: Vec<usize> = effusion["classes"].as_array().unwrap().iter().map(|c| c.as_array().unwrap().len()).collect();
+    assert_eq!(sizes, [1, 2, 1, 1], "prompts per class (value 1 has two)");
+    // The table, recomputed by the numpy reference from the dumped embeddings and labels.
+    let out =
+        Command::new(root().join(".venv/bin/python")).arg(root().join("tools/tasks/tasks_ref.py")).arg("eval").arg(&dump).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let theirs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let theirs = theirs["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), theirs.len());
+    for (x, y) in rows.iter().zip(theirs) {
+        assert!(x["metric"].as_str().unwrap().starts_with(y["metric"].as_str().unwrap()), "{x} vs {y}");
+        assert_eq!(x["n"], y["n"]);
+        for k in ["value", "lo", "hi"] {
+            match (x[k].as_f64(), y[k].as_f64()) {
+                (Some(p), Some(q)) => assert!((p - q).abs() <= 1e-9 * (1.0 + p.abs()), "{k}: {x} vs {y}"),
+                (p, q) => assert_eq!(p.is_some(), q.is_some(), "{k}: {x} vs {y}"),
+            }
+        }
+    }
+}

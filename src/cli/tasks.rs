@@ -97,8 +97,9 @@ pub struct ZeroShotArgs {
     /// Tasks to read, comma-separated, or `all`.
     #[arg(long, default_value = "all", value_delimiter = ',')]
     task: Vec<String>,
-    /// Prompt file (task → mode, prompts, values). Default: the built-in report-style prompts
-    /// (`--list-tasks` shows them).
+    /// Prompt file (task → mode, prompts, values), ours or the EchoCLIP reference's
+    /// `prompts_used.json` (label_sources, testers, range, values, value_mapping). Default: the
+    /// built-in report-style prompts (`--list-tasks` shows them).
     #[arg(long)]
     prompts: Option<PathBuf>,
     /// Frames read: zero-shot (0..40 step 2, the paper's), all, or START:END:STEP.
@@ -488,7 +489,7 @@ struct EvalZeroShot {
     /// Only rows of this split (e.g. TEST).
     #[arg(long)]
     split: Option<String>,
-    /// Prompt file (default: built-in).
+    /// Prompt file, ours or the EchoCLIP reference's `prompts_used.json` (default: built-in).
     #[arg(long)]
     prompts: Option<PathBuf>,
     /// Tasks (comma-separated; default: every task the manifest labels).

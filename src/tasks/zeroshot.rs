@@ -102,6 +102,21 @@ mod tests {
     }
 
     #[test]
+    fn present_means_strictly_above_the_threshold() {
+        // One frame, one prompt: the score is their dot product, 0.6 * 1 + 0.8 * 0 exactly as f64.
+        let frames = vec![vec![0.6f32, 0.8]];
+        let prompts = vec![vec![1.0f32, 0.0]];
+        let score = f64::from(0.6f32);
+        let present = |t: f64| match read(&frames, &EmbeddedTask::Binary(prompts.clone(), Some(t))) {
+            Some(Reading::Binary { present, .. }) => present,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(present(score), Some(false), "a score equal to the threshold is absent");
+        assert_eq!(present(score - 1e-12), Some(true));
+        assert_eq!(read(&frames, &EmbeddedTask::Binary(prompts.clone(), None)), Some(Reading::Binary { score, present: None }));
+    }
+
+    #[test]
     fn categorical_picks_the_best_class() {
         let frames = vec![unit(&[0.9, 0.1])];
         let classes = vec![vec![unit(&[0.0, 1.0])], vec![unit(&[1.0, 0.0])]];
@@ -112,7 +127,7 @@ mod tests {
 /// A task's prompts embedded, ready to read videos with.
 #[derive(Clone, Debug)]
 pub enum EmbeddedTask {
-    /// Prompt embeddings; optional presence threshold.
+    /// Prompt embeddings; optional presence threshold (present when the score is strictly above).
     Binary(Vec<Vec<f32>>, Option<f64>),
     /// Prompt embeddings with their values.
     Regression(Vec<Vec<f32>>, Vec<f64>),
@@ -128,7 +143,8 @@ pub enum Reading {
     Binary {
         /// The score.
         score: f64,
-        /// Score ≥ threshold.
+        /// Score > threshold (strictly: the reference reads a pacemaker as present when its
+        /// score is > 0.298).
         #[serde(skip_serializing_if = "Option::is_none")]
         present: Option<bool>,
     },
@@ -162,7 +178,7 @@ pub fn read(frames: &[Vec<f32>], task: &EmbeddedTask) -> Option<Reading> {
     match task {
         EmbeddedTask::Binary(p, threshold) => {
             let score = binary_score(frames, p)?;
-            Some(Reading::Binary { score, present: threshold.map(|t| score >= t) })
+            Some(Reading::Binary { score, present: threshold.map(|t| score > t) })
         }
         EmbeddedTask::Regression(p, values) => Some(Reading::Regression { value: regression_estimate(frames, p, values, 0.2)? }),
         EmbeddedTask::Categorical(classes) => {

@@ -8,6 +8,7 @@ rounded down, SplitMix64 for bootstrap resamples and pair samples.
 
 Usage: tasks_ref.py IN.json → OUT.json on stdout. IN holds a list of "cases", each one of:
   {"op": "binary", "frames": [[...]], "prompts": [[...]]}
+  {"op": "present", "frames": [[...]], "prompts": [[...]], "threshold": T}
   {"op": "regression", "frames": [[...]], "prompts": [[...]], "values": [...], "head": 0.2}
   {"op": "categorical", "frames": [[...]], "classes": [[[...]]]}
   {"op": "auc", "pos": [...], "neg": [...]}
@@ -51,6 +52,13 @@ def binary(frames, prompts):
     if f.size == 0 or p.size == 0:
         return None
     return float((f @ p.T).mean())
+
+
+def present(frames, prompts, threshold):
+    """A binary finding reads as present when its score is strictly above the threshold (the
+    EchoCLIP reference's pacemaker rule: score > 0.298)."""
+    score = binary(frames, prompts)
+    return None if score is None else bool(score > threshold)
 
 
 def regression(frames, prompts, values, head):
@@ -241,6 +249,8 @@ def run(case):
     op = case["op"]
     if op == "binary":
         return binary(case["frames"], case["prompts"])
+    if op == "present":
+        return present(case["frames"], case["prompts"], case["threshold"])
     if op == "regression":
         return regression(case["frames"], case["prompts"], case["values"], case.get("head", 0.2))
     if op == "categorical":
