@@ -471,7 +471,7 @@ fn a_failing_stage_ends_the_run_with_an_error_and_a_rerun_completes() {
     let r = within(120, move || {
         let mut engine = engine(&i2, &t2);
         engine.embedders[0].tokenizer =
-            echovault::tokenize::TextTokenizer::Template(echovault::tokenize::TemplateTokenizer::load(&vocab, 77).unwrap());
+            echovault::tokenize::TextTokenizer::Template(Box::new(echovault::tokenize::TemplateTokenizer::load(&vocab, 77).unwrap()));
         ingest(&engine, &[e2], &o2, |_| {}).map(|s| s.ingested).map_err(|e| e.to_string())
     });
     let err = r.expect_err("a failing embed stage fails the run");

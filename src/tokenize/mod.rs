@@ -17,7 +17,7 @@ pub enum TextTokenizer {
     /// CLIP BPE (EchoCLIP).
     Bpe(Box<ClipBpe>),
     /// Phrase templates (EchoCLIP-R).
-    Template(TemplateTokenizer),
+    Template(Box<TemplateTokenizer>),
 }
 
 /// A model directory holding this file tokenises with it (EchoCLIP-R's phrase templates)
@@ -61,7 +61,7 @@ impl TextTokenizer {
                 ),
             });
         }
-        Ok(TextTokenizer::Template(t))
+        Ok(TextTokenizer::Template(Box::new(t)))
     }
 
     /// `"template"` or `"clip-bpe"`.
