@@ -244,9 +244,13 @@ impl Engine {
     }
 }
 
-/// Default space name: the snapshot directory's name.
+/// Default space name: the snapshot directory's name, or for a snapshot in the Hugging Face
+/// cache (`models--OWNER--NAME/snapshots/COMMIT`, where `hf:OWNER/NAME` resolves) the repo NAME.
 pub fn space_name_of(model_dir: &Path) -> String {
     let canon = model_dir.canonicalize().unwrap_or_else(|_| model_dir.to_owned());
+    if let Some(name) = crate::hub::repo_name_of_snapshot(&canon) {
+        return name;
+    }
     canon.file_name().and_then(|n| n.to_str()).unwrap_or("model").to_owned()
 }
 

@@ -78,6 +78,14 @@ pub enum Error {
     /// A user-supplied value is invalid.
     #[error("{0}")]
     Invalid(String),
+    /// A hub model (`hf:OWNER/NAME[@REV]`) could not be parsed, found or fetched.
+    #[error("{model}: {reason}")]
+    Hub {
+        /// The model as given (`hf:OWNER/NAME@REV`).
+        model: String,
+        /// What went wrong and what to do (never the token).
+        reason: String,
+    },
 }
 
 impl Error {

@@ -11,10 +11,12 @@
 //! - [`media`]: video decoding (video-rs / FFmpeg), frame sampling, preprocessing.
 //! - [`ingest`]: files → embeddings → index.
 //! - [`engine`]: searches by text, video file or indexed item.
+//! - [`hub`]: `hf:OWNER/NAME[@REV]` models from the Hugging Face hub and its cache.
 //! - [`phantom`]: synthetic echocardiograms with ground truth, for tests and training.
 
 pub mod engine;
 mod error;
+pub mod hub;
 pub mod ingest;
 pub mod media;
 pub mod model;

@@ -42,7 +42,8 @@ pub struct TokenizeArgs {
     /// EchoCLIP-R template vocabulary file.
     #[arg(long)]
     template_vocab: Option<PathBuf>,
-    /// CLIP BPE tokenizer: a tokenizer.json or a snapshot directory (default: --model's).
+    /// CLIP BPE tokenizer: a tokenizer.json, a snapshot directory or hf:OWNER/NAME[@REV]
+    /// (default: --model's).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
     /// Tokens per text.
@@ -88,7 +89,7 @@ pub fn run_embed(g: &Global, a: &EmbedArgs) -> anyhow::Result<i32> {
 
 pub fn run_tokenize(g: &Global, a: &TokenizeArgs) -> anyhow::Result<i32> {
     let bpe = match &a.tokenizer {
-        Some(p) => p.clone(),
+        Some(p) => super::resolve_model(p)?,
         None => model_dir(g)?,
     };
     let tok = TextTokenizer::for_model(&bpe, a.template_vocab.as_deref(), a.context_length, None)?;

@@ -16,8 +16,9 @@ mod train;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use echovault::engine::{parse_device, EngineConfig, DEFAULT_FRAME_BATCH};
+use echovault::hub;
 use echovault::media::{ChannelOrder, FrameSampling};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Exit code: some inputs were rejected, the rest succeeded.
 pub const EXIT_PARTIAL: i32 = 3;
@@ -41,12 +42,16 @@ pub struct Global {
     #[arg(long, global = true, env = "ECHOVAULT_INDEX", default_value = "echovault-index")]
     pub index: PathBuf,
     /// Model snapshot directory (open_clip_config.json, weights, tokenizer.json; a
-    /// template_vocab.txt there makes it tokenise with EchoCLIP-R's phrase templates).
+    /// template_vocab.txt there makes it tokenise with EchoCLIP-R's phrase templates), or
+    /// hf:OWNER/NAME[@REV], an open_clip repo on the Hugging Face hub (branch, tag or commit;
+    /// default main) fetched into its cache (HF_HUB_CACHE / HF_HOME; HF_ENDPOINT, HF_TOKEN,
+    /// HF_HUB_OFFLINE as huggingface_hub reads them).
     /// Default: $ECHOVAULT_MODEL, else ./data-samples/echovault-tiny. Repeat it to ingest with
     /// several models in one run (e.g. EchoCLIP and EchoCLIP-R), each into the space named
-    /// after its directory. `search` embeds queries with the first; `zero-shot` uses the first
-    /// CLIP-BPE model (EchoCLIP), `reid`, `timeline` and `eval` of similarity and retrieval the
-    /// first template-tokenizer model (EchoCLIP-R), as the paper found best.
+    /// after its directory (a hub model: after the repo NAME). `search` embeds queries with the
+    /// first; `zero-shot` uses the first CLIP-BPE model (EchoCLIP), `reid`, `timeline` and
+    /// `eval` of similarity and retrieval the first template-tokenizer model (EchoCLIP-R), as
+    /// the paper found best.
     #[arg(long, global = true, env = "ECHOVAULT_MODEL", action = clap::ArgAction::Append)]
     pub model: Vec<PathBuf>,
     /// Embedding space name in the index (default: the model directory's name).
@@ -76,7 +81,7 @@ impl Global {
     /// Resolves the engine settings.
     pub fn engine_config(&self) -> anyhow::Result<EngineConfig> {
         let model_dir = match self.model.first() {
-            Some(m) => m.clone(),
+            Some(m) => resolve_model(m)?,
             None => {
                 let p = PathBuf::from(SAMPLE_MODEL);
                 anyhow::ensure!(p.is_dir(), "no --model given and no {SAMPLE_MODEL} here: pass --model DIR (a snapshot directory)");
@@ -86,13 +91,25 @@ impl Global {
         Ok(EngineConfig {
             index_dir: self.index.clone(),
             model_dir,
-            extra_models: self.model.iter().skip(1).cloned().collect(),
+            extra_models: self.model.iter().skip(1).map(|m| resolve_model(m)).collect::<anyhow::Result<_>>()?,
             space: self.space.clone(),
             device: parse_device(&self.device)?,
             channel_order: self.channel_order,
             sampling: self.sampling,
             frame_batch: self.batch,
         })
+    }
+}
+
+/// A model argument as a snapshot directory: `hf:OWNER/NAME[@REV]` is found in, or fetched
+/// into, the Hugging Face cache; anything else is a directory already.
+pub fn resolve_model(arg: &Path) -> anyhow::Result<PathBuf> {
+    match arg.to_str().filter(|s| hub::is_hub_ref(s)) {
+        Some(spec) => {
+            let model: hub::HubModel = spec.parse()?;
+            Ok(hub::resolve(&model, &hub::HubSettings::from_env()?)?)
+        }
+        None => Ok(arg.to_owned()),
     }
 }
 
@@ -171,7 +188,8 @@ pub fn run() -> i32 {
 
 fn init_logging(verbose: u8) {
     let level = match verbose {
-        0 => "warn,video_rs=error",
+        // Hub downloads say what they fetch: a first run may take minutes.
+        0 => "warn,video_rs=error,echovault::hub=info",
         1 => "info",
         _ => "debug",
     };

@@ -1,11 +1,11 @@
 //! `echovault train --pairs MANIFEST --init (DIR|random) --out DIR`: CLIP contrastive training.
 
-use super::Global;
+use super::{resolve_model, Global};
 use anyhow::Context;
 use clap::Args;
 use echovault::engine::parse_device;
 use echovault::model::train::{train, Init, TrainOptions};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -13,11 +13,13 @@ pub struct TrainArgs {
     /// its report ("report" or "text") per line; `echovault phantom`'s manifest.jsonl is one.
     #[arg(long)]
     pairs: PathBuf,
-    /// Starting weights: a snapshot directory (fine-tuning), or `random` (then --like names the
-    /// directory whose open_clip_config.json and tokenizer.json define the model).
+    /// Starting weights: a snapshot directory or hf:OWNER/NAME[@REV] (fine-tuning), or `random`
+    /// (then --like names the directory whose open_clip_config.json and tokenizer.json define
+    /// the model).
     #[arg(long)]
     init: String,
-    /// With --init random: the snapshot-like directory giving the architecture and tokenizer.
+    /// With --init random: the snapshot-like directory (or hf:OWNER/NAME[@REV]) giving the
+    /// architecture and tokenizer.
     #[arg(long)]
     like: Option<PathBuf>,
     /// Output snapshot directory (open_clip_config.json, open_clip_model.safetensors,
@@ -55,10 +57,10 @@ pub struct TrainArgs {
 
 pub fn run(g: &Global, a: &TrainArgs) -> anyhow::Result<i32> {
     let init = if a.init == "random" {
-        Init::Random(a.like.clone().context("--init random needs --like DIR (architecture and tokenizer)")?)
+        Init::Random(resolve_model(a.like.as_deref().context("--init random needs --like DIR (architecture and tokenizer)")?)?)
     } else {
         anyhow::ensure!(a.like.is_none(), "--like only goes with --init random");
-        Init::Snapshot(PathBuf::from(&a.init))
+        Init::Snapshot(resolve_model(Path::new(&a.init))?)
     };
     anyhow::ensure!(a.steps > 0, "--steps must be at least 1");
     let opts = TrainOptions {
