@@ -33,6 +33,24 @@ pub struct EngineConfig {
     pub sampling: FrameSampling,
     /// Frames per forward pass.
     pub frame_batch: usize,
+    /// `--template-vocab`: an EchoCLIP-R vocabulary for the models that need one (see
+    /// [`template_vocab_for`]).
+    pub template_vocab: Option<PathBuf>,
+}
+
+/// The EchoCLIP-R template vocabulary a model tokenises with, if any: `given` (`--template-vocab`)
+/// when this is the only model, else the directory's own `template_vocab.txt`, else `given`
+/// when the model's text tower is too small for CLIP BPE (an EchoCLIP-R checkpoint as the hub
+/// holds it, without a vocabulary).
+pub fn template_vocab_for(model_dir: &Path, given: Option<&Path>, only_model: bool) -> Option<PathBuf> {
+    let own = model_dir.join(crate::tokenize::TEMPLATE_VOCAB_FILE);
+    let own = own.is_file().then_some(own);
+    let small_tower = || crate::model::ClipConfig::from_dir(model_dir).is_ok_and(|c| c.text.vocab_size <= crate::tokenize::CLIP_BPE_END_ID);
+    match given {
+        Some(g) if only_model => Some(g.to_owned()),
+        Some(g) if own.is_none() && small_tower() => Some(g.to_owned()),
+        _ => own,
+    }
 }
 
 /// `auto` → CUDA when LibTorch sees a GPU, else CPU.
@@ -97,6 +115,7 @@ impl Engine {
     pub fn open(cfg: &EngineConfig) -> Result<Engine, Error> {
         let index = Index::open(&cfg.index_dir, IndexOptions::default())?;
         let mut embedders: Vec<Embedder> = Vec::new();
+        let only_model = cfg.extra_models.is_empty();
         for (i, dir) in std::iter::once(&cfg.model_dir).chain(&cfg.extra_models).enumerate() {
             let name = match (&cfg.space, i) {
                 (Some(s), 0) => s.clone(),
@@ -108,7 +127,8 @@ impl Engine {
                     dir.display()
                 )));
             }
-            let mut e = Embedder::load(dir, cfg.device, cfg.channel_order, cfg.frame_batch)?;
+            let vocab = template_vocab_for(dir, cfg.template_vocab.as_deref(), only_model);
+            let mut e = Embedder::load(dir, vocab.as_deref(), cfg.device, cfg.channel_order, cfg.frame_batch)?;
             e.space = index.ensure_space(&name, e.model.dim())?;
             e.space_name = name;
             check_probe(&index, &e, dir)?;
@@ -176,10 +196,17 @@ fn check_probe(index: &Index, e: &Embedder, dir: &Path) -> Result<(), Error> {
 }
 
 impl Embedder {
-    /// Loads a snapshot directory (space unbound until the engine registers it).
-    pub fn load(model_dir: &Path, device: Device, order: ChannelOrder, frame_batch: usize) -> Result<Embedder, Error> {
+    /// Loads a snapshot directory (space unbound until the engine registers it), tokenising with
+    /// the template vocabulary `vocab` when given (see [`template_vocab_for`]).
+    pub fn load(
+        model_dir: &Path,
+        vocab: Option<&Path>,
+        device: Device,
+        order: ChannelOrder,
+        frame_batch: usize,
+    ) -> Result<Embedder, Error> {
         let model = Clip::load(model_dir, device, Precision::F32)?;
-        let tokenizer = TextTokenizer::for_model(model_dir, None, model.context_length() as usize, Some(model.config.text.vocab_size))?;
+        let tokenizer = TextTokenizer::for_model(model_dir, vocab, model.context_length() as usize, Some(model.config.text.vocab_size))?;
         let preprocess = Preprocess { size: model.image_size(), mean: model.config.mean, std: model.config.std, order };
         Ok(Embedder { model, tokenizer, preprocess, space: SpaceId(0), space_name: String::new(), frame_batch: frame_batch.max(1) })
     }

@@ -165,10 +165,14 @@ fn embed_tokenize_and_bench_print_their_json() {
     let vocab = root().join("data-samples/template-vocab.txt");
     let t = json(&echovault(
         &index,
-        &["tokenize", "--template-vocab", vocab.to_str().unwrap(), "--text", "Mild mitral regurgitation.", "--json"],
+        &["tokenize", "--template-vocab", vocab.to_str().unwrap(), "--text", "Mild mitral regurgitation. Patient was anxious.", "--json"],
     ));
     let ids: Vec<i64> = t["ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
-    assert_eq!(&ids[..2], &[5 + 52 + 1016, 5 + 15], "start id, then the phrase on line 16");
+    // 52 phrases: T = 57, start 57 + 132, end 57 + 133; line 16 is id 20; MILD is value 107.
+    assert_eq!(&ids[..5], &[189, 20, 57 + 107, 190, 0], "start, the phrase on line 16, its value, end, padding");
+    assert_eq!(t["tokenizer"], "template");
+    assert_eq!(t["tokens"], serde_json::json!(["[START]", "<#> MITRAL REGURGITATION. ", "<MILD>", "[END]"]));
+    assert_eq!(t["unknown"], serde_json::json!(["PATIENT IS ANXIOUS. "]), "the sentence no phrase covers");
     let b = json(&echovault(&index, &["bench-embed", "--batch", "2", "--iters", "2", "--json"]));
     assert_eq!(b["batch"], 2);
     assert!(b["frames_per_s"].as_f64().unwrap() > 0.0);
@@ -290,4 +294,53 @@ fn zero_shot_reads_a_prompt_file_of_the_reference_schema() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("task 'tavr'") && err.contains("unknown field `label_source`"), "{err}");
+}
+
+#[test]
+fn an_echoclip_r_directory_without_its_vocabulary_takes_template_vocab() {
+    // An EchoCLIP-R-style checkpoint as a hub repo holds it: weights and config (a text tower of
+    // 191 ids, too small for CLIP BPE), no template_vocab.txt.
+    let tmp = tempfile::tempdir().unwrap();
+    let with = root().join("data-samples/echovault-phantom-r");
+    let bare = tmp.path().join("phantom-r-bare");
+    std::fs::create_dir(&bare).unwrap();
+    for f in ["open_clip_config.json", "open_clip_model.safetensors"] {
+        std::fs::copy(with.join(f), bare.join(f)).unwrap();
+    }
+    let vocab = root().join("data-samples/template-vocab.txt");
+    let run = |models: &[&Path], args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_echovault"));
+        c.args(["--index", tmp.path().join("idx").to_str().unwrap(), "--device", "cpu"]);
+        for m in models {
+            c.arg("--model").arg(m);
+        }
+        c.args(args).env_remove("ECHOVAULT_INDEX").env_remove("ECHOVAULT_MODEL").output().unwrap()
+    };
+    let text = "Moderate mitral regurgitation. LV ejection fraction is 35%.";
+    // Without a vocabulary it is refused, with the way out named.
+    let o = run(&[&bare], &["embed", "--text", text, "--json"]);
+    let err = json(&o)["error"].as_str().unwrap().to_owned();
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("vocab_size 191") && err.contains("--template-vocab"), "{err}");
+    // With --template-vocab it embeds exactly as the directory holding the file.
+    let a = json(&run(&[&with], &["embed", "--text", text, "--json"]));
+    let b = json(&run(&[&bare], &["--template-vocab", vocab.to_str().unwrap(), "embed", "--text", text, "--json"]));
+    assert_eq!(a["embedding"].as_array().map(Vec::len), Some(64));
+    assert_eq!(a["embedding"], b["embedding"]);
+    // With two models, the vocabulary goes to the one that needs it, not to the CLIP-BPE model.
+    let bpe = root().join("data-samples/echovault-phantom");
+    let s = json(&run(
+        &[&bpe, &bare],
+        &["--template-vocab", vocab.to_str().unwrap(), "--json", "ingest", clips().to_str().unwrap(), "--progress", "none"],
+    ));
+    assert_eq!(s["tokenizers"]["echovault-phantom"], "clip-bpe", "{s}");
+    assert_eq!(s["tokenizers"]["phantom-r-bare"], "template", "{s}");
+    // A vocabulary whose end id the tower cannot hold is refused with both numbers:
+    // 100 phrases → T = 105, end id 105 + 133 = 238 > 190.
+    let big = tmp.path().join("big.txt");
+    std::fs::write(&big, (0..100).map(|i| format!("PHRASE {i} \n")).collect::<String>()).unwrap();
+    let o = run(&[&bare], &["--template-vocab", big.to_str().unwrap(), "embed", "--text", text]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("end id 238") && err.contains("vocab_size 191"), "{err}");
 }

@@ -203,9 +203,11 @@ fn training_lowers_the_loss_and_writes_a_snapshot_that_loads() {
 /// One eval run through the CLI, its table recomputed by `tools/tasks/tasks_ref.py` from the
 /// dumped inputs: every row must agree (value and interval) to float tolerance.
 fn eval_twice(index: &Path, dir: &Path, args: &[&str]) -> Value {
-    let model = root().join("data-samples/echovault-phantom");
     let dump = dir.join(format!("dump-{}.json", args[0]));
-    let mut all = vec!["--json", "--index", index.to_str().unwrap(), "--model", model.to_str().unwrap(), "eval"];
+    let models = both_models();
+    let mut all = vec!["--json", "--index", index.to_str().unwrap()];
+    all.extend(models.iter().map(String::as_str));
+    all.push("eval");
     all.extend_from_slice(args);
     all.extend_from_slice(&["--resamples", "200", "--dump-inputs", dump.to_str().unwrap()]);
     let ours = json(&ev(&all));
@@ -273,22 +275,26 @@ fn phantom_set(out: &Path, first: &str, events: &str) {
     ]);
 }
 
+/// `--model` for both phantom models, as the paper pairs them: zero-shot readings use the CLIP-BPE
+/// one, similarity and retrieval the template-tokenizer one (EchoCLIP-R-style).
+fn both_models() -> Vec<String> {
+    ["echovault-phantom", "echovault-phantom-r"]
+        .iter()
+        .flat_map(|m| ["--model".to_owned(), root().join("data-samples").join(m).to_str().unwrap().to_owned()])
+        .collect()
+}
+
 fn ingest(index: &Path, data: &Path) {
-    let model = root().join("data-samples/echovault-phantom");
+    let models = both_models();
+    let mut args = vec!["--json", "--index", index.to_str().unwrap()];
+    args.extend(models.iter().map(String::as_str));
     let s = json(&ev(&[
-        "--json",
-        "--index",
-        index.to_str().unwrap(),
-        "--model",
-        model.to_str().unwrap(),
-        "ingest",
-        data.to_str().unwrap(),
-        "--reports",
-        data.join("reports.jsonl").to_str().unwrap(),
-        "--progress",
-        "none",
-    ]));
+        &args[..],
+        &["ingest", data.to_str().unwrap(), "--reports", data.join("reports.jsonl").to_str().unwrap(), "--progress", "none"][..],
+    ]
+    .concat()));
     assert!(s["failed"].as_array().unwrap().is_empty(), "{s}");
+    assert_eq!(s["tokenizers"]["echovault-phantom-r"], "template", "{s}");
 }
 
 #[test]
@@ -346,6 +352,12 @@ fn measure() -> TaskFigures {
     let tr = eval_twice(&index, dir.path(), &["transitions", "--manifest", events.to_str().unwrap(), "--window", "1500"]);
     let rt = eval_twice(&index, dir.path(), &["retrieval"]);
 
+    // Zero-shot reads with the CLIP-BPE model; re-identification, transitions and retrieval
+    // with the template-tokenizer one.
+    assert_eq!(zs["model"], "echovault-phantom", "{}", zs["model"]);
+    for e in [&reid, &tr, &rt] {
+        assert_eq!(e["model"], "echovault-phantom-r", "{}", e["model"]);
+    }
     let v = |r: &Value| r["value"].as_f64().unwrap_or(f64::NAN);
     let mut device_auc = HashMap::new();
     for d in ["pacemaker", "mitraclip", "valve"] {

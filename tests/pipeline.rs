@@ -438,6 +438,7 @@ fn engine(idx: &Path, model: &Path) -> echovault::engine::Engine {
         channel_order: Default::default(),
         sampling: echovault::media::FrameSampling::ALL,
         frame_batch: 8,
+        template_vocab: None,
     })
     .unwrap()
 }

@@ -22,10 +22,6 @@ pub struct EmbedArgs {
     /// Image file(s) (PNG or JPEG) to embed; several give `embeddings`, one per image.
     #[arg(long, num_args = 1..)]
     image: Vec<PathBuf>,
-    /// EchoCLIP-R template vocabulary (one phrase per line, `<#>` = slot) instead of CLIP BPE
-    /// (default: the model directory's `template_vocab.txt` when it has one).
-    #[arg(long)]
-    template_vocab: Option<PathBuf>,
     /// Also print the per-frame embeddings of a video.
     #[arg(long)]
     frames: bool,
@@ -39,9 +35,6 @@ pub struct TokenizeArgs {
     /// Text to tokenise.
     #[arg(long)]
     text: String,
-    /// EchoCLIP-R template vocabulary file.
-    #[arg(long)]
-    template_vocab: Option<PathBuf>,
     /// CLIP BPE tokenizer: a tokenizer.json, a snapshot directory or hf:OWNER/NAME[@REV]
     /// (default: --model's).
     #[arg(long)]
@@ -61,9 +54,10 @@ pub fn run_embed(g: &Global, a: &EmbedArgs) -> anyhow::Result<i32> {
     let preprocess = Preprocess { size: model.image_size(), mean: model.config.mean, std: model.config.std, order: cfg.channel_order };
     let mut out = json!({ "model": cfg.model_dir.display().to_string(), "dim": model.dim() });
     if let Some(t) = &a.text {
+        let vocab = echovault::engine::template_vocab_for(&cfg.model_dir, cfg.template_vocab.as_deref(), true);
         let tok = TextTokenizer::for_model(
             &cfg.model_dir,
-            a.template_vocab.as_deref(),
+            vocab.as_deref(),
             model.context_length() as usize,
             Some(model.config.text.vocab_size),
         )?;
@@ -92,9 +86,16 @@ pub fn run_tokenize(g: &Global, a: &TokenizeArgs) -> anyhow::Result<i32> {
         Some(p) => super::resolve_model(p)?,
         None => model_dir(g)?,
     };
-    let tok = TextTokenizer::for_model(&bpe, a.template_vocab.as_deref(), a.context_length, None)?;
+    let tok = TextTokenizer::for_model(&bpe, g.template_vocab.as_deref(), a.context_length, None)?;
     let ids = tok.encode(&a.text)?;
-    print_result(g.json, &json!({ "ids": ids }));
+    let mut out = json!({ "ids": ids, "tokenizer": tok.kind() });
+    if let TextTokenizer::Template(t) = &tok {
+        // What the text tower is told, and what of the report it never sees.
+        let used = ids.iter().position(|&i| i == t.end_id()).map_or(ids.len(), |e| e + 1);
+        out["tokens"] = json!(t.describe(&ids[..used]));
+        out["unknown"] = json!(t.encode_explained(&a.text)?.1);
+    }
+    print_result(g.json, &out);
     Ok(0)
 }
 

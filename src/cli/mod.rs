@@ -57,6 +57,11 @@ pub struct Global {
     /// Embedding space name in the index (default: the model directory's name).
     #[arg(long, global = true)]
     pub space: Option<String>,
+    /// EchoCLIP-R template vocabulary (one phrase per line, `<#>` = slot; e.g. the reference's
+    /// template_vocab.txt) for a model whose directory has none: the only --model given, or any
+    /// whose text tower is too small for CLIP BPE (an EchoCLIP-R checkpoint as the hub holds it).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub template_vocab: Option<PathBuf>,
     /// Device for the model: auto (CUDA when available), cpu or cuda.
     #[arg(long, global = true, default_value = "auto")]
     pub device: String,
@@ -97,6 +102,7 @@ impl Global {
             channel_order: self.channel_order,
             sampling: self.sampling,
             frame_batch: self.batch,
+            template_vocab: self.template_vocab.clone(),
         })
     }
 }

@@ -7,7 +7,7 @@ mod clip_bpe;
 mod report_clean;
 mod template;
 
-pub use clip_bpe::ClipBpe;
+pub use clip_bpe::{ClipBpe, END_ID as CLIP_BPE_END_ID};
 pub use report_clean::{clean_report, extract_variables};
 pub use template::TemplateTokenizer;
 

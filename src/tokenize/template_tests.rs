@@ -213,10 +213,7 @@ fn an_unknown_stretch_swallows_its_variables() {
 #[test]
 fn several_phrases_keep_their_own_values() {
     // MILD (124); 35 (57); 3.2 → "3" (25), ".2" (131).
-    assert_eq!(
-        ids("Mild mitral regurgitation. LV ejection fraction is 35%. Aortic root 3.2 cm."),
-        [149, 7, 124, 6, 57, 9, 25, 131, 150]
-    );
+    assert_eq!(ids("Mild mitral regurgitation. LV ejection fraction is 35%. Aortic root 3.2 cm."), [149, 7, 124, 6, 57, 9, 25, 131, 150]);
 }
 
 #[test]
@@ -322,8 +319,5 @@ fn a_literal_placeholder_is_an_error_not_a_panic() {
 fn describe_names_phrases_and_values() {
     let t = tok();
     let ids = t.encode("Mild to moderate tricuspid regurgitation.").unwrap();
-    assert_eq!(
-        t.describe(&ids[..6]),
-        ["[START]", "<#> TO <#> TRICUSPID REGURGITATION. ", "<MILD>", "<‡>", "<MODERATE>", "[END]"]
-    );
+    assert_eq!(t.describe(&ids[..6]), ["[START]", "<#> TO <#> TRICUSPID REGURGITATION. ", "<MILD>", "<‡>", "<MODERATE>", "[END]"]);
 }
