@@ -35,22 +35,74 @@ pub struct EngineConfig {
     pub frame_batch: usize,
     /// `--template-vocab`: an EchoCLIP-R vocabulary for the models that need one (see
     /// [`template_vocab_for`]).
-    pub template_vocab: Option<PathBuf>,
+    pub template_vocab: Option<TemplateVocabArg>,
 }
 
-/// The EchoCLIP-R template vocabulary a model tokenises with, if any: `given` (`--template-vocab`)
-/// when this is the only model, else the directory's own `template_vocab.txt`, else `given`
-/// when the model's text tower is too small for CLIP BPE (an EchoCLIP-R checkpoint as the hub
-/// holds it, without a vocabulary).
-pub fn template_vocab_for(model_dir: &Path, given: Option<&Path>, only_model: bool) -> Option<PathBuf> {
+/// `--template-vocab [MODEL=]FILE`: an EchoCLIP-R template vocabulary, for the model named
+/// `MODEL` (its space name: the directory's name, or the repo name of an `hf:` model) or, with
+/// no name, for the model that needs one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TemplateVocabArg {
+    /// The model it is for.
+    pub model: Option<String>,
+    /// The vocabulary file.
+    pub file: PathBuf,
+}
+
+impl std::str::FromStr for TemplateVocabArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once('=') {
+            // A path that exists as written wins over the MODEL=FILE reading.
+            Some((model, file)) if !model.is_empty() && !Path::new(s).exists() => {
+                Ok(TemplateVocabArg { model: Some(model.to_owned()), file: PathBuf::from(file) })
+            }
+            _ if s.is_empty() => Err("empty --template-vocab".into()),
+            _ => Ok(TemplateVocabArg { model: None, file: PathBuf::from(s) }),
+        }
+    }
+}
+
+/// Whether the text tower of the model in `model_dir` is too small for CLIP BPE (a template
+/// vocabulary's tower; the published EchoCLIP-R keeps CLIP's 49,408 rows, so this is no test for
+/// EchoCLIP-R in general).
+fn small_tower(model_dir: &Path) -> bool {
+    crate::model::ClipConfig::from_dir(model_dir).is_ok_and(|c| c.text.vocab_size <= crate::tokenize::CLIP_BPE_END_ID)
+}
+
+/// The EchoCLIP-R template vocabulary a model tokenises with, if any. `given`
+/// (`--template-vocab`) applies to the model it names; unnamed, to the only model, or else to a
+/// model without a vocabulary of its own whose text tower is too small for CLIP BPE. Otherwise
+/// the directory's own `template_vocab.txt`, if any.
+pub fn template_vocab_for(model_dir: &Path, given: Option<&TemplateVocabArg>, only_model: bool) -> Option<PathBuf> {
     let own = model_dir.join(crate::tokenize::TEMPLATE_VOCAB_FILE);
     let own = own.is_file().then_some(own);
-    let small_tower = || crate::model::ClipConfig::from_dir(model_dir).is_ok_and(|c| c.text.vocab_size <= crate::tokenize::CLIP_BPE_END_ID);
     match given {
-        Some(g) if only_model => Some(g.to_owned()),
-        Some(g) if own.is_none() && small_tower() => Some(g.to_owned()),
+        Some(TemplateVocabArg { model: Some(name), file }) if *name == space_name_of(model_dir) => Some(file.clone()),
+        Some(TemplateVocabArg { model: None, file }) if only_model || (own.is_none() && small_tower(model_dir)) => Some(file.clone()),
         _ => own,
     }
+}
+
+/// Refuses a `--template-vocab` that would reach none of `models` (a vocabulary silently left
+/// unused would give an EchoCLIP-R model CLIP BPE ids).
+pub fn check_template_vocab(models: &[PathBuf], given: Option<&TemplateVocabArg>) -> Result<(), Error> {
+    let Some(g) = given else { return Ok(()) };
+    let only = models.len() == 1;
+    if models.iter().any(|m| template_vocab_for(m, Some(g), only).is_some_and(|v| v == g.file)) {
+        return Ok(());
+    }
+    let names: Vec<String> = models.iter().map(|m| space_name_of(m)).collect();
+    Err(Error::Invalid(match &g.model {
+        Some(name) => format!("--template-vocab {name}=…: no --model is named '{name}' (the models are: {})", names.join(", ")),
+        None => format!(
+            "--template-vocab {}: with several models, say which one takes it: --template-vocab MODEL={} (the models are: {})",
+            g.file.display(),
+            g.file.display(),
+            names.join(", ")
+        ),
+    }))
 }
 
 /// `auto` → CUDA when LibTorch sees a GPU, else CPU.
@@ -127,7 +179,7 @@ impl Engine {
                     dir.display()
                 )));
             }
-            let vocab = template_vocab_for(dir, cfg.template_vocab.as_deref(), only_model);
+            let vocab = template_vocab_for(dir, cfg.template_vocab.as_ref(), only_model);
             let mut e = Embedder::load(dir, vocab.as_deref(), cfg.device, cfg.channel_order, cfg.frame_batch)?;
             e.space = index.ensure_space(&name, e.model.dim())?;
             e.space_name = name;
@@ -207,6 +259,12 @@ impl Embedder {
     ) -> Result<Embedder, Error> {
         let model = Clip::load(model_dir, device, Precision::F32)?;
         let tokenizer = TextTokenizer::for_model(model_dir, vocab, model.context_length() as usize, Some(model.config.text.vocab_size))?;
+        if vocab.is_none() && !model_dir.join("tokenizer.json").is_file() {
+            tracing::warn!(
+                "{}: no tokenizer.json or template vocabulary: texts use the built-in CLIP BPE (for an EchoCLIP-R model pass --template-vocab)",
+                model_dir.display()
+            );
+        }
         let preprocess = Preprocess { size: model.image_size(), mean: model.config.mean, std: model.config.std, order };
         Ok(Embedder { model, tokenizer, preprocess, space: SpaceId(0), space_name: String::new(), frame_batch: frame_batch.max(1) })
     }

@@ -335,6 +335,25 @@ fn an_echoclip_r_directory_without_its_vocabulary_takes_template_vocab() {
     ));
     assert_eq!(s["tokenizers"]["echovault-phantom"], "clip-bpe", "{s}");
     assert_eq!(s["tokenizers"]["phantom-r-bare"], "template", "{s}");
+    // A model with CLIP's 49,408-row tower (as the published EchoCLIP-R has) cannot be told
+    // from a CLIP-BPE model: with several models the vocabulary must name it.
+    let big_tower = tmp.path().join("tiny-r");
+    std::fs::create_dir(&big_tower).unwrap();
+    for f in ["open_clip_config.json", "open_clip_model.safetensors"] {
+        std::fs::copy(root().join("data-samples/echovault-tiny").join(f), big_tower.join(f)).unwrap();
+    }
+    let tiny = root().join("data-samples/echovault-tiny");
+    let ingest = |vocab_arg: &str| {
+        run(&[&tiny, &big_tower], &["--template-vocab", vocab_arg, "--json", "ingest", clips().to_str().unwrap(), "--progress", "none"])
+    };
+    let o = ingest(vocab.to_str().unwrap());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(json(&o)["error"].as_str().unwrap().contains("--template-vocab MODEL="), "{}", json(&o));
+    let o = ingest(&format!("nosuch={}", vocab.display()));
+    assert!(json(&o)["error"].as_str().unwrap().contains("no --model is named 'nosuch'"), "{}", json(&o));
+    let s = json(&ingest(&format!("tiny-r={}", vocab.display())));
+    assert_eq!(s["tokenizers"]["tiny-r"], "template", "{s}");
+    assert_eq!(s["tokenizers"]["echovault-tiny"], "clip-bpe", "{s}");
     // A vocabulary whose end id the tower cannot hold is refused with both numbers:
     // 100 phrases → T = 105, end id 105 + 133 = 238 > 190.
     let big = tmp.path().join("big.txt");

@@ -238,6 +238,13 @@ fn template_sentences(vocab: &str, n: usize, seed: u64) -> Vec<String> {
         "<#>",
         "ok",
         "Shortness breath",
+        // Unicode the two regex engines must read alike: no-break and em spaces, separators
+        // Python counts as whitespace, Arabic-Indic digits, ß and ligatures that upper-case
+        // into two letters, backticks, the separator itself, dot dates, AND/OR, WERE.
+        "Valves were thin and/or normal",
+        "Seen on 03.04.2021\u{a0}ok",
+        "EF\u{2003}\u{663}\u{665} %\u{1c}done",
+        "Stra\u{df}e \u{fb01}ne`s \u{2021} note",
     ];
     let mut rng = StdRng::seed_from_u64(seed);
     (0..n)

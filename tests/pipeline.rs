@@ -409,6 +409,32 @@ fn a_model_directory_with_a_template_vocabulary_embeds_reports_with_it() {
     assert_eq!(hits["hits"][0]["id"].as_str(), Some(reports[0].id.0.as_str()), "{hits}");
     assert!(hits["hits"][0]["score"].as_f64().unwrap() > 0.9999);
 
+    // A report the template tokenizer refuses (a literal `<#>`) fails alone, named by its
+    // reports file and study; the other report of the manifest is embedded; the run exits 3.
+    let bad = dir.path().join("bad-reports.jsonl");
+    let line = |study: &str, text: &str| serde_json::json!({"study": study, "text": text}).to_string();
+    std::fs::write(&bad, [line("S-BAD", "LV EJECTION FRACTION IS <#>%."), line("S-GOOD", "MILD MITRAL REGURGITATION.")].join("\n"))
+        .unwrap();
+    let o =
+        base(&tiny, Some(&r)).args(["--json", "ingest", export.to_str().unwrap(), "--reports", bad.to_str().unwrap()]).output().unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = json(&o);
+    assert_eq!(s["reports"], 1, "{s}");
+    let failed = s["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{s}");
+    let (path, reason) = (failed[0]["path"].as_str().unwrap(), failed[0]["reason"].as_str().unwrap());
+    assert!(path.contains("bad-reports.jsonl") && path.contains("S-BAD"), "{path}");
+    assert!(reason.contains("tiny-r") && reason.contains("<#>"), "{reason}");
+    let errors = json(&base(&tiny, None).args(["--json", "errors"]).output().unwrap());
+    assert!(errors["errors"].as_array().unwrap().iter().any(|e| e["path"] == path), "{errors}");
+    // Mended, the report is embedded and its error row goes.
+    std::fs::write(&bad, [line("S-BAD", "LV EJECTION FRACTION IS 40%."), line("S-GOOD", "MILD MITRAL REGURGITATION.")].join("\n")).unwrap();
+    let o =
+        base(&tiny, Some(&r)).args(["--json", "ingest", export.to_str().unwrap(), "--reports", bad.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let errors = json(&base(&tiny, None).args(["--json", "errors"]).output().unwrap());
+    assert!(!errors["errors"].as_array().unwrap().iter().any(|e| e["path"] == path), "{errors}");
+
     // A vocabulary the text tower cannot hold is refused when the model loads, naming the file.
     let big: String = (0..49_500).map(|i| format!("PHRASE NUMBER W{i:05X}\n")).collect();
     let huge = template_model(dir.path(), "tiny-huge", &big);

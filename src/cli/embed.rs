@@ -54,7 +54,7 @@ pub fn run_embed(g: &Global, a: &EmbedArgs) -> anyhow::Result<i32> {
     let preprocess = Preprocess { size: model.image_size(), mean: model.config.mean, std: model.config.std, order: cfg.channel_order };
     let mut out = json!({ "model": cfg.model_dir.display().to_string(), "dim": model.dim() });
     if let Some(t) = &a.text {
-        let vocab = echovault::engine::template_vocab_for(&cfg.model_dir, cfg.template_vocab.as_deref(), true);
+        let vocab = echovault::engine::template_vocab_for(&cfg.model_dir, cfg.template_vocab.as_ref(), true);
         let tok = TextTokenizer::for_model(
             &cfg.model_dir,
             vocab.as_deref(),
@@ -86,7 +86,10 @@ pub fn run_tokenize(g: &Global, a: &TokenizeArgs) -> anyhow::Result<i32> {
         Some(p) => super::resolve_model(p)?,
         None => model_dir(g)?,
     };
-    let tok = TextTokenizer::for_model(&bpe, g.template_vocab.as_deref(), a.context_length, None)?;
+    // The text tower's size when the directory says it, so a vocabulary too big for it is
+    // refused here as everywhere else.
+    let vocab_size = echovault::model::ClipConfig::from_dir(&bpe).ok().map(|c| c.text.vocab_size);
+    let tok = TextTokenizer::for_model(&bpe, g.template_vocab.as_ref().map(|v| v.file.as_path()), a.context_length, vocab_size)?;
     let ids = tok.encode(&a.text)?;
     let mut out = json!({ "ids": ids, "tokenizer": tok.kind() });
     if let TextTokenizer::Template(t) = &tok {

@@ -15,7 +15,7 @@ mod train;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use echovault::engine::{parse_device, EngineConfig, DEFAULT_FRAME_BATCH};
+use echovault::engine::{parse_device, EngineConfig, TemplateVocabArg, DEFAULT_FRAME_BATCH};
 use echovault::hub;
 use echovault::media::{ChannelOrder, FrameSampling};
 use std::path::{Path, PathBuf};
@@ -58,10 +58,12 @@ pub struct Global {
     #[arg(long, global = true)]
     pub space: Option<String>,
     /// EchoCLIP-R template vocabulary (one phrase per line, `<#>` = slot; e.g. the reference's
-    /// template_vocab.txt) for a model whose directory has none: the only --model given, or any
-    /// whose text tower is too small for CLIP BPE (an EchoCLIP-R checkpoint as the hub holds it).
-    #[arg(long, global = true, value_name = "FILE")]
-    pub template_vocab: Option<PathBuf>,
+    /// template_vocab.txt) for a model whose directory has none. MODEL=FILE gives it to the
+    /// model of that space name (directory name, or repo name of an hf: model); a plain FILE to
+    /// the only --model, or to the one whose text tower is too small for CLIP BPE. A vocabulary
+    /// that reaches no model is an error.
+    #[arg(long, global = true, value_name = "[MODEL=]FILE")]
+    pub template_vocab: Option<TemplateVocabArg>,
     /// Device for the model: auto (CUDA when available), cpu or cuda.
     #[arg(long, global = true, default_value = "auto")]
     pub device: String,
@@ -93,10 +95,13 @@ impl Global {
                 p
             }
         };
+        let extra_models: Vec<PathBuf> = self.model.iter().skip(1).map(|m| resolve_model(m)).collect::<anyhow::Result<_>>()?;
+        let all: Vec<PathBuf> = std::iter::once(model_dir.clone()).chain(extra_models.iter().cloned()).collect();
+        echovault::engine::check_template_vocab(&all, self.template_vocab.as_ref())?;
         Ok(EngineConfig {
             index_dir: self.index.clone(),
             model_dir,
-            extra_models: self.model.iter().skip(1).map(|m| resolve_model(m)).collect::<anyhow::Result<_>>()?,
+            extra_models,
             space: self.space.clone(),
             device: parse_device(&self.device)?,
             channel_order: self.channel_order,

@@ -27,7 +27,7 @@ enum Prefer {
     Similarity,
 }
 
-fn pick(models: &[PathBuf], given_vocab: Option<&Path>, prefer: Prefer) -> usize {
+fn pick(models: &[PathBuf], given_vocab: Option<&echovault::engine::TemplateVocabArg>, prefer: Prefer) -> usize {
     let template = |d: &PathBuf| echovault::engine::template_vocab_for(d, given_vocab, models.len() == 1).is_some();
     models.iter().position(|d| template(d) == (prefer == Prefer::Similarity)).unwrap_or(0)
 }
@@ -42,12 +42,12 @@ impl Loaded {
     fn open(g: &Global, need_index: bool, prefer: Prefer) -> anyhow::Result<Loaded> {
         let cfg = g.engine_config()?;
         let models: Vec<PathBuf> = std::iter::once(cfg.model_dir.clone()).chain(cfg.extra_models.iter().cloned()).collect();
-        let i = pick(&models, cfg.template_vocab.as_deref(), prefer);
+        let i = pick(&models, cfg.template_vocab.as_ref(), prefer);
         if g.index.is_dir() {
             return Ok(Loaded::Engine(Box::new(open_engine(g)?), i));
         }
         anyhow::ensure!(!need_index, "no index at {} (run `echovault ingest` first, or pass --index DIR)", g.index.display());
-        let vocab = echovault::engine::template_vocab_for(&models[i], cfg.template_vocab.as_deref(), models.len() == 1);
+        let vocab = echovault::engine::template_vocab_for(&models[i], cfg.template_vocab.as_ref(), models.len() == 1);
         let mut e = Embedder::load(&models[i], vocab.as_deref(), cfg.device, cfg.channel_order, cfg.frame_batch)
             .with_context(|| format!("loading model {}", models[i].display()))?;
         e.space_name = match (&cfg.space, i) {

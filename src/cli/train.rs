@@ -77,6 +77,7 @@ pub fn run(g: &Global, a: &TrainArgs) -> anyhow::Result<i32> {
         seed: a.seed,
         device: parse_device(&g.device)?,
         save_f16: a.f16,
+        template_vocab: g.template_vocab.as_ref().map(|v| v.file.clone()),
     };
     #[allow(clippy::print_stderr)]
     let s = train(&opts, |line| eprintln!("{line}"))?;

@@ -162,7 +162,10 @@ struct EmbeddedReport {
 }
 
 enum Done {
-    Skipped { input: Discovered, id: Option<String> },
+    Skipped {
+        input: Discovered,
+        id: Option<String>,
+    },
     Duplicate,
     OutsideSince,
     NotImage(Failure),
@@ -170,6 +173,9 @@ enum Done {
     Video(Box<Embedded>),
     Report(Box<EmbeddedReport>),
     ReportUnchanged,
+    /// A report that cannot be embedded (e.g. its text cannot be tokenised): its row of
+    /// `errors`, keyed by the reports file and the study; the run goes on.
+    ReportFailed(Failure),
 }
 
 /// A report to index, with where it came from.
@@ -590,24 +596,45 @@ fn embed_reports(engine: &Engine, reports: Vec<ReportJob>, done: &Sender<Done>) 
     let chunk = engine.embedders.iter().map(|e| e.frame_batch).min().unwrap_or(32).max(1);
     for group in todo.chunks(chunk) {
         let mut spaces: Vec<Vec<(usize, Vec<f32>)>> = group.iter().map(|_| Vec::new()).collect();
+        let mut failed: Vec<Option<String>> = vec![None; group.len()];
         for (i, e) in engine.embedders.iter().enumerate() {
             let members: Vec<usize> = (0..group.len()).filter(|&g| group[g].1.contains(&i)).collect();
             if members.is_empty() {
                 continue;
             }
             let texts: Vec<&str> = members.iter().map(|&g| group[g].0.entry.text.as_str()).collect();
-            for (g, v) in members.into_iter().zip(e.embed_texts(&texts)?) {
-                spaces[g].push((i, v));
+            match e.embed_texts(&texts) {
+                Ok(vectors) => members.into_iter().zip(vectors).for_each(|(g, v)| spaces[g].push((i, v))),
+                // One report the tokenizer refuses fails alone: the others of the group are
+                // embedded one by one.
+                Err(Error::Tokenizer { .. }) => {
+                    for g in members {
+                        match e.embed_texts(&[group[g].0.entry.text.as_str()]) {
+                            Ok(mut v) => spaces[g].push((i, v.remove(0))),
+                            Err(err @ Error::Tokenizer { .. }) => failed[g] = Some(format!("{}: {err}", e.space_name)),
+                            Err(other) => return Err(other),
+                        }
+                    }
+                }
+                Err(other) => return Err(other),
             }
         }
-        for ((r, _), spaces) in group.iter().zip(spaces) {
-            let d = Done::Report(Box::new(EmbeddedReport { entry: r.entry.clone(), source: r.source.clone(), spaces }));
+        for (((r, _), spaces), failed) in group.iter().zip(spaces).zip(failed) {
+            let d = match failed {
+                Some(reason) => Done::ReportFailed(Failure { path: report_key(&r.source, &r.entry.study), reason }),
+                None => Done::Report(Box::new(EmbeddedReport { entry: r.entry.clone(), source: r.source.clone(), spaces })),
+            };
             if done.send(d).is_err() {
                 return Ok(());
             }
         }
     }
     Ok(())
+}
+
+/// The `errors` key of a report: its reports file and study (a report is no file of its own).
+fn report_key(source: &str, study: &str) -> String {
+    format!("{source} (report of study {study})")
 }
 
 /// Study id → its videos in the index (built from the items table once, then kept current).
@@ -630,7 +657,7 @@ fn write_stage(
     // second: a power cut loses at most the last second, which the next run redoes.
     let mut synced_at = Instant::now();
     for d in done {
-        let input_done = !matches!(d, Done::Report(_) | Done::ReportUnchanged);
+        let input_done = !matches!(d, Done::Report(_) | Done::ReportUnchanged | Done::ReportFailed(_));
         match d {
             Done::Skipped { input, id } => {
                 summary.skipped += 1;
@@ -650,6 +677,13 @@ fn write_stage(
             }
             Done::OutsideSince => summary.outside_since += 1,
             Done::NotImage(f) => summary.not_images.push(f),
+            Done::ReportFailed(f) => {
+                tracing::warn!(report = %f.path, "report not embedded: {}", f.reason);
+                let mut b = index.batch();
+                b.put_error(&f.path, Some(&f.reason));
+                index.commit_with(b, Durability::Buffered)?;
+                summary.failed.push(f);
+            }
             Done::Failed(f) => {
                 tracing::warn!(file = %f.path, "ingest failed: {}", f.reason);
                 let mut b = index.batch();
@@ -802,6 +836,8 @@ fn write_report(ctx: &Ctx, r: &EmbeddedReport) -> Result<(), Error> {
     for (i, v) in &r.spaces {
         b.put_vector(ctx.spaces[*i].0, rid.clone(), Kind::Report, v.clone());
     }
+    // A report that failed in an earlier run and is embedded now leaves `errors`.
+    b.put_error(&report_key(&r.source, &r.entry.study), None);
     index.commit_with(b, Durability::Buffered)?;
     Ok(())
 }

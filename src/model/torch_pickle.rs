@@ -19,6 +19,9 @@
 use std::collections::HashMap;
 use std::fmt;
 
+/// Most dimensions a tensor of a checkpoint may have (PyTorch itself allows 64).
+const MAX_DIMS: usize = 64;
+
 /// Why `data.pkl` could not be interpreted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PickleError {
@@ -480,6 +483,13 @@ impl Machine<'_> {
     }
 
     fn ints_of(&self, v: Value, what: &str) -> Result<Vec<i64>> {
+        // Sizes and strides: checked before they are copied out, so one huge memoised tuple
+        // reused by many tensors cannot cost quadratic memory.
+        if let Ok(Object::Tuple(t)) = self.obj(v) {
+            if t.len() > MAX_DIMS {
+                return self.err(format!("{what} has {} dimensions (at most {MAX_DIMS})", t.len()));
+            }
+        }
         self.tuple_of(v, what)?
             .into_iter()
             .map(|x| match x {

@@ -26,6 +26,9 @@ use std::io::Read;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
+/// How many times a view may repeat its storage's elements when it is copied out.
+const MAX_EXPANSION: i64 = 64;
+
 /// Keys of training-checkpoint wrappers whose dict value is the state dict, in order of trust.
 const WRAPPER_KEYS: [&str; 2] = ["state_dict", "model"];
 
@@ -118,6 +121,13 @@ fn read_record(zip: &mut zip::ZipArchive<File>, name: &str, file_len: u64, expec
     let stored = f.compression() == zip::CompressionMethod::Stored;
     if f.compressed_size() > file_len || (stored && size > file_len) {
         return Err(RecordError::Bad(format!("record {name} claims {size} bytes, the file has {file_len} (truncated?)")));
+    }
+    // Deflate inflates at most ≈ 1032-fold: a record claiming more is lying (a zip bomb).
+    if !stored && size > f.compressed_size().saturating_mul(1032).max(1024) {
+        return Err(RecordError::Bad(format!(
+            "record {name} claims {size} bytes from {} compressed ones, more than deflate can give",
+            f.compressed_size()
+        )));
     }
     // Only a stored record's size is bounded by the file; a compressed one grows as it inflates.
     let mut buf = if stored { Vec::with_capacity(size as usize) } else { Vec::new() };
@@ -276,6 +286,13 @@ impl Storages<'_> {
                 )))
             }
         }
+        // A view may repeat its storage's elements (stride 0, overlaps), and copying it out
+        // allocates all of them: bounded, so a few bytes of pickle cannot ask for terabytes.
+        if numel > n.saturating_mul(MAX_EXPANSION).max(1 << 20) {
+            return Err(why(format!(
+                "view of {numel} elements expands its storage of {n} more than {MAX_EXPANSION}-fold (not a state dict torch.save writes)"
+            )));
+        }
         let tch_err = |e: tch::TchError| why(e.to_string());
         let view = storage.f_as_strided(size.as_slice(), stride.as_slice(), *offset).map_err(tch_err)?;
         if *offset == 0 && numel == n && view.is_contiguous() {
@@ -396,6 +413,9 @@ mod tests {
             (pickle(&[("w", 0, &[2, 3], &[3, 1])], 6), floats(&[0.0; 5]), "holds 20 bytes, the pickle says 24"),
             (pickle(&[("w", 0, &[2, 3], &[3, 1])], i32::MAX), data.clone(), "more than the file holds"),
             (pickle(&[("w", 0, &[65536, 65536, 65536, 65536], &[0, 0, 0, 0])], 6), data.clone(), "overflows"),
+            // Stride 0 repeating one element 2^24 times: 64 MiB asked for by a few bytes.
+            (pickle(&[("w", 0, &[1 << 12, 1 << 12], &[0, 0])], 6), data.clone(), "expands its storage"),
+            (pickle(&[("w", 0, &[1; 65], &[1; 65])], 6), data.clone(), "65 dimensions"),
         ];
         for (p, d, want) in cases {
             write_zip(&path, "archive", &p, &[("0", d)]);

@@ -61,6 +61,9 @@ pub struct TrainOptions {
     pub device: Device,
     /// Store weights as f16 (smaller snapshot; loaders upcast).
     pub save_f16: bool,
+    /// An EchoCLIP-R template vocabulary to train with (default: the source directory's
+    /// `template_vocab.txt`, if any); the snapshot keeps a copy as its `template_vocab.txt`.
+    pub template_vocab: Option<PathBuf>,
 }
 
 /// What training did.
@@ -130,7 +133,12 @@ pub fn train(opts: &TrainOptions, mut log: impl FnMut(&str)) -> Result<TrainSumm
         w.finish()?;
     }
     let parameters: i64 = params.iter().map(|(_, t)| t.numel() as i64).sum();
-    let tokenizer = TextTokenizer::for_model(&src, None, config.text.context_length as usize, Some(config.text.vocab_size))?;
+    let tokenizer =
+        TextTokenizer::for_model(&src, opts.template_vocab.as_deref(), config.text.context_length as usize, Some(config.text.vocab_size))?;
+    let vocab = match &tokenizer {
+        TextTokenizer::Template(t) => Some(t.path().to_owned()),
+        TextTokenizer::Bpe(_) => None,
+    };
     log(&format!("train: {} tokenizer", tokenizer.kind()));
     let pre = Preprocess { size: config.vision.image_size, mean: config.mean, std: config.std, order: Default::default() };
 
@@ -227,11 +235,11 @@ pub fn train(opts: &TrainOptions, mut log: impl FnMut(&str)) -> Result<TrainSumm
             ));
         }
         if opts.checkpoint_every > 0 && (step + 1) % opts.checkpoint_every == 0 && step + 1 < opts.steps {
-            save(&params, &src, &opts.out, opts.save_f16)?;
+            save(&params, &src, vocab.as_deref(), &opts.out, opts.save_f16)?;
             log(&format!("train: checkpoint at step {} in {}", step + 1, opts.out.display()));
         }
     }
-    save(&params, &src, &opts.out, opts.save_f16)?;
+    save(&params, &src, vocab.as_deref(), &opts.out, opts.save_f16)?;
     let tenth = (losses.len() / 10).max(1);
     let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len().max(1) as f64;
     Ok(TrainSummary {
@@ -264,12 +272,16 @@ fn spaced(frames: &[Frame], n: usize) -> Vec<Frame> {
 }
 
 /// Writes the snapshot atomically enough: weights to a temporary name, then renamed.
-fn save(params: &[(String, Tensor)], src: &Path, out: &Path, f16: bool) -> Result<(), Error> {
+fn save(params: &[(String, Tensor)], src: &Path, vocab: Option<&Path>, out: &Path, f16: bool) -> Result<(), Error> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    for name in ["open_clip_config.json", "tokenizer.json", TEMPLATE_VOCAB_FILE] {
-        let from = src.join(name);
+    // The config is required; the tokenizer the model was trained with goes along: the template
+    // vocabulary, else the source's tokenizer.json if it has one (else the built-in BPE).
+    let tokenizer = match vocab {
+        Some(v) => (v.to_owned(), TEMPLATE_VOCAB_FILE),
+        None => (src.join("tokenizer.json"), "tokenizer.json"),
+    };
+    for (from, name) in [(src.join("open_clip_config.json"), "open_clip_config.json"), tokenizer] {
         let to = out.join(name);
-        // The config is required; a tokenizer file is copied when the source has one.
         if from != to && (name == "open_clip_config.json" || from.is_file()) {
             std::fs::copy(&from, &to).map_err(|e| Error::io(&from, e))?;
         }
