@@ -336,7 +336,7 @@ fn report_text(scene: &Scene, transplanted: bool) -> String {
     let mut s = vec![ef_sentences(ef)];
     let dil = dilation(ef) * scene.anatomy.lv_axes.0 / 0.20;
     s.push(if dil < 1.1 {
-        "LEFT VENTRICULAR CAVITY SIZE IS WITHIN NORMAL LIMITS.".to_owned()
+        "NORMAL LEFT VENTRICULAR SIZE.".to_owned()
     } else {
         format!("THE LEFT VENTRICLE IS {} DILATED.", if dil < 1.25 { "MILDLY" } else { "MODERATELY" })
     });
@@ -373,7 +373,7 @@ pub fn ef_sentences(ef: f64) -> String {
     let function = if ef >= 70.0 {
         "HYPERDYNAMIC LEFT VENTRICULAR SYSTOLIC FUNCTION.".to_owned()
     } else if ef >= 52.0 {
-        "LEFT VENTRICULAR SYSTOLIC FUNCTION IS WITHIN NORMAL LIMITS.".to_owned()
+        "NORMAL LEFT VENTRICULAR SYSTOLIC FUNCTION.".to_owned()
     } else {
         let grade = if ef >= 41.0 {
             "MILDLY"
