@@ -42,10 +42,11 @@ fn run_py(script: &str, args: &[&str], stdin: Option<&str>) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// A cached random-init open_clip checkpoint (regenerated when absent): `torch.save` of the
-/// model's own `state_dict()` by the pinned torch; `flags` go to make_checkpoint.py.
+/// A cached random-init open_clip checkpoint (regenerated when absent) laid out as an open_clip
+/// hub repo: `open_clip_config.json` and `torch.save` of the model's own `state_dict()` by the
+/// pinned torch, no tokenizer.json; `flags` go to make_checkpoint.py.
 fn checkpoint(which: &str, seed: u64, flags: &[&str]) -> PathBuf {
-    let name = [format!("{which}-{seed}-state-dict")].into_iter().chain(flags.iter().map(|f| f.trim_start_matches('-').to_owned()));
+    let name = [format!("{which}-{seed}-hub")].into_iter().chain(flags.iter().map(|f| f.trim_start_matches('-').to_owned()));
     let dir = root().join("target/parity-cache").join(name.collect::<Vec<_>>().join("-"));
     if !dir.join("open_clip_pytorch_model.bin").exists() {
         let mut args = vec![which.to_owned(), seed.to_string(), dir.to_str().unwrap().to_owned()];
@@ -330,6 +331,9 @@ fn compare(name: &str, ours: &Tensor, theirs: &Tensor, min_cos: f64, max_abs: f6
 
 fn model_parity(dir: &Path, n_images: i64, n_texts: usize) {
     let model = Clip::load(dir, Device::Cpu, Precision::F32).unwrap();
+    // config + .bin only: texts go through the built-in CLIP BPE (its ids equal open_clip's:
+    // clip_bpe_builtin_ids_equal_open_clip), so this is the whole text path of a hub download.
+    assert!(!dir.join("tokenizer.json").exists() && dir.join("open_clip_pytorch_model.bin").exists());
     let s = model.image_size();
     tch::manual_seed(3);
     let images = Tensor::randn([n_images, 3, s, s], (Kind::Float, Device::Cpu));

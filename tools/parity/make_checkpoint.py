@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Write an HF-style open_clip snapshot with random weights: open_clip_config.json,
-open_clip_pytorch_model.bin and tokenizer.json (copied from data-samples).
+"""Write an HF-style open_clip snapshot with random weights as an open_clip hub repo holds it:
+open_clip_config.json and open_clip_pytorch_model.bin, no tokenizer.json (echovault's built-in
+CLIP BPE tokenises).
 
 The .bin is `torch.save(model.state_dict())` straight from the open_clip model, as open_clip's
 hub uploads and training scripts write it: an OrderedDict with `_metadata`, each tensor as the
@@ -86,7 +87,6 @@ def main():
     cfg = {"model_cfg": model_cfg, "preprocess_cfg": {"mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD)}}
     with open(os.path.join(a.out, "open_clip_config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
-    shutil.copy(os.path.join(SAMPLE, "tokenizer.json"), os.path.join(a.out, "tokenizer.json"))
     # Weights last, through a rename: callers treat the .bin's presence as "complete". (The zip's
     # record prefix then is "open_clip_pytorch_model.bin", not "archive": torch names it after
     # the file it writes.)
