@@ -679,17 +679,11 @@ fn write_stage(
             Done::NotImage(f) => summary.not_images.push(f),
             Done::ReportFailed(f) => {
                 tracing::warn!(report = %f.path, "report not embedded: {}", f.reason);
-                let mut b = index.batch();
-                b.put_error(&f.path, Some(&f.reason));
-                index.commit_with(b, Durability::Buffered)?;
-                summary.failed.push(f);
+                record_failure(index, summary, f)?;
             }
             Done::Failed(f) => {
                 tracing::warn!(file = %f.path, "ingest failed: {}", f.reason);
-                let mut b = index.batch();
-                b.put_error(&f.path, Some(&f.reason));
-                index.commit_with(b, Durability::Buffered)?;
-                summary.failed.push(f);
+                record_failure(index, summary, f)?;
                 p.failed += 1;
             }
             Done::Video(e) => {
@@ -729,6 +723,15 @@ fn write_stage(
         progress(&p);
     }
     index.sync()?;
+    Ok(())
+}
+
+/// A failed input or report: its row of `errors` and the summary's list.
+fn record_failure(index: &Index, summary: &mut IngestSummary, f: Failure) -> Result<(), Error> {
+    let mut b = index.batch();
+    b.put_error(&f.path, Some(&f.reason));
+    index.commit_with(b, Durability::Buffered)?;
+    summary.failed.push(f);
     Ok(())
 }
 
