@@ -1,6 +1,10 @@
 //! Both towers, loaded from an HF-style snapshot directory, with task-level methods that return
 //! L2-normalised embeddings (open_clip `CLIP.encode_image` / `encode_text` followed by
 //! `F.normalize`). Inference only: every forward runs under `no_grad`.
+//!
+//! A `Clip` is shared between threads (`echovault serve` answers queries while an ingest job
+//! embeds): LibTorch tensors are `Send` but not `Sync` in `tch`, so each tower sits behind its
+//! own mutex. A text query then waits for another text forward pass, never for an image batch.
 
 use crate::error::Error;
 use crate::model::config::ClipConfig;
@@ -8,6 +12,7 @@ use crate::model::convnext::VisionTower;
 use crate::model::text::TextTower;
 use crate::model::weights::Weights;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 use tch::{Device, Kind, Tensor};
 
 /// Numeric precision of the towers.
@@ -39,8 +44,10 @@ pub struct Clip {
     pub config: ClipConfig,
     /// Snapshot directory it was loaded from.
     pub dir: PathBuf,
-    visual: VisionTower,
-    text: TextTower,
+    visual: Mutex<VisionTower>,
+    text: Mutex<TextTower>,
+    image_size: i64,
+    context_length: i64,
     /// `logit_scale` (log of the temperature inverse), as trained.
     pub logit_scale: f64,
     device: Device,
@@ -60,7 +67,7 @@ impl Clip {
         let text = TextTower::new(&mut w, &config)?;
         let logit_scale = w.get("logit_scale", &[])?.double_value(&[]);
         w.finish()?;
-        Ok(Clip { config, dir: dir.to_owned(), visual, text, logit_scale, device, kind: precision.kind() })
+        Ok(Clip::assemble(dir, config, visual, text, logit_scale, device, precision.kind()))
     }
 
     /// Builds both towers from `w` (any source: a checkpoint, random initialisation, a training
@@ -69,13 +76,36 @@ impl Clip {
         let visual = VisionTower::new(w, &config)?;
         let text = TextTower::new(w, &config)?;
         let logit_scale = w.get("logit_scale", &[])?.double_value(&[]);
-        Ok(Clip { config, dir: dir.to_owned(), visual, text, logit_scale, device, kind: Kind::Float })
+        Ok(Clip::assemble(dir, config, visual, text, logit_scale, device, Kind::Float))
+    }
+
+    fn assemble(
+        dir: &Path,
+        config: ClipConfig,
+        visual: VisionTower,
+        text: TextTower,
+        logit_scale: f64,
+        device: Device,
+        kind: Kind,
+    ) -> Clip {
+        let (image_size, context_length) = (visual.image_size, text.context_length);
+        Clip {
+            config,
+            dir: dir.to_owned(),
+            visual: Mutex::new(visual),
+            text: Mutex::new(text),
+            image_size,
+            context_length,
+            logit_scale,
+            device,
+            kind,
+        }
     }
 
     /// Unnormalised image and text features with autograd on (training): `images` `[N, 3, S, S]`
     /// on the model's device, `ids` `[N, context_length]` int64.
     pub fn forward_train(&self, images: &Tensor, ids: &Tensor) -> (Tensor, Tensor) {
-        (self.visual.forward(images), self.text.forward(ids))
+        (lock(&self.visual).forward(images), lock(&self.text).forward(ids))
     }
 
     /// Device the weights live on.
@@ -90,12 +120,12 @@ impl Clip {
 
     /// Image side the vision tower expects.
     pub fn image_size(&self) -> i64 {
-        self.visual.image_size
+        self.image_size
     }
 
     /// Tokens per text.
     pub fn context_length(&self) -> i64 {
-        self.text.context_length
+        self.context_length
     }
 
     /// `[N, 3, S, S]` preprocessed f32 images (any device) → `[N, D]` unit vectors, f32 on CPU.
@@ -107,7 +137,7 @@ impl Clip {
         }
         let _guard = tch::no_grad_guard();
         let x = images.f_to_device(self.device)?.f_to_kind(self.kind)?;
-        let y = self.visual.forward(&x).to_kind(Kind::Float);
+        let y = lock(&self.visual).forward(&x).to_kind(Kind::Float);
         Ok(normalise(&y).to_device(Device::Cpu))
     }
 
@@ -124,9 +154,15 @@ impl Clip {
         let _guard = tch::no_grad_guard();
         let flat: Vec<i64> = ids.iter().flatten().copied().collect();
         let t = Tensor::from_slice(&flat).reshape([ids.len() as i64, l as i64]).to_device(self.device);
-        let y = self.text.forward(&t).to_kind(Kind::Float);
+        let y = lock(&self.text).forward(&t).to_kind(Kind::Float);
         Ok(normalise(&y).to_device(Device::Cpu))
     }
+}
+
+/// A tower's lock. A panic during a forward pass leaves the weights as they were (inference
+/// never writes them), so a poisoned lock is taken as it is.
+fn lock<T>(tower: &Mutex<T>) -> MutexGuard<'_, T> {
+    tower.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Row-wise L2 normalisation (as `F.normalize`, eps 1e-12).
