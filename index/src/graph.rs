@@ -2,6 +2,7 @@
 //! per-slot facts that searches filter on. A cache of what RocksDB holds: reloaded from its
 //! snapshot on open (see `snapshot`), or rebuilt from the stored vectors.
 
+use crate::date::StudyDate;
 use crate::ids::{ItemId, Slot};
 use crate::search::Filter;
 use crate::snapshot::Topology;
@@ -30,8 +31,8 @@ pub struct SlotMeta {
     pub patient: Option<String>,
     /// Study id.
     pub study: Option<String>,
-    /// Study date, `YYYY-MM-DD`.
-    pub date: Option<String>,
+    /// Study date.
+    pub date: Option<StudyDate>,
 }
 
 impl SlotMeta {
@@ -44,8 +45,8 @@ impl SlotMeta {
             return false;
         }
         if f.since.is_some() || f.until.is_some() {
-            let Some(d) = self.date.as_deref() else { return false };
-            if f.since.as_deref().is_some_and(|s| d < s) || f.until.as_deref().is_some_and(|u| d > u) {
+            let Some(d) = self.date else { return false };
+            if f.since.is_some_and(|s| d < s) || f.until.is_some_and(|u| d > u) {
                 return false;
             }
         }

@@ -1177,7 +1177,7 @@ fn slot_meta(item: ItemId, rec: Option<&ItemRecord>) -> SlotMeta {
         item,
         patient: rec.and_then(|r| r.patient.clone()),
         study: rec.and_then(|r| r.study.clone()),
-        date: rec.and_then(|r| r.date.clone()),
+        date: rec.and_then(|r| r.date),
     }
 }
 

@@ -21,6 +21,7 @@
 //! ```
 
 mod codec;
+mod date;
 mod error;
 mod graph;
 mod ids;
@@ -31,6 +32,7 @@ mod snapshot;
 mod store;
 mod walk;
 
+pub use date::{DateError, StudyDate};
 pub use error::IndexError;
 pub use ids::{ItemId, Kind, Slot, SpaceId};
 pub use index::{

@@ -1,5 +1,6 @@
 //! The metadata record stored for every item (DESIGN §3). Encoded with bincode 2 (serde).
 
+use crate::date::StudyDate;
 use crate::ids::{ItemId, Kind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -18,8 +19,9 @@ pub struct ItemRecord {
     pub patient: Option<String>,
     /// Study id (StudyInstanceUID or the manifest's study id).
     pub study: Option<String>,
-    /// Study date as `YYYY-MM-DD` (sorts as a string).
-    pub date: Option<String>,
+    /// Study date (stored as `YYYY-MM-DD`; a stored date that is no day reads as `None`).
+    #[serde(deserialize_with = "crate::date::lenient")]
+    pub date: Option<StudyDate>,
     /// Report text (reports only).
     pub text: Option<String>,
     /// Number of frames (videos only).

@@ -1,5 +1,6 @@
 //! Queries, filters and hits.
 
+use crate::date::StudyDate;
 use crate::ids::{ItemId, Kind, SpaceId};
 use crate::record::ItemRecord;
 
@@ -10,10 +11,10 @@ pub struct Filter {
     pub patient: Option<String>,
     /// Only this study.
     pub study: Option<String>,
-    /// Only studies dated on or after (`YYYY-MM-DD`).
-    pub since: Option<String>,
-    /// Only studies dated on or before (`YYYY-MM-DD`).
-    pub until: Option<String>,
+    /// Only studies dated on or after this day.
+    pub since: Option<StudyDate>,
+    /// Only studies dated on or before this day.
+    pub until: Option<StudyDate>,
     /// Never these items (e.g. the query video itself).
     pub exclude: Vec<ItemId>,
 }

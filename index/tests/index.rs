@@ -25,7 +25,7 @@ fn video(id: &str, patient: &str, date: &str) -> ItemRecord {
     let mut r = ItemRecord::new(id, Kind::Video, format!("/export/{id}.avi"));
     r.patient = Some(patient.into());
     r.study = Some(format!("s-{id}"));
-    r.date = Some(date.into());
+    r.date = Some(date.parse().unwrap());
     r
 }
 
@@ -120,14 +120,18 @@ fn filters_restrict_by_patient_and_date() {
     }
     index.commit(b).unwrap();
     let mut q = Query::new(space, Kind::Video, unit(&mut rng, 8), 100);
-    q.filter =
-        Filter { patient: Some("p1".into()), since: Some("2022-03-01".into()), until: Some("2022-06-30".into()), ..Filter::default() };
+    q.filter = Filter {
+        patient: Some("p1".into()),
+        since: Some("2022-03-01".parse().unwrap()),
+        until: Some("2022-06-30".parse().unwrap()),
+        ..Filter::default()
+    };
     let hits = index.search(&q).unwrap();
     assert!(!hits.is_empty());
     for h in &hits {
         assert_eq!(h.record.patient.as_deref(), Some("p1"));
-        let d = h.record.date.as_deref().unwrap();
-        assert!(("2022-03-01"..="2022-06-30").contains(&d), "{d}");
+        let d = h.record.date.unwrap().to_string();
+        assert!(("2022-03-01"..="2022-06-30").contains(&d.as_str()), "{d}");
     }
     let expected = (0..60).filter(|i| i % 3 == 1 && (3..=6).contains(&(1 + i % 12))).count();
     assert_eq!(hits.len(), expected);

@@ -27,7 +27,7 @@ pub struct IngestArgs {
     /// Only studies dated on or after this day (YYYY-MM-DD): DICOM StudyDate, or for videos the
     /// report manifest's date of their study. Undated inputs are passed over.
     #[arg(long)]
-    since: Option<String>,
+    since: Option<echovault::index::StudyDate>,
     /// Decode workers (default: one per core).
     #[arg(long, default_value_t = 0)]
     workers: usize,
@@ -57,7 +57,7 @@ pub fn run(g: &Global, a: &IngestArgs) -> anyhow::Result<i32> {
         reports: a.reports.clone(),
         crop_regions: a.crop_region,
         workers: a.workers,
-        since: a.since.clone(),
+        since: a.since,
         queue: a.queue,
     };
     let mode = match a.progress {

@@ -33,10 +33,10 @@ pub struct SearchArgs {
     study: Option<String>,
     /// Only studies on or after this date (YYYY-MM-DD).
     #[arg(long)]
-    since: Option<String>,
+    since: Option<echovault::index::StudyDate>,
     /// Only studies on or before this date (YYYY-MM-DD).
     #[arg(long)]
-    until: Option<String>,
+    until: Option<echovault::index::StudyDate>,
     /// Exact (brute-force) search instead of the HNSW graph.
     #[arg(long)]
     exact: bool,
@@ -47,7 +47,7 @@ pub fn run(g: &Global, a: &SearchArgs) -> anyhow::Result<i32> {
     anyhow::ensure!(a.k > 0, "-k must be at least 1");
     let engine = open_engine(g)?;
     let filter =
-        Filter { patient: a.patient.clone(), study: a.study.clone(), since: a.since.clone(), until: a.until.clone(), exclude: Vec::new() };
+        Filter { patient: a.patient.clone(), study: a.study.clone(), since: a.since, until: a.until, exclude: Vec::new() };
     let (query, hits) = if let Some(t) = &a.text {
         (json!({ "text": t }), engine.search_vector(engine.embed_text(t)?, a.kind, a.k, filter, a.exact)?)
     } else if let Some(id) = &a.like {

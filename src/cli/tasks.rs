@@ -5,12 +5,12 @@ use super::{open_engine, Global, EXIT_PARTIAL};
 use anyhow::Context;
 use clap::{ArgGroup, Args, Subcommand};
 use echovault::engine::{Embedder, Engine};
-use echovault::index::{Filter, Index, ItemId, ItemRecord, Kind, Query};
+use echovault::index::{Filter, Index, ItemId, ItemRecord, Kind, Query, StudyDate};
 use echovault::ingest::{report_id, study_id};
 use echovault::media::FrameSampling;
 use echovault::tasks::manifest::{self, Manifest, Row};
 use echovault::tasks::metrics::{auc, bootstrap, mae, Estimate, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED};
-use echovault::tasks::pairs::{self, mean, parse_day, recall_at, reid_pairs, retrieval_ranks, transition_scores, Visit};
+use echovault::tasks::pairs::{self, mean, recall_at, reid_pairs, retrieval_ranks, transition_scores, Visit};
 use echovault::tasks::prompts::{self, Mode, PromptFile};
 use echovault::tasks::source::{embed_task, VideoSource};
 use echovault::tasks::zeroshot::{read, EmbeddedTask, Reading};
@@ -306,7 +306,8 @@ pub fn run_reid(g: &Global, a: &ReidArgs) -> anyhow::Result<i32> {
         _ => None,
     };
     let own_study = rec.as_ref().and_then(|r| r.study.clone()).or_else(|| header.as_ref().and_then(|h| h.study_uid.clone()));
-    let own_date = rec.as_ref().and_then(|r| r.date.clone()).or_else(|| header.as_ref().and_then(|h| h.study_date.clone()));
+    let own_date: Option<StudyDate> =
+        rec.as_ref().and_then(|r| r.date).or_else(|| header.as_ref().and_then(|h| h.study_date.as_deref()?.parse().ok()));
     let own_patient = rec.as_ref().and_then(|r| r.patient.clone()).or_else(|| {
         let id = header.as_ref()?.patient_id.as_ref()?;
         Some(echovault::pseudonym::patient_key(index.secret(), id.expose()))
@@ -343,7 +344,7 @@ pub fn run_reid(g: &Global, a: &ReidArgs) -> anyhow::Result<i32> {
                 "{:>3}. {:+.4}  {}  {}  patient {}{same}",
                 i + 1,
                 h.score,
-                h.record.date.as_deref().unwrap_or("(no date)"),
+                h.record.date.map_or("(no date)".to_owned(), |d| d.to_string()),
                 h.record.study.as_deref().unwrap_or(h.id.as_str()),
                 h.record.patient.as_deref().unwrap_or("-")
             );
@@ -384,7 +385,7 @@ pub fn run_timeline(g: &Global, a: &TimelineArgs) -> anyhow::Result<i32> {
         _ => anyhow::bail!("give --patient or --patient-id"),
     };
     let event = match &a.event {
-        Some(d) => Some(parse_day(d).with_context(|| format!("--event '{d}': give a day as YYYY-MM-DD"))?),
+        Some(d) => Some(d.parse::<StudyDate>().context("--event")?.days_since_epoch()),
         None => None,
     };
     let mut studies: Vec<(i64, ItemRecord, Vec<f32>)> = Vec::new();
@@ -393,7 +394,7 @@ pub fn run_timeline(g: &Global, a: &TimelineArgs) -> anyhow::Result<i32> {
         if rec.patient.as_deref() != Some(key.as_str()) {
             continue;
         }
-        let Some(day) = rec.date.as_deref().and_then(parse_day) else {
+        let Some(day) = rec.date.map(StudyDate::days_since_epoch) else {
             undated += 1;
             continue;
         };
@@ -409,7 +410,7 @@ pub fn run_timeline(g: &Global, a: &TimelineArgs) -> anyhow::Result<i32> {
         .iter()
         .map(|r| {
             let s = &studies[r.visit].1;
-            json!({ "study": s.study, "date": s.date, "similarity": r.similarity, "reference": r.reference.map(|i| studies[i].1.date.clone()),
+            json!({ "study": s.study, "date": s.date, "similarity": r.similarity, "reference": r.reference.map(|i| studies[i].1.date),
                     "after_event": event.map(|e| studies[r.visit].0 >= e), "flagged": r.flagged })
         })
         .collect();
@@ -433,7 +434,7 @@ pub fn run_timeline(g: &Global, a: &TimelineArgs) -> anyhow::Result<i32> {
             };
             println!(
                 "  {}  {:>8}  {}{after}{mark}",
-                s.date.as_deref().unwrap_or(""),
+                s.date.map(|d| d.to_string()).unwrap_or_default(),
                 r.similarity.map_or("-".to_owned(), |x| format!("{x:+.4}")),
                 s.study.as_deref().unwrap_or("")
             );
@@ -808,7 +809,7 @@ struct Labelled {
     vectors: Vec<Vec<f32>>,
     patients: Vec<String>,
     studies: Vec<String>,
-    dates: Vec<Option<String>>,
+    dates: Vec<Option<StudyDate>>,
 }
 
 fn labelled_videos(m: &Manifest, src: &VideoSource<'_>) -> anyhow::Result<(Labelled, Vec<Value>)> {
@@ -830,8 +831,10 @@ fn labelled_videos(m: &Manifest, src: &VideoSource<'_>) -> anyhow::Result<(Label
             };
             Ok((patient, rec, v, input_name(&input)))
         })();
+        // A row's date must be a day: a bad one refuses the row, naming it.
+        let got = got.and_then(|x| Ok((x, r.text(&["date", "study_date"]).map(|d| d.parse::<StudyDate>()).transpose()?)));
         match got {
-            Ok((patient, rec, v, name)) => {
+            Ok(((patient, rec, v, name), date)) => {
                 // A file the index does not hold: the DICOM header's study and date.
                 let (file_study, file_date) = match (&rec, m.file(r)) {
                     (None, Some(p)) => VideoSource::file_facts(&p),
@@ -842,7 +845,7 @@ fn labelled_videos(m: &Manifest, src: &VideoSource<'_>) -> anyhow::Result<(Label
                     .or_else(|| rec.as_ref().and_then(|x| x.study.clone()))
                     .or(file_study)
                     .unwrap_or_else(|| Path::new(&name).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or(name.clone()));
-                out.dates.push(r.text(&["date", "study_date"]).or_else(|| rec.and_then(|x| x.date)).or(file_date));
+                out.dates.push(date.or_else(|| rec.and_then(|x| x.date)).or(file_date));
                 out.vectors.push(v);
                 out.patients.push(patient);
                 out.studies.push(study);
@@ -913,7 +916,7 @@ fn eval_reid(g: &Global, a: &EvalReid) -> anyhow::Result<i32> {
 }
 
 /// A study's patient, date and video vectors.
-type StudyVideos = (String, Option<String>, Vec<Vec<f32>>);
+type StudyVideos = (String, Option<StudyDate>, Vec<Vec<f32>>);
 
 /// The paper's figure for an event type.
 fn paper_transition(kind: &str) -> Option<&'static str> {
@@ -940,12 +943,12 @@ fn eval_transitions(g: &Global, a: &EvalTransitions) -> anyhow::Result<i32> {
             failed.extend(f);
             let mut by_study: BTreeMap<String, StudyVideos> = BTreeMap::new();
             for i in 0..l.vectors.len() {
-                let e = by_study.entry(l.studies[i].clone()).or_insert_with(|| (l.patients[i].clone(), l.dates[i].clone(), Vec::new()));
+                let e = by_study.entry(l.studies[i].clone()).or_insert_with(|| (l.patients[i].clone(), l.dates[i], Vec::new()));
                 e.2.push(l.vectors[i].clone());
             }
             let mut v = Vec::new();
             for (study, (patient, date, vs)) in by_study {
-                match (date.as_deref().and_then(parse_day), echovault::engine::mean_unit(&vs)) {
+                match (date.map(StudyDate::days_since_epoch), echovault::engine::mean_unit(&vs)) {
                     (Some(day), Some(vector)) => v.push(Visit { patient, day, vector }),
                     _ => failed.push(json!({ "input": study, "reason": "study without a valid date" })),
                 }
@@ -956,7 +959,7 @@ fn eval_transitions(g: &Global, a: &EvalTransitions) -> anyhow::Result<i32> {
             let (index, emb) = (loaded.need_index()?, loaded.embedder());
             let mut v = Vec::new();
             for rec in index.items(Some(Kind::Study))? {
-                let (Some(patient), Some(day)) = (rec.patient.clone(), rec.date.as_deref().and_then(parse_day)) else { continue };
+                let (Some(patient), Some(day)) = (rec.patient.clone(), rec.date.map(StudyDate::days_since_epoch)) else { continue };
                 if let Some(vector) = index.get_vector(emb.space, Kind::Study, &rec.id)? {
                     v.push(Visit { patient, day, vector });
                 }
@@ -971,9 +974,12 @@ fn eval_transitions(g: &Global, a: &EvalTransitions) -> anyhow::Result<i32> {
             failed.push(json!({ "input": ev.at(r), "reason": "an event needs patient and date" }));
             continue;
         };
-        let Some(day) = parse_day(&date) else {
-            failed.push(json!({ "input": ev.at(r), "reason": format!("event date '{date}' is not YYYY-MM-DD") }));
-            continue;
+        let day = match date.parse::<StudyDate>() {
+            Ok(d) => d.days_since_epoch(),
+            Err(e) => {
+                failed.push(json!({ "input": ev.at(r), "reason": format!("event date: {e}") }));
+                continue;
+            }
         };
         // Index studies carry pseudonymous keys: a raw id is keyed with the index's secret.
         let patient = match (loaded.index(), from_index && !known.contains(patient.as_str())) {

@@ -20,6 +20,7 @@ use crate::error::Error;
 use crate::media::dicom::DicomCine;
 use crate::media::Frame;
 use crate::pseudonym::patient_key;
+use echovault_index::StudyDate;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -38,7 +39,7 @@ pub struct IngestOptions {
     pub workers: usize,
     /// Only studies dated on or after this day (`YYYY-MM-DD`); inputs without a study date
     /// (DICOM StudyDate, or the report manifest's date for a video's study) are passed over.
-    pub since: Option<String>,
+    pub since: Option<StudyDate>,
     /// Videos each channel between stages holds at most (0: the default, 2).
     pub queue: usize,
 }
@@ -117,7 +118,7 @@ enum Pass {
 
 /// Decides from a file's study id, study date and SOPInstanceUID, before its frames are decoded,
 /// whether it is passed over.
-type Gate<'a> = &'a (dyn Fn(&str, Option<&str>, Option<&str>) -> Option<Pass> + Sync);
+type Gate<'a> = &'a (dyn Fn(&str, Option<StudyDate>, Option<&str>) -> Option<Pass> + Sync);
 
 /// A decoded input, ready to embed.
 struct Decoded {
@@ -126,7 +127,7 @@ struct Decoded {
     fps: Option<f64>,
     study: String,
     patient: Option<String>,
-    date: Option<String>,
+    date: Option<StudyDate>,
     sop_uid: Option<String>,
     extra: BTreeMap<String, String>,
 }
@@ -159,7 +160,16 @@ fn decode_dicom(ctx: &pipeline::Ctx, path: &Path, id: &str, opts: &IngestOptions
     };
     let info = cine.info().clone();
     let study = info.study_uid.clone().unwrap_or_else(|| id.to_owned());
-    if let Some(pass) = gate(&study, info.study_date.as_deref(), info.sop_uid.as_deref()) {
+    // A StudyDate that is no day (anonymisers write 00000000) leaves the video undated rather
+    // than refused.
+    let date = info.study_date.as_deref().and_then(|d| match d.parse::<StudyDate>() {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::warn!("{}: StudyDate {e}; stored undated", path.display());
+            None
+        }
+    });
+    if let Some(pass) = gate(&study, date, info.sop_uid.as_deref()) {
         return Ok(Err(pass));
     }
     let crop = if opts.crop_regions { info.crop_region().ok() } else { None };
@@ -207,7 +217,7 @@ fn decode_dicom(ctx: &pipeline::Ctx, path: &Path, id: &str, opts: &IngestOptions
         fps: info.fps,
         study,
         patient: info.patient_id.as_ref().map(|p| patient_key(ctx.index.secret(), p.expose())),
-        date: info.study_date.clone(),
+        date,
         sop_uid: info.sop_uid.clone(),
         extra,
     }))

@@ -45,7 +45,7 @@ use crate::error::Error;
 use crate::media::{FrameSampling, Preprocess};
 use crate::model::clip;
 use crossbeam_channel::{bounded, Receiver, Sender};
-use echovault_index::{Durability, Index, ItemId, ItemRecord, Kind, SpaceId};
+use echovault_index::{Durability, Index, ItemId, ItemRecord, Kind, SpaceId, StudyDate};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -193,16 +193,13 @@ pub fn ingest(
     mut progress: impl FnMut(&Progress) + Send,
 ) -> Result<IngestSummary, Error> {
     let start = Instant::now();
-    if let Some(since) = &opts.since {
-        check_date(since)?;
-    }
     let found = super::discover(paths)?;
     let mut summary = IngestSummary { found: found.videos.len(), ..IngestSummary::default() };
     for (path, reason) in &found.skipped {
         summary.not_images.push(Failure { path: path.display().to_string(), reason: reason.clone() });
     }
     let reports = gather_reports(opts, &found.videos)?;
-    let dates: HashMap<String, String> = reports.iter().filter_map(|r| Some((r.entry.study.clone(), r.entry.date.clone()?))).collect();
+    let dates: HashMap<String, StudyDate> = reports.iter().filter_map(|r| Some((r.entry.study.clone(), r.entry.date?))).collect();
     // Patients named by the report manifest, keyed at once: videos that carry no PatientID
     // (AVI, MP4) take their study's.
     let patients: HashMap<String, String> = reports
@@ -224,10 +221,10 @@ pub fn ingest(
         sampling: engine.sampling,
         spaces: engine.embedders.iter().map(|e| (e.space, e.preprocess.clone())).collect(),
     };
-    let gate = |study: &str, date: Option<&str>, sop: Option<&str>| -> Option<Pass> {
-        if let Some(since) = &opts.since {
-            let date = date.or_else(|| facts.dates.get(study).map(String::as_str));
-            if date.is_none_or(|d| d < since.as_str()) {
+    let gate = |study: &str, date: Option<StudyDate>, sop: Option<&str>| -> Option<Pass> {
+        if let Some(since) = opts.since {
+            let date = date.or_else(|| facts.dates.get(study).copied());
+            if date.is_none_or(|d| d < since) {
                 return Some(Pass::OutsideSince);
             }
         }
@@ -295,22 +292,6 @@ pub fn ingest(
     // Snapshot the graphs now, so the next open replays nothing.
     engine.index.checkpoint()?;
     Ok(summary)
-}
-
-/// A `--since` value must be a day.
-fn check_date(d: &str) -> Result<(), Error> {
-    let b = d.as_bytes();
-    let ok = b.len() == 10
-        && b[4] == b'-'
-        && b[7] == b'-'
-        && b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
-        && (1..=12).contains(&d[5..7].parse::<u32>().unwrap_or(0))
-        && (1..=31).contains(&d[8..10].parse::<u32>().unwrap_or(0));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!("--since '{d}': give a day as YYYY-MM-DD")))
-    }
 }
 
 /// Manifest reports, then sidecar reports of studies the manifest does not cover.
@@ -757,7 +738,7 @@ fn put_log(b: &mut echovault_index::Batch, path: &Path, id: &str, size: u64, mti
 
 /// What the report manifest says of each study: its date, its (keyed) patient.
 struct StudyFacts {
-    dates: HashMap<String, String>,
+    dates: HashMap<String, StudyDate>,
     patients: HashMap<String, String>,
 }
 
@@ -769,7 +750,7 @@ fn write_video(ctx: &Ctx, e: &Embedded, facts: &StudyFacts, members: &mut Member
     let mut rec = ItemRecord::new(e.id.clone(), Kind::Video, path.display().to_string());
     rec.study = Some(d.study.clone());
     rec.patient = d.patient.clone().or_else(|| facts.patients.get(&d.study).cloned());
-    rec.date = d.date.clone().or_else(|| facts.dates.get(&d.study).cloned()).or_else(|| existing_date(index, &d.study));
+    rec.date = d.date.or_else(|| facts.dates.get(&d.study).copied()).or_else(|| existing_date(index, &d.study));
     rec.frames = Some(d.total_frames as u32);
     rec.fps = d.fps;
     rec.extra = d.extra.clone();
@@ -784,7 +765,7 @@ fn write_video(ctx: &Ctx, e: &Embedded, facts: &StudyFacts, members: &mut Member
     let mut srec = ItemRecord::new(sid.clone(), Kind::Study, path.display().to_string());
     srec.study = Some(d.study.clone());
     srec.patient = rec.patient.clone();
-    srec.date = rec.date.clone();
+    srec.date = rec.date;
     srec.extra.insert("videos".into(), study.len().to_string());
     b.put_item(srec);
     for (i, video, frames) in &e.spaces {
@@ -816,7 +797,7 @@ fn write_video(ctx: &Ctx, e: &Embedded, facts: &StudyFacts, members: &mut Member
 }
 
 /// The date the index knows for a study (from its report), for videos that carry none.
-fn existing_date(index: &Index, study: &str) -> Option<String> {
+fn existing_date(index: &Index, study: &str) -> Option<StudyDate> {
     let rec = index.get_item(&ItemId(report_id(study))).ok().flatten()?;
     rec.date
 }
@@ -833,7 +814,7 @@ fn write_report(ctx: &Ctx, r: &EmbeddedReport) -> Result<(), Error> {
         .as_ref()
         .and_then(|s| s.patient.clone())
         .or_else(|| r.entry.patient.as_deref().map(|p| crate::pseudonym::patient_key(index.secret(), p)));
-    rec.date = r.entry.date.clone().or_else(|| study.as_ref().and_then(|s| s.date.clone()));
+    rec.date = r.entry.date.or_else(|| study.as_ref().and_then(|s| s.date));
     let mut b = index.batch();
     b.put_item(rec);
     for (i, v) in &r.spaces {

@@ -10,6 +10,7 @@
 //! - plain text: a `.txt` file (the study id is its name without extension), or a folder of them.
 
 use crate::error::Error;
+use echovault_index::StudyDate;
 use serde::Deserialize;
 use std::path::Path;
 
@@ -22,7 +23,7 @@ pub struct ReportEntry {
     pub text: String,
     /// Study date.
     #[serde(default)]
-    pub date: Option<String>,
+    pub date: Option<StudyDate>,
     /// The patient's id (raw: pseudonymised at ingest, never stored as given).
     #[serde(default)]
     pub patient: Option<String>,
@@ -75,7 +76,8 @@ fn read_jsonl(path: &Path) -> Result<Vec<ReportEntry>, Error> {
         };
         let study = field(&["study", "study_uid", "study_id"]).ok_or_else(|| bad("no study id"))?;
         let text = v.get("text").and_then(|t| t.as_str()).ok_or_else(|| bad("no text"))?.to_owned();
-        out.push(ReportEntry { study, text, date: field(&["date", "study_date"]), patient: field(&["patient", "patient_id"]) });
+        let date = field(&["date", "study_date"]).map(|d| d.parse::<StudyDate>()).transpose().map_err(|e| bad(&format!("date: {e}")))?;
+        out.push(ReportEntry { study, text, date, patient: field(&["patient", "patient_id"]) });
     }
     Ok(out)
 }
@@ -99,7 +101,12 @@ fn read_csv(path: &Path) -> Result<Vec<ReportEntry>, Error> {
         let get = |i: usize| row.get(i).map(|s| s.trim().to_owned());
         let s = get(study).filter(|s| !s.is_empty()).ok_or_else(|| Error::media(path, format!("line {line}: no study id")))?;
         let t = get(text_col).ok_or_else(|| Error::media(path, format!("line {line}: no text")))?;
-        let date = date.and_then(get).filter(|d| !d.is_empty());
+        let date = date
+            .and_then(get)
+            .filter(|d| !d.is_empty())
+            .map(|d| d.parse::<StudyDate>())
+            .transpose()
+            .map_err(|e| Error::media(path, format!("line {line}: date: {e}")))?;
         out.push(ReportEntry { study: s, text: t, date, patient: patient.and_then(get).filter(|p| !p.is_empty()) });
     }
     Ok(out)
@@ -171,7 +178,7 @@ mod tests {
             ReportEntry {
                 study: "1.2.3".into(),
                 text: "Normal LV, \"EF\" 60%.\nNo effusion.".into(),
-                date: Some("2020-01-02".into()),
+                date: Some("2020-01-02".parse().unwrap()),
                 patient: None
             }
         );
@@ -180,6 +187,25 @@ mod tests {
         assert!(read_reports(&p).unwrap_err().to_string().contains("no study column"));
         std::fs::write(&p, "study,text\n1,\"open\n").unwrap();
         assert!(read_reports(&p).unwrap_err().to_string().contains("unterminated"));
+    }
+
+    #[test]
+    fn a_date_that_is_no_day_refuses_the_manifest_naming_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("r.csv");
+        std::fs::write(&csv, "study,date,text\n1,2021-02-28,ok\n2,2021-02-31,bad\n").unwrap();
+        let e = read_reports(&csv).unwrap_err().to_string();
+        assert!(e.contains("r.csv") && e.contains("line 3") && e.contains("February 2021 has 28 days"), "{e}");
+        let jsonl = dir.path().join("r.jsonl");
+        std::fs::write(
+            &jsonl,
+            "{\"study\": \"1\", \"text\": \"ok\", \"date\": \"20210228\"}\n{\"study\": \"2\", \"text\": \"x\", \"date\": \"2021-13-01\"}\n",
+        )
+        .unwrap();
+        let e = read_reports(&jsonl).unwrap_err().to_string();
+        assert!(e.contains("r.jsonl") && e.contains("line 2") && e.contains("no month 13"), "{e}");
+        std::fs::write(&jsonl, "{\"study\": \"1\", \"text\": \"ok\", \"date\": \"20210228\"}\n").unwrap();
+        assert_eq!(read_reports(&jsonl).unwrap()[0].date.unwrap().to_string(), "2021-02-28");
     }
 
     #[test]

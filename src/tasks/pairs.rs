@@ -216,21 +216,6 @@ pub fn recall_at(ranks: &[usize], k: usize) -> Option<f64> {
     (!ranks.is_empty()).then(|| ranks.iter().filter(|&&r| r <= k).count() as f64 / ranks.len() as f64)
 }
 
-/// Days since 1970-01-01 of `YYYY-MM-DD` (or DICOM's `YYYYMMDD`); `None` when not a valid day.
-pub fn parse_day(s: &str) -> Option<i64> {
-    let s = s.trim();
-    let digits: String = s.chars().filter(|c| *c != '-').collect();
-    let ok_shape = (s.len() == 10 && s.as_bytes()[4] == b'-' && s.as_bytes()[7] == b'-') || s.len() == 8;
-    if !ok_shape || digits.len() != 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let (y, m, d) = (digits[..4].parse().ok()?, digits[4..6].parse().ok()?, digits[6..].parse().ok()?);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
-        return None;
-    }
-    Some(crate::phantom::days_from_civil(y, m, d))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

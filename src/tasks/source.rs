@@ -91,13 +91,14 @@ impl<'a> VideoSource<'a> {
         Ok(Some(picked))
     }
 
-    /// Study id and date a file carries itself (DICOM StudyInstanceUID and StudyDate).
-    pub fn file_facts(path: &Path) -> (Option<String>, Option<String>) {
+    /// Study id and date a file carries itself (DICOM StudyInstanceUID and StudyDate; a
+    /// StudyDate that is no day counts as none).
+    pub fn file_facts(path: &Path) -> (Option<String>, Option<echovault_index::StudyDate>) {
         if !crate::media::dicom::is_dicom(path) {
             return (None, None);
         }
         match crate::media::dicom::DicomCine::open(path) {
-            Ok(c) => (c.info().study_uid.clone(), c.info().study_date.clone()),
+            Ok(c) => (c.info().study_uid.clone(), c.info().study_date.as_deref().and_then(|d| d.parse().ok())),
             Err(_) => (None, None),
         }
     }

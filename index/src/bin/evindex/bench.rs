@@ -12,7 +12,7 @@
 //! selectivities (what `EXACT_SEARCH_MAX_CANDIDATES` was chosen from). `--reuse` keeps the
 //! index an earlier run left in `--dir` instead of building it again (no build figures then).
 
-use echovault_index::{Filter, Index, IndexOptions, ItemRecord, Kind, Query, VectorEncoding};
+use echovault_index::{Filter, Index, IndexOptions, ItemRecord, Kind, Query, StudyDate, VectorEncoding};
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -133,8 +133,8 @@ fn parse(args: &[String]) -> Res<Args> {
 
 /// Date of base vector `i` in the filter experiment: 1000 classes (`i % 1000`), year 1000 + class,
 /// so that a date range selects whole classes.
-fn date_of(i: usize) -> String {
-    format!("{:04}-01-01", 1000 + i % 1000)
+fn date_of(i: usize) -> StudyDate {
+    StudyDate::new(1000 + (i % 1000) as i32, 1, 1).expect("January 1st of the years 1000 to 1999 exists")
 }
 
 pub fn run(args: &[String]) -> Res {
