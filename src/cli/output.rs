@@ -1,22 +1,7 @@
-//! Printing hits as text or JSON (the JSON shape later tools rely on).
+//! Printing hits as text (their JSON is [`echovault::tasks::search::SearchHit`]'s).
 
 use echovault::index::Hit;
-use serde_json::{json, Value};
-
-/// One hit as JSON: `id`, `kind`, `score`, `source`, and what else is known.
-pub fn hit_json(h: &Hit) -> Value {
-    let r = &h.record;
-    json!({
-        "id": h.id.as_str(),
-        "kind": r.kind.as_str(),
-        "score": h.score,
-        "source": r.source,
-        "study": r.study,
-        "patient": r.patient,
-        "date": r.date,
-        "text": r.text,
-    })
-}
+use echovault::tasks::search::HitGroup;
 
 /// One hit as a text line.
 pub fn hit_line(rank: usize, h: &Hit) -> String {
@@ -27,4 +12,9 @@ pub fn hit_line(rank: usize, h: &Hit) -> String {
         s.push_str(&format!("\n       \"{short}{}\"", if t.chars().count() > 80 { "…" } else { "" }));
     }
     s
+}
+
+/// A group's heading line: rank, best score, what it is, how many hits follow.
+pub fn group_header(rank: usize, g: &HitGroup) -> String {
+    format!("{:>3}. {:+.4}  {} {}  ({} hits)", rank, g.best(), g.by, g.key, g.hits.len())
 }

@@ -1,10 +1,11 @@
-//! `echovault search (--text T | --video FILE | --like ID)`.
+//! `echovault search (--text T | --video FILE | --like ID)`: parses the flags into a
+//! [`SearchRequest`], runs [`echovault::tasks::search::search`], renders its answer.
 
-use super::output::{hit_json, hit_line};
+use super::output::{group_header, hit_line};
 use super::{open_engine, Global};
 use clap::{ArgGroup, Args};
-use echovault::index::{Filter, Kind};
-use serde_json::json;
+use echovault::index::{Kind, StudyDate};
+use echovault::tasks::search::{search, GroupBy, SearchRequest, SearchResponse, VideoQuery};
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -22,7 +23,7 @@ pub struct SearchArgs {
     /// Kind of items to return: video, report or study.
     #[arg(long, default_value = "video")]
     kind: Kind,
-    /// Number of hits.
+    /// Number of hits (with --group-by: of groups).
     #[arg(short, long, default_value_t = 10)]
     k: usize,
     /// Only this (pseudonymous) patient key.
@@ -33,10 +34,17 @@ pub struct SearchArgs {
     study: Option<String>,
     /// Only studies on or after this date (YYYY-MM-DD).
     #[arg(long)]
-    since: Option<echovault::index::StudyDate>,
+    since: Option<StudyDate>,
     /// Only studies on or before this date (YYYY-MM-DD).
     #[arg(long)]
-    until: Option<echovault::index::StudyDate>,
+    until: Option<StudyDate>,
+    /// Group the hits by study or patient: the best --group-size hits of each of k groups,
+    /// groups ordered by their best hit.
+    #[arg(long)]
+    group_by: Option<GroupBy>,
+    /// Hits per group with --group-by (default 3).
+    #[arg(long, requires = "group_by")]
+    group_size: Option<usize>,
     /// Exact (brute-force) search instead of the HNSW graph.
     #[arg(long)]
     exact: bool,
@@ -46,27 +54,50 @@ pub fn run(g: &Global, a: &SearchArgs) -> anyhow::Result<i32> {
     anyhow::ensure!(g.index.is_dir(), "no index at {} (run `echovault ingest` first, or pass --index DIR)", g.index.display());
     anyhow::ensure!(a.k > 0, "-k must be at least 1");
     let engine = open_engine(g)?;
-    let filter =
-        Filter { patient: a.patient.clone(), study: a.study.clone(), since: a.since, until: a.until, exclude: Vec::new() };
-    let (query, hits) = if let Some(t) = &a.text {
-        (json!({ "text": t }), engine.search_vector(engine.embed_text(t)?, a.kind, a.k, filter, a.exact)?)
-    } else if let Some(id) = &a.like {
-        (json!({ "like": id }), engine.search_like(id, a.kind, a.k, filter, a.exact)?)
-    } else if let Some(p) = &a.video {
-        (json!({ "video": p.display().to_string() }), engine.search_vector(video_query(&engine, p)?, a.kind, a.k, filter, a.exact)?)
-    } else {
-        anyhow::bail!("give --text, --video or --like");
+    let mut req = SearchRequest {
+        text: a.text.clone(),
+        like: a.like.clone(),
+        kind: a.kind,
+        k: a.k,
+        patient: a.patient.clone(),
+        study: a.study.clone(),
+        since: a.since,
+        until: a.until,
+        group_by: a.group_by,
+        group_size: a.group_size,
+        exact: a.exact,
+        ..SearchRequest::default()
     };
+    if let Some(p) = &a.video {
+        req.video = Some(VideoQuery { name: p.display().to_string(), vector: video_query(&engine, p)? });
+    }
+    let res = search(&engine, &req)?;
     if g.json {
-        let hits: Vec<_> = hits.iter().map(hit_json).collect();
-        println!("{}", json!({ "query": query, "kind": a.kind.as_str(), "space": engine.space_name, "hits": hits }));
+        println!("{}", serde_json::to_value(&res)?);
     } else {
-        println!("{} {} hits for {query}:", hits.len(), a.kind);
-        for (i, h) in hits.iter().enumerate() {
-            println!("{}", hit_line(i + 1, h));
-        }
+        print_text(&res)?;
     }
     Ok(0)
+}
+
+fn print_text(res: &SearchResponse) -> anyhow::Result<()> {
+    let query = serde_json::to_value(&res.query)?;
+    if let Some(hits) = &res.hits {
+        println!("{} {} hits for {query}:", hits.len(), res.kind);
+        for (i, h) in hits.iter().enumerate() {
+            println!("{}", hit_line(i + 1, &h.0));
+        }
+    }
+    if let (Some(groups), Some(by)) = (&res.groups, res.group_by) {
+        println!("{} {by} groups of {} hits for {query}:", groups.len(), res.kind);
+        for (i, grp) in groups.iter().enumerate() {
+            println!("{}", group_header(i + 1, grp));
+            for (j, h) in grp.hits.iter().enumerate() {
+                println!("  {}", hit_line(j + 1, &h.0));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(feature = "video")]
