@@ -12,11 +12,13 @@
 //! - [`ingest`]: files → embeddings → index.
 //! - [`engine`]: searches by text, video file or indexed item.
 //! - [`hub`]: `hf:OWNER/NAME[@REV]` models from the Hugging Face hub and its cache.
+//! - [`info`]: what an index holds (`info --json`, `GET /v1/info`).
 //! - [`phantom`]: synthetic echocardiograms with ground truth, for tests and training.
 
 pub mod engine;
 mod error;
 pub mod hub;
+pub mod info;
 pub mod ingest;
 pub mod media;
 pub mod model;

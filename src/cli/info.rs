@@ -2,7 +2,7 @@
 //! `echovault repair`. Neither needs a model.
 
 use super::Global;
-use echovault::index::{Index, IndexOptions, FORMAT_VERSION};
+use echovault::index::{Index, IndexOptions};
 use serde_json::json;
 
 #[derive(clap::Args, Debug)]
@@ -50,35 +50,22 @@ pub fn run_repair(g: &Global, a: &RepairArgs) -> anyhow::Result<i32> {
 pub fn run(g: &Global) -> anyhow::Result<i32> {
     anyhow::ensure!(g.index.is_dir(), "no index at {} (run `echovault ingest` first, or pass --index DIR)", g.index.display());
     let index = Index::open(&g.index, IndexOptions { passive_open: true, ..IndexOptions::default() })?;
-    let counts = index.counts()?;
-    let spaces = index.spaces();
+    let info = echovault::info::index_info(&index)?;
     if g.json {
-        let spaces: Vec<_> = spaces.iter().map(|s| json!({ "name": s.name, "dim": s.dim })).collect();
-        println!(
-            "{}",
-            json!({
-                "index": g.index.display().to_string(),
-                "format_version": FORMAT_VERSION,
-                "counts": counts.items,
-                "vectors": counts.vectors,
-                "errors": counts.errors,
-                "spaces": spaces,
-                "graphs": index.graph_loads(),
-            })
-        );
+        println!("{}", serde_json::to_string(&info)?);
     } else {
-        println!("index {} (format v{FORMAT_VERSION})", g.index.display());
-        for (k, n) in &counts.items {
+        println!("index {} (format v{})", info.index, info.format_version);
+        for (k, n) in &info.counts {
             println!("  {k:<7} {n}");
         }
-        for s in &spaces {
+        for s in &info.spaces {
             println!("  space {} (dim {})", s.name, s.dim);
         }
-        for (k, n) in &counts.vectors {
+        for (k, n) in &info.vectors {
             println!("  vectors {k}: {n}");
         }
-        println!("  errors  {}", counts.errors);
-        for l in index.graph_loads() {
+        println!("  errors  {}", info.errors);
+        for l in &info.graphs {
             let why = l.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
             println!("  graph {}: {} from {}{why}, {} replayed, {} ms", l.collection, l.live, l.how, l.replayed, l.millis);
         }

@@ -59,6 +59,7 @@ pub fn run(g: &Global, a: &IngestArgs) -> anyhow::Result<i32> {
         workers: a.workers,
         since: a.since,
         queue: a.queue,
+        cancel: None,
     };
     let mode = match a.progress {
         ProgressMode::Auto if std::io::stderr().is_terminal() => ProgressMode::Bar,

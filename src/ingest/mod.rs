@@ -42,6 +42,10 @@ pub struct IngestOptions {
     pub since: Option<StudyDate>,
     /// Videos each channel between stages holds at most (0: the default, 2).
     pub queue: usize,
+    /// Set to stop the run early (`echovault serve` on SIGTERM): no new file is started, those
+    /// already in the pipeline are written and committed, reports are left for the next run,
+    /// and the summary covers what was done. A re-run continues where this one stopped.
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// One failed input.

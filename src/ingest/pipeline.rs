@@ -239,7 +239,8 @@ pub fn ingest(
         let feeder = {
             let done_tx = done_tx.clone();
             let videos = &found.videos;
-            s.spawn(move || feed(ctx, videos, &todo_tx, &done_tx, stop))
+            let cancel = opts.cancel.as_deref();
+            s.spawn(move || feed(ctx, videos, &todo_tx, &done_tx, stop, cancel))
         };
         let mut decoders = Vec::new();
         for _ in 0..workers {
@@ -262,7 +263,7 @@ pub fn ingest(
             r
         });
         // Embedding runs on this thread, which owns the models.
-        let embedded = embed_stage(engine, &prep_rx, &done_tx, reports);
+        let embedded = embed_stage(engine, &prep_rx, &done_tx, reports, opts.cancel.as_deref());
         drop((prep_rx, done_tx));
         if embedded.is_err() {
             stop.store(true, Ordering::SeqCst);
@@ -334,9 +335,16 @@ fn missing_spaces(ctx: &Ctx, id: &str) -> Result<Vec<usize>, Error> {
     Ok(out)
 }
 
-fn feed(ctx: &Ctx, videos: &[Discovered], todo: &Sender<Job>, done: &Sender<Done>, stop: &AtomicBool) -> Result<(), Error> {
+fn feed(
+    ctx: &Ctx,
+    videos: &[Discovered],
+    todo: &Sender<Job>,
+    done: &Sender<Done>,
+    stop: &AtomicBool,
+    cancel: Option<&AtomicBool>,
+) -> Result<(), Error> {
     for input in videos {
-        if stop.load(Ordering::SeqCst) {
+        if stop.load(Ordering::SeqCst) || cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
             break;
         }
         // Quick skip: same path, size and mtime as a file done before, still indexed.
@@ -461,7 +469,13 @@ fn prepare(ctx: &Ctx, job: DecodedJob) -> Result<Prepared, Error> {
     Ok(Prepared { input, id, decoded, needs, tensors, n_frames })
 }
 
-fn embed_stage(engine: &Engine, input: &Receiver<Prepared>, done: &Sender<Done>, reports: Vec<ReportJob>) -> Result<(), Error> {
+fn embed_stage(
+    engine: &Engine,
+    input: &Receiver<Prepared>,
+    done: &Sender<Done>,
+    reports: Vec<ReportJob>,
+    cancel: Option<&AtomicBool>,
+) -> Result<(), Error> {
     let batch_frames = engine.embedders.iter().map(|e| e.frame_batch).min().unwrap_or(1).max(1);
     let mut pending: Vec<Prepared> = Vec::new();
     let mut frames = 0usize;
@@ -496,6 +510,10 @@ fn embed_stage(engine: &Engine, input: &Receiver<Prepared>, done: &Sender<Done>,
                 return Ok(());
             }
         }
+    }
+    if cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
+        // Cancelled: the reports wait for the next run.
+        return Ok(());
     }
     embed_reports(engine, reports, done)
 }
