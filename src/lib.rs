@@ -13,6 +13,7 @@
 //! - [`engine`]: searches by text, video file or indexed item.
 //! - [`hub`]: `hf:OWNER/NAME[@REV]` models from the Hugging Face hub and its cache.
 //! - [`info`]: what an index holds (`info --json`, `GET /v1/info`).
+//! - [`serve`]: `echovault serve`, the HTTP JSON API over the same library calls as the CLI.
 //! - [`phantom`]: synthetic echocardiograms with ground truth, for tests and training.
 
 pub mod engine;
@@ -24,6 +25,7 @@ pub mod media;
 pub mod model;
 pub mod phantom;
 pub mod pseudonym;
+pub mod serve;
 pub mod tasks;
 pub mod tokenize;
 

@@ -10,6 +10,7 @@ mod inspect;
 mod output;
 mod phantom;
 mod search;
+mod serve;
 mod tasks;
 mod train;
 
@@ -159,6 +160,9 @@ enum Command {
     /// Evaluate zero-shot readings, re-identification, transitions or retrieval against labels:
     /// a Markdown table (or JSON) with 95 % bootstrap intervals and the paper's figures.
     Eval(tasks::EvalArgs),
+    /// Serve the index over HTTP (JSON under /v1/): one process holds the models and the
+    /// index, answers searches and tasks with the shapes of --json, and runs ingest jobs.
+    Serve(serve::ServeArgs),
 }
 
 /// Parses the command line, runs it, returns the exit code.
@@ -187,6 +191,7 @@ pub fn run() -> i32 {
         Command::Reid(a) => tasks::run_reid(&cli.global, a),
         Command::Timeline(a) => tasks::run_timeline(&cli.global, a),
         Command::Eval(a) => tasks::run_eval(&cli.global, a),
+        Command::Serve(a) => serve::run(&cli.global, a),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,50 @@
+//! Items by id: `GET /v1/items/{id}`.
+
+use super::super::error::ApiError;
+use super::super::state::AppState;
+use axum::extract::{Path, State};
+use axum::Json;
+use echovault_index::{ItemId, ItemRecord};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// One item's record: `id`, `kind`, `source`, `study`, `patient`, `date`, `text`, `frames`,
+/// `fps`, `extra`.
+#[derive(Debug, Serialize)]
+pub struct ItemView {
+    id: String,
+    kind: &'static str,
+    source: String,
+    study: Option<String>,
+    patient: Option<String>,
+    date: Option<String>,
+    text: Option<String>,
+    frames: Option<u32>,
+    fps: Option<f64>,
+    extra: BTreeMap<String, String>,
+}
+
+impl From<ItemRecord> for ItemView {
+    fn from(r: ItemRecord) -> ItemView {
+        ItemView {
+            id: r.id.0,
+            kind: r.kind.as_str(),
+            source: r.source,
+            study: r.study,
+            patient: r.patient,
+            date: r.date.map(|d| d.to_string()),
+            text: r.text,
+            frames: r.frames,
+            fps: r.fps,
+            extra: r.extra,
+        }
+    }
+}
+
+/// `GET /v1/items/{id}`: 404 when the index holds no such item.
+pub async fn item(State(st): State<AppState>, Path(id): Path<String>) -> Result<Json<ItemView>, ApiError> {
+    let item = ItemId::from(id.as_str());
+    let rec = st.blocking(move |st| Ok(st.engine.index.get_item(&item)?)).await?;
+    let rec = rec.ok_or_else(|| ApiError::not_found("id", format!("no item '{id}' in the index")))?;
+    Ok(Json(ItemView::from(rec)))
+}

@@ -1,0 +1,7 @@
+//! The endpoints, one file per group; each parses its request into the library's types, calls
+//! the library on the blocking pool and returns the library's typed result as JSON.
+
+pub mod index;
+pub mod ingest;
+pub mod items;
+pub mod search;

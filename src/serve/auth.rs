@@ -1,0 +1,48 @@
+//! Bearer tokens. On loopback only the admin endpoints (ingest jobs) need the token; bound to
+//! any other address the server refuses to start without one, and every request needs it.
+
+use super::error::ApiError;
+use super::state::AppState;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+/// Whether the request carries the server's token. Compared in time independent of where the
+/// two first differ.
+fn authorised(st: &AppState, req: &Request) -> bool {
+    let Some(token) = st.config.token.as_deref() else { return false };
+    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    given.is_some_and(|g| g.len() == token.len() && g.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0)
+}
+
+fn unauthorised(message: &str) -> Response {
+    let mut r = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
+}
+
+/// Every request, when the server listens off loopback.
+pub async fn require_token_off_loopback(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    if st.config.listen.ip().is_loopback() || authorised(&st, &req) {
+        next.run(req).await
+    } else {
+        unauthorised("this server needs its token: send the header 'Authorization: Bearer TOKEN'")
+    }
+}
+
+/// Admin endpoints, always.
+pub async fn require_admin(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    if st.config.token.is_none() {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin endpoints (ingest jobs) need a token: start the server with --token TOKEN (or ECHOVAULT_TOKEN)",
+        )
+        .into_response();
+    }
+    if authorised(&st, &req) {
+        next.run(req).await
+    } else {
+        unauthorised("admin endpoints need the server's token: send the header 'Authorization: Bearer TOKEN'")
+    }
+}

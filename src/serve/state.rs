@@ -1,0 +1,65 @@
+//! What every request handler shares: the engine (models and index, opened once), the
+//! settings, metrics, the query-text cache and the ingest jobs; and the one way handlers call
+//! into the engine, on the blocking pool.
+
+use super::cache::TextCache;
+use super::error::ApiError;
+use super::jobs::Jobs;
+use super::metrics::Metrics;
+use super::ServeConfig;
+use crate::engine::Engine;
+use crate::error::Error;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::Semaphore;
+
+/// Shared by every handler (cheap to clone).
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// Models and index. `Engine` is `Sync`: searches run concurrently; each model tower runs
+    /// one forward pass at a time.
+    pub engine: Arc<Engine>,
+    /// Settings.
+    pub config: Arc<ServeConfig>,
+    /// Counters and histograms.
+    pub metrics: Arc<Metrics>,
+    /// Query-text embeddings.
+    pub text_cache: Arc<TextCache>,
+    /// Ingest jobs.
+    pub jobs: Arc<Jobs>,
+    /// Bounds the engine calls running at once (each holds a blocking-pool thread).
+    pub engine_slots: Arc<Semaphore>,
+    /// When the server started.
+    pub started: Instant,
+}
+
+impl AppState {
+    /// Runs `f` on the blocking pool (model forward passes and index reads block), at most
+    /// [`ServeConfig::engine_threads`] at once.
+    pub async fn blocking<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static,
+    {
+        let _slot = self.engine_slots.acquire().await.map_err(|_| ApiError::internal("the server is shutting down"))?;
+        let st = self.clone();
+        match tokio::task::spawn_blocking(move || f(&st)).await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => Err(ApiError::internal("the request's worker panicked (a bug: please report it)")),
+            Err(_) => Err(ApiError::internal("the request's worker was cancelled")),
+        }
+    }
+
+    /// The primary model's embedding of a query text, from the cache when it holds it.
+    pub fn embed_text(&self, text: &str) -> Result<Vec<f32>, Error> {
+        if let Some(v) = self.text_cache.get(text) {
+            self.metrics.text_cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(v.as_ref().clone());
+        }
+        self.metrics.text_cache_misses.fetch_add(1, Ordering::Relaxed);
+        let v = self.engine.embed_text(text)?;
+        self.text_cache.put(text, Arc::new(v.clone()));
+        Ok(v)
+    }
+}

@@ -1,0 +1,494 @@
+//! `echovault serve` end to end: the real binary on an ephemeral loopback port, driven by a real
+//! HTTP client (reqwest). Answers are compared with what the CLI prints for the same question
+//! on the same index; ingest jobs are checked against an uninterrupted CLI ingest of the same
+//! inputs.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{echovault, json, root};
+use reqwest::blocking::{multipart, Client, Response};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "test-token-3f9a";
+
+fn clips() -> PathBuf {
+    root().join("data-samples/clips")
+}
+
+/// A running `echovault serve`, killed when dropped.
+struct Server {
+    child: Child,
+    base: String,
+    stderr: PathBuf,
+}
+
+impl Server {
+    /// Starts the server on `index` with `args` after `serve`; `Err` holds its exit code and
+    /// stderr when it exits instead of listening.
+    fn try_start(index: &Path, args: &[&str]) -> Result<Server, (Option<i32>, String)> {
+        let stderr = index.with_file_name(format!("serve-{}.log", rand_suffix()));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_echovault"))
+            .args(["--index", index.to_str().unwrap(), "--model"])
+            .arg(root().join("data-samples/echovault-tiny"))
+            .args(["--device", "cpu", "-v", "serve"])
+            .args(args)
+            .env_remove("ECHOVAULT_INDEX")
+            .env_remove("ECHOVAULT_MODEL")
+            .env_remove("ECHOVAULT_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+                }
+            }
+        });
+        let read_log = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        match rx.recv_timeout(Duration::from_secs(180)) {
+            Ok(addr) => {
+                // Bound to every interface: reach it through loopback.
+                let addr = addr.replace("0.0.0.0", "127.0.0.1");
+                Ok(Server { child, base: format!("http://{addr}"), stderr })
+            }
+            Err(_) => {
+                let status = child.wait().unwrap();
+                Err((status.code(), read_log(&stderr)))
+            }
+        }
+    }
+
+    fn start(index: &Path, args: &[&str]) -> Server {
+        Server::try_start(index, args).unwrap_or_else(|(code, err)| panic!("server did not start (exit {code:?}): {err}"))
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Sends `signal` (`-TERM`, `-KILL`) and waits for the exit code (`None`: killed).
+    fn signal(mut self, signal: &str) -> Option<i32> {
+        let ok = Command::new("kill").args([signal, &self.child.id().to_string()]).status().unwrap().success();
+        assert!(ok, "kill {signal}");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code();
+            }
+            assert!(Instant::now() < deadline, "server did not exit after {signal}: {}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn client() -> Client {
+    Client::builder().timeout(Duration::from_secs(300)).build().unwrap()
+}
+
+/// Status and JSON body of a response.
+fn answer(r: Response) -> (u16, Value) {
+    let status = r.status().as_u16();
+    let text = r.text().unwrap();
+    (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")))
+}
+
+fn post(c: &Client, s: &Server, path: &str, body: &str) -> (u16, Value) {
+    answer(c.post(s.url(path)).header("content-type", "application/json").body(body.to_owned()).send().unwrap())
+}
+
+fn get(c: &Client, s: &Server, path: &str) -> (u16, Value) {
+    answer(c.get(s.url(path)).send().unwrap())
+}
+
+/// An index of the six sample clips and their reports, ingested by the CLI.
+fn sample_index(dir: &Path) -> PathBuf {
+    let index = dir.join("idx");
+    let out = echovault(&index, &["ingest", clips().to_str().unwrap(), "--progress", "none", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    index
+}
+
+/// `info --json` without the per-open timings (two opens of one index differ only there).
+fn without_millis(mut v: Value) -> Value {
+    for g in v["graphs"].as_array_mut().unwrap() {
+        g.as_object_mut().unwrap().remove("millis");
+    }
+    v
+}
+
+#[test]
+fn search_and_info_answer_exactly_what_the_cli_prints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let index = sample_index(tmp.path());
+    let avi = clips().join("a4c_pacer_03.avi");
+    let first_id = json(&echovault(&index, &["search", "--video", avi.to_str().unwrap(), "-k", "1", "--json"]))["hits"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let cli_info = json(&echovault(&index, &["info", "--json"]));
+    // The CLI's answers first: the server then holds the index.
+    let questions: Vec<(Vec<&str>, Value)> = vec![
+        (vec!["--text", "pacemaker lead", "-k", "4"], json!({"text": "pacemaker lead", "k": 4})),
+        (vec!["--text", "normal function", "--kind", "report", "-k", "3"], json!({"text": "normal function", "kind": "report", "k": 3})),
+        (vec!["--like", &first_id, "--kind", "study"], json!({"like": first_id, "kind": "study"})),
+        (vec!["--text", "dilated", "--study", "a4c_normal_01"], json!({"text": "dilated", "study": "a4c_normal_01"})),
+        (
+            vec!["--text", "dilated", "--group-by", "study", "--group-size", "2", "-k", "3"],
+            json!({"text": "dilated", "group_by": "study", "group_size": 2, "k": 3}),
+        ),
+        (vec!["--text", "dilated", "--exact", "-k", "2"], json!({"text": "dilated", "exact": true, "k": 2})),
+    ];
+    let cli: Vec<Value> =
+        questions.iter().map(|(args, _)| json(&echovault(&index, &[&["search", "--json"][..], &args[..]].concat()))).collect();
+    let cli_video = json(&echovault(&index, &["search", "--video", avi.to_str().unwrap(), "-k", "3", "--json"]));
+
+    let s = Server::start(&index, &["--listen", "127.0.0.1:0"]);
+    let c = client();
+    for ((args, body), expected) in questions.iter().zip(&cli) {
+        let (status, got) = post(&c, &s, "/v1/search", &body.to_string());
+        assert_eq!(status, 200, "{args:?}: {got}");
+        assert_eq!(&got, expected, "server and CLI differ for {args:?}");
+        assert!(got["hits"].as_array().or(got["groups"].as_array()).is_some_and(|h| !h.is_empty()), "{got}");
+    }
+    // A video as a multipart upload: named as the CLI names its path.
+    let form = multipart::Form::new()
+        .part("video", multipart::Part::file(&avi).unwrap().file_name(avi.to_str().unwrap().to_owned()))
+        .text("k", "3");
+    let (status, got) = answer(c.post(s.url("/v1/search")).multipart(form).send().unwrap());
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got, cli_video);
+    assert_eq!(got["hits"][0]["id"], first_id.as_str(), "the uploaded video finds itself");
+    // A query vector: the first hit's own vector is not served, so take a text's embedding.
+    let e = json(&echovault(&index, &["embed", "--text", "pacemaker lead", "--json"]));
+    let (status, by_vector) = post(&c, &s, "/v1/search", &json!({"vector": e["embedding"], "k": 4}).to_string());
+    assert_eq!(status, 200, "{by_vector}");
+    assert_eq!(by_vector["query"], json!({"vector": {"dim": 64}}));
+    let ids = |v: &Value| v["hits"].as_array().unwrap().iter().map(|h| h["id"].clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&by_vector), ids(&cli[0]), "the text's vector finds what the text finds");
+
+    // info = info --json (the graphs' load timings aside: each open times its own).
+    let (status, info) = get(&c, &s, "/v1/info");
+    assert_eq!(status, 200);
+    assert_eq!(without_millis(info), without_millis(cli_info));
+    let (status, health) = get(&c, &s, "/v1/health");
+    assert_eq!((status, health["status"].as_str(), health["space"].as_str()), (200, Some("ok"), Some("echovault-tiny")));
+
+    // Items by id; the search's hit record is the item's.
+    let (status, item) = get(&c, &s, &format!("/v1/items/{first_id}"));
+    assert_eq!(status, 200, "{item}");
+    assert_eq!((item["id"].as_str(), item["kind"].as_str()), (Some(first_id.as_str()), Some("video")));
+    assert_eq!(item["source"], avi.display().to_string());
+    assert_eq!(item["study"], "a4c_pacer_03");
+
+    // The same text twice: the second embedding comes from the cache.
+    for _ in 0..2 {
+        assert_eq!(post(&c, &s, "/v1/search", r#"{"text": "cached query text"}"#).0, 200);
+    }
+    let metrics = c.get(s.url("/v1/metrics")).send().unwrap().text().unwrap();
+    let value = |name: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in\n{metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let searches = questions.len() + 2 /* video, vector */ + 2;
+    assert_eq!(value("echovault_http_requests_total{route=\"/v1/search\",method=\"POST\",status=\"200\"}"), searches as f64);
+    assert_eq!(value("echovault_http_request_duration_seconds_count{route=\"/v1/search\"}"), searches as f64);
+    // Four distinct texts were embedded; "dilated" was asked three times, "cached query text" twice.
+    assert_eq!(value("echovault_text_cache_misses_total"), 4.0);
+    assert_eq!(value("echovault_text_cache_hits_total"), 3.0);
+    // The request log names routes, never the query text or the item id asked for.
+    let log = s.log();
+    assert!(log.contains("POST /v1/search 200"), "{log}");
+    assert!(log.contains("GET /v1/items/{id} 200"), "{log}");
+    assert!(!log.contains("pacemaker lead") && !log.contains(&first_id), "{log}");
+}
+
+#[test]
+fn bad_requests_get_4xx_json_naming_the_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let index = sample_index(tmp.path());
+    let s = Server::start(&index, &["--listen", "127.0.0.1:0", "--max-body", "2000", "--max-upload", "100000"]);
+    let c = client();
+    let refused = |(status, body): (u16, Value), want_status: u16, want_field: Option<&str>| {
+        assert_eq!(status, want_status, "{body}");
+        assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
+        assert_eq!(body["field"].as_str(), want_field, "{body}");
+        body["error"].as_str().unwrap().to_owned()
+    };
+    let search = |body: &str| post(&c, &s, "/v1/search", body);
+    assert!(refused(search(r#"{"text": "mitral""#), 400, None).starts_with("malformed JSON"));
+    assert!(refused(search(r#"["text"]"#), 400, None).contains("JSON object"));
+    assert!(refused(search("{}"), 400, None).contains("give a query"));
+    assert!(refused(search(r#"{"text": "x", "limit": 3}"#), 400, Some("limit")).contains("unknown field"));
+    assert!(refused(search(r#"{"text": "x", "kind": "frame"}"#), 400, Some("kind")).contains("frame"));
+    refused(search(r#"{"text": "x", "k": 0}"#), 400, Some("k"));
+    refused(search(r#"{"text": "x", "k": "ten"}"#), 400, Some("k"));
+    assert!(refused(search(r#"{"text": "x", "since": "2021-02-31"}"#), 400, Some("since")).contains("2021-02-31"));
+    refused(search(r#"{"text": "x", "group_size": 2}"#), 400, Some("group_size"));
+    refused(search(r#"{"text": "x", "group_by": "hospital"}"#), 400, Some("group_by"));
+    refused(search(r#"{"vector": [0.5, 0.5]}"#), 400, Some("vector"));
+    assert!(refused(search(r#"{"like": "no-such-item"}"#), 404, Some("like")).contains("no-such-item"));
+    refused(get(&c, &s, "/v1/items/no-such-item"), 404, Some("id"));
+    refused(get(&c, &s, "/v1/no-such-endpoint"), 404, None);
+    refused(answer(c.delete(s.url("/v1/info")).send().unwrap()), 405, None);
+    // Bodies and uploads above the limits: 413, still JSON.
+    let big = json!({"text": "x".repeat(3000)}).to_string();
+    assert!(refused(search(&big), 413, None).contains("2000"));
+    let upload = multipart::Form::new().part("video", multipart::Part::bytes(vec![0u8; 200_000]).file_name("big.avi"));
+    let (status, body) = answer(c.post(s.url("/v1/search")).multipart(upload).send().unwrap());
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["field"], "video");
+    // A file that is no video: the upload is refused, the server goes on.
+    let junk = multipart::Form::new().part("video", multipart::Part::bytes(b"not a video".to_vec()).file_name("junk.avi"));
+    refused(answer(c.post(s.url("/v1/search")).multipart(junk).send().unwrap()), 422, Some("video"));
+    let no_video = multipart::Form::new().text("k", "3");
+    refused(answer(c.post(s.url("/v1/search")).multipart(no_video).send().unwrap()), 400, Some("video"));
+    assert_eq!(get(&c, &s, "/v1/health").0, 200, "still serving");
+}
+
+#[test]
+fn a_token_guards_the_server_off_loopback_and_the_admin_endpoints_always() {
+    let tmp = tempfile::tempdir().unwrap();
+    let index = sample_index(tmp.path());
+    // Every interface without a token: refused before anything is served.
+    let (code, err) = Server::try_start(&index, &["--listen", "0.0.0.0:0"]).err().expect("must not start");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--token") && err.contains("0.0.0.0"), "{err}");
+
+    let c = client();
+    let s = Server::start(&index, &["--listen", "0.0.0.0:0", "--token", TOKEN]);
+    let (status, body) = get(&c, &s, "/v1/health");
+    assert_eq!(status, 401, "{body}");
+    let r = c.get(s.url("/v1/health")).bearer_auth("wrong-token-000").send().unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    let (status, body) = answer(c.get(s.url("/v1/health")).bearer_auth(TOKEN).send().unwrap());
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+    let (status, _) = answer(c.post(s.url("/v1/search")).bearer_auth(TOKEN).body(r#"{"text": "x"}"#).send().unwrap());
+    assert_eq!(status, 200);
+    drop(s);
+
+    // On loopback reads are open, the admin endpoints need the token.
+    let s = Server::start(&index, &["--listen", "127.0.0.1:0", "--token", TOKEN]);
+    assert_eq!(get(&c, &s, "/v1/health").0, 200);
+    assert_eq!(get(&c, &s, "/v1/ingest").0, 401);
+    let (status, jobs) = answer(c.get(s.url("/v1/ingest")).bearer_auth(TOKEN).send().unwrap());
+    assert_eq!((status, jobs["jobs"].as_array().map(Vec::len)), (200, Some(0)));
+    drop(s);
+    // Without a token at all, admin endpoints are closed.
+    let s = Server::start(&index, &["--listen", "127.0.0.1:0"]);
+    let (status, body) = post(&c, &s, "/v1/ingest", &json!({"paths": [clips()]}).to_string());
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("--token"), "{body}");
+}
+
+/// `patients` phantom patients' studies as AVI files (64 px, 16 frames) with their report
+/// manifest, under `dir`.
+fn phantom_set(dir: &Path, patients: usize) -> PathBuf {
+    let out = dir.join("phantom");
+    let o = echovault(
+        &dir.join("unused-index"),
+        &[
+            "phantom",
+            "--out",
+            out.to_str().unwrap(),
+            "--patients",
+            &patients.to_string(),
+            "--size",
+            "64",
+            "--frames",
+            "16",
+            "--formats",
+            "avi",
+            "--json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+/// What `info --json` counts after an uninterrupted CLI ingest of the phantom set.
+fn reference_counts(dir: &Path, set: &Path) -> (Value, Value) {
+    let index = dir.join("reference");
+    let reports = set.join("reports.jsonl");
+    let o = echovault(&index, &["ingest", set.to_str().unwrap(), "--reports", reports.to_str().unwrap(), "--progress", "none", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let info = json(&echovault(&index, &["info", "--json"]));
+    assert!(info["counts"]["video"].as_u64().unwrap() > 20, "{info}");
+    (info["counts"].clone(), info["vectors"].clone())
+}
+
+fn submit_job(c: &Client, s: &Server, set: &Path) -> u64 {
+    let body = json!({"paths": [set], "reports": set.join("reports.jsonl")});
+    let r = c.post(s.url("/v1/ingest")).bearer_auth(TOKEN).json(&body).send().unwrap();
+    let location = r.headers().get("location").map(|v| v.to_str().unwrap().to_owned());
+    let (status, job) = answer(r);
+    assert_eq!(status, 202, "{job}");
+    assert_eq!(location, Some(format!("/v1/ingest/{}", job["id"])));
+    job["id"].as_u64().unwrap()
+}
+
+fn job(c: &Client, s: &Server, id: u64) -> Value {
+    let (status, job) = answer(c.get(s.url(&format!("/v1/ingest/{id}"))).bearer_auth(TOKEN).send().unwrap());
+    assert_eq!(status, 200, "{job}");
+    job
+}
+
+/// Polls job `id` until `until` holds.
+fn wait_job(c: &Client, s: &Server, id: u64, until: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let j = job(c, s, id);
+        if until(&j) {
+            return j;
+        }
+        assert!(j["state"] != "failed", "job failed: {j}");
+        assert!(Instant::now() < deadline, "job {id} did not get there: {j}\n{}", s.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn info_counts(c: &Client, s: &Server) -> (Value, Value) {
+    let (status, info) = get(c, s, "/v1/info");
+    assert_eq!(status, 200, "{info}");
+    (info["counts"].clone(), info["vectors"].clone())
+}
+
+#[test]
+fn searches_run_while_an_ingest_job_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let set = phantom_set(tmp.path(), 30);
+    let reference = reference_counts(tmp.path(), &set);
+    let index = tmp.path().join("served");
+    let s = Server::start(&index, &["--listen", "127.0.0.1:0", "--token", TOKEN]);
+    let c = client();
+    let id = submit_job(&c, &s, &set);
+    // Eight clients search until the job ends: every answer is 200, and what each one sees
+    // only grows (every batch committed before a search began is in its answer).
+    let seen: Vec<Vec<(usize, u64)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let (c, s) = (client(), &s);
+                scope.spawn(move || {
+                    let mut seen = Vec::new();
+                    loop {
+                        let done = job(&c, s, id)["state"] == "done";
+                        let q = if t % 2 == 0 {
+                            json!({"text": "pacemaker lead", "k": 1000})
+                        } else {
+                            json!({"text": "mitral", "kind": "report", "k": 1000})
+                        };
+                        let (status, r) = post(&c, s, "/v1/search", &q.to_string());
+                        assert_eq!(status, 200, "{r}");
+                        let (status, info) = get(&c, s, "/v1/info");
+                        assert_eq!(status, 200, "{info}");
+                        let hits = r["hits"].as_array().unwrap().len();
+                        seen.push((hits, info["counts"]["video"].as_u64().unwrap_or(0)));
+                        if done {
+                            return seen;
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let finished = job(&c, &s, id);
+    assert_eq!(finished["state"], "done", "{finished}");
+    let videos = reference.0["video"].as_u64().unwrap();
+    assert_eq!(finished["summary"]["ingested"], videos, "{finished}");
+    assert_eq!(finished["summary"]["failed"], json!([]));
+    for (t, s) in seen.iter().enumerate() {
+        assert!(s.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1), "client {t} saw counts shrink: {s:?}");
+    }
+    let during = seen.iter().flatten().filter(|(_, v)| *v > 0 && *v < videos).count();
+    assert!(during > 0, "no search ran while the job was writing: {seen:?}");
+    assert_eq!(info_counts(&c, &s), reference, "the job left the index as the CLI's ingest does");
+    let metrics = c.get(s.url("/v1/metrics")).send().unwrap().text().unwrap();
+    assert!(metrics.lines().any(|l| l == format!("echovault_ingest_videos_total {videos}")), "{metrics}");
+    assert!(metrics.lines().any(|l| l == "echovault_ingest_jobs_total{outcome=\"done\"} 1"), "{metrics}");
+    // Resubmitting the same inputs finds everything done.
+    let again = submit_job(&c, &s, &set);
+    let j = wait_job(&c, &s, again, |j| j["state"] == "done");
+    assert_eq!((j["summary"]["ingested"].as_u64(), j["summary"]["skipped"].as_u64()), (Some(0), Some(videos)), "{j}");
+}
+
+/// The job list the index keeps, read with the server stopped.
+fn persisted_jobs(index: &Path) -> Value {
+    let idx = echovault::index::Index::open(index, echovault::index::IndexOptions { passive_open: true, ..Default::default() }).unwrap();
+    serde_json::from_slice(&idx.get_log(echovault::serve::jobs::JOBS_KEY).unwrap().unwrap()).unwrap()
+}
+
+#[test]
+fn a_job_resumes_after_kill_9_and_after_sigterm_with_nothing_lost_or_doubled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let set = phantom_set(tmp.path(), 50);
+    let reference = reference_counts(tmp.path(), &set);
+    let videos = reference.0["video"].as_u64().unwrap();
+    let c = client();
+    let args = ["--listen", "127.0.0.1:0", "--token", TOKEN];
+
+    // kill -9 mid-job; the restarted server runs the job again and it completes.
+    let index = tmp.path().join("killed");
+    let s = Server::start(&index, &args);
+    let id = submit_job(&c, &s, &set);
+    let before = wait_job(&c, &s, id, |j| j["progress"]["ingested"].as_u64() >= Some(5));
+    assert_eq!(s.signal("-KILL"), None);
+    assert!(before["progress"]["ingested"].as_u64().unwrap() < videos, "killed too late to test anything: {before}");
+    let s = Server::start(&index, &args);
+    let after = wait_job(&c, &s, id, |j| j["state"] == "done");
+    assert_eq!(after["runs"], 2, "{after}");
+    assert_eq!(after["summary"]["failed"], json!([]));
+    let resumed = after["summary"]["ingested"].as_u64().unwrap();
+    assert!(resumed < videos && resumed + after["summary"]["skipped"].as_u64().unwrap() == videos, "{after}");
+    assert_eq!(info_counts(&c, &s), reference, "counts after kill -9 and resume equal an uninterrupted run");
+    drop(s);
+
+    // SIGTERM mid-job: the running batch is committed, the server exits 0, the job is left
+    // interrupted and resumes at the next start.
+    let index = tmp.path().join("terminated");
+    let s = Server::start(&index, &args);
+    let id = submit_job(&c, &s, &set);
+    wait_job(&c, &s, id, |j| j["progress"]["ingested"].as_u64() >= Some(5));
+    let asked = Instant::now();
+    assert_eq!(s.signal("-TERM"), Some(0));
+    assert!(asked.elapsed() < Duration::from_secs(60), "SIGTERM took {:?}", asked.elapsed());
+    let jobs = persisted_jobs(&index);
+    let j = &jobs.as_array().unwrap()[0];
+    assert_eq!(j["state"], "interrupted", "{jobs}");
+    let written = j["progress"]["ingested"].as_u64().unwrap();
+    assert!(written >= 5 && written < videos, "{j}");
+    let counts = json(&echovault(&index, &["info", "--json"]))["counts"].clone();
+    assert_eq!(counts["video"], written, "every video the job reported is committed, and no other");
+    let s = Server::start(&index, &args);
+    let after = wait_job(&c, &s, id, |j| j["state"] == "done");
+    assert_eq!((after["runs"].as_u64(), after["summary"]["ingested"].as_u64()), (Some(2), Some(videos - written)), "{after}");
+    assert_eq!(info_counts(&c, &s), reference, "counts after SIGTERM and resume equal an uninterrupted run");
+}
