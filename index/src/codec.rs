@@ -3,6 +3,7 @@
 //!
 //! Changing any layout here breaks existing indexes: bump `store::FORMAT_VERSION`.
 
+use crate::date::StudyDate;
 use crate::ids::{Kind, Slot, SpaceId};
 use half::f16;
 
@@ -102,6 +103,111 @@ pub fn snapshot_chunk_key(c: Collection, i: u32) -> Vec<u8> {
     k.push(b'c');
     k.extend_from_slice(&i.to_be_bytes());
     k
+}
+
+/// `lookup` key tag of the patient keys.
+const LOOKUP_PATIENT: u8 = b'p';
+/// `lookup` key tag of the study keys.
+const LOOKUP_STUDY: u8 = b's';
+/// `lookup` key tag of the date keys.
+const LOOKUP_DATE: u8 = b'd';
+/// Date bytes of an undated item in a patient key: after every day, so undated items come last.
+const UNDATED: [u8; 4] = [0xff; 4];
+
+/// The secondary keys of one item in `lookup` (each with the item's kind code as its value):
+/// - `p`, patient length (u32 BE), patient, date (4 bytes BE, `FF FF FF FF` when undated),
+///   item id — a patient's items in date order, then id order, undated last;
+/// - `s`, study length (u32 BE), study, item id;
+/// - `d`, date (4 bytes BE), item id — dated items only.
+///
+/// The length before a patient or study keeps one patient's keys apart from those of another
+/// whose key it prefixes.
+pub fn lookup_keys(patient: Option<&str>, study: Option<&str>, date: Option<StudyDate>, item: &str) -> Vec<Vec<u8>> {
+    let mut out = Vec::with_capacity(3);
+    if let Some(p) = patient {
+        let mut k = patient_prefix(p);
+        k.extend_from_slice(&date.map_or(UNDATED, StudyDate::key));
+        k.extend_from_slice(item.as_bytes());
+        out.push(k);
+    }
+    if let Some(s) = study {
+        let mut k = study_prefix(s);
+        k.extend_from_slice(item.as_bytes());
+        out.push(k);
+    }
+    if let Some(d) = date {
+        let mut k = date_prefix(d);
+        k.extend_from_slice(item.as_bytes());
+        out.push(k);
+    }
+    out
+}
+
+fn named_prefix(tag: u8, name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(5 + name.len() + 4 + 32);
+    k.push(tag);
+    k.extend_from_slice(&(name.len() as u32).to_be_bytes());
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// Prefix of one patient's `lookup` keys.
+pub fn patient_prefix(patient: &str) -> Vec<u8> {
+    named_prefix(LOOKUP_PATIENT, patient)
+}
+
+/// Prefix of one study's `lookup` keys.
+pub fn study_prefix(study: &str) -> Vec<u8> {
+    named_prefix(LOOKUP_STUDY, study)
+}
+
+/// Prefix of one day's `lookup` keys (the date keys of later days sort after it).
+pub fn date_prefix(date: StudyDate) -> Vec<u8> {
+    let d = date.key();
+    vec![LOOKUP_DATE, d[0], d[1], d[2], d[3]]
+}
+
+/// First byte of every patient key: patient keys span `[PATIENTS, PATIENTS + 1)`.
+pub const PATIENTS: u8 = LOOKUP_PATIENT;
+/// First byte of every date key.
+pub const DATES: u8 = LOOKUP_DATE;
+
+/// The item id of a patient key (after [`patient_prefix`] of length `prefix_len`), or `None`
+/// when the key is malformed.
+pub fn patient_key_item(k: &[u8], prefix_len: usize) -> Option<&str> {
+    std::str::from_utf8(k.get(prefix_len + 4..)?).ok()
+}
+
+/// The item id of a study key (after [`study_prefix`] of length `prefix_len`).
+pub fn study_key_item(k: &[u8], prefix_len: usize) -> Option<&str> {
+    std::str::from_utf8(k.get(prefix_len..)?).ok()
+}
+
+/// The day and item id of a date key.
+pub fn decode_date_key(k: &[u8]) -> Option<(StudyDate, &str)> {
+    if k.first() != Some(&LOOKUP_DATE) || k.len() < 5 {
+        return None;
+    }
+    let d = StudyDate::from_key([k[1], k[2], k[3], k[4]])?;
+    Some((d, std::str::from_utf8(&k[5..]).ok()?))
+}
+
+/// The patient a patient key belongs to.
+pub fn decode_patient_key(k: &[u8]) -> Option<&str> {
+    decode_named(LOOKUP_PATIENT, k)
+}
+
+/// The study a study key belongs to.
+pub fn decode_study_key(k: &[u8]) -> Option<&str> {
+    decode_named(LOOKUP_STUDY, k)
+}
+
+fn decode_named(tag: u8, k: &[u8]) -> Option<&str> {
+    if k.first() != Some(&tag) || k.len() < 5 {
+        return None;
+    }
+    let n = u32::from_be_bytes([k[1], k[2], k[3], k[4]]) as usize;
+    std::str::from_utf8(k.get(5..5usize.checked_add(n)?)?).ok()
 }
 
 /// How vector components are stored. The code is persisted in every vector value.
@@ -260,7 +366,40 @@ mod tests {
         }
 
         #[test]
+        fn lookup_keys_group_and_order(
+            pa in "[a-z]{0,6}", pb in "[a-z]{0,6}", s in "[a-z0-9.]{1,8}", ia in "[a-z0-9]{1,8}", ib in "[a-z0-9]{1,8}",
+            da in proptest::option::of(0i64..40_000), db in proptest::option::of(0i64..40_000),
+        ) {
+            let day = |d: Option<i64>| d.and_then(StudyDate::from_days_since_epoch);
+            let ka = lookup_keys(Some(&pa), Some(&s), day(da), &ia);
+            let kb = lookup_keys(Some(&pb), None, day(db), &ib);
+            prop_assert_eq!(ka.len(), 2 + usize::from(da.is_some()));
+            // A patient's keys start with its prefix and no other patient's (even one it prefixes).
+            prop_assert!(ka[0].starts_with(&patient_prefix(&pa)));
+            prop_assert_eq!(kb[0].starts_with(&patient_prefix(&pa)), pa == pb);
+            prop_assert_eq!(decode_patient_key(&ka[0]), Some(pa.as_str()));
+            prop_assert_eq!(patient_key_item(&ka[0], patient_prefix(&pa).len()), Some(ia.as_str()));
+            prop_assert_eq!(study_key_item(&ka[1], study_prefix(&s).len()), Some(ia.as_str()));
+            prop_assert_eq!(decode_study_key(&ka[1]), Some(s.as_str()));
+            if pa == pb {
+                // Same patient: date order (undated last), then id order.
+                let ord = |d: Option<i64>, i: &str| (d.is_none(), d, i.to_owned());
+                prop_assert_eq!(ka[0].cmp(&kb[0]), ord(da, &ia).cmp(&ord(db, &ib)));
+            }
+            if let (Some(a), Some(b)) = (da, db) {
+                let (ka, kb) = (ka.last().unwrap(), kb.last().unwrap());
+                prop_assert_eq!(decode_date_key(ka), Some((day(da).unwrap(), ia.as_str())));
+                if a != b {
+                    prop_assert_eq!(ka.cmp(kb), a.cmp(&b));
+                }
+            }
+        }
+
+        #[test]
         fn decode_never_panics(b in proptest::collection::vec(any::<u8>(), 0..40)) {
+            let _ = decode_date_key(&b);
+            let _ = decode_patient_key(&b);
+            let _ = decode_study_key(&b);
             let _ = decode_frames(&b);
             let _ = decode_vector(&b);
             let _ = decode_vector_key(&b);

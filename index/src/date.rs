@@ -74,14 +74,12 @@ impl StudyDate {
     }
 
     /// 4-byte big-endian key form: byte order is date order (index keys).
-    #[allow(dead_code)] // index keys (next commit)
     pub(crate) fn key(self) -> [u8; 4] {
         // Julian day numbers of years 1 to 9999 are positive.
         (self.0.to_julian_day() as u32).to_be_bytes()
     }
 
     /// Inverse of [`StudyDate::key`].
-    #[allow(dead_code)] // index keys (next commit)
     pub(crate) fn from_key(b: [u8; 4]) -> Option<StudyDate> {
         let jd = i32::try_from(u32::from_be_bytes(b)).ok()?;
         Date::from_julian_day(jd).ok().filter(|d| (1..=9999).contains(&d.year())).map(StudyDate)

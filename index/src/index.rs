@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
 /// Searches whose filtered candidate set is at most this large are answered exactly (brute
@@ -26,6 +27,8 @@ pub const EXACT_SEARCH_MAX_CANDIDATES: usize = 4096;
 /// 80k candidates at 50-d, 8k at 512-d): exact scoring reads the in-memory vectors, which is
 /// faster than a filtered walk up to about there (`evindex bench --filters`).
 pub const EXACT_SEARCH_MAX_WORK: usize = 1 << 22;
+/// [`Index::verify`] lists at most this many secondary-key problems (then counts the rest).
+const VERIFY_LOOKUP_LINES: usize = 100;
 /// Default HNSW search breadth.
 pub const DEFAULT_EF_SEARCH: usize = 96;
 /// Upper bound of the search breadth: a larger `ef` is clamped to it (the result count `k` is not).
@@ -206,9 +209,13 @@ struct Writer {
 /// batch committed before it started, or not, whole: a commit stores its batch and makes it
 /// visible in the graphs under one exclusive lock.
 pub struct Index {
-    path: PathBuf,
-    db: DB,
+    pub(crate) path: PathBuf,
+    pub(crate) db: DB,
     options: IndexOptions,
+    /// The secondary keys are complete (see `lookup`).
+    pub(crate) lookups: AtomicBool,
+    /// Item records decoded since the open (see [`Index::records_decoded`]).
+    decoded: AtomicU64,
     spaces: RwLock<BTreeMap<SpaceId, SpaceInfo>>,
     graphs: RwLock<HashMap<Collection, Graph>>,
     writer: Mutex<Writer>,
@@ -222,7 +229,7 @@ impl std::fmt::Debug for Index {
     }
 }
 
-fn corrupt(path: &Path, what: &'static str, detail: impl ToString) -> IndexError {
+pub(crate) fn corrupt(path: &Path, what: &'static str, detail: impl ToString) -> IndexError {
     IndexError::Corrupt { path: path.to_owned(), what, detail: detail.to_string() }
 }
 
@@ -240,7 +247,7 @@ pub enum Durability {
     Buffered,
 }
 
-fn synced() -> WriteOptions {
+pub(crate) fn synced() -> WriteOptions {
     let mut wo = WriteOptions::default();
     wo.set_sync(true);
     wo
@@ -294,6 +301,7 @@ impl Index {
                 let mut wb = WriteBatch::default();
                 wb.put_cf(cf_meta, store::KEY_FORMAT_VERSION, store::FORMAT_VERSION.to_be_bytes());
                 wb.put_cf(cf_meta, store::KEY_SECRET, secret);
+                wb.put_cf(cf_meta, store::KEY_LOOKUP_VERSION, store::LOOKUP_VERSION.to_be_bytes());
                 db.write_opt(wb, &synced()).map_err(storage)?;
                 secret
             }
@@ -311,12 +319,20 @@ impl Index {
             path,
             db,
             options,
+            lookups: AtomicBool::new(false),
+            decoded: AtomicU64::new(0),
             spaces: RwLock::new(BTreeMap::new()),
             graphs: RwLock::new(HashMap::new()),
             writer: Mutex::new(Writer::default()),
             secret,
             loads: Vec::new(),
         };
+        if index.read_lookups_ready()? {
+            index.lookups.store(true, Ordering::Release);
+        } else if !index.options.passive_open {
+            // An index from before the secondary keys: fill them once.
+            index.rebuild_lookups()?;
+        }
         index.loads = index.load()?;
         Ok(index)
     }
@@ -336,11 +352,24 @@ impl Index {
         &self.loads
     }
 
-    fn storage(&self, source: rocksdb::Error) -> IndexError {
+    pub(crate) fn storage(&self, source: rocksdb::Error) -> IndexError {
         IndexError::Storage { path: self.path.clone(), source }
     }
 
-    fn cf(&self, name: &'static str) -> Result<&rocksdb::ColumnFamily, IndexError> {
+    /// Decodes a stored item record.
+    pub(crate) fn decode_record(&self, b: &[u8]) -> Result<ItemRecord, IndexError> {
+        self.decoded.fetch_add(1, Ordering::Relaxed);
+        let (rec, _) = bincode::serde::decode_from_slice(b, bincode_config()).map_err(|e| corrupt(&self.path, "item record", e))?;
+        Ok(rec)
+    }
+
+    /// How many item records this handle has decoded since it opened (opening decodes those of
+    /// every live vector). For tests and measurements of what a read touches.
+    pub fn records_decoded(&self) -> u64 {
+        self.decoded.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn cf(&self, name: &'static str) -> Result<&rocksdb::ColumnFamily, IndexError> {
         self.db.cf_handle(name).ok_or_else(|| corrupt(&self.path, "column family", name))
     }
 
@@ -652,8 +681,8 @@ impl Index {
         Ok(())
     }
 
-    /// Rebuilds every graph from the stored vectors, physically drops tombstoned vectors and
-    /// writes fresh snapshots; then checks the result. The cure for a graph that a snapshot
+    /// Rebuilds every graph from the stored vectors, physically drops tombstoned vectors, writes
+    /// fresh snapshots and rebuilds the secondary keys from the records; then checks the result. The cure for a graph that a snapshot
     /// could not restore, and the way to reclaim the space of deleted and replaced vectors.
     pub fn repair(&self) -> Result<Verification, IndexError> {
         {
@@ -662,14 +691,16 @@ impl Index {
             for c in all {
                 self.rebuild_locked(&mut writer, c)?;
             }
+            self.rebuild_lookups()?;
         }
         self.verify()
     }
 
     /// Checks that graphs, vectors, slot mappings, tombstones and item records agree: no ghost
     /// vector (in a graph, not stored), none missing (stored, not in its graph), every mapping
-    /// pointing at the live vector of its item, every live vector's item present. Reads
-    /// everything; holds off writers while it runs.
+    /// pointing at the live vector of its item, every live vector's item present, the secondary
+    /// keys (patient, study, date) exactly those of the records. Reads everything; holds off
+    /// writers while it runs.
     pub fn verify(&self) -> Result<Verification, IndexError> {
         let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let graphs = self.graphs.read().unwrap_or_else(|e| e.into_inner());
@@ -738,6 +769,7 @@ impl Index {
                 }
             }
         }
+        out.problems.extend(self.verify_lookups(VERIFY_LOOKUP_LINES)?);
         Ok(out)
     }
 
@@ -807,6 +839,7 @@ impl Index {
             wb.put_cf(cf_items, r.id.0.as_bytes(), val);
             records.insert(r.id.clone(), r.clone());
         }
+        self.lookup_changes(&mut wb, &records, &deleted)?;
         // Graph changes to apply once the write succeeds.
         let mut kills: Vec<(Collection, Slot)> = Vec::new();
         let mut inserts: HashMap<Collection, Vec<(Slot, Vec<f32>, SlotMeta)>> = HashMap::new();
@@ -980,9 +1013,7 @@ impl Index {
             .into_iter()
             .map(|r| {
                 let Some(b) = r.map_err(|e| self.storage(e))? else { return Ok(None) };
-                let (rec, _) =
-                    bincode::serde::decode_from_slice(&b, bincode_config()).map_err(|e| corrupt(&self.path, "item record", e))?;
-                Ok(Some(rec))
+                self.decode_record(&b).map(Some)
             })
             .collect()
     }
@@ -1017,8 +1048,7 @@ impl Index {
         let mut out = Vec::new();
         for kv in self.db.iterator_cf(self.cf(CF_ITEMS)?, IteratorMode::Start) {
             let (_, v) = kv.map_err(|e| self.storage(e))?;
-            let (rec, _): (ItemRecord, _) =
-                bincode::serde::decode_from_slice(&v, bincode_config()).map_err(|e| corrupt(&self.path, "item record", e))?;
+            let rec = self.decode_record(&v)?;
             if kind.is_none_or(|k| rec.kind == k) {
                 out.push(rec);
             }

@@ -26,6 +26,7 @@ mod error;
 mod graph;
 mod ids;
 mod index;
+mod lookup;
 mod record;
 mod search;
 mod snapshot;

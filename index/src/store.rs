@@ -29,13 +29,24 @@ pub const CF_ERRORS: &str = "errors";
 /// after format 2 was released: an older index gains it, empty, on its next open.
 pub const CF_FRAMES: &str = "frames";
 
+/// Secondary keys of the items by patient, study and date (layouts in `codec::lookup_keys`),
+/// written in the same batch as the records. Added after format 2 was released: an older index
+/// gains it on its next writer open, which fills it from the records once and then sets
+/// [`KEY_LOOKUP_VERSION`]; until then, look-ups read every record instead.
+pub const CF_LOOKUP: &str = "lookup";
+
 /// All column families, in creation order.
-pub const COLUMN_FAMILIES: [&str; 8] = [CF_META, CF_ITEMS, CF_VECTORS, CF_SLOTS, CF_GRAPH, CF_INGEST_LOG, CF_ERRORS, CF_FRAMES];
+pub const COLUMN_FAMILIES: [&str; 9] = [CF_META, CF_ITEMS, CF_VECTORS, CF_SLOTS, CF_GRAPH, CF_INGEST_LOG, CF_ERRORS, CF_FRAMES, CF_LOOKUP];
 
 /// `meta` key holding the format version (u32 BE).
 pub const KEY_FORMAT_VERSION: &[u8] = b"format_version";
 /// `meta` key holding the 32-byte pseudonymisation secret.
 pub const KEY_SECRET: &[u8] = b"patient_secret";
+/// `meta` key holding the layout version (u32 BE) of the complete [`CF_LOOKUP`] keys; absent
+/// while they are missing or being rebuilt.
+pub const KEY_LOOKUP_VERSION: &[u8] = b"lookup_version";
+/// The [`CF_LOOKUP`] layout this build writes.
+pub const LOOKUP_VERSION: u32 = 1;
 /// `meta` key prefix of space records.
 pub const KEY_SPACE_PREFIX: &[u8] = b"space/";
 
