@@ -124,6 +124,36 @@ pub fn load(path: &Path) -> Result<PromptFile, Error> {
     parse(&text, path)
 }
 
+/// The prompt file at `path`, else the built-in one; with the name outputs show for it (its
+/// path, or `built-in`).
+pub fn load_or_default(path: Option<&Path>) -> Result<(PromptFile, String), Error> {
+    Ok(match path {
+        Some(p) => (load(p)?, p.display().to_string()),
+        None => (default_prompts(), "built-in".to_owned()),
+    })
+}
+
+/// The tasks `names` of `file`, each once, in the order given (none or `all`: every task of the
+/// file); a name the file lacks is an error listing the tasks it has.
+pub fn select_tasks(file: &PromptFile, names: &[String]) -> Result<Vec<String>, Error> {
+    if names.is_empty() || names.iter().any(|n| n == "all") {
+        return Ok(file.keys().cloned().collect());
+    }
+    let mut out: Vec<String> = Vec::new();
+    for n in names {
+        if !file.contains_key(n) {
+            return Err(Error::Invalid(format!(
+                "no task '{n}' in the prompt file (it has: {})",
+                file.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        if !out.contains(n) {
+            out.push(n.clone());
+        }
+    }
+    Ok(out)
+}
+
 /// Parses and checks prompt-file text (`path` names it in errors).
 pub fn parse(text: &str, path: &Path) -> Result<PromptFile, Error> {
     let invalid = |reason: String| Error::Invalid(format!("{}: {reason}", path.display()));

@@ -164,3 +164,15 @@ pub fn embed_task(embedder: &Embedder, task: &PromptTask) -> Result<EmbeddedTask
         }
     })
 }
+
+/// Embeds the prompts of the tasks `names` of `file`, in that order.
+pub fn embed_tasks(embedder: &Embedder, file: &super::prompts::PromptFile, names: &[String]) -> Result<Vec<(String, EmbeddedTask)>, Error> {
+    names
+        .iter()
+        .map(|n| {
+            let task = file.get(n).ok_or_else(|| Error::Invalid(format!("no task '{n}' in the prompt file")))?;
+            let e = embed_task(embedder, task).map_err(|e| super::context::within(format!("embedding the prompts of task '{n}'"), &e))?;
+            Ok((n.clone(), e))
+        })
+        .collect()
+}
