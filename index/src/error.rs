@@ -79,4 +79,39 @@ pub enum IndexError {
     /// A vector was written for an item the same batch and the index do not know.
     #[error("vector for unknown item {0}: put the item record first")]
     UnknownItem(String),
+    /// There is no index in the directory a reader was pointed at.
+    #[error("no index at {path} (run `echovault ingest` first, or pass --index DIR)")]
+    Missing {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// A write was asked of an index opened for reading ([`crate::Index::open_reader`]).
+    #[error("index {path} is open for reading only: {op} needs the writer (`echovault ingest`, `repair` or `serve`)")]
+    ReadOnly {
+        /// The index directory.
+        path: PathBuf,
+        /// What was asked.
+        op: &'static str,
+    },
+    /// Another process holds the index's writer lock.
+    #[error(
+        "index {path} is being written by another process ({holder}); wait for it to finish, \
+         or read it meanwhile (search, info and the other read commands work while it writes)"
+    )]
+    Busy {
+        /// The index directory.
+        path: PathBuf,
+        /// Who, as far as its writer record says (pid, command, since when), or why unknown.
+        holder: String,
+    },
+    /// A file of the index's own (the writer record, a reader's secondary directory) could not
+    /// be written or read.
+    #[error("I/O error at {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
 }

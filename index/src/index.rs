@@ -47,8 +47,12 @@ pub struct IndexOptions {
     pub ignore_snapshots: bool,
     /// Write nothing while opening: a graph rebuilt because its snapshot was missing, stale or
     /// corrupt stays in memory (see [`Index::graph_loads`]) instead of being re-snapshotted.
-    /// For `info` and `repair --check`, which must not change the index.
+    /// For tests and tools that look at an index no other process writes; commands that only
+    /// read use [`Index::open_reader`], which works beside a writer.
     pub passive_open: bool,
+    /// Who writes (e.g. `echovault ingest`), for the writer record that a second writer's
+    /// [`IndexError::Busy`] quotes; `None`: the program's file name.
+    pub writer: Option<String>,
 }
 
 /// How a search may proceed.
@@ -199,8 +203,9 @@ fn rebuild_due(g: &Graph) -> bool {
 /// State owned by the single writer: slot counters and graphs whose in-memory state may hold
 /// nodes that a failed write never stored.
 #[derive(Debug, Default)]
-struct Writer {
-    next_slot: HashMap<Collection, u32>,
+pub(crate) struct Writer {
+    /// Per collection, the next slot to issue (a reader: the slots it has seen).
+    pub(crate) next_slot: HashMap<Collection, u32>,
     poisoned: HashSet<Collection>,
 }
 
@@ -210,23 +215,68 @@ struct Writer {
 /// visible in the graphs under one exclusive lock.
 pub struct Index {
     pub(crate) path: PathBuf,
+    /// The writer record (before `db`: removed while the lock is still held).
+    _holder: Option<crate::holder::Holder>,
     pub(crate) db: DB,
     options: IndexOptions,
     /// The secondary keys are complete (see `lookup`).
     pub(crate) lookups: AtomicBool,
     /// Item records decoded since the open (see [`Index::records_decoded`]).
     decoded: AtomicU64,
-    spaces: RwLock<BTreeMap<SpaceId, SpaceInfo>>,
-    graphs: RwLock<HashMap<Collection, Graph>>,
-    writer: Mutex<Writer>,
+    pub(crate) spaces: RwLock<BTreeMap<SpaceId, SpaceInfo>>,
+    pub(crate) graphs: RwLock<HashMap<Collection, Graph>>,
+    pub(crate) writer: Mutex<Writer>,
     secret: [u8; 32],
-    loads: Vec<GraphLoad>,
+    pub(crate) loads: Vec<GraphLoad>,
+    /// Set on a reader (after `db`: its directory outlives the secondary instance).
+    pub(crate) reader: Option<crate::reader::ReaderState>,
 }
 
 impl std::fmt::Debug for Index {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Index").field("path", &self.path).finish_non_exhaustive()
     }
+}
+
+/// The secret of the index in `db` after checking its format version; `None` when it has none
+/// (a new database, or one that is not an index).
+pub(crate) fn check_format(db: &DB, path: &Path) -> Result<Option<[u8; 32]>, IndexError> {
+    let storage = |source| IndexError::Storage { path: path.to_owned(), source };
+    let cf_meta = db.cf_handle(CF_META).ok_or_else(|| corrupt(path, "column family", CF_META))?;
+    let Some(v) = db.get_cf(cf_meta, store::KEY_FORMAT_VERSION).map_err(storage)? else { return Ok(None) };
+    let found = u32::from_be_bytes(v.as_slice().try_into().map_err(|_| corrupt(path, "format version", "not 4 bytes"))?);
+    if found != store::FORMAT_VERSION {
+        return Err(IndexError::FormatVersion { path: path.to_owned(), found, expected: store::FORMAT_VERSION });
+    }
+    let s = db.get_cf(cf_meta, store::KEY_SECRET).map_err(storage)?.ok_or_else(|| corrupt(path, "secret", "missing"))?;
+    Ok(Some(s.as_slice().try_into().map_err(|_| corrupt(path, "secret", "not 32 bytes"))?))
+}
+
+/// Makes the empty database `db` an index: format version, a new secret, complete (empty)
+/// secondary keys. Refuses a database that holds items but no format version.
+fn create(db: &DB, path: &Path) -> Result<[u8; 32], IndexError> {
+    let storage = |source| IndexError::Storage { path: path.to_owned(), source };
+    let cf_meta = db.cf_handle(CF_META).ok_or_else(|| corrupt(path, "column family", CF_META))?;
+    let cf_items = db.cf_handle(CF_ITEMS).ok_or_else(|| corrupt(path, "column family", CF_ITEMS))?;
+    if db.iterator_cf(cf_items, IteratorMode::Start).next().is_some() {
+        return Err(IndexError::NotAnIndex { path: path.to_owned() });
+    }
+    let mut secret = [0u8; 32];
+    rand::fill(&mut secret);
+    let mut wb = WriteBatch::default();
+    wb.put_cf(cf_meta, store::KEY_FORMAT_VERSION, store::FORMAT_VERSION.to_be_bytes());
+    wb.put_cf(cf_meta, store::KEY_SECRET, secret);
+    wb.put_cf(cf_meta, store::KEY_LOOKUP_VERSION, store::LOOKUP_VERSION.to_be_bytes());
+    db.write_opt(wb, &synced()).map_err(storage)?;
+    Ok(secret)
+}
+
+/// This program's file name (the default writer label).
+fn program_name() -> String {
+    std::env::args_os()
+        .next()
+        .and_then(|a| Path::new(&a).file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "an unnamed program".into())
 }
 
 pub(crate) fn corrupt(path: &Path, what: &'static str, detail: impl ToString) -> IndexError {
@@ -280,31 +330,9 @@ impl Index {
     pub fn open(path: impl AsRef<Path>, options: IndexOptions) -> Result<Index, IndexError> {
         let path = path.as_ref().to_owned();
         let db = store::open_db(&path)?;
-        let storage = |source| IndexError::Storage { path: path.clone(), source };
-        let cf_meta = db.cf_handle(CF_META).ok_or_else(|| corrupt(&path, "column family", CF_META))?;
-        let secret = match db.get_cf(cf_meta, store::KEY_FORMAT_VERSION).map_err(storage)? {
-            Some(v) => {
-                let found = u32::from_be_bytes(v.as_slice().try_into().map_err(|_| corrupt(&path, "format version", "not 4 bytes"))?);
-                if found != store::FORMAT_VERSION {
-                    return Err(IndexError::FormatVersion { path, found, expected: store::FORMAT_VERSION });
-                }
-                let s = db.get_cf(cf_meta, store::KEY_SECRET).map_err(storage)?.ok_or_else(|| corrupt(&path, "secret", "missing"))?;
-                s.as_slice().try_into().map_err(|_| corrupt(&path, "secret", "not 32 bytes"))?
-            }
-            None => {
-                let cf_items = db.cf_handle(CF_ITEMS).ok_or_else(|| corrupt(&path, "column family", CF_ITEMS))?;
-                if db.iterator_cf(cf_items, IteratorMode::Start).next().is_some() {
-                    return Err(IndexError::NotAnIndex { path });
-                }
-                let mut secret = [0u8; 32];
-                rand::fill(&mut secret);
-                let mut wb = WriteBatch::default();
-                wb.put_cf(cf_meta, store::KEY_FORMAT_VERSION, store::FORMAT_VERSION.to_be_bytes());
-                wb.put_cf(cf_meta, store::KEY_SECRET, secret);
-                wb.put_cf(cf_meta, store::KEY_LOOKUP_VERSION, store::LOOKUP_VERSION.to_be_bytes());
-                db.write_opt(wb, &synced()).map_err(storage)?;
-                secret
-            }
+        let secret = match check_format(&db, &path)? {
+            Some(secret) => secret,
+            None => create(&db, &path)?,
         };
         // Scratch directories of graph loads that a crash interrupted (RocksDB's lock, held now,
         // means no other process is loading).
@@ -315,18 +343,16 @@ impl Index {
                 }
             }
         }
-        let mut index = Index {
-            path,
-            db,
-            options,
-            lookups: AtomicBool::new(false),
-            decoded: AtomicU64::new(0),
-            spaces: RwLock::new(BTreeMap::new()),
-            graphs: RwLock::new(HashMap::new()),
-            writer: Mutex::new(Writer::default()),
-            secret,
-            loads: Vec::new(),
+        let label = options.writer.clone().unwrap_or_else(program_name);
+        let holder = match crate::holder::Holder::record(&path, &label) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!(error = %e, "no writer record: a second writer will not be told who writes");
+                None
+            }
         };
+        let mut index = Index::assemble(path, db, secret, None, holder);
+        index.options = options;
         if index.read_lookups_ready()? {
             index.lookups.store(true, Ordering::Release);
         } else if !index.options.passive_open {
@@ -335,6 +361,30 @@ impl Index {
         }
         index.loads = index.load()?;
         Ok(index)
+    }
+
+    /// An index handle over an open database, nothing loaded yet.
+    pub(crate) fn assemble(
+        path: PathBuf,
+        db: DB,
+        secret: [u8; 32],
+        reader: Option<crate::reader::ReaderState>,
+        holder: Option<crate::holder::Holder>,
+    ) -> Index {
+        Index {
+            path,
+            _holder: holder,
+            db,
+            options: IndexOptions::default(),
+            lookups: AtomicBool::new(false),
+            decoded: AtomicU64::new(0),
+            spaces: RwLock::new(BTreeMap::new()),
+            graphs: RwLock::new(HashMap::new()),
+            writer: Mutex::new(Writer::default()),
+            secret,
+            loads: Vec::new(),
+            reader,
+        }
     }
 
     /// The index directory.
@@ -380,10 +430,30 @@ impl Index {
 
     /// Loads spaces and slot counters, then every collection's graph (from its snapshot, or
     /// rebuilt when the snapshot cannot be used).
-    fn load(&self) -> Result<Vec<GraphLoad>, IndexError> {
-        let cf_meta = self.cf(CF_META)?;
+    pub(crate) fn load(&self) -> Result<Vec<GraphLoad>, IndexError> {
+        let spaces = self.read_spaces()?;
+        let counters = self.read_counters()?;
+        *self.spaces.write().unwrap_or_else(|e| e.into_inner()) = spaces.clone();
+        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        writer.next_slot = counters.clone();
+        writer.poisoned.clear();
+        let mut graphs = HashMap::new();
+        let mut loads = Vec::new();
+        for (&c, &next) in &counters {
+            let Some(info) = spaces.get(&c.space) else { return Err(corrupt(&self.path, "slot counter", "unknown space")) };
+            let (g, load) = self.load_collection(c, info, next)?;
+            graphs.insert(c, g);
+            loads.push(load);
+        }
+        *self.graphs.write().unwrap_or_else(|e| e.into_inner()) = graphs;
+        loads.sort_by(|a, b| a.collection.cmp(&b.collection));
+        Ok(loads)
+    }
+
+    /// The registered spaces, read from `meta`.
+    pub(crate) fn read_spaces(&self) -> Result<BTreeMap<SpaceId, SpaceInfo>, IndexError> {
         let mut spaces = BTreeMap::new();
-        for kv in self.db.prefix_iterator_cf(cf_meta, store::KEY_SPACE_PREFIX) {
+        for kv in self.db.prefix_iterator_cf(self.cf(CF_META)?, store::KEY_SPACE_PREFIX) {
             let (k, v) = kv.map_err(|e| self.storage(e))?;
             if !k.starts_with(store::KEY_SPACE_PREFIX) {
                 break;
@@ -392,8 +462,13 @@ impl Index {
                 bincode::serde::decode_from_slice(&v, bincode_config()).map_err(|e| corrupt(&self.path, "space record", e))?;
             spaces.insert(info.id, info);
         }
+        Ok(spaces)
+    }
+
+    /// Every collection's next free slot, read from `meta`.
+    pub(crate) fn read_counters(&self) -> Result<HashMap<Collection, u32>, IndexError> {
         let mut counters = HashMap::new();
-        for kv in self.db.prefix_iterator_cf(cf_meta, b"next_slot/") {
+        for kv in self.db.prefix_iterator_cf(self.cf(CF_META)?, b"next_slot/") {
             let (k, v) = kv.map_err(|e| self.storage(e))?;
             if !k.starts_with(b"next_slot/") {
                 break;
@@ -403,65 +478,59 @@ impl Index {
             let n = u32::from_be_bytes(v.as_ref().try_into().map_err(|_| corrupt(&self.path, "slot counter", "not 4 bytes"))?);
             counters.insert(c, n);
         }
-        *self.spaces.write().unwrap_or_else(|e| e.into_inner()) = spaces.clone();
-        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        writer.next_slot = counters.clone();
-        writer.poisoned.clear();
-        let mut graphs = HashMap::new();
-        let mut loads = Vec::new();
-        for (&c, &next) in &counters {
-            let Some(info) = spaces.get(&c.space) else { return Err(corrupt(&self.path, "slot counter", "unknown space")) };
-            let t0 = std::time::Instant::now();
-            let stored = self.read_collection(c, info.dim)?;
-            let (mut g, how, reason, replayed) = match self.restore(c, info.dim, next, &stored) {
-                Ok((g, replay)) => (g, "snapshot", None, replay),
-                Err(why) => (Graph::new(info.dim, stored.rows.len()), "rebuilt", Some(why), 0),
-            };
-            // Records give the filter facts of every live slot.
-            let live: Vec<(Slot, &ItemId, &Vec<f32>)> = stored.live().collect();
-            let ids: Vec<ItemId> = live.iter().map(|(_, id, _)| (*id).clone()).collect();
-            let records = self.get_items(&ids)?;
-            if how == "rebuilt" {
-                let rows: Vec<(Slot, &[f32])> = live.iter().map(|(s, _, v)| (*s, v.as_slice())).collect();
-                g.insert_hidden(&rows);
-            } else {
-                // Replay every vector written after the snapshot, tombstoned ones too (hidden):
-                // the next snapshot must hold every stored slot below its coverage.
-                let covered = g.covered as usize;
-                let rows: Vec<(Slot, &[f32])> = stored
-                    .rows
-                    .iter()
-                    .enumerate()
-                    .skip(covered)
-                    .filter_map(|(i, r)| r.as_ref().map(|(_, v)| (Slot(i as u32), v.as_slice())))
-                    .collect();
-                g.insert_hidden(&rows);
-                g.pending = rows.len();
-            }
-            for ((slot, id, _), rec) in live.iter().zip(&records) {
-                g.set_meta(*slot, slot_meta((*id).clone(), rec.as_ref()));
-            }
-            let name = format!("{}/{}", info.name, c.kind);
-            if let Some(r) = &reason {
-                tracing::info!(collection = %name, reason = %r, "graph rebuilt from the stored vectors");
-            }
-            let load = GraphLoad { collection: name, how, reason, replayed, live: g.live(), millis: 0 };
-            if self.options.passive_open {
-                // Nothing written: a rebuilt graph lives in memory only.
-            } else if how == "rebuilt" {
-                // Persist the rebuilt graph and drop the tombstoned vectors it no longer holds.
-                self.write_snapshot(c, next, &g, Some(&stored.dead))?;
-                (g.covered, g.pending) = (next, 0);
-            } else if replayed >= 1024 || snapshot_due(&g) {
-                self.write_snapshot(c, next, &g, None)?;
-                (g.covered, g.pending) = (next, 0);
-            }
-            graphs.insert(c, g);
-            loads.push(GraphLoad { millis: t0.elapsed().as_millis() as u64, ..load });
+        Ok(counters)
+    }
+
+    /// Loads one collection's graph: from its snapshot plus the vectors written after it, or
+    /// rebuilt from the stored vectors when the snapshot cannot be used (then, on a writer,
+    /// snapshotted again).
+    pub(crate) fn load_collection(&self, c: Collection, info: &SpaceInfo, next: u32) -> Result<(Graph, GraphLoad), IndexError> {
+        let t0 = std::time::Instant::now();
+        let stored = self.read_collection(c, info.dim)?;
+        let (mut g, how, reason, replayed) = match self.restore(c, info.dim, next, &stored) {
+            Ok((g, replay)) => (g, "snapshot", None, replay),
+            Err(why) => (Graph::new(info.dim, stored.rows.len()), "rebuilt", Some(why), 0),
+        };
+        // Records give the filter facts of every live slot.
+        let live: Vec<(Slot, &ItemId, &Vec<f32>)> = stored.live().collect();
+        let ids: Vec<ItemId> = live.iter().map(|(_, id, _)| (*id).clone()).collect();
+        let records = self.get_items(&ids)?;
+        if how == "rebuilt" {
+            let rows: Vec<(Slot, &[f32])> = live.iter().map(|(s, _, v)| (*s, v.as_slice())).collect();
+            g.insert_hidden(&rows);
+        } else {
+            // Replay every vector written after the snapshot, tombstoned ones too (hidden):
+            // the next snapshot must hold every stored slot below its coverage.
+            let covered = g.covered as usize;
+            let rows: Vec<(Slot, &[f32])> = stored
+                .rows
+                .iter()
+                .enumerate()
+                .skip(covered)
+                .filter_map(|(i, r)| r.as_ref().map(|(_, v)| (Slot(i as u32), v.as_slice())))
+                .collect();
+            g.insert_hidden(&rows);
+            g.pending = rows.len();
         }
-        *self.graphs.write().unwrap_or_else(|e| e.into_inner()) = graphs;
-        loads.sort_by(|a, b| a.collection.cmp(&b.collection));
-        Ok(loads)
+        for ((slot, id, _), rec) in live.iter().zip(&records) {
+            g.set_meta(*slot, slot_meta((*id).clone(), rec.as_ref()));
+        }
+        let name = format!("{}/{}", info.name, c.kind);
+        if let Some(r) = &reason {
+            tracing::info!(collection = %name, reason = %r, "graph rebuilt from the stored vectors");
+        }
+        let load = GraphLoad { collection: name, how, reason, replayed, live: g.live(), millis: 0 };
+        if self.options.passive_open || self.is_reader() {
+            // Nothing written: a rebuilt graph lives in memory only.
+        } else if how == "rebuilt" {
+            // Persist the rebuilt graph and drop the tombstoned vectors it no longer holds.
+            self.write_snapshot(c, next, &g, Some(&stored.dead))?;
+            (g.covered, g.pending) = (next, 0);
+        } else if replayed >= 1024 || snapshot_due(&g) {
+            self.write_snapshot(c, next, &g, None)?;
+            (g.covered, g.pending) = (next, 0);
+        }
+        Ok((g, GraphLoad { millis: t0.elapsed().as_millis() as u64, ..load }))
     }
 
     /// Every stored vector of `c` (f16 ones re-normalised in f32) and its tombstones.
@@ -541,7 +610,7 @@ impl Index {
             return Ok((g, replay));
         }
         // Searchable at once from the snapshot; hnsw_rs reloads it on the first insert.
-        let mut g = Graph::from_snapshot(topo, dim, |s| stored.vector(s), &self.path);
+        let mut g = Graph::from_snapshot(topo, dim, |s| stored.vector(s), self.scratch_dir());
         g.covered = h.covered;
         let replay = stored.rows.iter().skip(h.covered as usize).filter(|r| r.is_some()).count();
         Ok((g, replay))
@@ -588,14 +657,28 @@ impl Index {
                 wb.delete_cf(cf_vec, codec::vector_key(c, Slot(s)));
                 wb.delete_cf(cf, codec::dead_key(c, Slot(s)));
             }
+            // Readers cannot follow a vacuum slot by slot: they reload this collection.
+            self.bump(&mut wb, &crate::reader::generation_key(c))?;
         }
         self.db.write_opt(wb, &synced()).map_err(|e| self.storage(e))
+    }
+
+    /// Adds to `wb` the increment of the u64 counter at `key` in `meta`.
+    fn bump(&self, wb: &mut WriteBatch, key: &[u8]) -> Result<(), IndexError> {
+        let cf = self.cf(CF_META)?;
+        let n = match self.db.get_cf(cf, key).map_err(|e| self.storage(e))? {
+            Some(v) => u64::from_be_bytes(v.as_slice().try_into().map_err(|_| corrupt(&self.path, "generation", "not 8 bytes"))?),
+            None => 0,
+        };
+        wb.put_cf(cf, key, (n + 1).to_be_bytes());
+        Ok(())
     }
 
     /// Writes a fresh snapshot of every graph that changed since its last one, so the next open
     /// replays nothing. Graphs with more tombstones than live vectors are rebuilt instead.
     /// Commits do this on their own from time to time; call it at the end of a bulk load.
     pub fn checkpoint(&self) -> Result<(), IndexError> {
+        self.writable("a checkpoint")?;
         let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let all: Vec<Collection> = writer.next_slot.keys().copied().collect();
         self.checkpoint_locked(&mut writer, &all, true)
@@ -682,9 +765,11 @@ impl Index {
     }
 
     /// Rebuilds every graph from the stored vectors, physically drops tombstoned vectors, writes
-    /// fresh snapshots and rebuilds the secondary keys from the records; then checks the result. The cure for a graph that a snapshot
-    /// could not restore, and the way to reclaim the space of deleted and replaced vectors.
+    /// fresh snapshots and rebuilds the secondary keys from the records; then checks the
+    /// result. The cure for a graph that a snapshot could not restore, and the way to reclaim
+    /// the space of deleted and replaced vectors.
     pub fn repair(&self) -> Result<Verification, IndexError> {
+        self.writable("repair")?;
         {
             let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
             let all: Vec<Collection> = writer.next_slot.keys().copied().collect();
@@ -783,6 +868,7 @@ impl Index {
             }
             return Ok(s.id);
         }
+        self.writable("registering an embedding space")?;
         let id = SpaceId(spaces.keys().next_back().map_or(1, |s| s.0 + 1));
         let info = SpaceInfo { id, name: name.to_owned(), dim };
         let mut key = store::KEY_SPACE_PREFIX.to_vec();
@@ -826,6 +912,7 @@ impl Index {
         if batch.is_empty() {
             return Ok(());
         }
+        self.writable("a commit")?;
         let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let spaces = self.spaces.read().unwrap_or_else(|e| e.into_inner()).clone();
         let (cf_items, cf_vec, cf_slots, cf_meta, cf_graph) =
@@ -928,6 +1015,10 @@ impl Index {
                 }
             }
         }
+        if !updates.is_empty() {
+            // Readers re-read the filter facts of their graphs after such a commit.
+            self.bump(&mut wb, crate::reader::KEY_FACTS_GENERATION)?;
+        }
         // New vectors go into the graphs first, invisible (no metadata yet); searches go on.
         {
             let mut graphs = self.graphs.write().unwrap_or_else(|e| e.into_inner());
@@ -991,6 +1082,7 @@ impl Index {
 
     /// Syncs every buffered commit to disk.
     pub fn sync(&self) -> Result<(), IndexError> {
+        self.writable("a sync")?;
         self.db.flush_wal(true).map_err(|e| self.storage(e))
     }
 
@@ -1100,6 +1192,7 @@ impl Index {
     /// Flushes memtables and compacts every column family (what a bulk load ends with; also
     /// makes [`Index::disk_bytes`] meaningful).
     pub fn compact(&self) -> Result<(), IndexError> {
+        self.writable("a compaction")?;
         for name in store::COLUMN_FAMILIES {
             let cf = self.cf(name)?;
             self.db.flush_cf(cf).map_err(|e| self.storage(e))?;
@@ -1190,7 +1283,7 @@ impl Index {
 
 /// Restores unit length after an f16 round trip (a no-op for f32 vectors, which are stored
 /// normalised): `hnsw_rs`'s dot distance asserts `a·b ≤ 1.000002`.
-fn renormalise(v: &mut [f32]) {
+pub(crate) fn renormalise(v: &mut [f32]) {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     if norm > 0.0 && (norm - 1.0).abs() > 1e-6 {
         v.iter_mut().for_each(|x| *x /= norm);
@@ -1202,7 +1295,7 @@ fn exact_limit(dim: usize) -> usize {
     (EXACT_SEARCH_MAX_WORK / dim.max(1)).max(EXACT_SEARCH_MAX_CANDIDATES)
 }
 
-fn slot_meta(item: ItemId, rec: Option<&ItemRecord>) -> SlotMeta {
+pub(crate) fn slot_meta(item: ItemId, rec: Option<&ItemRecord>) -> SlotMeta {
     SlotMeta {
         item,
         patient: rec.and_then(|r| r.patient.clone()),

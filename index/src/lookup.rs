@@ -182,6 +182,7 @@ impl Index {
     /// them, writes them in chunks, then marks them complete. A crash part-way leaves them
     /// marked incomplete, and the next writer open starts again.
     pub(crate) fn rebuild_lookups(&self) -> Result<(), IndexError> {
+        self.writable("rebuilding the secondary keys")?;
         let (cf, cf_meta) = (self.cf(CF_LOOKUP)?, self.cf(CF_META)?);
         self.lookups.store(false, Ordering::Release);
         let mut wb = WriteBatch::default();

@@ -64,10 +64,35 @@ fn options() -> Options {
     o
 }
 
-/// Opens (or creates) the database with every column family.
+/// Opens (or creates) the database with every column family, as its one writer. Another
+/// process holding it is [`IndexError::Busy`], named from its writer record.
 pub fn open_db(path: &Path) -> Result<DB, IndexError> {
     let cfs = COLUMN_FAMILIES.iter().map(|n| ColumnFamilyDescriptor::new(*n, options()));
-    DB::open_cf_descriptors(&options(), path, cfs).map_err(|source| IndexError::Storage { path: path.to_owned(), source })
+    DB::open_cf_descriptors(&options(), path, cfs).map_err(|source| {
+        // RocksDB's words for a LOCK file another process holds (flock: EAGAIN / EWOULDBLOCK).
+        let text = source.to_string();
+        if source.kind() == rocksdb::ErrorKind::IOError && text.contains("LOCK") {
+            IndexError::Busy { path: path.to_owned(), holder: crate::holder::describe(path) }
+        } else {
+            IndexError::Storage { path: path.to_owned(), source }
+        }
+    })
+}
+
+/// Opens the database at `path` as a RocksDB secondary instance (its own files in
+/// `secondary`, outside the index): it never writes under `path`, works while a writer holds
+/// the index, sees what was committed before it opened, and catches up on demand
+/// (`try_catch_up_with_primary`). Opens the column families the database has.
+pub fn open_secondary(path: &Path, secondary: &Path) -> Result<DB, IndexError> {
+    let storage = |source| IndexError::Storage { path: path.to_owned(), source };
+    let mut o = Options::default();
+    o.set_paranoid_checks(true);
+    // Secondary instances keep every table file open: the writer may delete one (compaction)
+    // between two catch-ups.
+    o.set_max_open_files(-1);
+    let cfs = DB::list_cf(&o, path).map_err(storage)?;
+    let descriptors = cfs.iter().map(|n| ColumnFamilyDescriptor::new(n.as_str(), o.clone()));
+    DB::open_cf_descriptors_as_secondary(&o, path, secondary, descriptors).map_err(storage)
 }
 
 /// The patient-key secret of the index at `path`, read without opening it for writing (other

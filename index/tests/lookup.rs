@@ -221,6 +221,10 @@ fn an_index_from_before_the_keys_is_read_by_scanning_then_backfilled_on_a_writer
         db.put_cf(db.cf_handle("items").unwrap(), b"bad-date", bytes).unwrap();
         model.insert("bad-date".into(), record("bad-date", Kind::Report, Some("p1"), Some("s1"), None));
     }
+    // A reader of it (no `lookup` column family at all) answers by scanning.
+    let reader = Index::open_reader(dir.path()).unwrap();
+    check_all(&reader, &model);
+    drop(reader);
     // A passive open writes nothing: it answers by scanning, and `verify` says the keys are missing.
     let index = Index::open(dir.path(), IndexOptions { passive_open: true, ..Default::default() }).unwrap();
     let rec = index.get_item(&ItemId::from("bad-date")).unwrap().unwrap();

@@ -4,6 +4,7 @@
 //! evindex crash-writer DIR SEED    write random batches into DIR forever, narrating on stdout
 //!                                  (the crash test kills it with SIGKILL and checks the index)
 //! evindex bench ARGS...            ANN benchmark on .npy vectors (see tools/bench-ann)
+//! evindex lookups DIR [N] [DIM]    look-ups and filtered searches on N synthetic records
 //! ```
 //!
 //! The crash writer's narration, one line each, flushed before the next step:
@@ -18,13 +19,15 @@ use std::io::Write;
 use std::process::ExitCode;
 
 mod bench;
+mod lookups;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("crash-writer") if args.len() == 3 => crash_writer(&args[1], &args[2]),
         Some("bench") => bench::run(&args[1..]),
-        _ => Err("usage: evindex crash-writer DIR SEED | evindex bench --help".into()),
+        Some("lookups") => lookups::run(&args[1..]),
+        _ => Err("usage: evindex crash-writer DIR SEED | evindex bench --help | evindex lookups DIR [N] [DIM]".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
