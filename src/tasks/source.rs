@@ -7,8 +7,6 @@ use crate::engine::Embedder;
 use crate::error::Error;
 use crate::media::FrameSampling;
 use echovault_index::{Index, ItemId, ItemRecord, Kind};
-use std::cell::OnceCell;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Embeddings of videos by file or by indexed id, for one model.
@@ -22,7 +20,6 @@ pub struct VideoSource<'a> {
     pub zero_shot_frames: FrameSampling,
     /// Frames a video embedding of an unindexed file averages (the ingest default: all).
     pub video_frames: FrameSampling,
-    by_source: OnceCell<HashMap<PathBuf, ItemRecord>>,
 }
 
 /// A video's embeddings and where they came from.
@@ -41,20 +38,17 @@ fn canonical(p: &Path) -> PathBuf {
 impl<'a> VideoSource<'a> {
     /// A source over `embedder` and, optionally, an index.
     pub fn new(embedder: &'a Embedder, index: Option<&'a Index>, zero_shot_frames: FrameSampling, video_frames: FrameSampling) -> Self {
-        VideoSource { embedder, index, zero_shot_frames, video_frames, by_source: OnceCell::new() }
+        VideoSource { embedder, index, zero_shot_frames, video_frames }
     }
 
-    /// The indexed video ingested from `path`, if any.
+    /// The indexed video ingested from `path`, if any: the record of the file's content id
+    /// (what ingest names a video by) whose source is this path. A file changed since it was
+    /// ingested is not indexed (its content is read instead); an unreadable one neither (reading
+    /// it then says why). Reads one record, never every one.
     pub fn lookup(&self, path: &Path) -> Result<Option<ItemRecord>, Error> {
         let Some(index) = self.index else { return Ok(None) };
-        if self.by_source.get().is_none() {
-            let mut m = HashMap::new();
-            for rec in index.items(Some(Kind::Video))? {
-                m.insert(canonical(Path::new(&rec.source)), rec);
-            }
-            let _ = self.by_source.set(m);
-        }
-        Ok(self.by_source.get().and_then(|m| m.get(&canonical(path)).cloned()))
+        let Ok(id) = crate::ingest::content_id(path) else { return Ok(None) };
+        Ok(index.get_item(&ItemId(id))?.filter(|rec| rec.kind == Kind::Video && canonical(Path::new(&rec.source)) == canonical(path)))
     }
 
     /// An indexed item by id.
