@@ -1,6 +1,7 @@
 //! What an index holds: item counts per kind, live vectors per collection, recorded ingest
-//! errors, its embedding spaces, format version and how its graphs loaded. One function builds
-//! it for both faces: `echovault info --json` prints it, `GET /v1/info` answers it.
+//! errors, its embedding spaces, format version and how its graphs loaded; and what a check or
+//! repair of it found. One function builds each for both faces: `echovault info --json` and
+//! `repair --json` print them, `GET /v1/info` and `POST /v1/repair` answer them.
 
 use crate::error::Error;
 use echovault_index::{GraphLoad, Index, FORMAT_VERSION};
@@ -47,4 +48,32 @@ pub fn index_info(index: &Index) -> Result<IndexInfo, Error> {
         spaces: index.spaces().into_iter().map(|s| SpaceSummary { name: s.name, dim: s.dim }).collect(),
         graphs: index.graph_loads().to_vec(),
     })
+}
+
+/// What `repair` (or `repair --check`) found, as `repair --json` prints it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RepairReport {
+    /// Only checked: nothing was changed.
+    pub checked_only: bool,
+    /// Nothing is wrong.
+    pub ok: bool,
+    /// Stored vectors per `space/kind` (live and tombstoned).
+    pub stored: BTreeMap<String, usize>,
+    /// Live vectors per `space/kind`.
+    pub live: BTreeMap<String, usize>,
+    /// Every inconsistency, one line each.
+    pub problems: Vec<String>,
+}
+
+/// Checks `index` (`check_only`) or repairs it: rebuilds its graphs from the stored vectors,
+/// drops tombstoned vectors, writes fresh snapshots, then checks. A graph whose snapshot could
+/// not be used when the index was opened counts as a problem of a check (repairing fixes it).
+pub fn repair(index: &Index, check_only: bool) -> Result<RepairReport, Error> {
+    let mut v = if check_only { index.verify()? } else { index.repair()? };
+    if check_only {
+        for l in index.graph_loads().iter().filter(|l| l.how == "rebuilt") {
+            v.problems.push(format!("{}: graph snapshot unusable ({})", l.collection, l.reason.as_deref().unwrap_or("?")));
+        }
+    }
+    Ok(RepairReport { checked_only: check_only, ok: v.ok(), stored: v.stored, live: v.live, problems: v.problems })
 }

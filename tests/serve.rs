@@ -234,7 +234,7 @@ fn search_and_info_answer_exactly_what_the_cli_prints() {
 fn bad_requests_get_4xx_json_naming_the_field() {
     let tmp = tempfile::tempdir().unwrap();
     let index = sample_index(tmp.path());
-    let s = Server::start(&index, &["--listen", "127.0.0.1:0", "--max-body", "2000", "--max-upload", "100000"]);
+    let s = Server::start(&index, &["--listen", "127.0.0.1:0", "--max-body", "2000", "--max-upload", "20000"]);
     let c = client();
     let refused = |(status, body): (u16, Value), want_status: u16, want_field: Option<&str>| {
         assert_eq!(status, want_status, "{body}");
@@ -261,7 +261,7 @@ fn bad_requests_get_4xx_json_naming_the_field() {
     // Bodies and uploads above the limits: 413, still JSON.
     let big = json!({"text": "x".repeat(3000)}).to_string();
     assert!(refused(search(&big), 413, None).contains("2000"));
-    let upload = multipart::Form::new().part("video", multipart::Part::bytes(vec![0u8; 200_000]).file_name("big.avi"));
+    let upload = multipart::Form::new().part("video", multipart::Part::bytes(vec![0u8; 3_000_000]).file_name("big.avi"));
     let (status, body) = answer(c.post(s.url("/v1/search")).multipart(upload).send().unwrap());
     assert_eq!(status, 413, "{body}");
     assert_eq!(body["field"], "video");
@@ -271,6 +271,7 @@ fn bad_requests_get_4xx_json_naming_the_field() {
     let no_video = multipart::Form::new().text("k", "3");
     refused(answer(c.post(s.url("/v1/search")).multipart(no_video).send().unwrap()), 400, Some("video"));
     assert_eq!(get(&c, &s, "/v1/health").0, 200, "still serving");
+    assert_eq!(s.signal("-TERM"), Some(0), "an idle server exits 0 on SIGTERM");
 }
 
 #[test]
@@ -301,7 +302,18 @@ fn a_token_guards_the_server_off_loopback_and_the_admin_endpoints_always() {
     assert_eq!(get(&c, &s, "/v1/ingest").0, 401);
     let (status, jobs) = answer(c.get(s.url("/v1/ingest")).bearer_auth(TOKEN).send().unwrap());
     assert_eq!((status, jobs["jobs"].as_array().map(Vec::len)), (200, Some(0)));
+    // repair over HTTP answers what `repair --json` prints; its checks pass on a sound index.
+    let (status, check) = answer(c.post(s.url("/v1/repair")).bearer_auth(TOKEN).body(r#"{"check": true}"#).send().unwrap());
+    assert_eq!(status, 200, "{check}");
+    assert_eq!((check["ok"].as_bool(), check["checked_only"].as_bool()), (Some(true), Some(true)), "{check}");
+    assert_eq!(check["live"]["echovault-tiny/video"], 6);
+    let (status, repaired) = answer(c.post(s.url("/v1/repair")).bearer_auth(TOKEN).send().unwrap());
+    assert_eq!((status, repaired["ok"].as_bool(), repaired["checked_only"].as_bool()), (200, Some(true), Some(false)), "{repaired}");
+    assert_eq!(post(&c, &s, "/v1/repair", "{}").0, 401);
+    assert_eq!(post(&c, &s, "/v1/search", r#"{"text": "after repair", "k": 6}"#).1["hits"].as_array().map(Vec::len), Some(6));
     drop(s);
+    let cli = json(&echovault(&index, &["repair", "--check", "--json"]));
+    assert_eq!(cli, check, "POST /v1/repair {{check}} = repair --check --json");
     // Without a token at all, admin endpoints are closed.
     let s = Server::start(&index, &["--listen", "127.0.0.1:0"]);
     let (status, body) = post(&c, &s, "/v1/ingest", &json!({"paths": [clips()]}).to_string());
@@ -434,6 +446,29 @@ fn searches_run_while_an_ingest_job_writes() {
     let metrics = c.get(s.url("/v1/metrics")).send().unwrap().text().unwrap();
     assert!(metrics.lines().any(|l| l == format!("echovault_ingest_videos_total {videos}")), "{metrics}");
     assert!(metrics.lines().any(|l| l == "echovault_ingest_jobs_total{outcome=\"done\"} 1"), "{metrics}");
+    // Studies and patients through the index's secondary keys, as the phantom manifest has them.
+    let manifest: Vec<Value> =
+        std::fs::read_to_string(set.join("manifest.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut raw_patients: Vec<&str> = manifest.iter().map(|m| m["patient"].as_str().unwrap()).collect();
+    raw_patients.sort();
+    raw_patients.dedup();
+    let (status, patients) = get(&c, &s, "/v1/patients");
+    assert_eq!(status, 200, "{patients}");
+    let keys: Vec<&str> = patients["patients"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()).collect();
+    assert_eq!(keys.len(), raw_patients.len(), "{patients}");
+    assert!(keys.iter().all(|k| !k.contains("PHANTOM")), "patient keys are pseudonymous: {keys:?}");
+    let first = &manifest[0];
+    let (status, study) = get(&c, &s, &format!("/v1/studies/{}", first["study"].as_str().unwrap()));
+    assert_eq!(status, 200, "{study}");
+    let items = study["items"].as_array().unwrap();
+    let mut kinds: Vec<&str> = items.iter().map(|i| i["kind"].as_str().unwrap()).collect();
+    kinds.sort();
+    assert_eq!(kinds, ["report", "study", "video"], "{study}");
+    assert!(items.iter().all(|i| i["date"] == first["date"] && i["study"] == first["study"]), "{study}");
+    assert!(items.iter().all(|i| i["patient"] == items[0]["patient"] && keys.contains(&i["patient"].as_str().unwrap())), "{study}");
+    let video = items.iter().find(|i| i["kind"] == "video").unwrap();
+    assert!(video["source"].as_str().unwrap().ends_with(first["file"].as_str().unwrap()), "{video}");
+    assert_eq!(get(&c, &s, "/v1/studies/no-such-study").0, 404);
     // Resubmitting the same inputs finds everything done.
     let again = submit_job(&c, &s, &set);
     let j = wait_job(&c, &s, again, |j| j["state"] == "done");

@@ -3,7 +3,6 @@
 
 use super::Global;
 use echovault::index::{Index, IndexOptions};
-use serde_json::json;
 
 #[derive(clap::Args, Debug)]
 pub struct RepairArgs {
@@ -22,19 +21,14 @@ pub fn run_repair(g: &Global, a: &RepairArgs) -> anyhow::Result<i32> {
     if a.salvage {
         echovault::index::salvage(&g.index)?;
     }
-    let index = Index::open(&g.index, IndexOptions { passive_open: a.check, ..IndexOptions::default() })?;
-    let mut report = if a.check { index.verify()? } else { index.repair()? };
-    if a.check {
-        // A snapshot that could not be used is a problem `repair` fixes (opening fixes it too).
-        for l in index.graph_loads().iter().filter(|l| l.how == "rebuilt") {
-            report.problems.push(format!("{}: graph snapshot unusable ({})", l.collection, l.reason.as_deref().unwrap_or("?")));
-        }
-    }
+    let index = if a.check {
+        Index::open_reader(&g.index)?
+    } else {
+        Index::open(&g.index, IndexOptions { writer: Some("echovault repair".into()), ..IndexOptions::default() })?
+    };
+    let report = echovault::info::repair(&index, a.check)?;
     if g.json {
-        println!(
-            "{}",
-            json!({ "checked_only": a.check, "ok": report.ok(), "stored": report.stored, "live": report.live, "problems": report.problems })
-        );
+        println!("{}", serde_json::to_string(&report)?);
     } else {
         for (c, n) in &report.live {
             println!("{c}: {n} live vectors, {} stored", report.stored.get(c).copied().unwrap_or(0));
@@ -42,14 +36,14 @@ pub fn run_repair(g: &Global, a: &RepairArgs) -> anyhow::Result<i32> {
         for p in &report.problems {
             println!("problem: {p}");
         }
-        println!("{}", if report.ok() { "index is consistent" } else { "index has problems: run `echovault repair`" });
+        println!("{}", if report.ok { "index is consistent" } else { "index has problems: run `echovault repair`" });
     }
-    Ok(if report.ok() { 0 } else { 1 })
+    Ok(if report.ok { 0 } else { 1 })
 }
 
 pub fn run(g: &Global) -> anyhow::Result<i32> {
     anyhow::ensure!(g.index.is_dir(), "no index at {} (run `echovault ingest` first, or pass --index DIR)", g.index.display());
-    let index = Index::open(&g.index, IndexOptions { passive_open: true, ..IndexOptions::default() })?;
+    let index = Index::open_reader(&g.index)?;
     let info = echovault::info::index_info(&index)?;
     if g.json {
         println!("{}", serde_json::to_string(&info)?);

@@ -1,5 +1,6 @@
-//! Bearer tokens. On loopback only the admin endpoints (ingest jobs) need the token; bound to
-//! any other address the server refuses to start without one, and every request needs it.
+//! Bearer tokens. On loopback only the admin endpoints (ingest jobs, repair) need the token;
+//! bound to any other address the server refuses to start without one, and every request needs
+//! it.
 
 use super::error::ApiError;
 use super::state::AppState;
@@ -36,7 +37,7 @@ pub async fn require_admin(State(st): State<AppState>, req: Request, next: Next)
     if st.config.token.is_none() {
         return ApiError::new(
             StatusCode::FORBIDDEN,
-            "admin endpoints (ingest jobs) need a token: start the server with --token TOKEN (or ECHOVAULT_TOKEN)",
+            "admin endpoints (ingest jobs, repair) need a token: start the server with --token TOKEN (or ECHOVAULT_TOKEN)",
         )
         .into_response();
     }

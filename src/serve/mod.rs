@@ -4,9 +4,10 @@
 //! the CLI calls, and return their typed results.
 //!
 //! - [`api`]: the endpoints.
-//! - [`jobs`]: ingest jobs (one at a time, resumed after a restart).
+//! - [`jobs`]: ingest jobs (one at a time, resumed after a restart); `repair` is the other
+//!   admin endpoint.
 //! - [`auth`]: bearer tokens (loopback: admin endpoints only; elsewhere every request).
-//! - [`body`], [`upload`]: strict request bodies, multipart uploads.
+//! - [`body`], [`upload`], [`limit`]: strict request bodies, multipart uploads, body limits.
 //! - [`metrics`], [`observe`]: Prometheus counters and histograms, the request log.
 //! - [`cache`]: the query-text embedding cache.
 //!
@@ -21,6 +22,7 @@ mod body;
 mod cache;
 mod error;
 pub mod jobs;
+mod limit;
 mod metrics;
 mod observe;
 mod state;
@@ -158,18 +160,28 @@ async fn shutdown_signal() {
 /// everything else the JSON limit.
 fn router(state: AppState) -> Router {
     let (max_body, max_upload) = (state.config.max_body, state.config.max_upload);
-    let uploads = Router::new().route("/v1/search", post(api::search::search)).layer(DefaultBodyLimit::max(max_upload));
+    // axum's own limit (which refuses mid-body) is replaced by `limit::cap_body` (which drains).
+    let cap = |limit: usize, option: &'static str| from_fn_with_state((limit, option), limit::cap_body);
+    let uploads = Router::new()
+        .route("/v1/search", post(api::search::search))
+        .layer(cap(max_upload, "--max-upload"))
+        .layer(DefaultBodyLimit::disable());
     let admin = Router::new()
         .route("/v1/ingest", post(api::ingest::submit).get(api::ingest::list))
         .route("/v1/ingest/{job}", get(api::ingest::get))
+        .route("/v1/repair", post(api::repair::repair))
         .route_layer(from_fn_with_state(state.clone(), auth::require_admin))
-        .layer(DefaultBodyLimit::max(max_body));
+        .layer(cap(max_body, "--max-body"))
+        .layer(DefaultBodyLimit::disable());
     let plain = Router::new()
         .route("/v1/health", get(api::index::health))
         .route("/v1/info", get(api::index::info))
         .route("/v1/metrics", get(api::index::metrics))
         .route("/v1/items/{id}", get(api::items::item))
-        .layer(DefaultBodyLimit::max(max_body));
+        .route("/v1/studies/{id}", get(api::items::study))
+        .route("/v1/patients", get(api::items::patients))
+        .layer(cap(max_body, "--max-body"))
+        .layer(DefaultBodyLimit::disable());
     Router::new()
         .merge(uploads)
         .merge(admin)

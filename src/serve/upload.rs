@@ -1,8 +1,9 @@
 //! Multipart request bodies: file parts (a video, a manifest) streamed into temporary files,
 //! text parts kept as strings for [`super::body::from_form`]. The body limit of the route
-//! bounds both; a part beyond it is refused with 413.
+//! ([`super::limit`]) bounds both; the part that goes beyond it is refused with 413.
 
 use super::error::ApiError;
+use super::limit::BodyCap;
 use axum::extract::multipart::{Field, Multipart, MultipartError};
 use std::io::Write;
 use std::path::Path;
@@ -51,34 +52,38 @@ impl Form {
     }
 }
 
-fn refused(field: &str, e: MultipartError) -> ApiError {
-    ApiError { status: e.status(), message: format!("{field}: {}", e.body_text()), field: Some(field.to_owned()) }
+fn refused(cap: Option<&BodyCap>, field: &str, e: MultipartError) -> ApiError {
+    match cap.filter(|c| c.exceeded()) {
+        Some(c) => c.refusal(Some(field)),
+        None => ApiError { status: e.status(), message: format!("{field}: {}", e.body_text()), field: Some(field.to_owned()) },
+    }
 }
 
-/// Reads a whole form. Parts with a file name, or named in `file_fields`, are files.
-pub async fn read_form(mut mp: Multipart, file_fields: &[&str]) -> Result<Form, ApiError> {
+/// Reads a whole form. Parts with a file name, or named in `file_fields`, are files. `cap` is
+/// the route's body limit (see [`super::limit`]).
+pub async fn read_form(mut mp: Multipart, cap: Option<&BodyCap>, file_fields: &[&str]) -> Result<Form, ApiError> {
     let mut form = Form::default();
     loop {
         let field = match mp.next_field().await {
             Ok(Some(f)) => f,
             Ok(None) => break,
-            Err(e) => return Err(refused("body", e)),
+            Err(e) => return Err(refused(cap, "body", e)),
         };
         let name = field.name().unwrap_or("").to_owned();
         if name.is_empty() {
             return Err(ApiError::bad_request("a multipart part without a name"));
         }
         if field.file_name().is_some() || file_fields.contains(&name.as_str()) {
-            form.files.push(save(field, name).await?);
+            form.files.push(save(field, name, cap).await?);
         } else {
-            let text = field.text().await.map_err(|e| refused(&name, e))?;
+            let text = field.text().await.map_err(|e| refused(cap, &name, e))?;
             form.texts.push((name, text));
         }
     }
     Ok(form)
 }
 
-async fn save(mut field: Field<'_>, name: String) -> Result<Upload, ApiError> {
+async fn save(mut field: Field<'_>, name: String, cap: Option<&BodyCap>) -> Result<Upload, ApiError> {
     let client_name = field.file_name().map(str::to_owned).unwrap_or_else(|| name.clone());
     // Keep the extension: decoders look at it.
     let suffix = Path::new(&client_name).extension().and_then(|e| e.to_str()).map(|e| format!(".{e}")).unwrap_or_default();
@@ -91,7 +96,7 @@ async fn save(mut field: Field<'_>, name: String) -> Result<Upload, ApiError> {
         match field.chunk().await {
             Ok(Some(bytes)) => file.write_all(&bytes).map_err(|e| ApiError::internal(format!("cannot store the upload: {e}")))?,
             Ok(None) => break,
-            Err(e) => return Err(refused(&name, e)),
+            Err(e) => return Err(refused(cap, &name, e)),
         }
     }
     file.flush().map_err(|e| ApiError::internal(format!("cannot store the upload: {e}")))?;

@@ -1,4 +1,6 @@
-//! Items by id: `GET /v1/items/{id}`.
+//! Items by id and by study, the patients of the index: `GET /v1/items/{id}`,
+//! `GET /v1/studies/{id}` (every item of a study, through the index's study keys), and
+//! `GET /v1/patients` (the pseudonymous patient keys).
 
 use super::super::error::ApiError;
 use super::super::state::AppState;
@@ -6,6 +8,7 @@ use axum::extract::{Path, State};
 use axum::Json;
 use echovault_index::{ItemId, ItemRecord};
 use serde::Serialize;
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
 /// One item's record: `id`, `kind`, `source`, `study`, `patient`, `date`, `text`, `frames`,
@@ -47,4 +50,22 @@ pub async fn item(State(st): State<AppState>, Path(id): Path<String>) -> Result<
     let rec = st.blocking(move |st| Ok(st.engine.index.get_item(&item)?)).await?;
     let rec = rec.ok_or_else(|| ApiError::not_found("id", format!("no item '{id}' in the index")))?;
     Ok(Json(ItemView::from(rec)))
+}
+
+/// `GET /v1/studies/{id}`: `{"study": id, "items": [...]}`, the study's videos, report and
+/// study record by id; 404 when the index holds nothing of that study.
+pub async fn study(State(st): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let study = id.clone();
+    let recs = st.blocking(move |st| Ok(st.engine.index.items_by_study(&study)?)).await?;
+    if recs.is_empty() {
+        return Err(ApiError::not_found("id", format!("no study '{id}' in the index")));
+    }
+    let items: Vec<ItemView> = recs.into_iter().map(ItemView::from).collect();
+    Ok(Json(json!({ "study": id, "items": items })))
+}
+
+/// `GET /v1/patients`: `{"patients": [key, ...]}`, sorted.
+pub async fn patients(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let keys = st.blocking(|st| Ok(st.engine.index.patients()?)).await?;
+    Ok(Json(json!({ "patients": keys })))
 }

@@ -4,4 +4,5 @@
 pub mod index;
 pub mod ingest;
 pub mod items;
+pub mod repair;
 pub mod search;

@@ -5,6 +5,7 @@
 
 use super::super::body;
 use super::super::error::ApiError;
+use super::super::limit::BodyCap;
 use super::super::state::AppState;
 use super::super::upload::read_form;
 use crate::tasks::search::{search_with, SearchRequest, VideoQuery};
@@ -24,7 +25,11 @@ pub fn is_multipart(req: &Request) -> bool {
 
 /// A JSON body, refused with 413 above the JSON limit (the route admits uploads' size).
 pub async fn json_body(st: &AppState, req: Request) -> Result<axum::body::Bytes, ApiError> {
-    let bytes = axum::body::Bytes::from_request(req, &()).await.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let cap = req.extensions().get::<BodyCap>().cloned();
+    let bytes = axum::body::Bytes::from_request(req, &()).await.map_err(|e| match cap.as_ref().filter(|c| c.exceeded()) {
+        Some(c) => c.refusal(None),
+        None => ApiError::new(e.status(), e.body_text()),
+    })?;
     if bytes.len() > st.config.max_body {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -37,8 +42,9 @@ pub async fn json_body(st: &AppState, req: Request) -> Result<axum::body::Bytes,
 /// The search.
 pub async fn search(State(st): State<AppState>, req: Request) -> Result<Json<serde_json::Value>, ApiError> {
     let (request, upload) = if is_multipart(&req) {
+        let cap = req.extensions().get::<BodyCap>().cloned();
         let mp = Multipart::from_request(req, &()).await.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
-        let mut form = read_form(mp, &["video"]).await?;
+        let mut form = read_form(mp, cap.as_ref(), &["video"]).await?;
         let upload = form
             .take_file("video")
             .ok_or_else(|| ApiError::field("video", "a multipart search needs the video as its 'video' file part"))?;
