@@ -1,5 +1,10 @@
 //! The engine: an open index plus the model, tokenizer and preprocessing of one embedding space.
 //! Everything a command needs to embed a query and search for it.
+//!
+//! [`Engine::open`] is the writer (ingest, repair, the server): it registers each model's space
+//! and remembers its model probe. [`Engine::open_reader`] is for every command that only reads:
+//! it opens the index as a reader (beside a running writer, writing nothing), and a model whose
+//! space the index does not hold is an error naming the spaces it does hold.
 
 use crate::error::Error;
 use crate::media::{ChannelOrder, Frame, FrameSampling, Preprocess};
@@ -163,9 +168,23 @@ pub struct VideoEmbedding {
 }
 
 impl Engine {
-    /// Opens the index and loads the models.
+    /// Opens the index as its writer (creating it when absent) and loads the models, registering
+    /// the space of each and its model probe.
     pub fn open(cfg: &EngineConfig) -> Result<Engine, Error> {
-        let index = Index::open(&cfg.index_dir, IndexOptions::default())?;
+        let index = Index::open(&cfg.index_dir, IndexOptions { writer: Some(writer_label()), ..IndexOptions::default() })?;
+        Self::with_index(cfg, index)
+    }
+
+    /// Opens the index as a reader ([`Index::open_reader`]) and loads the models: nothing is
+    /// created or written. Each model's space must exist (else an error listing the spaces the
+    /// index holds) with the model's dimension, and a stored model probe must match the model
+    /// (an absent one is not written).
+    pub fn open_reader(cfg: &EngineConfig) -> Result<Engine, Error> {
+        let index = Index::open_reader(&cfg.index_dir)?;
+        Self::with_index(cfg, index)
+    }
+
+    fn with_index(cfg: &EngineConfig, index: Index) -> Result<Engine, Error> {
         let mut embedders: Vec<Embedder> = Vec::new();
         let only_model = cfg.extra_models.is_empty();
         for (i, dir) in std::iter::once(&cfg.model_dir).chain(&cfg.extra_models).enumerate() {
@@ -181,12 +200,50 @@ impl Engine {
             }
             let vocab = template_vocab_for(dir, cfg.template_vocab.as_ref(), only_model);
             let mut e = Embedder::load(dir, vocab.as_deref(), cfg.device, cfg.channel_order, cfg.frame_batch)?;
-            e.space = index.ensure_space(&name, e.model.dim())?;
+            e.space = if index.is_reader() {
+                held_space(&index, &name, e.model.dim(), dir)?
+            } else {
+                index.ensure_space(&name, e.model.dim())?
+            };
             e.space_name = name;
             check_probe(&index, &e, dir)?;
             embedders.push(e);
         }
         Ok(Engine { index, embedders, sampling: cfg.sampling })
+    }
+}
+
+/// Who writes, for the writer record a second writer is shown: `echovault` and the command
+/// (the first argument naming a writing command), e.g. `echovault ingest`.
+fn writer_label() -> String {
+    const WRITING: [&str; 4] = ["ingest", "repair", "serve", "train"];
+    match std::env::args().skip(1).find(|a| WRITING.contains(&a.as_str())) {
+        Some(command) => format!("echovault {command}"),
+        None => "echovault".into(),
+    }
+}
+
+/// The id of the space `name` in a reader's index, which must hold it with dimension `dim`.
+fn held_space(index: &Index, name: &str, dim: usize, dir: &Path) -> Result<SpaceId, Error> {
+    let spaces = index.spaces();
+    match spaces.iter().find(|s| s.name == name) {
+        Some(s) if s.dim == dim => Ok(s.id),
+        Some(s) => Err(Error::Invalid(format!(
+            "embedding space '{name}' of index {} has dimension {}, model {} embeds in {dim}: give this model a space of its own (--space NAME)",
+            index.path().display(),
+            s.dim,
+            dir.display()
+        ))),
+        None => {
+            let held: Vec<String> = spaces.iter().map(|s| format!("'{}' ({}-d)", s.name, s.dim)).collect();
+            let held = if held.is_empty() { "none yet (run `echovault ingest` first)".to_owned() } else { held.join(", ") };
+            Err(Error::Invalid(format!(
+                "index {} holds no embedding space '{name}' (the space of model {}); it holds: {held}. Pass the --model the index \
+                 was filled with, or --space NAME",
+                index.path().display(),
+                dir.display()
+            )))
+        }
     }
 }
 
@@ -215,9 +272,14 @@ fn probe(e: &Embedder) -> Result<(Vec<f32>, Vec<f32>), Error> {
 /// another model (other weights under the same directory name, say) is refused, so that an
 /// index never mixes two models' vectors in one space.
 fn check_probe(index: &Index, e: &Embedder, dir: &Path) -> Result<(), Error> {
-    let (text, image) = probe(e)?;
     let key = probe_key(&e.space_name);
-    match index.get_log(&key)? {
+    let stored = index.get_log(&key)?;
+    if stored.is_none() && index.is_reader() {
+        // A reader writes nothing: the first writer of the space records its probe.
+        return Ok(());
+    }
+    let (text, image) = probe(e)?;
+    match stored {
         None => {
             let value = serde_json::to_vec(&serde_json::json!({ "text": text, "image": image }))
                 .map_err(|err| Error::Invalid(format!("model probe: {err}")))?;

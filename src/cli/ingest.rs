@@ -190,8 +190,7 @@ pub struct ErrorsArgs {}
 /// `echovault errors`: the inputs whose last ingest failed, with reasons.
 pub fn run_errors(g: &Global, _: &ErrorsArgs) -> anyhow::Result<i32> {
     anyhow::ensure!(g.index.is_dir(), "no index at {} (pass --index DIR)", g.index.display());
-    let opts = echovault::index::IndexOptions { passive_open: true, ..Default::default() };
-    let index = echovault::index::Index::open(&g.index, opts)?;
+    let index = echovault::index::Index::open_reader(&g.index)?;
     let errors = index.errors()?;
     if g.json {
         let list: Vec<_> = errors.iter().map(|(path, reason)| serde_json::json!({ "path": path, "reason": reason })).collect();

@@ -231,9 +231,18 @@ fn print_error(msg: &str) {
     eprintln!("error: {msg}");
 }
 
-/// Opens the engine with a readable context on failure.
+/// Opens the engine as the index's writer (ingest, the server), with a readable context on
+/// failure.
 pub fn open_engine(g: &Global) -> anyhow::Result<echovault::Engine> {
     let cfg = g.engine_config()?;
     echovault::Engine::open(&cfg)
         .with_context(|| format!("opening index {} with model {}", cfg.index_dir.display(), cfg.model_dir.display()))
+}
+
+/// Opens the engine as a reader of the index (every command that only reads: it works while
+/// another process writes, and changes nothing), with a readable context on failure.
+pub fn open_reader_engine(g: &Global) -> anyhow::Result<echovault::Engine> {
+    let cfg = g.engine_config()?;
+    echovault::Engine::open_reader(&cfg)
+        .with_context(|| format!("reading index {} with model {}", cfg.index_dir.display(), cfg.model_dir.display()))
 }

@@ -2,7 +2,7 @@
 //! [`SearchRequest`], runs [`echovault::tasks::search::search`], renders its answer.
 
 use super::output::{group_header, hit_line};
-use super::{open_engine, Global};
+use super::{open_reader_engine, Global};
 use clap::{ArgGroup, Args};
 use echovault::index::{Kind, StudyDate};
 use echovault::tasks::search::{search, GroupBy, SearchRequest, SearchResponse, VideoQuery};
@@ -53,7 +53,7 @@ pub struct SearchArgs {
 pub fn run(g: &Global, a: &SearchArgs) -> anyhow::Result<i32> {
     anyhow::ensure!(g.index.is_dir(), "no index at {} (run `echovault ingest` first, or pass --index DIR)", g.index.display());
     anyhow::ensure!(a.k > 0, "-k must be at least 1");
-    let engine = open_engine(g)?;
+    let engine = open_reader_engine(g)?;
     let mut req = SearchRequest {
         text: a.text.clone(),
         like: a.like.clone(),

@@ -2,7 +2,7 @@
 //! transitions, retrieval). Parses the flags into the requests of [`echovault::tasks`], picks the
 //! model, renders what the library returns as text or JSON.
 
-use super::{open_engine, Global, EXIT_PARTIAL};
+use super::{open_engine, open_reader_engine, Global, EXIT_PARTIAL};
 use anyhow::Context;
 use clap::{ArgGroup, Args, Subcommand};
 use echovault::engine::{Embedder, Engine};
@@ -25,12 +25,19 @@ enum Loaded {
 }
 
 impl Loaded {
+    /// Opens the index (when it exists) as a reader.
     fn open(g: &Global, need_index: bool, prefer: Prefer) -> anyhow::Result<Loaded> {
+        Self::open_with(g, need_index, prefer, false)
+    }
+
+    /// Opens the index (when it exists) as its writer when `write` (zero-shot --store).
+    fn open_with(g: &Global, need_index: bool, prefer: Prefer, write: bool) -> anyhow::Result<Loaded> {
         let cfg = g.engine_config()?;
         let models: Vec<PathBuf> = std::iter::once(cfg.model_dir.clone()).chain(cfg.extra_models.iter().cloned()).collect();
         let i = pick(&models, cfg.template_vocab.as_ref(), prefer);
         if g.index.is_dir() {
-            return Ok(Loaded::Engine(Box::new(open_engine(g)?), i));
+            let engine = if write { open_engine(g)? } else { open_reader_engine(g)? };
+            return Ok(Loaded::Engine(Box::new(engine), i));
         }
         anyhow::ensure!(!need_index, "no index at {} (run `echovault ingest` first, or pass --index DIR)", g.index.display());
         let vocab = echovault::engine::template_vocab_for(&models[i], cfg.template_vocab.as_ref(), models.len() == 1);
@@ -135,7 +142,7 @@ pub fn run_zero_shot(g: &Global, a: &ZeroShotArgs) -> anyhow::Result<i32> {
         frames: a.frames,
         store: a.store,
     };
-    let loaded = Loaded::open(g, req.needs_index(), Prefer::ZeroShot)?;
+    let loaded = Loaded::open_with(g, req.needs_index(), Prefer::ZeroShot, a.store)?;
     let res = readings::zero_shot(&loaded.context(g), &req)?;
     if g.json {
         print_json(&res)?;
