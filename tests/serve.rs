@@ -527,3 +527,143 @@ fn a_job_resumes_after_kill_9_and_after_sigterm_with_nothing_lost_or_doubled() {
     assert_eq!((after["runs"].as_u64(), after["summary"]["ingested"].as_u64()), (Some(2), Some(videos - written)), "{after}");
     assert_eq!(info_counts(&c, &s), reference, "counts after SIGTERM and resume equal an uninterrupted run");
 }
+
+#[test]
+fn the_tasks_answer_what_their_commands_print() {
+    let tmp = tempfile::tempdir().unwrap();
+    let set = phantom_set(tmp.path(), 10);
+    let index = tmp.path().join("idx");
+    let reports = set.join("reports.jsonl");
+    let o = echovault(&index, &["ingest", set.to_str().unwrap(), "--reports", reports.to_str().unwrap(), "--progress", "none"]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let manifest: Vec<Value> =
+        std::fs::read_to_string(set.join("manifest.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let file = set.join(manifest[0]["file"].as_str().unwrap());
+    let video_id = json(&echovault(&index, &["search", "--video", file.to_str().unwrap(), "-k", "1", "--json"]))["hits"][0].clone();
+    let (video_id, patient) = (video_id["id"].as_str().unwrap().to_owned(), video_id["patient"].as_str().unwrap().to_owned());
+    let study = manifest[0]["study"].as_str().unwrap();
+    // A label manifest whose rows name absolute paths, as an uploaded manifest's must.
+    let absolute = tmp.path().join("absolute.jsonl");
+    let rows: Vec<String> = manifest
+        .iter()
+        .map(|m| {
+            let mut m = m.clone();
+            m["file"] = json!(set.join(m["file"].as_str().unwrap()));
+            m.to_string()
+        })
+        .collect();
+    std::fs::write(&absolute, rows.join("\n")).unwrap();
+    let (m, events, f, abs) =
+        (set.join("manifest.jsonl"), set.join("events.jsonl"), file.to_str().unwrap().to_owned(), absolute.to_str().unwrap().to_owned());
+    let (m, events) = (m.to_str().unwrap(), events.to_str().unwrap());
+
+    // (CLI arguments, endpoint, JSON body); the CLI runs first, on the same index.
+    let questions: Vec<(Vec<&str>, &str, Value)> = vec![
+        (
+            vec!["zero-shot", "--id", &video_id, "--task", "ejection_fraction,pacemaker"],
+            "/v1/zero-shot",
+            json!({"ids": [video_id], "task": ["ejection_fraction", "pacemaker"]}),
+        ),
+        (vec!["zero-shot", &f], "/v1/zero-shot", json!({"videos": [f]})),
+        (vec!["reid", "--video-id", &video_id, "-k", "3"], "/v1/reid", json!({"video_id": video_id, "k": 3})),
+        (vec!["reid", "--study-id", study], "/v1/reid", json!({"study_id": study})),
+        (vec!["timeline", "--patient", &patient], "/v1/timeline", json!({"patient": patient})),
+        (vec!["timeline", "--patient-id", "PHANTOM-00001"], "/v1/timeline", json!({"patient_id": "PHANTOM-00001"})),
+        (
+            vec!["eval", "zero-shot", "--manifest", m, "--resamples", "50"],
+            "/v1/eval",
+            json!({"eval": "zero-shot", "manifest": m, "resamples": 50}),
+        ),
+        (vec!["eval", "reid", "--manifest", m, "--resamples", "50"], "/v1/eval", json!({"eval": "reid", "manifest": m, "resamples": 50})),
+        (
+            vec!["eval", "transitions", "--manifest", events, "--window", "1500", "--resamples", "50"],
+            "/v1/eval",
+            json!({"eval": "transitions", "manifest": events, "window": 1500, "resamples": 50}),
+        ),
+        (vec!["eval", "retrieval", "--resamples", "50"], "/v1/eval", json!({"eval": "retrieval", "resamples": 50})),
+    ];
+    let run = |args: &[&str]| {
+        let o = echovault(&index, &[&["--json"][..], args].concat());
+        assert!(o.status.code() == Some(0) || o.status.code() == Some(3), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        json(&o)
+    };
+    let cli: Vec<Value> = questions.iter().map(|(args, _, _)| run(args)).collect();
+    // An upload is a file the index does not hold at that path (an indexed video is known by its
+    // content and its path): the CLI's equal question is a copy elsewhere.
+    let copy = tmp.path().join("copy.avi");
+    std::fs::copy(&file, &copy).unwrap();
+    let copy = copy.to_str().unwrap();
+    let cli_upload_reid = run(&["reid", copy]);
+    let cli_upload_zs = run(&["zero-shot", copy, "--task", "pacemaker"]);
+    let cli_upload_eval = run(&["eval", "zero-shot", "--manifest", &abs, "--resamples", "50"]);
+    let cli_timeline_event = run(&["timeline", "--patient", &patient, "--event", "2019-01-01", "--window", "400"]);
+
+    let s = Server::start(&index, &["--listen", "127.0.0.1:0", "--token", TOKEN]);
+    let c = client();
+    for ((args, path, body), expected) in questions.iter().zip(&cli) {
+        let (status, got) = post(&c, &s, path, &body.to_string());
+        assert_eq!(status, 200, "{args:?}: {got}");
+        assert_eq!(&got, expected, "server and CLI differ for {args:?}");
+    }
+    assert!(cli[2]["candidates"].as_array().is_some_and(|c| c.len() == 3), "{}", cli[2]);
+    assert!(cli[6]["rows"].as_array().is_some_and(|r| !r.is_empty()), "{}", cli[6]);
+    // Uploads, named as the CLI names its paths.
+    let upload = |field: &str, p: &str| {
+        multipart::Part::file(p)
+            .unwrap()
+            .file_name(p.to_owned())
+            .mime_str("application/octet-stream")
+            .map(|part| (field.to_owned(), part))
+            .unwrap()
+    };
+    let form = |parts: Vec<(String, multipart::Part)>, texts: &[(&str, &str)]| {
+        let mut f = multipart::Form::new();
+        for (n, p) in parts {
+            f = f.part(n, p);
+        }
+        for (n, v) in texts {
+            f = f.text(n.to_string(), v.to_string());
+        }
+        f
+    };
+    let send = |path: &str, f: multipart::Form| answer(c.post(s.url(path)).multipart(f).send().unwrap());
+    let (status, got) = send("/v1/reid", form(vec![upload("video", copy)], &[]));
+    assert_eq!((status, &got), (200, &cli_upload_reid));
+    let (status, got) = send("/v1/zero-shot", form(vec![upload("video", copy)], &[("task", r#"["pacemaker"]"#)]));
+    assert_eq!((status, &got), (200, &cli_upload_zs));
+    let (status, got) = send("/v1/eval", form(vec![upload("manifest", &abs)], &[("eval", "zero-shot"), ("resamples", "50")]));
+    assert_eq!((status, &got), (200, &cli_upload_eval));
+    assert!(!got.to_string().contains("echovault-upload-"), "the answer names the upload, not its temporary file: {got}");
+    // A patient's timeline by URL, with the event as a query parameter.
+    let (status, got) = get(&c, &s, &format!("/v1/patients/{patient}?event=2019-01-01&window=400"));
+    assert_eq!((status, &got), (200, &cli_timeline_event));
+
+    // Refusals name the field; unknown ids are 404.
+    let refused = |(status, body): (u16, Value), want: u16, field: &str| {
+        assert_eq!((status, body["field"].as_str()), (want, Some(field)), "{body}");
+    };
+    refused(post(&c, &s, "/v1/reid", r#"{"video_id": "no-such-video"}"#), 404, "video_id");
+    refused(post(&c, &s, "/v1/reid", r#"{"study_id": "no-such-study"}"#), 404, "study_id");
+    refused(post(&c, &s, "/v1/reid", &json!({"video_id": video_id, "k": 0}).to_string()), 400, "k");
+    refused(get(&c, &s, "/v1/patients/no-such-patient"), 404, "patient");
+    refused(get(&c, &s, &format!("/v1/patients/{patient}?event=2019-02-30")), 400, "event");
+    refused(get(&c, &s, &format!("/v1/patients/{patient}?colour=red")), 400, "colour");
+    let (status, both) = post(&c, &s, "/v1/timeline", r#"{"patient": "a", "patient_id": "b"}"#);
+    assert_eq!(status, 400, "{both}");
+    assert!(both["error"].as_str().unwrap().contains("one of them"), "{both}");
+    refused(post(&c, &s, "/v1/eval", r#"{"manifest": "m.jsonl"}"#), 400, "eval");
+    refused(post(&c, &s, "/v1/eval", r#"{"eval": "accuracy"}"#), 400, "eval");
+    refused(post(&c, &s, "/v1/eval", r#"{"eval": "reid"}"#), 400, "manifest");
+    refused(post(&c, &s, "/v1/eval", r#"{"eval": "retrieval", "max_pairs": 3}"#), 400, "max_pairs");
+    refused(post(&c, &s, "/v1/zero-shot", r#"{"ids": [], "frames": "every"}"#), 400, "frames");
+    // An id the index lacks is one failed input of the readings, as in the CLI (exit 3 there).
+    let (status, zs) = post(&c, &s, "/v1/zero-shot", r#"{"ids": ["no-such-video"]}"#);
+    assert_eq!((status, zs["failed"][0]["input"].as_str()), (200, Some("no-such-video")), "{zs}");
+    // Keeping readings in the index writes: only with the token.
+    let store = json!({"ids": [video_id], "task": ["pacemaker"], "store": true}).to_string();
+    assert_eq!(post(&c, &s, "/v1/zero-shot", &store).0, 401);
+    let (status, stored) = answer(c.post(s.url("/v1/zero-shot")).bearer_auth(TOKEN).body(store).send().unwrap());
+    assert_eq!((status, stored["stored"].as_u64()), (200, Some(1)), "{stored}");
+    let (_, item) = get(&c, &s, &format!("/v1/items/{video_id}"));
+    assert!(item["extra"]["zero_shot.pacemaker"].is_string(), "{item}");
+}

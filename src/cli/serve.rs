@@ -5,9 +5,11 @@
 use super::{open_engine, Global};
 use anyhow::Context;
 use clap::Args;
-use echovault::serve::{ServeConfig, DEFAULT_LISTEN, DEFAULT_MAX_BODY, DEFAULT_MAX_UPLOAD, DEFAULT_TEXT_CACHE};
+use echovault::serve::{ServeConfig, TaskModels, DEFAULT_LISTEN, DEFAULT_MAX_BODY, DEFAULT_MAX_UPLOAD, DEFAULT_TEXT_CACHE};
+use echovault::tasks::context::{pick, Prefer};
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -40,6 +42,10 @@ pub fn run(g: &Global, a: &ServeArgs) -> anyhow::Result<i32> {
         0 => std::thread::available_parallelism().map_or(4, |n| n.get() * 2).max(4),
         n => n,
     };
+    let cfg = g.engine_config()?;
+    let models: Vec<PathBuf> = std::iter::once(cfg.model_dir.clone()).chain(cfg.extra_models.iter().cloned()).collect();
+    let vocab = cfg.template_vocab.as_ref();
+    let models = TaskModels { zero_shot: pick(&models, vocab, Prefer::ZeroShot), similarity: pick(&models, vocab, Prefer::Similarity) };
     let config = ServeConfig {
         listen,
         token: a.token.clone(),
@@ -47,6 +53,7 @@ pub fn run(g: &Global, a: &ServeArgs) -> anyhow::Result<i32> {
         max_upload: a.max_upload,
         text_cache: a.text_cache,
         engine_threads,
+        models,
     };
     // Refuse an exposed address before minutes of model loading.
     config.check()?;

@@ -34,16 +34,26 @@ pub async fn require_token_off_loopback(State(st): State<AppState>, req: Request
 
 /// Admin endpoints, always.
 pub async fn require_admin(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    if st.config.token.is_none() {
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "admin endpoints (ingest jobs, repair) need a token: start the server with --token TOKEN (or ECHOVAULT_TOKEN)",
-        )
-        .into_response();
+    match admin_refusal(&st, &req) {
+        None => next.run(req).await,
+        Some(refusal) => refusal,
     }
-    if authorised(&st, &req) {
-        next.run(req).await
+}
+
+/// The refusal of a request that may not do what only an admin may (also asked by handlers
+/// whose request can write, such as zero-shot with `store`): 403 when the server has no token,
+/// 401 when the request lacks it; `None` when it may.
+pub fn admin_refusal(st: &AppState, req: &Request) -> Option<Response> {
+    if st.config.token.is_none() {
+        return Some(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin endpoints (ingest jobs, repair, zero-shot with store) need a token: start the server with --token TOKEN (or ECHOVAULT_TOKEN)",
+        )
+        .into_response());
+    }
+    if authorised(st, req) {
+        None
     } else {
-        unauthorised("admin endpoints need the server's token: send the header 'Authorization: Bearer TOKEN'")
+        Some(unauthorised("admin endpoints need the server's token: send the header 'Authorization: Bearer TOKEN'"))
     }
 }

@@ -58,6 +58,11 @@ pub fn from_form<T: DeserializeOwned>(parts: Vec<(String, String)>) -> Result<T,
     from_value(Value::Object(map))
 }
 
+/// A JSON object's fields as a `T` (what is left of a body after a dispatching field).
+pub fn from_map<T: DeserializeOwned>(map: Map<String, Value>) -> Result<T, ApiError> {
+    from_value(Value::Object(map))
+}
+
 fn from_value<T: DeserializeOwned>(v: Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize::<_, T>(v).map_err(|e| refused(e.path(), e.inner()))
 }
@@ -73,7 +78,9 @@ fn refused(path: &serde_path_to_error::Path, e: &serde_json::Error) -> ApiError 
     // serde_json appends "at line L column C", which says nothing for a JSON value.
     let msg = e.to_string();
     let msg = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
-    match top_field(path) {
+    // A missing field is reported at the level of the object that lacks it.
+    let missing = || msg.strip_prefix("missing field `").and_then(|m| m.split('`').next()).map(str::to_owned);
+    match top_field(path).or_else(missing) {
         Some(f) => ApiError::field(&f, format!("{f}: {msg}")),
         None => ApiError::bad_request(msg),
     }
@@ -111,6 +118,13 @@ mod tests {
         assert!(!e.message.contains("line 1"), "{}", e.message);
         let e = from_json::<Req>(br#"{"vector":[1,"a"]}"#).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("vector"));
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct Needs {
+            manifest: String,
+        }
+        let e = from_json::<Needs>(b"{}").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("manifest"), "{}", e.message);
         let e = from_json::<Req>(br#"{"k":1,"#).unwrap_err();
         assert_eq!(e.field, None);
         assert!(e.message.starts_with("malformed JSON"), "{}", e.message);

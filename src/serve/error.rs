@@ -50,6 +50,22 @@ impl ApiError {
         out
     }
 
+    /// A task's library error: 404 (naming `id_field`) for an id the index does not hold;
+    /// otherwise the field the message starts with (`k: must be at least 1`) when it is one of
+    /// `fields`.
+    pub fn from_task(e: Error, fields: &[&str], id_field: &str) -> ApiError {
+        let msg = e.to_string();
+        if let Error::Invalid(m) = &e {
+            if m.starts_with("no item '") || m.contains(": no item '") {
+                return ApiError::not_found(id_field, msg);
+            }
+        }
+        match msg.split_once(':').map(|(f, _)| f.trim()).filter(|f| fields.contains(f)) {
+            Some(f) => ApiError::from_lib(f, e),
+            None => ApiError::from(e),
+        }
+    }
+
     /// The server failed (a worker panicked, the index failed).
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: message.into(), field: None }

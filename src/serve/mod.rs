@@ -66,6 +66,19 @@ pub struct ServeConfig {
     pub text_cache: usize,
     /// Engine calls (searches, embeddings, tasks) running at once; more wait their turn.
     pub engine_threads: usize,
+    /// The engine's model (index into its embedders) zero-shot readings use, and the one
+    /// re-identification, timelines and similarity evaluations use: as the CLI picks them
+    /// ([`crate::tasks::context::pick`]).
+    pub models: TaskModels,
+}
+
+/// Which of the engine's models each kind of task uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskModels {
+    /// Zero-shot readings (EchoCLIP).
+    pub zero_shot: usize,
+    /// Re-identification, timelines, transitions, retrieval (EchoCLIP-R).
+    pub similarity: usize,
 }
 
 impl ServeConfig {
@@ -164,6 +177,9 @@ fn router(state: AppState) -> Router {
     let cap = |limit: usize, option: &'static str| from_fn_with_state((limit, option), limit::cap_body);
     let uploads = Router::new()
         .route("/v1/search", post(api::search::search))
+        .route("/v1/zero-shot", post(api::tasks::zero_shot))
+        .route("/v1/reid", post(api::tasks::reid))
+        .route("/v1/eval", post(api::tasks::eval))
         .layer(cap(max_upload, "--max-upload"))
         .layer(DefaultBodyLimit::disable());
     let admin = Router::new()
@@ -180,6 +196,8 @@ fn router(state: AppState) -> Router {
         .route("/v1/items/{id}", get(api::items::item))
         .route("/v1/studies/{id}", get(api::items::study))
         .route("/v1/patients", get(api::items::patients))
+        .route("/v1/patients/{key}", get(api::tasks::patient))
+        .route("/v1/timeline", post(api::tasks::timeline))
         .layer(cap(max_body, "--max-body"))
         .layer(DefaultBodyLimit::disable());
     Router::new()

@@ -4,7 +4,11 @@
 
 use super::error::ApiError;
 use super::limit::BodyCap;
+use super::state::AppState;
+use axum::body::Bytes;
 use axum::extract::multipart::{Field, Multipart, MultipartError};
+use axum::extract::{FromRequest, Request};
+use axum::http::{header, StatusCode};
 use std::io::Write;
 use std::path::Path;
 use tempfile::NamedTempFile;
@@ -27,13 +31,16 @@ impl Upload {
     }
 }
 
+/// A form's text parts, (name, value), in order.
+pub type TextParts = Vec<(String, String)>;
+
 /// A multipart form: its files and its text parts.
 #[derive(Debug, Default)]
 pub struct Form {
     /// File parts, in order.
     pub files: Vec<Upload>,
     /// Text parts, in order.
-    pub texts: Vec<(String, String)>,
+    pub texts: TextParts,
 }
 
 impl Form {
@@ -52,6 +59,39 @@ impl Form {
     }
 }
 
+/// A request's body: JSON, or a multipart form.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A JSON body (not yet parsed), at most `--max-body` bytes.
+    Json(Bytes),
+    /// A form: files and text parts.
+    Form(Form),
+}
+
+/// Reads a request's body: a multipart form (its parts named in `file_fields` or carrying a
+/// file name are files) when its content type says so, else JSON, refused with 413 above the
+/// JSON limit (routes that take uploads admit bodies up to the upload limit).
+pub async fn read_request(st: &AppState, req: Request, file_fields: &[&str]) -> Result<Incoming, ApiError> {
+    let cap = req.extensions().get::<BodyCap>().cloned();
+    let multipart =
+        req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("multipart/form-data"));
+    if multipart {
+        let mp = Multipart::from_request(req, &()).await.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+        return Ok(Incoming::Form(read_form(mp, cap.as_ref(), file_fields).await?));
+    }
+    let bytes = Bytes::from_request(req, &()).await.map_err(|e| match cap.as_ref().filter(|c| c.exceeded()) {
+        Some(c) => c.refusal(None),
+        None => ApiError::new(e.status(), e.body_text()),
+    })?;
+    if bytes.len() > st.config.max_body {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the JSON body has {} bytes, more than this server's limit of {} (--max-body)", bytes.len(), st.config.max_body),
+        ));
+    }
+    Ok(Incoming::Json(bytes))
+}
+
 fn refused(cap: Option<&BodyCap>, field: &str, e: MultipartError) -> ApiError {
     match cap.filter(|c| c.exceeded()) {
         Some(c) => c.refusal(Some(field)),
@@ -61,7 +101,7 @@ fn refused(cap: Option<&BodyCap>, field: &str, e: MultipartError) -> ApiError {
 
 /// Reads a whole form. Parts with a file name, or named in `file_fields`, are files. `cap` is
 /// the route's body limit (see [`super::limit`]).
-pub async fn read_form(mut mp: Multipart, cap: Option<&BodyCap>, file_fields: &[&str]) -> Result<Form, ApiError> {
+async fn read_form(mut mp: Multipart, cap: Option<&BodyCap>, file_fields: &[&str]) -> Result<Form, ApiError> {
     let mut form = Form::default();
     loop {
         let field = match mp.next_field().await {

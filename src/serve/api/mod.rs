@@ -6,3 +6,4 @@ pub mod ingest;
 pub mod items;
 pub mod repair;
 pub mod search;
+pub mod tasks;

@@ -5,12 +5,10 @@
 
 use super::super::body;
 use super::super::error::ApiError;
-use super::super::limit::BodyCap;
 use super::super::state::AppState;
-use super::super::upload::read_form;
+use super::super::upload::{read_request, Incoming};
 use crate::tasks::search::{search_with, SearchRequest, VideoQuery};
-use axum::extract::{FromRequest, Multipart, Request, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{Request, State};
 use axum::Json;
 use echovault_index::{IndexError, ItemId};
 
@@ -18,40 +16,17 @@ use echovault_index::{IndexError, ItemId};
 const FIELDS: [&str; 13] =
     ["text", "like", "vector", "video", "kind", "k", "patient", "study", "since", "until", "group_by", "group_size", "exact"];
 
-/// Whether the request's body is a multipart form.
-pub fn is_multipart(req: &Request) -> bool {
-    req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("multipart/form-data"))
-}
-
-/// A JSON body, refused with 413 above the JSON limit (the route admits uploads' size).
-pub async fn json_body(st: &AppState, req: Request) -> Result<axum::body::Bytes, ApiError> {
-    let cap = req.extensions().get::<BodyCap>().cloned();
-    let bytes = axum::body::Bytes::from_request(req, &()).await.map_err(|e| match cap.as_ref().filter(|c| c.exceeded()) {
-        Some(c) => c.refusal(None),
-        None => ApiError::new(e.status(), e.body_text()),
-    })?;
-    if bytes.len() > st.config.max_body {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the JSON body has {} bytes, more than this server's limit of {} (--max-body)", bytes.len(), st.config.max_body),
-        ));
-    }
-    Ok(bytes)
-}
-
 /// The search.
 pub async fn search(State(st): State<AppState>, req: Request) -> Result<Json<serde_json::Value>, ApiError> {
-    let (request, upload) = if is_multipart(&req) {
-        let cap = req.extensions().get::<BodyCap>().cloned();
-        let mp = Multipart::from_request(req, &()).await.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
-        let mut form = read_form(mp, cap.as_ref(), &["video"]).await?;
-        let upload = form
-            .take_file("video")
-            .ok_or_else(|| ApiError::field("video", "a multipart search needs the video as its 'video' file part"))?;
-        form.finish()?;
-        (body::from_form::<SearchRequest>(std::mem::take(&mut form.texts))?, Some(upload))
-    } else {
-        (body::from_json::<SearchRequest>(&json_body(&st, req).await?)?, None)
+    let (request, upload) = match read_request(&st, req, &["video"]).await? {
+        Incoming::Form(mut form) => {
+            let upload = form
+                .take_file("video")
+                .ok_or_else(|| ApiError::field("video", "a multipart search needs the video as its 'video' file part"))?;
+            form.finish()?;
+            (body::from_form::<SearchRequest>(std::mem::take(&mut form.texts))?, Some(upload))
+        }
+        Incoming::Json(bytes) => (body::from_json::<SearchRequest>(&bytes)?, None),
     };
     let res = st
         .blocking(move |st| {
@@ -89,10 +64,5 @@ fn search_error(e: crate::Error, req: &SearchRequest) -> ApiError {
         let field = if req.video.is_some() { "video" } else { "vector" };
         return ApiError::field(field, e.to_string());
     }
-    let msg = e.to_string();
-    let named = msg.split_once(':').map(|(f, _)| f.trim()).filter(|f| FIELDS.contains(f)).map(str::to_owned);
-    match named {
-        Some(f) => ApiError::from_lib(&f, e),
-        None => ApiError::from(e),
-    }
+    ApiError::from_task(e, &FIELDS, "like")
 }
