@@ -402,6 +402,13 @@ fn searches_run_while_an_ingest_job_writes() {
     let s = Server::start(&index, &["--listen", "127.0.0.1:0", "--token", TOKEN]);
     let c = client();
     let id = submit_job(&c, &s, &set);
+    // Beside the server, the CLI reads (a reader opens beside the writer) and may not write.
+    let o = echovault(&index, &["search", "--text", "pacemaker lead", "-k", "1000", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = echovault(&index, &["ingest", set.to_str().unwrap(), "--progress", "none"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("being written") && err.contains("echovault serve"), "{err}");
     // Eight clients search until the job ends: every answer is 200, and what each one sees
     // only grows (every batch committed before a search began is in its answer).
     let seen: Vec<Vec<(usize, u64)>> = std::thread::scope(|scope| {
