@@ -302,6 +302,14 @@ fn a_token_guards_the_server_off_loopback_and_the_admin_endpoints_always() {
     assert_eq!(get(&c, &s, "/v1/ingest").0, 401);
     let (status, jobs) = answer(c.get(s.url("/v1/ingest")).bearer_auth(TOKEN).send().unwrap());
     assert_eq!((status, jobs["jobs"].as_array().map(Vec::len)), (200, Some(0)));
+    let (status, body) = answer(c.get(s.url("/v1/ingest/999")).bearer_auth(TOKEN).send().unwrap());
+    assert_eq!((status, body["field"].as_str()), (404, Some("job")), "{body}");
+    let (status, body) = answer(c.get(s.url("/v1/ingest/first")).bearer_auth(TOKEN).send().unwrap());
+    assert_eq!((status, body["field"].as_str()), (400, Some("job")), "{body}");
+    let (status, body) = answer(c.post(s.url("/v1/ingest")).bearer_auth(TOKEN).body(r#"{"paths": ["/no/such/dir"]}"#).send().unwrap());
+    assert_eq!((status, body["field"].as_str()), (400, Some("paths")), "{body}");
+    let (status, body) = answer(c.post(s.url("/v1/ingest")).bearer_auth(TOKEN).body(r#"{"paths": []}"#).send().unwrap());
+    assert_eq!((status, body["field"].as_str()), (400, Some("paths")), "{body}");
     // repair over HTTP answers what `repair --json` prints; its checks pass on a sound index.
     let (status, check) = answer(c.post(s.url("/v1/repair")).bearer_auth(TOKEN).body(r#"{"check": true}"#).send().unwrap());
     assert_eq!(status, 200, "{check}");
