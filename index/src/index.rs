@@ -1239,9 +1239,9 @@ impl Index {
         let (exact_candidates, ef) = if mode == Mode::Graph {
             (None, ef)
         } else if q.exact || g.live() <= exact_limit(info.dim) {
-            (Some(g.candidates(&q.filter)), ef)
+            (Some(self.candidates(g, c, &q.filter)?), ef)
         } else if !q.filter.is_empty() {
-            let cands = g.candidates(&q.filter);
+            let cands = self.candidates(g, c, &q.filter)?;
             let n = cands.len();
             // Above the threshold the walk goes through rejected nodes and counts only the
             // accepted ones; a selective filter still thins the accepted neighbourhood the

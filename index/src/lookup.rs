@@ -7,13 +7,15 @@
 //! [`Index::verify`]. An index from before them gains them on its first writer open; until
 //! then (a reader or a passive open of such an index) look-ups scan the records instead.
 
-use crate::codec;
+use crate::codec::{self, Collection};
 use crate::date::StudyDate;
 use crate::error::IndexError;
-use crate::ids::{ItemId, Kind};
+use crate::graph::Graph;
+use crate::ids::{ItemId, Kind, Slot};
 use crate::index::{corrupt, Index};
 use crate::record::ItemRecord;
-use crate::store::{self, CF_ITEMS, CF_LOOKUP, CF_META};
+use crate::search::Filter;
+use crate::store::{self, CF_ITEMS, CF_LOOKUP, CF_META, CF_SLOTS};
 use rocksdb::{IteratorMode, WriteBatch};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -141,6 +143,48 @@ impl Index {
     pub fn studies_of_patient(&self, patient: &str) -> Result<Vec<String>, IndexError> {
         let set: BTreeSet<String> = self.items_by_patient(patient)?.into_iter().filter_map(|r| r.study).collect();
         Ok(set.into_iter().collect())
+    }
+
+    /// The live slots of `g` (collection `c`) passing `filter`, in slot order. A patient or
+    /// study filter starts from that patient's or study's keys (a few reads, whatever the size
+    /// of the collection); other filters test every slot's facts in memory. The graph's facts
+    /// decide: a key whose slot is not live there (a reader between catch-up and reveal) is
+    /// left out.
+    pub(crate) fn candidates(&self, g: &Graph, c: Collection, filter: &Filter) -> Result<Vec<Slot>, IndexError> {
+        let prefix = match (&filter.patient, &filter.study) {
+            _ if !self.lookups_ready() => return Ok(g.candidates(filter)),
+            (Some(p), _) => codec::patient_prefix(p),
+            (None, Some(s)) => codec::study_prefix(s),
+            (None, None) => return Ok(g.candidates(filter)),
+        };
+        let mut ids = Vec::new();
+        for kv in self.db.prefix_iterator_cf(self.cf(CF_LOOKUP)?, &prefix) {
+            let (k, v) = kv.map_err(|e| self.storage(e))?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if v.first() == Some(&c.kind.code()) {
+                let item = if filter.patient.is_some() {
+                    codec::patient_key_item(&k, prefix.len())
+                } else {
+                    codec::study_key_item(&k, prefix.len())
+                };
+                let item = item.ok_or_else(|| corrupt(&self.path, "lookup key", format!("{k:?}")))?;
+                ids.push(codec::slot_key(c, item));
+            }
+        }
+        let cf = self.cf(CF_SLOTS)?;
+        let mut slots = Vec::with_capacity(ids.len());
+        for r in self.db.multi_get_cf(ids.iter().map(|k| (cf, k.as_slice()))) {
+            let Some(b) = r.map_err(|e| self.storage(e))? else { continue };
+            let s = Slot(u32::from_be_bytes(b.as_slice().try_into().map_err(|_| corrupt(&self.path, "slot", "not 4 bytes"))?));
+            if g.meta(s).is_some_and(|m| m.matches(filter)) {
+                slots.push(s);
+            }
+        }
+        slots.sort_unstable();
+        slots.dedup();
+        Ok(slots)
     }
 
     /// True when the secondary keys are complete (see the module header).

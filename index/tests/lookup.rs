@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use echovault_index::{Index, IndexOptions, ItemId, ItemRecord, Kind, StudyDate};
+use echovault_index::{Filter, Index, IndexOptions, ItemId, ItemRecord, Kind, Query, StudyDate};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -134,6 +134,57 @@ fn a_lookup_decodes_only_its_matches() {
     let before = index.records_decoded();
     assert_eq!(index.patients().unwrap().len(), 4000);
     assert_eq!(index.records_decoded(), before, "listing patients reads keys, no record");
+}
+
+#[test]
+fn patient_and_study_filtered_searches_find_exactly_their_items() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+    let space = index.ensure_space("s", 4).unwrap();
+    let mut model = BTreeMap::new();
+    let vector = |i: usize| vec![1.0, (i as f32).sin(), (i as f32 * 0.7).cos(), 0.5];
+    let mut b = index.batch();
+    for i in 0..3000usize {
+        // p1 is a prefix of p10..p19: their keys must not mix.
+        let r = record(&format!("v{i}"), Kind::Video, Some(&format!("p{}", i % 40)), Some(&format!("s{}", i / 3)), Some((i % 50) as i64));
+        model.insert(r.id.0.clone(), r.clone());
+        b.put_vector(space, r.id.clone(), Kind::Video, vector(i));
+        b.put_item(r);
+    }
+    // A study record of p1 (another kind: never a video hit).
+    b.put_item(record("study-1", Kind::Study, Some("p1"), Some("s0"), Some(0)));
+    index.commit(b).unwrap();
+    // v41 moves from p1 to p2 without a new vector; v81 (p1) gets a new vector; v121 goes.
+    let mut b = index.batch();
+    let moved = record("v41", Kind::Video, Some("p2"), Some("s13"), Some(41));
+    model.insert("v41".into(), moved.clone());
+    b.put_item(moved);
+    b.put_vector(space, "v81", Kind::Video, vector(5));
+    b.delete_item("v121");
+    model.remove("v121");
+    index.commit(b).unwrap();
+    let search = |filter: Filter| -> BTreeSet<String> {
+        let mut q = Query::new(space, Kind::Video, vector(7), 10_000);
+        q.exact = true;
+        q.filter = filter;
+        index.search(&q).unwrap().into_iter().map(|h| h.id.0).collect()
+    };
+    let want = |keep: &dyn Fn(&ItemRecord) -> bool| -> BTreeSet<String> {
+        model.values().filter(|r| r.kind == Kind::Video && keep(r)).map(|r| r.id.0.clone()).collect()
+    };
+    for p in ["p1", "p2", "p10"] {
+        let got = search(Filter { patient: Some(p.into()), ..Filter::default() });
+        assert_eq!(got, want(&|r| r.patient.as_deref() == Some(p)), "patient {p}");
+        assert!(!got.is_empty());
+    }
+    let s13 = search(Filter { study: Some("s13".into()), ..Filter::default() });
+    assert_eq!(s13, want(&|r| r.study.as_deref() == Some("s13")));
+    assert!(s13.contains("v41"));
+    // Patient and date together: the keys give the patient's items, the facts the dates.
+    let (since, until) = (day(10), day(20));
+    let got = search(Filter { patient: Some("p1".into()), since: Some(since), until: Some(until), ..Filter::default() });
+    assert_eq!(got, want(&|r| r.patient.as_deref() == Some("p1") && r.date.is_some_and(|d| d >= since && d <= until)));
+    assert_eq!(search(Filter { patient: Some("nobody".into()), ..Filter::default() }), BTreeSet::new());
 }
 
 /// Opens the RocksDB database under an index with every column family it holds.
