@@ -7,6 +7,11 @@
 //! stored vectors, never a failure. This crate knows vectors, ids and metadata — never models, so it
 //! builds and tests without LibTorch.
 //!
+//! One process writes ([`Index::open`]; a second writer gets [`IndexError::Busy`] naming the
+//! first); any number read beside it ([`Index::open_reader`], which never writes, and
+//! [`Index::refresh`] to catch up). Look-ups by patient, study and date
+//! ([`Index::items_by_patient`], …) read secondary keys kept with the records.
+//!
 //! ```no_run
 //! use echovault_index::{Index, IndexOptions, ItemRecord, Kind, Query};
 //! # fn main() -> Result<(), echovault_index::IndexError> {
