@@ -1005,7 +1005,8 @@ impl Index {
             }
         }
         // Filter facts of items whose record changed without a new vector.
-        records.retain(|id, _| !assigned.keys().any(|(_, a)| a == id));
+        let with_vector: HashSet<&ItemId> = assigned.keys().map(|(_, a)| a).collect();
+        records.retain(|id, _| !with_vector.contains(id));
         let mut updates = Vec::new();
         for (id, rec) in &records {
             for space in spaces.keys() {
