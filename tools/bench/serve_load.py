@@ -154,6 +154,7 @@ def main():
     ap.add_argument("--requests", type=int, default=4000)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--ef", type=int, default=64, help="chroma ef_search")
+    ap.add_argument("--recall-queries", type=int, default=0, help="recall over the first N queries only (0: all)")
     a = ap.parse_args()
     if a.peer == "text":
         texts = [l.strip() for l in open(a.data) if l.strip()]
@@ -176,11 +177,12 @@ def main():
         ask = milvus_client(a.where, base)
         extra["index_type"] = ask.index_type
     hits = 0
-    for i, q in enumerate(queries):
+    nr = a.recall_queries or len(queries)
+    for i, q in enumerate(queries[:nr]):
         hits += len(set(ask(q, a.k)) & set(truth[i].tolist()))
-    recall = hits / (len(queries) * a.k)
+    recall = hits / (nr * a.k)
     res = load(lambda q: ask(q, a.k), list(queries), a.clients, a.requests)
-    print(json.dumps({"peer": a.peer, "n": len(base), "dim": base.shape[1], "k": a.k, "clients": a.clients, "recall": recall, **extra, **res}))
+    print(json.dumps({"peer": a.peer, "n": len(base), "dim": base.shape[1], "k": a.k, "clients": a.clients, "recall": recall, "recall_queries": nr, **extra, **res}))
 
 
 if __name__ == "__main__":
