@@ -99,6 +99,10 @@ impl std::str::FromStr for StudyDate {
     fn from_str(s: &str) -> Result<StudyDate, DateError> {
         let t = s.trim();
         let err = |reason: String| DateError { text: t.to_owned(), reason };
+        // Slicing below is by byte: non-ASCII text (e.g. "1 févr.") is refused first.
+        if !t.is_ascii() {
+            return Err(err("give a day as YYYY-MM-DD (digits only)".into()));
+        }
         let b = t.as_bytes();
         let (y, m, d) = match b.len() {
             10 if b[4] == b'-' && b[7] == b'-' => (&t[..4], &t[5..7], &t[8..]),
@@ -165,7 +169,19 @@ mod tests {
         assert!(e.reason.contains("no month 13"), "{e}");
         let e = "1900-02-29".parse::<StudyDate>().unwrap_err();
         assert!(e.reason.contains("February 1900 has 28 days"), "{e}");
-        for bad in ["", "2021-1-01", "2021/01/01", "yesterday", "2021-01-0a", "+021-01-01", "0000-01-01", "2021-04-31"] {
+        for bad in [
+            "",
+            "2021-1-01",
+            "2021/01/01",
+            "yesterday",
+            "2021-01-0a",
+            "+021-01-01",
+            "0000-01-01",
+            "2021-04-31",
+            "123é567",
+            "1 févr.",
+            "2021-01-0\u{e9}",
+        ] {
             assert!(bad.parse::<StudyDate>().is_err(), "{bad:?} accepted");
         }
     }

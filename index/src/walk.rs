@@ -227,8 +227,10 @@ impl Flat {
         VISITED.with(|cell| {
             let mut visited = cell.borrow_mut();
             let stamp = visited.next(self.len());
-            let mut candidates: BinaryHeap<(Sim, u32)> = BinaryHeap::with_capacity(ef * 4);
-            let mut results: BinaryHeap<Reverse<(Sim, u32)>> = BinaryHeap::with_capacity(ef + 1);
+            // Sized by what the graph can hold, not by a caller's k (a request may ask for 10^12).
+            let cap = ef.min(self.len());
+            let mut candidates: BinaryHeap<(Sim, u32)> = BinaryHeap::with_capacity(cap.saturating_mul(4));
+            let mut results: BinaryHeap<Reverse<(Sim, u32)>> = BinaryHeap::with_capacity(cap + 1);
             let mut fresh: Vec<u32> = Vec::with_capacity(64);
             visited.marks[cur as usize] = stamp;
             candidates.push((Sim(cur_sim), cur));

@@ -232,6 +232,14 @@ fn graph_search_matches_brute_force_on_clustered_data() {
     }
     let recall = found as f64 / (queries * 10) as f64;
     assert!(recall >= 0.95, "recall@10 {recall}");
+    // A k far beyond the collection (a request may ask for 10^12) returns every vector once,
+    // without sizing anything by k.
+    for k in [6000, 1 << 40] {
+        let all = index.search_graph_filtered(&Query::new(space, Kind::Video, stored[0].1.clone(), k)).unwrap();
+        assert!(all.len() >= 5900 && all.len() <= 6000, "k {k}: {} hits", all.len());
+        let distinct: std::collections::HashSet<_> = all.iter().map(|(id, _)| id.0.clone()).collect();
+        assert_eq!(distinct.len(), all.len());
+    }
 }
 
 #[test]
