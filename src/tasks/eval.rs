@@ -25,6 +25,28 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_MAX_PAIRS: usize = 100_000;
 /// Days either side of an event when the request gives no `window`.
 pub const DEFAULT_WINDOW: i64 = 200;
+/// The most bootstrap resamples a request may ask for.
+pub const MAX_RESAMPLES: usize = 100_000;
+/// The most pairs `eval reid` may be asked to score.
+pub const MAX_PAIRS: usize = 10_000_000;
+/// The widest window (days either side of an event) a request may give: a century.
+pub const MAX_WINDOW: i64 = 36_525;
+
+/// Refuses resamples beyond [`MAX_RESAMPLES`] (each is kept in memory).
+fn check_resamples(resamples: usize) -> Result<(), Error> {
+    if resamples > MAX_RESAMPLES {
+        return Err(Error::Invalid(format!("resamples: at most {MAX_RESAMPLES}")));
+    }
+    Ok(())
+}
+
+/// Refuses a window outside `0..=MAX_WINDOW` days.
+pub fn check_window(window: i64) -> Result<(), Error> {
+    if !(0..=MAX_WINDOW).contains(&window) {
+        return Err(Error::Invalid(format!("window: between 0 and {MAX_WINDOW} days")));
+    }
+    Ok(())
+}
 
 fn default_resamples() -> usize {
     BOOTSTRAP_RESAMPLES
@@ -367,6 +389,7 @@ fn class_label(r: &Row, names: &[&str], classes: &[String]) -> Option<usize> {
 
 /// Zero-shot readings against the manifest's labels.
 pub fn eval_zero_shot(ctx: &TaskContext<'_>, req: &EvalZeroShotRequest) -> Result<EvalResult, Error> {
+    check_resamples(req.resamples)?;
     let m = manifest::read(&req.manifest)?;
     let rows = m.split(req.split.as_deref());
     if rows.is_empty() {
@@ -567,6 +590,10 @@ fn labelled_videos(m: &Manifest, src: &VideoSource<'_>) -> (Labelled, Vec<Failur
 
 /// Re-identification over the manifest's videos.
 pub fn eval_reid(ctx: &TaskContext<'_>, req: &EvalReidRequest) -> Result<EvalResult, Error> {
+    check_resamples(req.resamples)?;
+    if req.max_pairs > MAX_PAIRS {
+        return Err(Error::Invalid(format!("max_pairs: at most {MAX_PAIRS}")));
+    }
     let m = manifest::read(&req.manifest)?;
     let src = ctx.source(FrameSampling::ZERO_SHOT);
     let (l, failed) = labelled_videos(&m, &src);
@@ -606,6 +633,8 @@ type StudyVideos = (String, Option<StudyDate>, Vec<Vec<f32>>);
 /// Transitions around the manifest's events, over the studies of a video manifest or of the
 /// index (its dated studies, read through the date keys).
 pub fn eval_transitions(ctx: &TaskContext<'_>, req: &EvalTransitionsRequest) -> Result<EvalResult, Error> {
+    check_resamples(req.resamples)?;
+    check_window(req.window)?;
     let ev = manifest::read(&req.manifest)?;
     let src = ctx.source(FrameSampling::ZERO_SHOT);
     let mut failed = Vec::new();
@@ -703,6 +732,7 @@ pub fn eval_transitions(ctx: &TaskContext<'_>, req: &EvalTransitionsRequest) -> 
 
 /// Retrieval between indexed videos and their studies' reports.
 pub fn eval_retrieval(ctx: &TaskContext<'_>, req: &EvalRetrievalRequest) -> Result<EvalResult, Error> {
+    check_resamples(req.resamples)?;
     let index = ctx.need_index()?;
     let space = ctx.embedder.space;
     let src = ctx.source(FrameSampling::ZERO_SHOT);
@@ -788,6 +818,15 @@ pub fn eval_retrieval(ctx: &TaskContext<'_>, req: &EvalRetrievalRequest) -> Resu
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn request_sizes_are_bounded() {
+        assert!(check_resamples(MAX_RESAMPLES).is_ok());
+        assert!(check_resamples(1_000_000_000_000).unwrap_err().to_string().starts_with("resamples:"));
+        assert!(check_window(MAX_WINDOW).is_ok() && check_window(0).is_ok());
+        assert!(check_window(-1).unwrap_err().to_string().starts_with("window:"));
+        assert!(check_window(i64::MAX).unwrap_err().to_string().starts_with("window:"));
+    }
 
     #[test]
     fn rows_serialise_their_estimate_flat_and_null_without_one() {

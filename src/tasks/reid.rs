@@ -12,6 +12,8 @@ use std::path::PathBuf;
 
 /// Candidates shown when the request gives no `k`.
 pub const DEFAULT_K: usize = 10;
+/// The most candidates a request may ask for.
+pub const MAX_K: usize = 10_000;
 
 /// What to re-identify: exactly one of `video`, `video_id`, `study_id` (named as the CLI's
 /// flags; `video` is a path of the reader's, the server's, own).
@@ -33,6 +35,23 @@ pub struct ReidRequest {
 impl Default for ReidRequest {
     fn default() -> Self {
         ReidRequest { video: None, video_id: None, study_id: None, k: DEFAULT_K, same_date: false }
+    }
+}
+
+impl ReidRequest {
+    /// Checks `k` and that exactly one query is given; the error names the field.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.k == 0 {
+            return Err(Error::Invalid("k: must be at least 1".into()));
+        }
+        if self.k > MAX_K {
+            return Err(Error::Invalid(format!("k: at most {MAX_K}")));
+        }
+        let given = [self.video.is_some(), self.video_id.is_some(), self.study_id.is_some()];
+        if given.iter().filter(|g| **g).count() != 1 {
+            return Err(Error::Invalid("give exactly one of video, video_id, study_id".into()));
+        }
+        Ok(())
     }
 }
 
@@ -85,13 +104,7 @@ pub struct ReidResult {
 /// The studies most like the query in the context's space, the query's own study left out and,
 /// unless `same_date`, the studies of its date too.
 pub fn reid(ctx: &TaskContext<'_>, req: &ReidRequest) -> Result<ReidResult, Error> {
-    if req.k == 0 {
-        return Err(Error::Invalid("k: must be at least 1".into()));
-    }
-    let given = [req.video.is_some(), req.video_id.is_some(), req.study_id.is_some()];
-    if given.iter().filter(|g| **g).count() != 1 {
-        return Err(Error::Invalid("give exactly one of video, video_id, study_id".into()));
-    }
+    req.validate()?;
     let index = ctx.need_index()?;
     let space = ctx.model();
     let src = ctx.source(crate::media::FrameSampling::ZERO_SHOT);
@@ -148,4 +161,19 @@ pub fn reid(ctx: &TaskContext<'_>, req: &ReidRequest) -> Result<ReidResult, Erro
         })
         .collect();
     Ok(ReidResult { query, study: own_study, date: own_date, patient: own_patient, space: space.to_owned(), candidates })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn k_is_bounded() {
+        let base = ReidRequest { study_id: Some("s".into()), ..ReidRequest::default() };
+        assert!(base.validate().is_ok());
+        assert!(ReidRequest { k: MAX_K, ..base.clone() }.validate().is_ok());
+        for k in [0, MAX_K + 1, 1_000_000_000_000, usize::MAX] {
+            assert!(ReidRequest { k, ..base.clone() }.validate().unwrap_err().to_string().starts_with("k:"), "{k}");
+        }
+    }
 }

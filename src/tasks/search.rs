@@ -24,6 +24,11 @@ pub const GROUP_FETCH_FACTOR: usize = 4;
 /// groups beyond are not looked for, so a query whose candidates are dominated by a few groups
 /// returns fewer than `k` groups instead of reading the whole collection.
 pub const GROUP_MAX_CANDIDATES: usize = 16_384;
+/// The most hits (or groups) one search may ask for: larger requests are refused rather than
+/// sized into the index's heaps.
+pub const MAX_K: usize = 10_000;
+/// The longest query text, in characters (the text cache keys on the whole text).
+pub const MAX_TEXT_CHARS: usize = 10_000;
 
 /// What to group hits by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -170,9 +175,23 @@ impl SearchRequest {
         if self.k == 0 {
             return Err(Error::Invalid("k: must be at least 1".into()));
         }
+        if self.k > MAX_K {
+            return Err(Error::Invalid(format!("k: at most {MAX_K}")));
+        }
+        if let Some(t) = &self.text {
+            if t.chars().count() > MAX_TEXT_CHARS {
+                return Err(Error::Invalid(format!("text: at most {MAX_TEXT_CHARS} characters")));
+            }
+        }
         match (self.group_by, self.group_size) {
             (None, Some(_)) => return Err(Error::Invalid("group_size: only with group_by (study or patient)".into())),
             (Some(_), Some(0)) => return Err(Error::Invalid("group_size: must be at least 1".into())),
+            (Some(_), size) => {
+                let size = size.unwrap_or(DEFAULT_GROUP_SIZE);
+                if self.k.checked_mul(size).map_or(true, |n| n > GROUP_MAX_CANDIDATES) {
+                    return Err(Error::Invalid(format!("group_size: k · group_size must be at most {GROUP_MAX_CANDIDATES}")));
+                }
+            }
             _ => {}
         }
         if let (Some(s), Some(u)) = (self.since, self.until) {
@@ -431,6 +450,16 @@ mod tests {
         assert!(err(SearchRequest { k: 0, ..base.clone() }).starts_with("k:"));
         assert!(err(SearchRequest { group_size: Some(2), ..base.clone() }).starts_with("group_size:"));
         assert!(err(SearchRequest { group_by: Some(GroupBy::Study), group_size: Some(0), ..base.clone() }).starts_with("group_size:"));
+        assert!(err(SearchRequest { k: 1_000_000_000_000, ..base.clone() }).starts_with("k:"));
+        assert!(err(SearchRequest { k: MAX_K + 1, ..base.clone() }).starts_with("k:"));
+        assert!(SearchRequest { k: MAX_K, ..base.clone() }.validate().is_ok());
+        let grouped = SearchRequest { group_by: Some(GroupBy::Patient), ..base.clone() };
+        assert!(err(SearchRequest { k: 5_000, group_size: Some(4), ..grouped.clone() }).starts_with("group_size:"));
+        assert!(err(SearchRequest { k: 8_000, ..grouped.clone() }).starts_with("group_size:"));
+        assert!(err(SearchRequest { k: 2, group_size: Some(usize::MAX), ..grouped.clone() }).starts_with("group_size:"));
+        assert!(SearchRequest { k: 4_096, group_size: Some(4), ..grouped }.validate().is_ok());
+        assert!(err(SearchRequest { text: Some("x".repeat(MAX_TEXT_CHARS + 1)), ..base.clone() }).starts_with("text:"));
+        assert!(SearchRequest { text: Some("é".repeat(MAX_TEXT_CHARS)), ..base.clone() }.validate().is_ok());
         let (s, u) = ("2021-03-01".parse().ok(), "2021-02-01".parse().ok());
         assert!(err(SearchRequest { since: s, until: u, ..base }).contains("after until"));
     }

@@ -71,6 +71,7 @@ pub struct TimelineResult {
 
 /// The patient's timeline in the context's space.
 pub fn timeline(ctx: &TaskContext<'_>, req: &TimelineRequest) -> Result<TimelineResult, Error> {
+    super::eval::check_window(req.window)?;
     let index = ctx.need_index()?;
     let key = match (&req.patient, &req.patient_id) {
         (Some(k), None) => k.clone(),
