@@ -615,8 +615,12 @@ fn the_tasks_answer_what_their_commands_print() {
 
     let s = Server::start(&index, &["--listen", "127.0.0.1:0", "--token", TOKEN]);
     let c = client();
+    // Questions naming server paths need the admin token: send it with every one.
+    let post_admin = |path: &str, body: &str| {
+        answer(c.post(s.url(path)).bearer_auth(TOKEN).header("content-type", "application/json").body(body.to_owned()).send().unwrap())
+    };
     for ((args, path, body), expected) in questions.iter().zip(&cli) {
-        let (status, got) = post(&c, &s, path, &body.to_string());
+        let (status, got) = post_admin(path, &body.to_string());
         assert_eq!(status, 200, "{args:?}: {got}");
         assert_eq!(&got, expected, "server and CLI differ for {args:?}");
     }
@@ -642,11 +646,15 @@ fn the_tasks_answer_what_their_commands_print() {
         f
     };
     let send = |path: &str, f: multipart::Form| answer(c.post(s.url(path)).multipart(f).send().unwrap());
+    let send_admin = |path: &str, f: multipart::Form| answer(c.post(s.url(path)).bearer_auth(TOKEN).multipart(f).send().unwrap());
     let (status, got) = send("/v1/reid", form(vec![upload("video", copy)], &[]));
     assert_eq!((status, &got), (200, &cli_upload_reid));
     let (status, got) = send("/v1/zero-shot", form(vec![upload("video", copy)], &[("task", r#"["pacemaker"]"#)]));
     assert_eq!((status, &got), (200, &cli_upload_zs));
+    // An uploaded manifest whose rows name server files reads them: admin only.
     let (status, got) = send("/v1/eval", form(vec![upload("manifest", &abs)], &[("eval", "zero-shot"), ("resamples", "50")]));
+    assert_eq!(status, 401, "{got}");
+    let (status, got) = send_admin("/v1/eval", form(vec![upload("manifest", &abs)], &[("eval", "zero-shot"), ("resamples", "50")]));
     assert_eq!((status, &got), (200, &cli_upload_eval));
     assert!(!got.to_string().contains("echovault-upload-"), "the answer names the upload, not its temporary file: {got}");
     // A patient's timeline by URL, with the event as a query parameter.
@@ -674,6 +682,31 @@ fn the_tasks_answer_what_their_commands_print() {
     // An id the index lacks is one failed input of the readings, as in the CLI (exit 3 there).
     let (status, zs) = post(&c, &s, "/v1/zero-shot", r#"{"ids": ["no-such-video"]}"#);
     assert_eq!((status, zs["failed"][0]["input"].as_str()), (200, Some("no-such-video")), "{zs}");
+    // Server paths in task requests are admin-only (JSON and form alike); nothing is read.
+    for (path, body) in [
+        ("/v1/reid", json!({"video": "/dev/zero"})),
+        ("/v1/zero-shot", json!({"videos": ["/dev/zero"]})),
+        ("/v1/zero-shot", json!({"ids": [video_id], "prompts": "/dev/zero"})),
+        ("/v1/eval", json!({"eval": "reid", "manifest": "/dev/zero"})),
+        ("/v1/eval", json!({"eval": "transitions", "manifest": events, "studies": "/dev/zero"})),
+    ] {
+        let (status, got) = post(&c, &s, path, &body.to_string());
+        assert_eq!(status, 401, "{path} {body}: {got}");
+    }
+    assert_eq!(send("/v1/zero-shot", form(vec![], &[("videos", r#"["/dev/zero"]"#)])).0, 401);
+    assert_ne!(send("/v1/reid", form(vec![], &[("video", "/dev/zero")])).0, 200);
+    // Even with the token, what is not a regular file is refused, not read.
+    let (status, got) = post_admin("/v1/reid", r#"{"video": "/dev/zero"}"#);
+    assert!(status == 400 && got["error"].as_str().unwrap().contains("not a regular file"), "{got}");
+    let (status, got) = post_admin("/v1/eval", r#"{"eval": "reid", "manifest": "/dev/zero"}"#);
+    assert!(status == 400 && got["error"].as_str().unwrap().contains("not a regular file"), "{got}");
+    // Request sizes are bounded.
+    refused(post(&c, &s, "/v1/reid", &json!({"video_id": video_id, "k": 1_000_000_000_000u64}).to_string()), 400, "k");
+    refused(post(&c, &s, "/v1/search", r#"{"text": "mitral", "k": 1000000000000}"#), 400, "k");
+    refused(post(&c, &s, "/v1/search", r#"{"text": "mitral", "k": 9000, "group_by": "study"}"#), 400, "group_size");
+    refused(post(&c, &s, "/v1/search", &json!({"text": "a".repeat(10_001)}).to_string()), 400, "text");
+    refused(post(&c, &s, "/v1/eval", r#"{"eval": "retrieval", "resamples": 1000000000000}"#), 400, "resamples");
+    refused(post(&c, &s, "/v1/timeline", &json!({"patient": patient, "window": -1}).to_string()), 400, "window");
     // Keeping readings in the index writes: only with the token.
     let store = json!({"ids": [video_id], "task": ["pacemaker"], "store": true}).to_string();
     assert_eq!(post(&c, &s, "/v1/zero-shot", &store).0, 401);

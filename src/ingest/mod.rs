@@ -88,6 +88,9 @@ pub struct IngestSummary {
 /// Content id of a file: the first 128 bits of its SHA-256, hex.
 pub fn content_id(path: &Path) -> Result<String, Error> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    if !f.metadata().map_err(|e| Error::io(path, e))?.is_file() {
+        return Err(Error::Invalid(format!("{}: not a regular file", path.display())));
+    }
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -225,4 +228,16 @@ fn decode_dicom(ctx: &pipeline::Ctx, path: &Path, id: &str, opts: &IngestOptions
         sop_uid: info.sop_uid.clone(),
         extra,
     }))
+}
+
+#[cfg(test)]
+mod content_id_tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn content_id_refuses_what_is_not_a_regular_file() {
+        let e = content_id(Path::new("/dev/null")).unwrap_err().to_string();
+        assert!(e.contains("/dev/null") && e.contains("not a regular file"), "{e}");
+    }
 }

@@ -47,7 +47,7 @@ pub fn admin_refusal(st: &AppState, req: &Request) -> Option<Response> {
     if st.config.token.is_none() {
         return Some(ApiError::new(
             StatusCode::FORBIDDEN,
-            "admin endpoints (ingest jobs, repair, zero-shot with store) need a token: start the server with --token TOKEN (or ECHOVAULT_TOKEN)",
+            "admin endpoints (ingest jobs, repair, zero-shot with store, server paths in task requests) need a token: start the server with --token TOKEN (or ECHOVAULT_TOKEN)",
         )
         .into_response());
     }

@@ -29,7 +29,12 @@ pub struct Manifest {
 /// Reads a manifest by its content: `[` starts a JSON array, `{` JSON Lines, anything else CSV.
 pub fn read(path: &Path) -> Result<Manifest, Error> {
     let bad = |reason: String| Error::Invalid(format!("{}: {reason}", path.display()));
-    let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read manifest: {e}")))?;
+    let mut f = std::fs::File::open(path).map_err(|e| bad(format!("cannot read manifest: {e}")))?;
+    if !f.metadata().map_err(|e| bad(format!("cannot read manifest: {e}")))?.is_file() {
+        return Err(bad("cannot read manifest: not a regular file".into()));
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut f, &mut text).map_err(|e| bad(format!("cannot read manifest: {e}")))?;
     let text = text.trim_start_matches('\u{feff}');
     let lower = |m: serde_json::Map<String, Value>| -> BTreeMap<String, Value> {
         m.into_iter().map(|(k, v)| (k.trim().to_ascii_lowercase(), v)).collect()
@@ -161,6 +166,13 @@ impl Row {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn refuses_what_is_not_a_regular_file() {
+        let e = read(Path::new("/dev/null")).unwrap_err().to_string();
+        assert!(e.contains("/dev/null") && e.contains("not a regular file"), "{e}");
+    }
 
     #[test]
     fn echonet_filelist_jsonl_and_flags() {

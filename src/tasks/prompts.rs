@@ -120,7 +120,13 @@ pub fn default_prompts() -> PromptFile {
 
 /// Reads and checks a prompt file.
 pub fn load(path: &Path) -> Result<PromptFile, Error> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::Invalid(format!("{}: cannot read prompt file: {e}", path.display())))?;
+    let cannot = |e: String| Error::Invalid(format!("{}: cannot read prompt file: {e}", path.display()));
+    let mut f = std::fs::File::open(path).map_err(|e| cannot(e.to_string()))?;
+    if !f.metadata().map_err(|e| cannot(e.to_string()))?.is_file() {
+        return Err(cannot("not a regular file".into()));
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut f, &mut text).map_err(|e| cannot(e.to_string()))?;
     parse(&text, path)
 }
 
@@ -360,6 +366,13 @@ pub mod indexmap_like {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn refuses_what_is_not_a_regular_file() {
+        let e = load(Path::new("/dev/null")).unwrap_err().to_string();
+        assert!(e.contains("/dev/null") && e.contains("not a regular file"), "{e}");
+    }
 
     #[test]
     fn the_default_prompt_file_parses_and_covers_the_paper_families() {

@@ -124,6 +124,9 @@ impl<'a> VideoSource<'a> {
     /// The video embedding of a file: the stored one when indexed, else all frames of
     /// `video_frames` embedded and averaged.
     pub fn video_of_file(&self, path: &Path) -> Result<(Option<ItemRecord>, Vec<f32>), Error> {
+        if !std::fs::metadata(path).map_err(|e| Error::io(path, e))?.is_file() {
+            return Err(Error::Invalid(format!("{}: not a regular file", path.display())));
+        }
         if let Some(rec) = self.lookup(path)? {
             if let Some(v) = self.stored_vector(&rec.id, Kind::Video)? {
                 return Ok((Some(rec), v));

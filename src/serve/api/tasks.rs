@@ -14,6 +14,7 @@ use super::super::upload::{read_request, Form, Incoming, TextParts, Upload};
 use crate::error::Error;
 use crate::tasks::context::TaskContext;
 use crate::tasks::eval::{self, EvalReidRequest, EvalRetrievalRequest, EvalTransitionsRequest, EvalZeroShotRequest};
+use crate::tasks::manifest;
 use crate::tasks::readings::{self, ZeroShotRequest};
 use crate::tasks::reid::{self, ReidRequest};
 use crate::tasks::timeline::{self, TimelineRequest};
@@ -64,6 +65,12 @@ fn rename_uploads(v: &mut Value, uploads: &[Upload]) {
     }
 }
 
+/// Whether a form's text parts give a server-side path in one of `fields` (uploads are not
+/// among the text parts yet).
+fn names_server_path(texts: &TextParts, fields: &[&str]) -> bool {
+    texts.iter().any(|(n, v)| fields.contains(&n.as_str()) && !v.trim().is_empty())
+}
+
 /// Every file of field `name` in the form.
 fn take_files(form: &mut Form, name: &str) -> Vec<Upload> {
     std::iter::from_fn(|| form.take_file(name)).collect()
@@ -92,17 +99,22 @@ fn with_uploaded_paths(form: &mut Form, fields: &[&str]) -> Result<(TextParts, V
 /// `store` writes the readings into the index: an admin request.
 pub async fn zero_shot(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let refusal = auth::admin_refusal(&st, &req);
-    let (request, uploads) = match read_request(&st, req, &["video", "prompts"]).await? {
-        Incoming::Json(bytes) => (body::from_json::<ZeroShotRequest>(&bytes)?, Vec::new()),
+    let (request, uploads, server_paths) = match read_request(&st, req, &["video", "prompts"]).await? {
+        Incoming::Json(bytes) => {
+            let r = body::from_json::<ZeroShotRequest>(&bytes)?;
+            let server_paths = !r.videos.is_empty() || r.prompts.is_some();
+            (r, Vec::new(), server_paths)
+        }
         Incoming::Form(mut form) => {
+            let server_paths = names_server_path(&form.texts, &["videos", "prompts"]);
             let videos = take_files(&mut form, "video");
             let (texts, uploads) = with_uploaded_paths(&mut form, &["prompts"])?;
             let mut r: ZeroShotRequest = body::from_form(texts)?;
             r.videos.extend(videos.iter().map(|u| u.path().to_owned()));
-            (r, videos.into_iter().chain(uploads).collect())
+            (r, videos.into_iter().chain(uploads).collect(), server_paths)
         }
     };
-    if let (true, Some(refusal)) = (request.store, refusal) {
+    if let (true, Some(refusal)) = (request.store || server_paths, refusal) {
         return Ok(refusal);
     }
     let model = st.config.models.zero_shot;
@@ -116,14 +128,23 @@ pub async fn zero_shot(State(st): State<AppState>, req: Request) -> Result<Respo
 
 /// `POST /v1/reid`: the studies of other dates most like a server-side or uploaded (`video`)
 /// video, an indexed video (`video_id`) or study (`study_id`).
-pub async fn reid(State(st): State<AppState>, req: Request) -> Result<Json<Value>, ApiError> {
-    let (request, uploads) = match read_request(&st, req, &["video"]).await? {
-        Incoming::Json(bytes) => (body::from_json::<ReidRequest>(&bytes)?, Vec::new()),
+pub async fn reid(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let refusal = auth::admin_refusal(&st, &req);
+    let (request, uploads, server_path) = match read_request(&st, req, &["video"]).await? {
+        Incoming::Json(bytes) => {
+            let r = body::from_json::<ReidRequest>(&bytes)?;
+            let server_path = r.video.is_some();
+            (r, Vec::new(), server_path)
+        }
         Incoming::Form(mut form) => {
+            let server_path = names_server_path(&form.texts, &["video"]);
             let (texts, uploads) = with_uploaded_paths(&mut form, &["video"])?;
-            (body::from_form::<ReidRequest>(texts)?, uploads)
+            (body::from_form::<ReidRequest>(texts)?, uploads, server_path)
         }
     };
+    if let (true, Some(refusal)) = (server_path, refusal) {
+        return Ok(refusal);
+    }
     let id_field = if request.study_id.is_some() { "study_id" } else { "video_id" };
     let model = st.config.models.similarity;
     answer(&st, uploads, move |st| {
@@ -134,6 +155,7 @@ pub async fn reid(State(st): State<AppState>, req: Request) -> Result<Json<Value
         })
     })
     .await
+    .map(IntoResponse::into_response)
 }
 
 /// `POST /v1/timeline`: a patient's timeline by key (`patient`) or by their own id
@@ -232,17 +254,47 @@ impl EvalFields {
 /// fields of `echovault eval WHAT`; the label manifest (and `studies`, `prompts`) as server
 /// paths or uploads. An uploaded manifest's rows must name indexed ids or absolute server
 /// paths (relative paths are resolved beside the manifest, and an upload has no such place).
-pub async fn eval(State(st): State<AppState>, req: Request) -> Result<Json<Value>, ApiError> {
-    let (fields, uploads) = match read_request(&st, req, &["manifest", "studies", "prompts"]).await? {
-        Incoming::Json(bytes) => (EvalFields::Json(body::from_json::<Map<String, Value>>(&bytes)?), Vec::new()),
+pub async fn eval(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    const PATHS: [&str; 3] = ["manifest", "studies", "prompts"];
+    let refusal = auth::admin_refusal(&st, &req);
+    let (fields, uploads, server_paths) = match read_request(&st, req, &PATHS).await? {
+        Incoming::Json(bytes) => {
+            let m = body::from_json::<Map<String, Value>>(&bytes)?;
+            let server_paths = PATHS.iter().any(|f| m.get(*f).is_some_and(|v| !v.is_null()));
+            (EvalFields::Json(m), Vec::new(), server_paths)
+        }
         Incoming::Form(mut form) => {
-            let (texts, uploads) = with_uploaded_paths(&mut form, &["manifest", "studies", "prompts"])?;
-            (EvalFields::Form(texts), uploads)
+            let server_paths = names_server_path(&form.texts, &PATHS);
+            let (texts, uploads) = with_uploaded_paths(&mut form, &PATHS)?;
+            (EvalFields::Form(texts), uploads, server_paths)
         }
     };
+    // Without the admin token an uploaded manifest's rows may name indexed ids only, never
+    // server files.
     let request = fields.parse()?;
+    let row_refusal = match (server_paths, refusal) {
+        (true, Some(refusal)) => return Ok(refusal),
+        (_, r) => r.map(|r| r.status()),
+    };
     let models = st.config.models;
     answer(&st, uploads, move |st| {
+        if let Some(status) = row_refusal {
+            let manifests = match &request {
+                EvalRequest::ZeroShot(r) => vec![Some(&r.manifest)],
+                EvalRequest::Reid(r) => vec![Some(&r.manifest)],
+                EvalRequest::Transitions(r) => vec![r.studies.as_ref()],
+                EvalRequest::Retrieval(r) => vec![r.manifest.as_ref()],
+            };
+            for p in manifests.into_iter().flatten() {
+                let m = manifest::read(p).map_err(|e| task_error(e, &EVAL_FIELDS, "manifest"))?;
+                if m.rows.iter().any(|r| r.text(&manifest::FILE_COLUMNS).is_some()) {
+                    return Err(ApiError::new(
+                        status,
+                        "an uploaded manifest whose rows name server files needs the server's admin token: name indexed ids instead",
+                    ));
+                }
+            }
+        }
         let err = |e| task_error(e, &EVAL_FIELDS, "manifest");
         let ctx = |m| TaskContext::of_engine(&st.engine, m);
         match &request {
@@ -253,6 +305,7 @@ pub async fn eval(State(st): State<AppState>, req: Request) -> Result<Json<Value
         }
     })
     .await
+    .map(IntoResponse::into_response)
 }
 
 /// A task's error: 404 for an unknown id, the field named where the message starts with one.
