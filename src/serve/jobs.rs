@@ -152,15 +152,57 @@ struct Table {
     /// The running job's cancel flag.
     running: Option<(u64, Arc<AtomicBool>)>,
     shutting_down: bool,
+    /// Bumped by every change that is to be persisted: orders the snapshots.
+    generation: u64,
+}
+
+/// A job list as serialised under the table's lock, to be written after it is released.
+struct Snapshot {
+    generation: u64,
+    bytes: Result<Vec<u8>, String>,
+}
+
+/// Writes snapshots in order: one at a time, and never one older than the newest written (it
+/// holds every change the older one holds).
+#[derive(Debug, Default)]
+struct Writer {
+    /// The generation last written.
+    written: Mutex<u64>,
+}
+
+impl Writer {
+    fn write(&self, snap: Snapshot, commit: impl FnOnce(&[u8]) -> Result<(), crate::Error>) -> Result<(), crate::Error> {
+        let mut written = self.written.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if snap.generation <= *written {
+            return Ok(());
+        }
+        let bytes = snap.bytes.map_err(|e| crate::Error::Invalid(format!("job list: {e}")))?;
+        commit(&bytes)?;
+        *written = snap.generation;
+        Ok(())
+    }
 }
 
 /// The server's jobs: a table, the queue, and the thread that runs them.
 #[derive(Debug)]
 pub struct Jobs {
+    /// Held only briefly (async handlers lock it): never across an index write.
     table: Mutex<Table>,
+    /// Serialises the job list's index writes.
+    writer: Writer,
     wake: Condvar,
     engine: Arc<Engine>,
     metrics: Arc<Metrics>,
+}
+
+/// The job list as the index keeps it (finished jobs beyond [`FINISHED_KEPT`] forgotten),
+/// serialised under the table's lock with the next generation.
+fn snapshot(t: &mut Table) -> Snapshot {
+    t.generation += 1;
+    let finished: Vec<u64> = t.jobs.values().filter(|j| matches!(j.state, JobState::Done | JobState::Failed)).map(|j| j.id).collect();
+    let forget = finished.len().saturating_sub(FINISHED_KEPT);
+    let kept: Vec<&Job> = t.jobs.values().filter(|j| !finished[..forget].contains(&j.id)).collect();
+    Snapshot { generation: t.generation, bytes: serde_json::to_vec(&kept).map_err(|e| e.to_string()) }
 }
 
 fn now() -> u64 {
@@ -189,7 +231,7 @@ impl Jobs {
                 table.jobs.insert(job.id, job);
             }
         }
-        Ok(Jobs { table: Mutex::new(table), wake: Condvar::new(), engine, metrics })
+        Ok(Jobs { table: Mutex::new(table), writer: Writer::default(), wake: Condvar::new(), engine, metrics })
     }
 
     fn lock(&self) -> MutexGuard<'_, Table> {
@@ -220,8 +262,10 @@ impl Jobs {
         };
         t.jobs.insert(id, job.clone());
         t.queue.push_back(id);
-        self.persist(&t)?;
+        let snap = snapshot(&mut t);
+        drop(t);
         self.wake.notify_all();
+        self.persist(snap)?;
         Ok(job)
     }
 
@@ -252,16 +296,14 @@ impl Jobs {
         self.wake.notify_all();
     }
 
-    /// Writes the job list into the index (synced).
-    fn persist(&self, t: &Table) -> Result<(), crate::Error> {
-        let finished: Vec<u64> = t.jobs.values().filter(|j| matches!(j.state, JobState::Done | JobState::Failed)).map(|j| j.id).collect();
-        let forget = finished.len().saturating_sub(FINISHED_KEPT);
-        let kept: Vec<&Job> = t.jobs.values().filter(|j| !finished[..forget].contains(&j.id)).collect();
-        let bytes = serde_json::to_vec(&kept).map_err(|e| crate::Error::Invalid(format!("job list: {e}")))?;
-        let mut b = self.engine.index.batch();
-        b.put_log(JOBS_KEY, Some(&bytes));
-        self.engine.index.commit(b)?;
-        Ok(())
+    /// Writes a job list [`snapshot`] into the index (synced), with the table's lock released.
+    fn persist(&self, snap: Snapshot) -> Result<(), crate::Error> {
+        self.writer.write(snap, |bytes| {
+            let mut b = self.engine.index.batch();
+            b.put_log(JOBS_KEY, Some(bytes));
+            self.engine.index.commit(b)?;
+            Ok(())
+        })
     }
 
     /// Runs queued jobs until [`Jobs::shutdown`]. Call on a thread of its own.
@@ -319,7 +361,9 @@ impl Jobs {
                 JobState::Interrupted => "interrupted",
                 _ => "failed",
             });
-            if let Err(e) = self.persist(&t) {
+            let snap = snapshot(&mut t);
+            drop(t);
+            if let Err(e) = self.persist(snap) {
                 tracing::warn!(job = id, "could not record the job's end in the index: {e}");
             }
         }
@@ -344,7 +388,9 @@ impl Jobs {
                 job.error = None;
                 let spec = job.request.clone();
                 t.running = Some((id, cancel.clone()));
-                if let Err(e) = self.persist(&t) {
+                let snap = snapshot(&mut t);
+                drop(t);
+                if let Err(e) = self.persist(snap) {
                     tracing::warn!(job = id, "could not record the job's start in the index: {e}");
                 }
                 return Some((id, spec, cancel));
@@ -364,5 +410,45 @@ impl Jobs {
         add(&c.reports, before.reports, now.reports);
         add(&c.skipped, before.skipped, now.skipped);
         add(&c.failed, before.failed, now.failed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_are_written_in_order_and_never_older_over_newer() {
+        let mut t = Table::default();
+        let old = snapshot(&mut t);
+        let new = snapshot(&mut t);
+        let w = Writer::default();
+        let written = Mutex::new(Vec::new());
+        let commit = |b: &[u8]| {
+            written.lock().unwrap().push(b.to_vec());
+            Ok(())
+        };
+        w.write(new, commit).unwrap();
+        // The older snapshot, persisted late (its table lock long released), is dropped.
+        w.write(old, commit).unwrap();
+        assert_eq!(written.lock().unwrap().len(), 1);
+        // A failed write leaves the generation unwritten: the next snapshot is written.
+        let next = snapshot(&mut t);
+        assert!(w.write(next, |_| Err(crate::Error::Invalid("disk".into()))).is_err());
+        w.write(snapshot(&mut t), commit).unwrap();
+        assert_eq!(written.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn the_table_is_free_while_a_snapshot_is_written() {
+        let jobs_table = Mutex::new(Table::default());
+        let w = Writer::default();
+        let snap = snapshot(&mut jobs_table.lock().unwrap());
+        // The write runs with the table unlocked: a reader (a health probe) takes it meanwhile.
+        w.write(snap, |_| {
+            assert!(jobs_table.try_lock().is_ok(), "the table's lock is held across the index write");
+            Ok(())
+        })
+        .unwrap();
     }
 }
