@@ -77,7 +77,7 @@ pub async fn read_request(st: &AppState, req: Request, file_fields: &[&str]) -> 
         req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("multipart/form-data"));
     if multipart {
         let mp = Multipart::from_request(req, &()).await.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
-        return Ok(Incoming::Form(read_form(mp, cap.as_ref(), file_fields).await?));
+        return Ok(Incoming::Form(read_form(mp, cap.as_ref(), file_fields, st.config.max_body).await?));
     }
     let bytes = Bytes::from_request(req, &()).await.map_err(|e| match cap.as_ref().filter(|c| c.exceeded()) {
         Some(c) => c.refusal(None),
@@ -100,11 +100,13 @@ fn refused(cap: Option<&BodyCap>, field: &str, e: MultipartError) -> ApiError {
 }
 
 /// Reads a whole form. Parts with a file name, or named in `file_fields`, are files. `cap` is
-/// the route's body limit (see [`super::limit`]).
-async fn read_form(mut mp: Multipart, cap: Option<&BodyCap>, file_fields: &[&str]) -> Result<Form, ApiError> {
+/// the route's body limit (see [`super::limit`]); the text parts together hold at most
+/// `max_text` bytes (`--max-body`, as a JSON body), refused with 413 beyond.
+async fn read_form(mut mp: Multipart, cap: Option<&BodyCap>, file_fields: &[&str], max_text: usize) -> Result<Form, ApiError> {
     let mut form = Form::default();
+    let mut text_bytes = 0usize;
     loop {
-        let field = match mp.next_field().await {
+        let mut field = match mp.next_field().await {
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) => return Err(refused(cap, "body", e)),
@@ -116,7 +118,27 @@ async fn read_form(mut mp: Multipart, cap: Option<&BodyCap>, file_fields: &[&str
         if field.file_name().is_some() || file_fields.contains(&name.as_str()) {
             form.files.push(save(field, name, cap).await?);
         } else {
-            let text = field.text().await.map_err(|e| refused(cap, &name, e))?;
+            let mut buf = Vec::new();
+            loop {
+                match field.chunk().await {
+                    Ok(Some(bytes)) => {
+                        text_bytes = text_bytes.saturating_add(bytes.len());
+                        if text_bytes > max_text {
+                            return Err(ApiError {
+                                status: StatusCode::PAYLOAD_TOO_LARGE,
+                                message: format!(
+                                    "{name}: the form's text parts hold more than this server's limit of {max_text} bytes (--max-body); upload files as file parts"
+                                ),
+                                field: Some(name),
+                            });
+                        }
+                        buf.extend_from_slice(&bytes);
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Err(refused(cap, &name, e)),
+                }
+            }
+            let text = String::from_utf8(buf).map_err(|_| ApiError::field(&name, format!("{name}: not UTF-8 text")))?;
             form.texts.push((name, text));
         }
     }
@@ -141,4 +163,49 @@ async fn save(mut field: Field<'_>, name: String, cap: Option<&BodyCap>) -> Resu
     }
     file.flush().map_err(|e| ApiError::internal(format!("cannot store the upload: {e}")))?;
     Ok(Upload { field: name, name: client_name, file })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+
+    fn form(parts: &[(&str, Option<&str>, &str)]) -> Multipart {
+        let mut body = String::new();
+        for (name, file, value) in parts {
+            body.push_str("--XyZ\r\n");
+            match file {
+                Some(f) => body.push_str(&format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\n\r\n")),
+                None => body.push_str(&format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n")),
+            }
+            body.push_str(value);
+            body.push_str("\r\n");
+        }
+        body.push_str("--XyZ--\r\n");
+        let req = Request::builder()
+            .method("POST")
+            .header(header::CONTENT_TYPE, "multipart/form-data; boundary=XyZ")
+            .body(Body::from(body))
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(Multipart::from_request(req, &())).unwrap()
+    }
+
+    fn read(mp: Multipart, max_text: usize) -> Result<Form, ApiError> {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(read_form(mp, None, &["video"], max_text))
+    }
+
+    #[test]
+    fn text_parts_are_bounded_by_the_body_limit_files_are_not() {
+        let big = "x".repeat(3000);
+        let e = read(form(&[("k", None, "3"), ("task", None, &big)]), 2000).unwrap_err();
+        assert_eq!((e.status, e.field.as_deref()), (StatusCode::PAYLOAD_TOO_LARGE, Some("task")), "{}", e.message);
+        // The limit holds for the text parts together.
+        let half = "y".repeat(1200);
+        let e = read(form(&[("a", None, &half), ("b", None, &half)]), 2000).unwrap_err();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        let f = read(form(&[("video", Some("v.avi"), &big), ("k", None, "3")]), 2000).unwrap();
+        assert_eq!((f.files.len(), f.texts.clone()), (1, vec![("k".to_owned(), "3".to_owned())]));
+    }
 }
