@@ -94,6 +94,7 @@ def milvus_client(db, base):
         for i in range(0, len(base), 5000):
             c.insert("bench", [{"id": j, "vector": base[j].tolist()} for j in range(i, min(i + 5000, len(base)))])
         print(f"[serve_load] milvus: loaded {len(base)} vectors in {time.time() - t0:.0f} s", file=sys.stderr)
+    c.load_collection("bench")  # a collection reopened from the file starts released
     idx = c.list_indexes("bench")
     kind = c.describe_index("bench", idx[0])["index_type"] if idx else "none"
 
