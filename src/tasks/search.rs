@@ -188,7 +188,7 @@ impl SearchRequest {
             (Some(_), Some(0)) => return Err(Error::Invalid("group_size: must be at least 1".into())),
             (Some(_), size) => {
                 let size = size.unwrap_or(DEFAULT_GROUP_SIZE);
-                if self.k.checked_mul(size).map_or(true, |n| n > GROUP_MAX_CANDIDATES) {
+                if self.k.checked_mul(size).is_none_or(|n| n > GROUP_MAX_CANDIDATES) {
                     return Err(Error::Invalid(format!("group_size: k · group_size must be at most {GROUP_MAX_CANDIDATES}")));
                 }
             }
