@@ -324,22 +324,9 @@ fn measure() -> TaskFigures {
     ingest(&index2, &steady);
     assert!(read_manifest(&data.join("manifest.jsonl")).unwrap().iter().any(|t| !t.after_events.is_empty()), "the held-out set has events");
 
-    // The user's prompt file, in the reports' own phrasing: EF as the reports state it, one
-    // prompt per value; each device phrase in the context of a report's first sentences, one
-    // prompt per function grade (a prompt ensemble: alone, a device phrase's similarity also
-    // tracks how well the heart pumps, which has nothing to do with the device).
-    let values: Vec<f64> = (10..=80).step_by(5).map(f64::from).collect();
-    let device = |phrase: &str| -> Vec<String> {
-        [20.0, 35.0, 45.0, 60.0, 75.0].iter().map(|ef| format!("{} {phrase}", ef_sentences(*ef))).collect()
-    };
-    let prompts = json!({
-        "ejection_fraction": {"mode": "regression", "prompts": values.iter().map(|v| ef_sentences(*v)).collect::<Vec<_>>(), "values": values},
-        "pacemaker": {"mode": "binary", "prompts": device("A PACEMAKER LEAD IS SEEN IN THE RIGHT HEART.")},
-        "mitraclip": {"mode": "binary", "prompts": device("A MITRACLIP IS SEEN ON THE MITRAL LEAFLETS.")},
-        "valve": {"mode": "binary", "prompts": device("A TRANSCATHETER AORTIC VALVE PROSTHESIS IS PRESENT.")},
-    });
-    let prompt_file = dir.path().join("prompts.json");
-    std::fs::write(&prompt_file, prompts.to_string()).unwrap();
+    // The prompt file shipped for the phantom model (checked against the reports' phrasing by
+    // `the_shipped_phantom_prompts_phrase_findings_as_the_reports_do`).
+    let prompt_file = root().join("data-samples/phantom-prompts.json");
     let manifest = data.join("manifest.jsonl");
     let zs = eval_twice(
         &index,
@@ -378,4 +365,30 @@ fn measure() -> TaskFigures {
     });
     println!("phantom task figures: {all}");
     TaskFigures { all: all.as_object().unwrap().clone(), ..f }
+}
+
+/// `data-samples/phantom-prompts.json`, the prompt file the demo and the viewer read phantoms
+/// with, in the reports' own phrasing: EF as the reports state it, one prompt per value 10..=80
+/// by 5; each device phrase in the context of a report's first sentences, one prompt per
+/// function grade (a prompt ensemble: alone, a device phrase's similarity also tracks how well
+/// the heart pumps, which has nothing to do with the device).
+#[test]
+fn the_shipped_phantom_prompts_phrase_findings_as_the_reports_do() {
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(root().join("data-samples/phantom-prompts.json")).unwrap()).unwrap();
+    let values: Vec<f64> = (10..=80).step_by(5).map(f64::from).collect();
+    let ef = &file["ejection_fraction"];
+    assert_eq!(ef["mode"], "regression");
+    assert_eq!(ef["values"], json!(values));
+    assert_eq!(ef["prompts"], json!(values.iter().map(|v| ef_sentences(*v)).collect::<Vec<_>>()));
+    for (task, phrase) in [
+        ("pacemaker", "A PACEMAKER LEAD IS SEEN IN THE RIGHT HEART."),
+        ("mitraclip", "A MITRACLIP IS SEEN ON THE MITRAL LEAFLETS."),
+        ("valve", "A TRANSCATHETER AORTIC VALVE PROSTHESIS IS PRESENT."),
+    ] {
+        let want: Vec<String> = [20.0, 35.0, 45.0, 60.0, 75.0].iter().map(|ef| format!("{} {phrase}", ef_sentences(*ef))).collect();
+        assert_eq!(file[task]["prompts"], json!(want), "{task}");
+        assert_eq!(file[task]["mode"], "binary", "{task}");
+    }
+    // The file loads as a prompt file.
+    echovault::tasks::readings::list_tasks(Some(&root().join("data-samples/phantom-prompts.json"))).unwrap();
 }

@@ -329,6 +329,195 @@ fn a_token_guards_the_server_off_loopback_and_the_admin_endpoints_always() {
     assert!(body["error"].as_str().unwrap().contains("--token"), "{body}");
 }
 
+/// Every frame of `file` decoded by the ffmpeg CLI (the peer), as `(width, height, rgb)`.
+fn ffmpeg_frames(file: &Path, width: usize, height: usize) -> Vec<Vec<u8>> {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(file)
+        .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+        .output()
+        .expect("ffmpeg (tools/setup installs it)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    out.stdout.chunks(width * height * 3).map(<[u8]>::to_vec).collect()
+}
+
+#[test]
+fn the_viewer_serves_its_pages_and_cine_thumbnails() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The clips copied, so one source can be taken away later.
+    let sources = tmp.path().join("clips");
+    std::fs::create_dir(&sources).unwrap();
+    for e in std::fs::read_dir(clips()).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, sources.join(p.file_name().unwrap())).unwrap();
+    }
+    let index = tmp.path().join("idx");
+    let o = echovault(&index, &["ingest", sources.to_str().unwrap(), "--progress", "none", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = Server::start(&index, &["--listen", "127.0.0.1:0"]);
+    let c = client();
+
+    // One page for every viewer path, with its assets; a strict CSP on each.
+    let page = c.get(s.url("/")).send().unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(csp.contains("script-src 'self'") && csp.contains("default-src 'self'"), "{csp}");
+    let html = page.text().unwrap();
+    assert!(html.contains("/assets/app.js") && html.contains("/assets/style.css"), "{html}");
+    for path in ["/?q=mitral", "/study/a4c_pacer_03", "/ingest"] {
+        let r = c.get(s.url(path)).send().unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+        assert_eq!(r.text().unwrap(), html, "{path}: the same page");
+    }
+    for (asset, ct) in [("app.js", "text/javascript"), ("style.css", "text/css"), ("placeholder.svg", "image/svg+xml")] {
+        let r = c.get(s.url(&format!("/assets/{asset}"))).send().unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{asset}");
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with(ct), "{asset}");
+        assert!(!r.bytes().unwrap().is_empty());
+    }
+    assert_eq!(get(&c, &s, "/assets/nothing.js").0, 404);
+    let (status, viewer) = get(&c, &s, "/v1/viewer");
+    assert_eq!(status, 200);
+    assert_eq!(
+        (viewer["show_paths"].as_bool(), viewer["token_needed"].as_bool(), viewer["admin"].as_bool()),
+        (Some(false), Some(false), Some(false))
+    );
+    assert_eq!((viewer["thumb"]["cell_width"].as_u64(), viewer["thumb"]["cell_height"].as_u64()), (Some(160), Some(120)));
+
+    // A clip's thumbnail: 16 of its 24 frames, evenly spaced, each in a 160×120 cell.
+    let avi = sources.join("a4c_pacer_03.avi");
+    let id = video_of(&c, &s, "a4c_pacer_03");
+    let thumb = |etag: Option<&str>| {
+        let mut r = c.get(s.url(&format!("/v1/items/{id}/thumb")));
+        if let Some(t) = etag {
+            r = r.header("if-none-match", t);
+        }
+        r.send().unwrap()
+    };
+    let r = thumb(None);
+    assert_eq!(r.status().as_u16(), 200);
+    let h = |r: &Response, name: &str| r.headers()[name].to_str().unwrap().to_owned();
+    assert_eq!(h(&r, "content-type"), "image/jpeg");
+    assert_eq!(h(&r, "x-echovault-frames"), "16");
+    assert_eq!(h(&r, "x-echovault-duration-ms"), "960", "24 frames at 25 fps");
+    assert_eq!(h(&r, "x-echovault-cache"), "miss");
+    let etag = h(&r, "etag");
+    let jpeg = r.bytes().unwrap().to_vec();
+    let sprite = image::load_from_memory(&jpeg).unwrap().to_rgb8();
+    assert_eq!(sprite.dimensions(), (16 * 160, 120));
+    // Against the peer: ffmpeg's frames, letterboxed as the viewer does (112×96 → 140×120 at
+    // x 10). Each cell is its own frame (JPEG-close) and closer to it than to another frame.
+    let frames = ffmpeg_frames(&avi, 112, 96);
+    assert_eq!(frames.len(), 24);
+    let scaled: Vec<image::RgbImage> = frames
+        .iter()
+        .map(|f| {
+            image::imageops::resize(
+                &image::RgbImage::from_raw(112, 96, f.clone()).unwrap(),
+                140,
+                120,
+                image::imageops::FilterType::Triangle,
+            )
+        })
+        .collect();
+    let mad = |cell: usize, frame: usize| -> f64 {
+        let mut sum = 0.0;
+        for y in 0..120 {
+            for x in 0..140 {
+                let a = sprite.get_pixel(cell as u32 * 160 + 10 + x, y).0;
+                let b = scaled[frame].get_pixel(x, y).0;
+                sum += (0..3).map(|k| (f64::from(a[k]) - f64::from(b[k])).abs()).sum::<f64>();
+            }
+        }
+        sum / (120.0 * 140.0 * 3.0)
+    };
+    let picks: Vec<usize> = (0..16).map(|j| j * 24 / 16).collect();
+    let (mut own, mut other) = (0.0, 0.0);
+    for (j, &f) in picks.iter().enumerate() {
+        let m = mad(j, f);
+        assert!(m < 6.0, "cell {j} differs from ffmpeg's frame {f} by {m:.2} on average");
+        own += m;
+        other += mad(j, picks[(j + 8) % 16]);
+    }
+    assert!(own < other * 0.8, "cells match their own frames ({own:.1}) better than others ({other:.1})");
+    // The bars beside the 140-pixel picture are black.
+    assert!(sprite.get_pixel(3, 60).0.iter().all(|&v| v < 24) && sprite.get_pixel(156, 60).0.iter().all(|&v| v < 24));
+
+    // The second time from the disk cache, byte for byte; a client holding it gets 304.
+    let r = thumb(None);
+    assert_eq!(h(&r, "x-echovault-cache"), "hit");
+    assert_eq!(r.bytes().unwrap().to_vec(), jpeg);
+    assert_eq!(thumb(Some(&etag)).status().as_u16(), 304);
+    let cached: Vec<_> =
+        walk(&index.join("viewer-cache/thumbs")).into_iter().filter(|p| p.extension().is_some_and(|e| e == "jpg")).collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+
+    // A source moved away: 404 naming the reason, not the path; a report has no cine.
+    let moved_id = video_of(&c, &s, "a4c_normal_01");
+    std::fs::rename(sources.join("a4c_normal_01.avi"), tmp.path().join("elsewhere.avi")).unwrap();
+    let (status, body) = answer(c.get(s.url(&format!("/v1/items/{moved_id}/thumb"))).send().unwrap());
+    assert_eq!((status, body["reason"].as_str(), body["field"].as_str()), (404, Some("missing-source"), Some("source")), "{body}");
+    assert!(!body["error"].as_str().unwrap().contains(sources.to_str().unwrap()), "no path: {body}");
+    let (status, study) = get(&c, &s, "/v1/studies/a4c_pacer_03");
+    assert_eq!(status, 200);
+    let report = study["items"].as_array().unwrap().iter().find(|i| i["kind"] == "report").unwrap()["id"].as_str().unwrap().to_owned();
+    let (status, body) = answer(c.get(s.url(&format!("/v1/items/{report}/thumb"))).send().unwrap());
+    assert_eq!((status, body["reason"].as_str()), (400, Some("not-video")), "{body}");
+    assert_eq!(get(&c, &s, "/v1/items/no-such-item/thumb").0, 404);
+
+    let metrics = c.get(s.url("/v1/metrics")).send().unwrap().text().unwrap();
+    let value = |name: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("no {name} in\n{metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("echovault_thumb_cache_misses_total"), 1.0);
+    assert_eq!(value("echovault_thumb_cache_hits_total"), 2.0);
+    assert_eq!(value("echovault_thumb_failures_total"), 2.0, "the moved source and the report");
+    assert_eq!(value("echovault_thumb_frames_total"), 16.0);
+    assert_eq!(value("echovault_thumb_cache_bytes"), jpeg.len() as f64);
+    assert!(value("echovault_thumb_seconds_total") > 0.0);
+    drop(s);
+
+    // With --thumb-cache-mb 0 nothing is kept; off loopback the pages need no token but the API does.
+    std::fs::remove_dir_all(index.join("viewer-cache")).unwrap();
+    let s = Server::start(&index, &["--listen", "0.0.0.0:0", "--token", TOKEN, "--thumb-cache-mb", "0", "--show-paths"]);
+    assert_eq!(c.get(s.url("/")).send().unwrap().status().as_u16(), 200);
+    assert_eq!(c.get(s.url("/assets/app.js")).send().unwrap().status().as_u16(), 200);
+    assert_eq!(get(&c, &s, "/v1/viewer").0, 401);
+    let (status, viewer) = answer(c.get(s.url("/v1/viewer")).bearer_auth(TOKEN).send().unwrap());
+    assert_eq!(
+        (status, viewer["show_paths"].as_bool(), viewer["token_needed"].as_bool(), viewer["admin"].as_bool()),
+        (200, Some(true), Some(true), Some(true))
+    );
+    for _ in 0..2 {
+        let r = c.get(s.url(&format!("/v1/items/{id}/thumb"))).bearer_auth(TOKEN).send().unwrap();
+        assert_eq!(h(&r, "x-echovault-cache"), "miss");
+    }
+    assert!(!index.join("viewer-cache/thumbs").exists());
+}
+
+/// The id of the video of `study` (the sample clips: one video per study), by `GET /v1/studies`.
+fn video_of(c: &Client, s: &Server, study: &str) -> String {
+    let (status, v) = get(c, s, &format!("/v1/studies/{study}"));
+    assert_eq!(status, 200, "{v}");
+    v["items"].as_array().unwrap().iter().find(|i| i["kind"] == "video").unwrap()["id"].as_str().unwrap().to_owned()
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 /// `patients` phantom patients' studies as AVI files (64 px, 16 frames) with their report
 /// manifest, under `dir`.
 fn phantom_set(dir: &Path, patients: usize) -> PathBuf {

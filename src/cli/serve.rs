@@ -1,11 +1,13 @@
 //! `echovault serve [--listen ADDR] [--token TOKEN]`: parses the server's settings, opens the
 //! engine as `ingest` does (the server writes: ingest jobs), and hands both to
-//! [`echovault::serve::serve`].
+//! [`echovault::serve::serve`]. The web viewer is at `http://ADDR/`.
 
 use super::{open_engine, Global};
 use anyhow::Context;
 use clap::Args;
-use echovault::serve::{ServeConfig, TaskModels, DEFAULT_LISTEN, DEFAULT_MAX_BODY, DEFAULT_MAX_UPLOAD, DEFAULT_TEXT_CACHE};
+use echovault::serve::{
+    ServeConfig, TaskModels, DEFAULT_LISTEN, DEFAULT_MAX_BODY, DEFAULT_MAX_UPLOAD, DEFAULT_TEXT_CACHE, DEFAULT_THUMB_CACHE_MB,
+};
 use echovault::tasks::context::{pick, Prefer};
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -34,6 +36,21 @@ pub struct ServeArgs {
     /// per core, at least 4).
     #[arg(long, default_value_t = 0)]
     engine_threads: usize,
+    /// Show source file paths in the web viewer (they often carry patient names or MRNs:
+    /// off by default).
+    #[arg(long)]
+    show_paths: bool,
+    /// Prompt file for zero-shot requests that name none, the viewer's readings among them
+    /// (default: the built-in prompts).
+    #[arg(long, value_name = "FILE")]
+    prompts: Option<PathBuf>,
+    /// Disk budget of the viewer's thumbnail cache (under the index directory), MiB; 0 keeps
+    /// no thumbnails.
+    #[arg(long, default_value_t = DEFAULT_THUMB_CACHE_MB, value_name = "MIB")]
+    thumb_cache_mb: u64,
+    /// Thumbnails made at once (each decodes a cine; at most 16 of its frames are held).
+    #[arg(long, default_value_t = 2)]
+    thumb_threads: usize,
 }
 
 pub fn run(g: &Global, a: &ServeArgs) -> anyhow::Result<i32> {
@@ -54,7 +71,15 @@ pub fn run(g: &Global, a: &ServeArgs) -> anyhow::Result<i32> {
         text_cache: a.text_cache,
         engine_threads,
         models,
+        show_paths: a.show_paths,
+        prompts: a.prompts.clone(),
+        thumb_cache_bytes: a.thumb_cache_mb.saturating_mul(1 << 20),
+        thumb_threads: a.thumb_threads,
     };
+    if let Some(p) = &config.prompts {
+        // A prompt file that does not parse is refused now, not at the first reading.
+        echovault::tasks::readings::list_tasks(Some(p))?;
+    }
     // Refuse an exposed address before minutes of model loading.
     config.check()?;
     let engine = open_engine(g)?;

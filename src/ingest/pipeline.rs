@@ -87,6 +87,10 @@ pub struct Progress {
     /// Time since the run started.
     #[serde(skip)]
     pub elapsed: Duration,
+    /// The failure this report is about (an input or a report that failed just now), so a
+    /// watcher can list failures as they happen.
+    #[serde(skip)]
+    pub failure: Option<Failure>,
 }
 
 impl Progress {
@@ -678,10 +682,12 @@ fn write_stage(
             Done::NotImage(f) => summary.not_images.push(f),
             Done::ReportFailed(f) => {
                 tracing::warn!(report = %f.path, "report not embedded: {}", f.reason);
+                p.failure = Some(f.clone());
                 record_failure(index, summary, f)?;
             }
             Done::Failed(f) => {
                 tracing::warn!(file = %f.path, "ingest failed: {}", f.reason);
+                p.failure = Some(f.clone());
                 record_failure(index, summary, f)?;
                 p.failed += 1;
             }
@@ -720,6 +726,7 @@ fn write_stage(
         }
         p.elapsed = start.elapsed();
         progress(&p);
+        p.failure = None;
     }
     index.sync()?;
     Ok(())

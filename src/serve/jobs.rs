@@ -118,6 +118,18 @@ impl From<&Progress> for JobProgress {
     }
 }
 
+/// Failures a job lists as they happen, at most (the job list is kept in the index).
+pub const MAX_JOB_ERRORS: usize = 500;
+
+/// A failed input of a job: the file (or report) and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobError {
+    /// The input path (a report: its manifest and study).
+    pub path: String,
+    /// Why it failed.
+    pub reason: String,
+}
+
 /// One job, as `GET /v1/ingest/{job}` shows it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Job {
@@ -134,6 +146,13 @@ pub struct Job {
     pub summary: Option<serde_json::Value>,
     /// Why it failed.
     pub error: Option<String>,
+    /// Inputs and reports its latest run failed on, as they happened: the first
+    /// [`MAX_JOB_ERRORS`] (the summary lists all once the run ends).
+    #[serde(default)]
+    pub errors: Vec<JobError>,
+    /// Failures beyond those listed in `errors`.
+    #[serde(default)]
+    pub errors_omitted: usize,
     /// Times it was started: more than 1 when it resumed after a restart.
     pub runs: u32,
     /// When it was submitted, started (latest run) and ended (Unix seconds).
@@ -255,6 +274,8 @@ impl Jobs {
             progress: JobProgress::default(),
             summary: None,
             error: None,
+            errors: Vec::new(),
+            errors_omitted: 0,
             runs: 0,
             submitted_at: now(),
             started_at: None,
@@ -325,6 +346,13 @@ impl Jobs {
                     seen = now.clone();
                     if let Some(j) = self.lock().jobs.get_mut(&id) {
                         j.progress = now;
+                        if let Some(f) = &p.failure {
+                            if j.errors.len() < MAX_JOB_ERRORS {
+                                j.errors.push(JobError { path: f.path.clone(), reason: f.reason.clone() });
+                            } else {
+                                j.errors_omitted += 1;
+                            }
+                        }
                     }
                 })
             }));
@@ -386,6 +414,8 @@ impl Jobs {
                 job.progress = JobProgress::default();
                 job.summary = None;
                 job.error = None;
+                job.errors.clear();
+                job.errors_omitted = 0;
                 let spec = job.request.clone();
                 t.running = Some((id, cancel.clone()));
                 let snap = snapshot(&mut t);

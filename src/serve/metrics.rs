@@ -124,6 +124,16 @@ impl Metrics {
     }
 }
 
+/// Counters kept outside [`Metrics`] (the thumbnail cache's), in the exposition format.
+pub fn render_counters(counters: &[(&str, &str, u64)]) -> String {
+    let mut out = String::new();
+    for (name, help, v) in counters {
+        header(&mut out, name, help, "counter");
+        let _ = writeln!(out, "{name} {v}");
+    }
+    out
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while counting leaves counts that are at worst one short: keep serving them.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)

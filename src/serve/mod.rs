@@ -27,6 +27,7 @@ mod metrics;
 mod observe;
 mod state;
 mod upload;
+pub mod viewer;
 
 pub use error::ApiError;
 
@@ -50,6 +51,8 @@ pub const DEFAULT_MAX_BODY: usize = 4 << 20;
 pub const DEFAULT_MAX_UPLOAD: usize = 512 << 20;
 /// Query texts whose embeddings are cached.
 pub const DEFAULT_TEXT_CACHE: usize = 4096;
+/// Disk budget of the viewer's thumbnail cache, MiB.
+pub const DEFAULT_THUMB_CACHE_MB: u64 = 1024;
 
 /// How the server runs.
 #[derive(Clone, Debug)]
@@ -70,6 +73,14 @@ pub struct ServeConfig {
     /// re-identification, timelines and similarity evaluations use: as the CLI picks them
     /// ([`crate::tasks::context::pick`]).
     pub models: TaskModels,
+    /// Whether the viewer shows source paths (they often carry patient names or MRNs).
+    pub show_paths: bool,
+    /// The prompt file zero-shot requests that name none use (None: the built-in one).
+    pub prompts: Option<std::path::PathBuf>,
+    /// Disk budget of the thumbnail cache, bytes (0: thumbnails are not kept).
+    pub thumb_cache_bytes: u64,
+    /// Thumbnails made at once (each decodes a cine).
+    pub thumb_threads: usize,
 }
 
 /// Which of the engine's models each kind of task uses.
@@ -93,8 +104,8 @@ impl ServeConfig {
                 self.listen
             )));
         }
-        if self.max_body == 0 || self.max_upload == 0 || self.engine_threads == 0 {
-            return Err(Error::Invalid("--max-body, --max-upload and --engine-threads must be at least 1".into()));
+        if self.max_body == 0 || self.max_upload == 0 || self.engine_threads == 0 || self.thumb_threads == 0 {
+            return Err(Error::Invalid("--max-body, --max-upload, --engine-threads and --thumb-threads must be at least 1".into()));
         }
         Ok(())
     }
@@ -112,7 +123,10 @@ pub fn serve(engine: Engine, config: ServeConfig, ready: impl FnOnce(SocketAddr)
         .thread_name("echovault-serve")
         .build()
         .map_err(|e| Error::Invalid(format!("cannot start the server's runtime: {e}")))?;
+    let thumbs = Arc::new(viewer::thumbs::Thumbs::new(engine.index.path(), config.thumb_cache_bytes));
     let state = AppState {
+        thumbs,
+        thumb_slots: Arc::new(tokio::sync::Semaphore::new(config.thumb_threads)),
         engine,
         text_cache: Arc::new(cache::TextCache::new(config.text_cache)),
         engine_slots: Arc::new(tokio::sync::Semaphore::new(config.engine_threads)),
@@ -198,15 +212,16 @@ fn router(state: AppState) -> Router {
         .route("/v1/patients", get(api::items::patients))
         .route("/v1/patients/{key}", get(api::tasks::patient))
         .route("/v1/timeline", post(api::tasks::timeline))
+        .merge(viewer::api())
         .layer(cap(max_body, "--max-body"))
         .layer(DefaultBodyLimit::disable());
-    Router::new()
+    let api = Router::new()
         .merge(uploads)
         .merge(admin)
         .merge(plain)
         .fallback(api::index::no_route)
         .method_not_allowed_fallback(api::index::wrong_method)
-        .layer(from_fn_with_state(state.clone(), auth::require_token_off_loopback))
-        .layer(from_fn_with_state(state.clone(), observe::observe))
-        .with_state(state)
+        .layer(from_fn_with_state(state.clone(), auth::require_token_off_loopback));
+    // The viewer's pages and assets hold no data: no token, even off loopback.
+    Router::new().merge(viewer::pages()).merge(api).layer(from_fn_with_state(state.clone(), observe::observe)).with_state(state)
 }

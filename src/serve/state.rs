@@ -32,6 +32,10 @@ pub struct AppState {
     pub engine_slots: Arc<Semaphore>,
     /// When the server started.
     pub started: Instant,
+    /// The viewer's thumbnail cache.
+    pub thumbs: Arc<super::viewer::thumbs::Thumbs>,
+    /// Bounds the thumbnails being made at once.
+    pub thumb_slots: Arc<Semaphore>,
 }
 
 /// Runs `f` on the blocking pool holding one of `slots`' permits until `f` returns: the permit

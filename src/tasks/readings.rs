@@ -88,8 +88,8 @@ pub struct ZeroShotResult {
     pub failed: Vec<Failure>,
     /// Indexed videos whose readings were kept.
     pub stored: usize,
-    /// Task → unit (for text output).
-    #[serde(skip)]
+    /// Task → unit, for the tasks whose prompt file gives one.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub units: BTreeMap<String, String>,
 }
 

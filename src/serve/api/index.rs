@@ -41,8 +41,25 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
             "Engine calls (searches, embeddings, tasks) running now.",
             st.config.engine_threads.saturating_sub(st.engine_slots.available_permits()) as f64,
         ),
+        ("echovault_thumb_cache_bytes", "Bytes the viewer's thumbnail cache holds.", st.thumbs.size() as f64),
     ];
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], st.metrics.render(&gauges))
+    let t = &st.thumbs.counters;
+    let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let thumbs = [
+        ("echovault_thumb_cache_hits_total", "Viewer thumbnails served from the disk cache.", n(&t.hits)),
+        ("echovault_thumb_cache_misses_total", "Viewer thumbnails made from their source.", n(&t.misses)),
+        ("echovault_thumb_failures_total", "Viewer thumbnails not made (source missing or undecodable).", n(&t.failures)),
+        ("echovault_thumb_frames_total", "Frames decoded, scaled and encoded into thumbnails made.", n(&t.frames)),
+        ("echovault_thumb_evicted_total", "Thumbnail cache files removed to keep within the budget.", n(&t.evicted)),
+    ];
+    let mut text = st.metrics.render(&gauges);
+    text.push_str(&super::super::metrics::render_counters(&thumbs));
+    text.push_str(&format!(
+        "# HELP echovault_thumb_seconds_total Seconds spent making thumbnails.\n# TYPE echovault_thumb_seconds_total counter\n\
+         echovault_thumb_seconds_total {}\n",
+        n(&t.micros) as f64 / 1e6
+    ));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
 }
 
 /// Any path no route matches.

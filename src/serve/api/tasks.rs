@@ -96,7 +96,8 @@ fn with_uploaded_paths(form: &mut Form, fields: &[&str]) -> Result<(TextParts, V
 
 /// `POST /v1/zero-shot`: readings of server-side videos (`videos`), indexed ones (`ids`,
 /// `all_indexed`) and uploaded ones (form files `video`, repeatable); `prompts` may be uploaded.
-/// `store` writes the readings into the index: an admin request.
+/// `store` writes the readings into the index: an admin request. Without `prompts`, the
+/// server's prompt file (`serve --prompts`) or the built-in one.
 pub async fn zero_shot(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let refusal = auth::admin_refusal(&st, &req);
     let (request, uploads, server_paths) = match read_request(&st, req, &["video", "prompts"]).await? {
@@ -118,6 +119,10 @@ pub async fn zero_shot(State(st): State<AppState>, req: Request) -> Result<Respo
         return Ok(refusal);
     }
     let model = st.config.models.zero_shot;
+    let mut request = request;
+    if request.prompts.is_none() {
+        request.prompts.clone_from(&st.config.prompts);
+    }
     let json = answer(&st, uploads, move |st| {
         let ctx = TaskContext::of_engine(&st.engine, model);
         readings::zero_shot(&ctx, &request).map_err(|e| task_error(e, &ZERO_SHOT_FIELDS, "ids"))
