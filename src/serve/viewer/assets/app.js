@@ -651,11 +651,15 @@ function readingRow(r) {
   } else if (r.mode === 'binary') {
     share = r.score;
     value = r.present ? (r.present.is ? 'present' : 'absent') : r.score.toFixed(2);
-    detail = r.present ? `score ${r.score.toFixed(2)} · present in ${r.present.yes} of ${r.present.n} ${plural('video', r.present.n)}` : 'score, scale 0–1';
+    // A binary score is a mean cosine similarity (-1..1; findings read ~0.2-0.4): the bar
+    // shows its positive part.
+    detail = r.present
+      ? `similarity ${r.score.toFixed(2)} · present in ${r.present.yes} of ${r.present.n} ${plural('video', r.present.n)}`
+      : 'cosine similarity to the finding\'s prompts';
   } else {
     share = r.score;
     value = r.cls;
-    detail = r.agree ? `read in ${r.agree}` : `score ${r.score.toFixed(2)}, scale 0–1`;
+    detail = r.agree ? `read in ${r.agree}` : `similarity ${r.score.toFixed(2)}`;
     if (r.classes) {
       extra = el('details', {}, el('summary', { text: 'all classes' }), el('div', { class: 'classes' }, r.classes.flatMap(([c, s]) => [
         el('span', { text: c }), el('span', { text: s.toFixed(2) }),
