@@ -292,6 +292,10 @@ pub fn encode_frames(frames: &[Vec<f32>]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The most rows a frames value of dimension 0 decodes to (as many frames as a DICOM cine may
+/// hold); more is a damaged header.
+const MAX_EMPTY_ROWS: usize = 600_000;
+
 /// Decodes [`encode_frames`]; `None` when the bytes are malformed.
 pub fn decode_frames(b: &[u8]) -> Option<Vec<Vec<f32>>> {
     if b.len() < 8 {
@@ -304,7 +308,8 @@ pub fn decode_frames(b: &[u8]) -> Option<Vec<Vec<f32>>> {
         return None;
     }
     if dim == 0 {
-        return Some(vec![Vec::new(); n]);
+        // No bytes bound the count here: a damaged header must not allocate billions of rows.
+        return (n <= MAX_EMPTY_ROWS).then(|| vec![Vec::new(); n]);
     }
     Some(data.chunks_exact(dim * 2).map(|row| row.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()).collect())
 }
@@ -316,6 +321,57 @@ mod tests {
 
     fn kind() -> impl Strategy<Value = Kind> {
         prop_oneof![Just(Kind::Video), Just(Kind::Report), Just(Kind::Study)]
+    }
+
+    /// What storage or a bad copy does to a value.
+    #[derive(Clone, Debug)]
+    enum Damage {
+        /// Cut to `at % len` bytes (strictly shorter).
+        Truncate(usize),
+        /// One byte XORed with a non-zero mask.
+        Flip(usize, u8),
+        /// Bytes appended.
+        Extend(Vec<u8>),
+        /// A 4-byte word overwritten (a count, a length, a dimension).
+        Word(usize, u32),
+    }
+
+    fn damage() -> impl Strategy<Value = Damage> {
+        prop_oneof![
+            any::<usize>().prop_map(Damage::Truncate),
+            (any::<usize>(), 1u8..).prop_map(|(i, x)| Damage::Flip(i, x)),
+            proptest::collection::vec(any::<u8>(), 1..16).prop_map(Damage::Extend),
+            (any::<usize>(), any::<u32>()).prop_map(|(i, w)| Damage::Word(i, w)),
+        ]
+    }
+
+    fn damaged(b: &[u8], d: &Damage) -> Vec<u8> {
+        let mut b = b.to_vec();
+        match d {
+            Damage::Truncate(at) => b.truncate(at % b.len().max(1)),
+            Damage::Flip(i, x) if !b.is_empty() => {
+                let k = i % b.len();
+                b[k] ^= x;
+            }
+            Damage::Extend(more) => b.extend_from_slice(more),
+            Damage::Word(i, w) if b.len() >= 4 => {
+                let k = i % (b.len() - 3);
+                b[k..k + 4].copy_from_slice(&w.to_le_bytes());
+            }
+            _ => {}
+        }
+        b
+    }
+
+    /// Every decoder on `b`: each answers `None` or a value, none panics.
+    fn decode_all(b: &[u8]) {
+        let _ = decode_date_key(b);
+        let _ = decode_patient_key(b);
+        let _ = decode_study_key(b);
+        let _ = decode_frames(b);
+        let _ = decode_vector(b);
+        let _ = decode_vector_key(b);
+        let _ = decode_dead_key(b);
     }
 
     proptest! {
@@ -395,15 +451,47 @@ mod tests {
             }
         }
 
+        /// Values of the sizes the index stores (CLIP dimensions, cine lengths, real ids), then
+        /// damaged: undamaged values decode to what was encoded; damaged ones decode to `None` or
+        /// a value without a panic or an allocation the bytes do not bound; a frames value cut
+        /// short never decodes.
         #[test]
-        fn decode_never_panics(b in proptest::collection::vec(any::<u8>(), 0..40)) {
-            let _ = decode_date_key(&b);
-            let _ = decode_patient_key(&b);
-            let _ = decode_study_key(&b);
-            let _ = decode_frames(&b);
-            let _ = decode_vector(&b);
-            let _ = decode_vector_key(&b);
-            let _ = decode_dead_key(&b);
+        fn decoders_take_real_values_and_survive_damage(
+            id in "[a-f0-9]{32}|report:[0-9.]{1,64}|study:[0-9.]{1,64}",
+            dim in prop_oneof![Just(0usize), Just(1), Just(64), Just(512), Just(768)],
+            n in 0usize..48,
+            f16 in any::<bool>(),
+            seed: u64,
+            space: u16, k in kind(), slot: u32, days in 0i64..40_000,
+            d in damage(),
+        ) {
+            let x = |i: usize| ((seed ^ i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+            let v: Vec<f32> = (0..dim).map(x).collect();
+            let frames: Vec<Vec<f32>> = (0..n).map(|r| (0..dim).map(|c| x(r * dim + c)).collect()).collect();
+            let enc = if f16 { Encoding::F16 } else { Encoding::F32 };
+            let vb = encode_vector(&id, &v, enc);
+            let (got_id, got) = decode_vector(&vb).expect("a vector value decodes");
+            prop_assert_eq!(&got_id, &id);
+            prop_assert_eq!(got.len(), dim);
+            let tol = if f16 { 1e-3 } else { 0.0 };
+            prop_assert!(got.iter().zip(&v).all(|(a, b)| (a - b).abs() <= tol));
+            let fb = encode_frames(&frames).expect("rows of one length encode");
+            let back = decode_frames(&fb).expect("a frames value decodes");
+            prop_assert_eq!(back.len(), n);
+            prop_assert!(back.iter().all(|r| r.len() == dim));
+            let c = Collection { space: SpaceId(space), kind: k };
+            let vk = vector_key(c, Slot(slot));
+            prop_assert_eq!(decode_vector_key(&vk), Some((c, Slot(slot))));
+            let dk = dead_key(c, Slot(slot));
+            prop_assert_eq!(decode_dead_key(&dk), Some(Slot(slot)));
+            let keys = lookup_keys(Some(&id), Some(&id), StudyDate::from_days_since_epoch(days), &id);
+            prop_assert_eq!(decode_patient_key(&keys[0]), Some(id.as_str()));
+            for b in [&vb, &fb, &vk.to_vec(), &dk].into_iter().chain(&keys) {
+                decode_all(&damaged(b, &d));
+            }
+            if matches!(d, Damage::Truncate(_)) {
+                prop_assert!(decode_frames(&damaged(&fb, &d)).is_none(), "a frames value cut short decoded");
+            }
         }
     }
 }

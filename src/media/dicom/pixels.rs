@@ -445,11 +445,23 @@ mod tests {
 
     #[test]
     fn short_frames_are_errors_not_panics() {
-        for (ph, s, b) in
-            [(Photometric::Rgb, 3, 8), (Photometric::Monochrome2, 1, 16), (Photometric::YbrFull422, 3, 8), (Photometric::Monochrome2, 1, 1)]
-        {
-            let l = layout(ph, s, b);
-            assert!(l.native_to_rgb(&[1, 2, 3], 7).is_err() || b == 1);
+        // A 2×3 frame needs exactly this many bytes (1-bit: 6 bits from a bit offset of 7 span
+        // two bytes); one byte less is an error, never a panic or a frame read past its end.
+        for (ph, s, b, offset, need) in [
+            (Photometric::Rgb, 3, 8, 0, 18),
+            (Photometric::Monochrome2, 1, 8, 0, 6),
+            (Photometric::Monochrome2, 1, 16, 0, 12),
+            (Photometric::YbrFull422, 3, 8, 0, 12),
+            (Photometric::Monochrome2, 1, 1, 0, 1),
+            (Photometric::Monochrome2, 1, 1, 7, 2),
+        ] {
+            let l = layout(ph.clone(), s, b);
+            let data = vec![1u8; need];
+            let rgb = l.native_to_rgb(&data, offset).unwrap_or_else(|e| panic!("{ph:?} {b}-bit, {need} bytes: {e}"));
+            assert_eq!(rgb.len(), 2 * 3 * 3, "{ph:?} {b}-bit");
+            for short in 0..need {
+                assert!(l.native_to_rgb(&data[..short], offset).is_err(), "{ph:?} {b}-bit from {short} of {need} bytes");
+            }
         }
     }
 }
