@@ -359,10 +359,10 @@ impl Embedder {
 }
 
 impl Engine {
-    /// Decodes a video file and embeds its sampled frames with the primary model.
-    #[cfg(feature = "video")]
-    pub fn embed_video_file(&self, path: &Path) -> Result<(crate::media::video::VideoInfo, VideoEmbedding), Error> {
-        let (info, frames) = crate::media::video::read_video(path, self.sampling)?;
+    /// Decodes a DICOM cine or a video file (as ingest does: [`crate::media::read_sampled`]) and
+    /// embeds its sampled frames with the primary model.
+    pub fn embed_video_file(&self, path: &Path) -> Result<(crate::media::CineInfo, VideoEmbedding), Error> {
+        let (info, frames) = crate::media::read_sampled(path, self.sampling)?;
         let emb = self.embed_frames(&frames).map_err(|e| match e {
             Error::Invalid(reason) => Error::media(path, reason),
             other => other,

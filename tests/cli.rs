@@ -173,9 +173,16 @@ fn embed_tokenize_and_bench_print_their_json() {
     assert_eq!(t["tokenizer"], "template");
     assert_eq!(t["tokens"], serde_json::json!(["[START]", "<#> MITRAL REGURGITATION. ", "<MILD>", "[END]"]));
     assert_eq!(t["unknown"], serde_json::json!(["PATIENT IS ANXIOUS. "]), "the sentence no phrase covers");
-    let b = json(&echovault(&index, &["bench-embed", "--batch", "2", "--iters", "2", "--json"]));
-    assert_eq!(b["batch"], 2);
-    assert!(b["frames_per_s"].as_f64().unwrap() > 0.0);
+    let b = json(&echovault(&index, &["bench-embed", "--batch", "2", "--iters", "3", "--json"]));
+    let mut keys: Vec<&str> = b.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["batch", "device", "dim", "frames", "frames_per_s", "iters", "median_s", "model", "precision"], "{b}");
+    assert_eq!((b["batch"].as_u64(), b["iters"].as_u64(), b["frames"].as_u64()), (Some(2), Some(3), Some(6)), "{b}");
+    assert_eq!((b["device"].as_str(), b["precision"].as_str(), b["dim"].as_u64()), (Some("Cpu"), Some("f32"), Some(64)), "{b}");
+    assert_eq!(b["model"], root().join("data-samples/echovault-tiny").display().to_string());
+    let median = b["median_s"].as_f64().unwrap();
+    assert!(median > 0.0 && median < 60.0, "{b}");
+    assert!((b["frames_per_s"].as_f64().unwrap() - 2.0 / median).abs() < 1e-6 * (2.0 / median), "batch / median: {b}");
 }
 
 #[test]
@@ -362,4 +369,231 @@ fn an_echoclip_r_directory_without_its_vocabulary_takes_template_vocab() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("end id 238") && err.contains("vocab_size 191"), "{err}");
+}
+
+/// `echovault phantom` cines (one study per patient, `frames` frames of 64²) in `formats`, by
+/// their manifest order.
+fn phantom_cines(out: &Path, patients: usize, frames: usize, formats: &str) -> Vec<PathBuf> {
+    let o = echovault(
+        &out.join("unused-index"),
+        &[
+            "phantom",
+            "--out",
+            out.to_str().unwrap(),
+            "--patients",
+            &patients.to_string(),
+            "--studies",
+            "1:1",
+            "--size",
+            "64",
+            "--frames",
+            &frames.to_string(),
+            "--formats",
+            formats,
+            "--json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&o.stderr));
+    std::fs::read_to_string(out.join("manifest.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| out.join(serde_json::from_str::<serde_json::Value>(l).unwrap()["file"].as_str().unwrap()))
+        .collect()
+}
+
+/// Runs the binary like [`echovault`], killed after `secs` (a walk that never ends fails the
+/// test instead of hanging it).
+fn echovault_within(index: &Path, args: &[&str], secs: u64) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_echovault"))
+        .args([
+            "--index",
+            index.to_str().unwrap(),
+            "--model",
+            root().join("data-samples/echovault-tiny").to_str().unwrap(),
+            "--device",
+            "cpu",
+        ])
+        .args(args)
+        .env_remove("ECHOVAULT_INDEX")
+        .env_remove("ECHOVAULT_MODEL")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed().as_secs() > secs {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!("echovault {args:?} still running after {secs} s; stderr: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn search_and_embed_take_the_dicom_cines_ingest_takes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cines = phantom_cines(&tmp.path().join("ph"), 2, 6, "dicom-native,dicom-jpeg");
+    assert_eq!(cines.len(), 2);
+    let index = tmp.path().join("idx");
+    let out = echovault(&index, &["ingest", tmp.path().join("ph/dicom").to_str().unwrap(), "--json"]);
+    assert_eq!(json(&out)["ingested"], 2, "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    for (i, cine) in cines.iter().enumerate() {
+        // Recognised by content, as ingest recognises it: no extension needed.
+        let query = tmp.path().join(format!("query-{i}"));
+        std::fs::copy(cine, &query).unwrap();
+        let out = echovault(&index, &["search", "--video", query.to_str().unwrap(), "-k", "1", "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}: {}", cine.display(), String::from_utf8_lossy(&out.stderr));
+        let hit = &json(&out)["hits"][0];
+        assert_eq!(hit["id"], content_id(cine), "{} finds itself", cine.display());
+        assert!((hit["score"].as_f64().unwrap() - 1.0).abs() < 1e-4, "{hit}");
+        let out = echovault(&index, &["embed", "--video", query.to_str().unwrap(), "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}: {}", cine.display(), String::from_utf8_lossy(&out.stderr));
+        let e = json(&out);
+        assert_eq!((e["frames_decoded"].as_u64(), e["frames_embedded"].as_u64()), (Some(6), Some(6)), "{e}");
+        assert_eq!(e["embedding"].as_array().unwrap().len(), 64);
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_closed_pipe_ends_a_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    std::fs::copy(clips().join("a4c_normal_04.mp4"), input.join("a.mp4")).unwrap();
+    let index = tmp.path().join("idx");
+    assert_eq!(echovault(&index, &["ingest", input.to_str().unwrap()]).status.code(), Some(0));
+    for args in [&["search", "--text", "normal left ventricle", "-k", "5"][..], &["info"][..]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_echovault"))
+            .args([
+                "--index",
+                index.to_str().unwrap(),
+                "--model",
+                root().join("data-samples/echovault-tiny").to_str().unwrap(),
+                "--device",
+                "cpu",
+            ])
+            .args(args)
+            .env_remove("ECHOVAULT_INDEX")
+            .env_remove("ECHOVAULT_MODEL")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // `| head -0`: the reader is gone before the first line is printed.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{args:?}: {stderr}");
+        assert_ne!(out.status.code(), Some(101), "{args:?}");
+        // Killed by SIGPIPE (13), as `cat` and `grep` are: the shell reports 141.
+        assert!(out.status.signal() == Some(13) || out.status.code() == Some(0), "{args:?}: {:?}", out.status);
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn every_file_of_an_export_is_accounted_for_once() {
+    use std::os::unix::fs::symlink;
+    let tmp = tempfile::tempdir().unwrap();
+    let cines = phantom_cines(&tmp.path().join("ph"), 2, 6, "dicom-native");
+    let export = tmp.path().join("export");
+    std::fs::create_dir_all(export.join("bad")).unwrap();
+    std::fs::create_dir_all(export.join("loops")).unwrap();
+    let good = std::fs::read(&cines[0]).unwrap();
+    std::fs::write(export.join("good.dcm"), &good).unwrap();
+    // One SOPInstanceUID in three files that differ (the last pixel byte): one video.
+    let twin = std::fs::read(&cines[1]).unwrap();
+    for (i, name) in ["IM_A", "IM_B", "IM_C"].iter().enumerate() {
+        let mut b = twin.clone();
+        *b.last_mut().unwrap() ^= i as u8;
+        std::fs::write(export.join(name), b).unwrap();
+    }
+    std::fs::write(export.join("IM_BROKEN.dcm"), "this is a text file, not an image").unwrap();
+    std::fs::write(export.join("empty.dcm"), b"").unwrap();
+    let mut magic = good.clone();
+    magic[128..132].copy_from_slice(b"DICX");
+    std::fs::write(export.join("magic.dcm"), magic).unwrap();
+    std::fs::write(export.join("preamble.dcm"), [&[0u8; 128][..], b"DICM"].concat()).unwrap();
+    symlink("self.dcm", export.join("self.dcm")).unwrap();
+    std::fs::write(export.join("bad/broken.dcm"), &good[..good.len() / 3]).unwrap();
+    std::fs::write(export.join("readme.txt"), "export notes").unwrap();
+    std::fs::write(export.join("Thumbs.db"), [0u8; 64]).unwrap();
+    // A folder with two links to itself.
+    symlink(".", export.join("loops/again")).unwrap();
+    symlink("..", export.join("loops/up")).unwrap();
+
+    let index = tmp.path().join("idx");
+    // The bad folder a second time, spelled another way: still one row.
+    let dotted = format!("{}/./bad", export.display());
+    let out = echovault_within(&index, &["ingest", export.to_str().unwrap(), &dotted, "--json"], 120);
+    let v = json(&out);
+    assert_eq!(out.status.code(), Some(3), "{v}");
+    assert_eq!((v["ingested"].as_u64(), v["duplicates"].as_u64()), (Some(2), Some(2)), "one video per SOPInstanceUID: {v}");
+    let failed: Vec<(String, String)> = v["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["path"].as_str().unwrap().to_owned(), f["reason"].as_str().unwrap().to_owned()))
+        .collect();
+    let reason = |name: &str| -> &str {
+        let rows: Vec<&(String, String)> = failed.iter().filter(|(p, _)| p.ends_with(name)).collect();
+        assert_eq!(rows.len(), 1, "{name} is one failure row: {failed:?}");
+        &rows[0].1
+    };
+    assert!(reason("/IM_BROKEN.dcm").contains("DICM"));
+    assert!(reason("/empty.dcm").contains("empty"));
+    assert!(reason("/magic.dcm").contains("DICM"));
+    assert!(!reason("/preamble.dcm").is_empty());
+    assert!(reason("/self.dcm").contains("cannot read"));
+    assert!(!reason("/bad/broken.dcm").is_empty());
+    assert_eq!(failed.len(), 6, "{failed:?}");
+    assert!(failed.iter().all(|(p, _)| !p.contains("/./")), "paths are tidied: {failed:?}");
+    let ignored: Vec<&str> = v["ignored"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    for name in ["/readme.txt", "/Thumbs.db"] {
+        assert_eq!(ignored.iter().filter(|p| p.ends_with(name)).count(), 1, "{name}: {ignored:?}");
+    }
+    // Six inputs (good, the three twins, the bare preamble, the broken one), four walk failures.
+    assert_eq!(v["found"], 10, "{v}");
+    // `errors` holds one row per failed file, the one under `export/./bad` included.
+    let errors = json(&echovault(&index, &["errors", "--json"]));
+    assert_eq!(errors["errors"].as_array().unwrap().len(), 6, "{errors}");
+    // Text output counts the ignored files.
+    let out = echovault_within(&index, &["ingest", &dotted], 60);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("failed 1; ignored 0"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(json(&echovault(&index, &["errors", "--json"]))["errors"].as_array().unwrap().len(), 6);
+}
+
+#[test]
+fn a_video_cut_short_records_and_warns_how_many_frames_it_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let avi = phantom_cines(&tmp.path().join("ph"), 1, 32, "avi").remove(0);
+    let input = tmp.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let full = std::fs::read(&avi).unwrap();
+    std::fs::write(input.join("whole.avi"), &full).unwrap();
+    std::fs::write(input.join("cut.avi"), &full[..full.len() / 2]).unwrap();
+    let index = tmp.path().join("idx");
+    let out = echovault(&index, &["ingest", input.to_str().unwrap(), "--json"]);
+    let v = json(&out);
+    assert_eq!(v["ingested"], 2, "{v}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let idx = echovault::index::Index::open_reader(&index).unwrap();
+    let extra = |name: &str| {
+        let id = content_id(&input.join(name));
+        idx.get_item(&echovault::index::ItemId(id)).unwrap().unwrap().extra
+    };
+    let (whole, cut) = (extra("whole.avi"), extra("cut.avi"));
+    let count = |m: &std::collections::BTreeMap<String, String>, k: &str| -> usize { m[k].parse().unwrap() };
+    assert_eq!(count(&whole, "frames_decoded"), 32, "{whole:?}");
+    assert!(count(&whole, "frames_announced").abs_diff(32) <= 1, "{whole:?}");
+    assert_eq!(cut["frames_announced"], whole["frames_announced"], "the header is in the first half: {cut:?}");
+    let (decoded, announced) = (count(&cut, "frames_decoded"), count(&cut, "frames_announced"));
+    assert!(decoded > 0 && decoded + 1 < announced, "{cut:?}");
+    assert!(stderr.contains(&format!("{decoded} frames decoded, the container announces {announced}")), "{stderr}");
+    assert_eq!(stderr.matches("the container announces").count(), 1, "the whole file is not warned about: {stderr}");
 }

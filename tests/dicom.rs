@@ -386,3 +386,41 @@ fn a_dicomdir_lists_the_images_to_ingest() {
     assert_eq!(got, want);
     assert!(found.videos.iter().all(|d| d.kind == echovault::ingest::InputKind::Dicom));
 }
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_dicomdir_cannot_reach_outside_its_export() {
+    let tmp = tempfile::tempdir().unwrap();
+    let export = tmp.path().join("media/export");
+    copy_tree(&files()["dicomdirtests"], &export);
+    let want: Vec<PathBuf> = serde_json::from_str(&py(&["dicomdir", export.join("DICOMDIR").to_str().unwrap()])).unwrap();
+    // Two records rewritten in place (same lengths): one climbs out with `..`, one is absolute.
+    let mut dd = std::fs::read(export.join("DICOMDIR")).unwrap();
+    for (from, to) in
+        [(&b"77654033\\CR1\\6154 "[..], &b"..\\..\\outside\\6154"[..]), (&b"77654033\\CR2\\6247 "[..], &b"/etc\\passwd\\ab\\624"[..])]
+    {
+        let at = dd.windows(from.len()).position(|w| w == from).unwrap_or_else(|| panic!("{}", String::from_utf8_lossy(from)));
+        dd[at..at + from.len()].copy_from_slice(to);
+    }
+    std::fs::write(export.join("DICOMDIR"), dd).unwrap();
+    // What the escaping record names exists: without the check it would be ingested.
+    std::fs::create_dir_all(tmp.path().join("outside")).unwrap();
+    std::fs::copy(file("US1_UNCR.dcm"), tmp.path().join("outside/6154")).unwrap();
+
+    let found = echovault::ingest::discover(std::slice::from_ref(&export)).unwrap();
+    assert_eq!(found.videos.len(), want.len() - 2, "{:?}", found.videos);
+    assert!(found.videos.iter().all(|d| d.path.starts_with(&export)), "{:?}", found.videos);
+    assert_eq!(found.failed.len(), 2, "{:?}", found.failed);
+    assert!(found.failed.iter().all(|(_, why)| why.contains("leaves the export")), "{:?}", found.failed);
+}

@@ -47,11 +47,15 @@ pub fn run(g: &Global, a: &BenchArgs) -> anyhow::Result<i32> {
     }
     sync(cfg.device);
     let mut times = Vec::with_capacity(a.iters);
+    let mut dim = 0;
     for _ in 0..a.iters {
         let t = Instant::now();
-        let _ = model.encode_images(&x)?;
+        let y = model.encode_images(&x)?;
         sync(cfg.device);
         times.push(t.elapsed().as_secs_f64());
+        // Every pass embeds every frame: one row per frame.
+        anyhow::ensure!(y.size().first() == Some(&batch), "a pass over {batch} frames gave {:?}", y.size());
+        dim = y.size().get(1).copied().unwrap_or(0);
     }
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
@@ -61,6 +65,9 @@ pub fn run(g: &Global, a: &BenchArgs) -> anyhow::Result<i32> {
         "precision": a.precision,
         "batch": batch,
         "iters": a.iters,
+        // Frames embedded in the timed passes, and the embedding dimension.
+        "frames": batch as usize * a.iters,
+        "dim": dim,
         "median_s": median,
         "frames_per_s": batch as f64 / median,
     });

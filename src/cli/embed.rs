@@ -110,7 +110,7 @@ fn print_result(as_json: bool, v: &serde_json::Value) {
     }
 }
 
-#[cfg(feature = "video")]
+/// A DICOM cine or a video file, decoded as ingest decodes it.
 fn embed_video(
     model: &Clip,
     preprocess: &Preprocess,
@@ -119,7 +119,7 @@ fn embed_video(
     with_frames: bool,
     out: &mut serde_json::Value,
 ) -> anyhow::Result<()> {
-    let (info, frames) = echovault::media::video::read_video(p, cfg.sampling)?;
+    let (info, frames) = echovault::media::read_sampled(p, cfg.sampling)?;
     let mut all = Vec::new();
     for chunk in frames.chunks(cfg.frame_batch.max(1)) {
         all.extend(clip::rows(&model.encode_images(&preprocess.frames(chunk)?)?)?);
@@ -132,16 +132,4 @@ fn embed_video(
         out["frames"] = json!(all);
     }
     Ok(())
-}
-
-#[cfg(not(feature = "video"))]
-fn embed_video(
-    _: &Clip,
-    _: &Preprocess,
-    _: &echovault::engine::EngineConfig,
-    p: &Path,
-    _: bool,
-    _: &mut serde_json::Value,
-) -> anyhow::Result<()> {
-    anyhow::bail!("{}: this echovault was built without the `video` feature (FFmpeg)", p.display())
 }

@@ -81,7 +81,7 @@ pub fn run(g: &Global, a: &IngestArgs) -> anyhow::Result<i32> {
         println!("{v}");
     } else {
         println!(
-            "ingested {} videos ({} frames) and {} reports into {} (spaces {}); skipped {} already indexed, {} duplicates, {} outside --since; failed {} — {:.1} s, {:.2} videos/s",
+            "ingested {} videos ({} frames) and {} reports into {} (spaces {}); skipped {} already indexed, {} duplicates, {} outside --since; failed {}; ignored {} other files — {:.1} s, {:.2} videos/s",
             summary.ingested,
             summary.frames,
             summary.reports,
@@ -91,6 +91,7 @@ pub fn run(g: &Global, a: &IngestArgs) -> anyhow::Result<i32> {
             summary.duplicates,
             summary.outside_since,
             summary.failed.len(),
+            summary.ignored.len(),
             secs,
             summary.ingested as f64 / secs.max(1e-9)
         );

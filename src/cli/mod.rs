@@ -165,6 +165,26 @@ enum Command {
     Serve(serve::ServeArgs),
 }
 
+/// A closed stdout (`echovault search … | head -1`) ends the process the way it ends `cat` and
+/// `grep`: killed by SIGPIPE, which the shell reports as status 141, with nothing on stderr.
+/// Rust starts programs with SIGPIPE ignored, so each `println!` into a closed pipe panicked
+/// ("failed printing to stdout: Broken pipe", exit 101); restoring the default action at start
+/// is the conventional fix for a CLI, and covers every print, not only those routed through one
+/// output layer. Not for `serve`: a client that hangs up must cost the server one response, not
+/// the process (its sockets then report EPIPE as an error, as Rust intends).
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn quiet_on_closed_pipe() {
+    // SAFETY: `signal` with SIG_DFL installs no handler code; it runs once, on the main thread,
+    // before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn quiet_on_closed_pipe() {}
+
 /// Parses the command line, runs it, returns the exit code.
 pub fn run() -> i32 {
     let cli = match Cli::try_parse() {
@@ -175,6 +195,9 @@ pub fn run() -> i32 {
         }
     };
     init_logging(cli.global.verbose);
+    if !matches!(cli.command, Command::Serve(_)) {
+        quiet_on_closed_pipe();
+    }
     let result = match &cli.command {
         Command::Ingest(a) => ingest::run(&cli.global, a),
         Command::Search(a) => search::run(&cli.global, a),

@@ -100,12 +100,7 @@ fn print_text(res: &SearchResponse) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[cfg(feature = "video")]
+/// A DICOM cine or a video file, decoded as ingest decodes it.
 fn video_query(engine: &echovault::Engine, p: &std::path::Path) -> anyhow::Result<Vec<f32>> {
     Ok(engine.embed_video_file(p)?.1.video)
-}
-
-#[cfg(not(feature = "video"))]
-fn video_query(_: &echovault::Engine, p: &std::path::Path) -> anyhow::Result<Vec<f32>> {
-    anyhow::bail!("{}: this echovault was built without the `video` feature (FFmpeg)", p.display())
 }

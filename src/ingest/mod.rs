@@ -81,6 +81,9 @@ pub struct IngestSummary {
     /// DICOM objects passed over because they hold no image (structured reports, presentation
     /// states, DICOMDIR records of other types), with reasons.
     pub not_images: Vec<Failure>,
+    /// Files found that are no media (neither a video, nor DICOM, nor named `.dcm`/`.dicom`,
+    /// nor a video's sidecar report), and directories reached twice (symlink loops).
+    pub ignored: Vec<String>,
     /// Ids of the videos written in this run.
     pub ids: Vec<String>,
 }
@@ -150,6 +153,13 @@ fn decode_video(ctx: &pipeline::Ctx, path: &Path, id: &str, gate: Gate) -> Resul
     let (info, frames) = crate::media::video::read_video(path, ctx.sampling)?;
     let mut extra = BTreeMap::new();
     extra.insert("size".into(), format!("{}x{}", info.width, info.height));
+    if let Some(announced) = info.announced.filter(|_| info.to_end) {
+        extra.insert("frames_decoded".into(), info.frames.to_string());
+        extra.insert("frames_announced".into(), announced.to_string());
+    }
+    if let Some((decoded, announced)) = info.frame_count_mismatch() {
+        tracing::warn!(file = %path.display(), "{decoded} frames decoded, the container announces {announced} (a file cut short?)");
+    }
     Ok(Ok(Decoded { frames, total_frames: info.frames, fps: Some(info.fps), study, patient: None, date: None, sop_uid: None, extra }))
 }
 

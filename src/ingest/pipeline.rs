@@ -198,10 +198,17 @@ pub fn ingest(
 ) -> Result<IngestSummary, Error> {
     let start = Instant::now();
     let found = super::discover(paths)?;
-    let mut summary = IngestSummary { found: found.videos.len(), ..IngestSummary::default() };
+    let mut summary = IngestSummary { found: found.videos.len() + found.failed.len(), ..IngestSummary::default() };
     for (path, reason) in &found.skipped {
         summary.not_images.push(Failure { path: path.display().to_string(), reason: reason.clone() });
     }
+    // Files the walk could not take as inputs (a `.dcm` that is no DICOM, a symlink to itself,
+    // a DICOMDIR reference outside the export) are failures like those of decoding.
+    for (path, reason) in &found.failed {
+        tracing::warn!(file = %path.display(), "ingest failed: {reason}");
+        record_failure(&engine.index, &mut summary, Failure { path: path.display().to_string(), reason: reason.clone() })?;
+    }
+    summary.ignored = found.ignored.iter().map(|p| p.display().to_string()).collect();
     let reports = gather_reports(opts, &found.videos)?;
     let dates: HashMap<String, StudyDate> = reports.iter().filter_map(|r| Some((r.entry.study.clone(), r.entry.date?))).collect();
     // Patients named by the report manifest, keyed at once: videos that carry no PatientID
@@ -225,6 +232,9 @@ pub fn ingest(
         sampling: engine.sampling,
         spaces: engine.embedders.iter().map(|e| (e.space, e.preprocess.clone())).collect(),
     };
+    // SOPInstanceUIDs taken in this run: the first file to reach the gate with one is the
+    // video; another file with the same UID (a copy re-exported, re-encoded) is a duplicate.
+    let sops_this_run: std::sync::Mutex<HashSet<String>> = std::sync::Mutex::default();
     let gate = |study: &str, date: Option<StudyDate>, sop: Option<&str>| -> Option<Pass> {
         if let Some(since) = opts.since {
             let date = date.or_else(|| facts.dates.get(study).copied());
@@ -233,9 +243,12 @@ pub fn ingest(
             }
         }
         let uid = sop?;
-        let known = ctx.index.get_log(&sop_key(uid)).ok().flatten()?;
-        let other = String::from_utf8(known).ok()?;
-        indexed_everywhere(&ctx, &other).then_some(Pass::DuplicateOf(other))
+        let known = ctx.index.get_log(&sop_key(uid)).ok().flatten().and_then(|b| String::from_utf8(b).ok());
+        if let Some(other) = known.filter(|other| indexed_everywhere(&ctx, other)) {
+            return Some(Pass::DuplicateOf(format!("indexed item {other}")));
+        }
+        let first = sops_this_run.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(uid.to_owned());
+        (!first).then(|| Pass::DuplicateOf("another file of this run".into()))
     };
 
     let result = std::thread::scope(|s| -> Result<(), Error> {
@@ -429,7 +442,7 @@ fn decode_job(ctx: &Ctx, opts: &IngestOptions, gate: Gate, input: &Discovered) -
         }
         Err(Pass::OutsideSince) => Ok(Step::Done(Done::OutsideSince)),
         Err(Pass::DuplicateOf(other)) => {
-            tracing::info!(file = %input.path.display(), "same SOPInstanceUID as indexed item {other}: skipped");
+            tracing::info!(file = %input.path.display(), "same SOPInstanceUID as {other}: skipped");
             Ok(Step::Done(Done::Duplicate))
         }
     }
@@ -655,7 +668,9 @@ fn write_stage(
     // Ids written in this run: the same content under two paths is indexed once.
     let mut written: HashSet<String> = HashSet::new();
     let mut members: Option<Members> = None;
-    let mut p = Progress { found: summary.found, ..Progress::default() };
+    // Failures of the walk are done already.
+    let walk_failed = summary.failed.len();
+    let mut p = Progress { found: summary.found, done: walk_failed, failed: walk_failed, ..Progress::default() };
     // Commits are buffered (they survive the process being killed) and synced to disk once a
     // second: a power cut loses at most the last second, which the next run redoes.
     let mut synced_at = Instant::now();

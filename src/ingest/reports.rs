@@ -30,7 +30,9 @@ pub struct ReportEntry {
 }
 
 /// Reads reports from a JSONL or CSV manifest, a `.txt` file or a folder of `.txt` files. A
-/// malformed line or row is an error naming it.
+/// malformed line or row is an error naming it; so is a study named twice (which of two reports
+/// to keep is the manifest writer's call: keeping either would flip the stored report between
+/// runs), with both line numbers.
 pub fn read_reports(path: &Path) -> Result<Vec<ReportEntry>, Error> {
     if path.is_dir() {
         let mut files: Vec<_> = std::fs::read_dir(path)
@@ -57,6 +59,7 @@ fn read_text(path: &Path) -> Result<ReportEntry, Error> {
 fn read_jsonl(path: &Path) -> Result<Vec<ReportEntry>, Error> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut out = Vec::new();
+    let mut lines = StudyLines::default();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -77,6 +80,7 @@ fn read_jsonl(path: &Path) -> Result<Vec<ReportEntry>, Error> {
         let study = field(&["study", "study_uid", "study_id"]).ok_or_else(|| bad("no study id"))?;
         let text = v.get("text").and_then(|t| t.as_str()).ok_or_else(|| bad("no text"))?.to_owned();
         let date = field(&["date", "study_date"]).map(|d| d.parse::<StudyDate>()).transpose().map_err(|e| bad(&format!("date: {e}")))?;
+        lines.first(path, &study, i + 1)?;
         out.push(ReportEntry { study, text, date, patient: field(&["patient", "patient_id"]) });
     }
     Ok(out)
@@ -94,6 +98,7 @@ fn read_csv(path: &Path) -> Result<Vec<ReportEntry>, Error> {
     let date = col(&["date", "study_date"]);
     let patient = col(&["patient", "patient_id", "mrn"]);
     let mut out = Vec::new();
+    let mut lines = StudyLines::default();
     for (line, row) in it {
         if row.iter().all(|c| c.trim().is_empty()) {
             continue;
@@ -107,9 +112,27 @@ fn read_csv(path: &Path) -> Result<Vec<ReportEntry>, Error> {
             .map(|d| d.parse::<StudyDate>())
             .transpose()
             .map_err(|e| Error::media(path, format!("line {line}: date: {e}")))?;
+        lines.first(path, &s, line)?;
         out.push(ReportEntry { study: s, text: t, date, patient: patient.and_then(get).filter(|p| !p.is_empty()) });
     }
     Ok(out)
+}
+
+/// The line where each study of a manifest was first named.
+#[derive(Default)]
+struct StudyLines(std::collections::HashMap<String, usize>);
+
+impl StudyLines {
+    /// An error naming both lines when `study` was named before.
+    fn first(&mut self, path: &Path, study: &str, line: usize) -> Result<(), Error> {
+        match self.0.insert(study.to_owned(), line) {
+            Some(before) => Err(Error::media(
+                path,
+                format!("study {study} has two reports, lines {before} and {line}: keep one per study (or join their texts) and run again"),
+            )),
+            None => Ok(()),
+        }
+    }
 }
 
 /// RFC 4180 rows as (line number where the row starts, fields).
@@ -206,6 +229,20 @@ mod tests {
         assert!(e.contains("r.jsonl") && e.contains("line 2") && e.contains("no month 13"), "{e}");
         std::fs::write(&jsonl, "{\"study\": \"1\", \"text\": \"ok\", \"date\": \"20210228\"}\n").unwrap();
         assert_eq!(read_reports(&jsonl).unwrap()[0].date.unwrap().to_string(), "2021-02-28");
+    }
+
+    #[test]
+    fn a_study_named_twice_refuses_the_manifest_with_both_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let jl = dir.path().join("r.jsonl");
+        std::fs::write(&jl, "{\"study\":\"a\",\"text\":\"one\"}\n\n{\"study\":\"b\",\"text\":\"x\"}\n{\"study\":\"a\",\"text\":\"two\"}\n")
+            .unwrap();
+        let e = read_reports(&jl).unwrap_err().to_string();
+        assert!(e.contains("r.jsonl") && e.contains("study a") && e.contains("lines 1 and 4"), "{e}");
+        let csv = dir.path().join("r.csv");
+        std::fs::write(&csv, "study,text\n1.2,\"first\nreport\"\n3.4,x\n1.2,second\n").unwrap();
+        let e = read_reports(&csv).unwrap_err().to_string();
+        assert!(e.contains("r.csv") && e.contains("study 1.2") && e.contains("lines 2 and 5"), "{e}");
     }
 
     #[test]

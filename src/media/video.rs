@@ -17,6 +17,40 @@ pub struct VideoInfo {
     pub height: usize,
     /// Frames per second (0 when unknown).
     pub fps: f64,
+    /// Frames the container announces, when it says: its frame count (MP4's sample table), or
+    /// for AVI, whose header counts ticks of the stream's time base, those ticks at the frame
+    /// rate (video-rs writes AVIs at a 1/600 time base: 621 ticks are 31.05 frames at 30 fps).
+    pub announced: Option<usize>,
+    /// True when `announced` is a count the container wrote, false when converted from ticks
+    /// (then one frame either way is rounding, not a difference).
+    pub announced_exact: bool,
+    /// True when decoding ran to the end of the stream (not stopped after the last frame the
+    /// sampling wanted): only then does `frames` count the frames the file holds.
+    pub to_end: bool,
+}
+
+impl VideoInfo {
+    /// `(decoded, announced)` when the file decoded to its end with fewer or more frames than
+    /// its container announced (a file cut short, a header that lies).
+    pub fn frame_count_mismatch(&self) -> Option<(usize, usize)> {
+        let announced = self.announced?;
+        let slack = if self.announced_exact { 0 } else { 1 };
+        (self.to_end && announced.abs_diff(self.frames) > slack).then_some((self.frames, announced))
+    }
+}
+
+/// Frames a container announces (see [`VideoInfo::announced`]) from its stream's frame count
+/// and time base; true when that is a count as written.
+fn announced_frames(path: &Path, count: u64, time_base: (i32, i32), fps: f64) -> Option<(usize, bool)> {
+    let count = usize::try_from(count).ok().filter(|&n| n > 0)?;
+    let avi = path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("avi"));
+    let (num, den) = time_base;
+    if !avi || num <= 0 || den <= 0 || fps <= 0.0 {
+        return Some((count, true));
+    }
+    let frames = count as f64 * f64::from(num) / f64::from(den) * fps;
+    let exact = (frames - count as f64).abs() < 1e-6;
+    Some((frames.round() as usize, exact))
 }
 
 fn init() {
@@ -47,8 +81,11 @@ pub fn read_video_where(path: &Path, keep: impl Fn(usize) -> bool, stop: impl Fn
     let mut decoder = video_rs::Decoder::new(path).map_err(|e| Error::media(path, format!("cannot open as video: {e}")))?;
     let (w, h) = decoder.size();
     let fps = f64::from(decoder.frame_rate());
+    let time_base = decoder.duration().map(|d| d.into_parts().1).map(|tb| (tb.numerator(), tb.denominator())).unwrap_or((0, 0));
+    let announced = decoder.frames().ok().and_then(|n| announced_frames(path, n, time_base, fps));
     let mut kept = Vec::new();
     let mut n = 0usize;
+    let mut to_end = false;
     loop {
         match decoder.decode() {
             Ok((_, frame)) => {
@@ -64,12 +101,50 @@ pub fn read_video_where(path: &Path, keep: impl Fn(usize) -> bool, stop: impl Fn
                     break;
                 }
             }
-            Err(video_rs::Error::ReadExhausted | video_rs::Error::DecodeExhausted) => break,
+            Err(video_rs::Error::ReadExhausted | video_rs::Error::DecodeExhausted) => {
+                to_end = true;
+                break;
+            }
             Err(e) => return Err(Error::media(path, format!("decoding frame {n} failed: {e}"))),
         }
     }
     if n == 0 {
         return Err(Error::media(path, "no decodable frames"));
     }
-    Ok((VideoInfo { frames: n, width: w as usize, height: h as usize, fps }, kept))
+    let (announced, announced_exact) = match announced {
+        Some((n, exact)) => (Some(n), exact),
+        None => (None, true),
+    };
+    Ok((VideoInfo { frames: n, width: w as usize, height: h as usize, fps, announced, announced_exact, to_end }, kept))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn avi_headers_count_ticks_other_containers_count_frames() {
+        let avi = Path::new("a.AVI");
+        // A plain AVI: one tick per frame.
+        assert_eq!(announced_frames(avi, 24, (1, 25), 25.0), Some((24, true)));
+        // video-rs's AVI: 621 ticks of 1/600 s at 30 fps.
+        assert_eq!(announced_frames(avi, 621, (1, 600), 30.0), Some((31, false)));
+        // MP4 counts samples, whatever its time base.
+        assert_eq!(announced_frames(Path::new("a.mp4"), 24, (1, 15360), 25.0), Some((24, true)));
+        assert_eq!(announced_frames(avi, 0, (1, 25), 25.0), None);
+        let info = |frames, announced, announced_exact, to_end| VideoInfo {
+            frames,
+            width: 1,
+            height: 1,
+            fps: 30.0,
+            announced,
+            announced_exact,
+            to_end,
+        };
+        assert_eq!(info(32, Some(31), false, true).frame_count_mismatch(), None);
+        assert_eq!(info(21, Some(31), false, true).frame_count_mismatch(), Some((21, 31)));
+        assert_eq!(info(23, Some(24), true, true).frame_count_mismatch(), Some((23, 24)));
+        assert_eq!(info(20, Some(24), true, false).frame_count_mismatch(), None, "stopped by the sampling");
+        assert_eq!(info(20, None, true, true).frame_count_mismatch(), None);
+    }
 }

@@ -46,15 +46,10 @@ pub async fn search(State(st): State<AppState>, req: Request) -> Result<Json<ser
     Ok(Json(res))
 }
 
-/// The uploaded video's embedding with the primary model.
-#[cfg(feature = "video")]
+/// The uploaded video's embedding with the primary model: a DICOM cine or any video FFmpeg
+/// reads, decoded as ingest decodes it.
 fn embed_upload(st: &AppState, path: &std::path::Path) -> Result<Vec<f32>, ApiError> {
     Ok(st.engine.embed_video_file(path).map_err(|e| ApiError::from_lib("video", e))?.1.video)
-}
-
-#[cfg(not(feature = "video"))]
-fn embed_upload(_: &AppState, _: &std::path::Path) -> Result<Vec<f32>, ApiError> {
-    Err(ApiError::field("video", "this echovault was built without the `video` feature (FFmpeg): search by an uploaded video is off"))
 }
 
 /// A search's library error, with the field at fault named where the message starts with it
