@@ -517,3 +517,35 @@ fn a_failing_stage_ends_the_run_with_an_error_and_a_rerun_completes() {
     assert_eq!(s.reports + s.reports_unchanged, 12);
     assert!(s.failed.is_empty(), "{:?}", s.failed);
 }
+
+#[cfg(unix)]
+#[test]
+fn failures_of_the_walk_are_reported_as_they_come_and_count_as_done() {
+    use echovault::ingest::{ingest, IngestOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("export");
+    phantoms(&export, "1", &["--studies", "1:1", "--formats", "dicom-native"]);
+    std::fs::write(export.join("IM_BROKEN.dcm"), "a text file").unwrap();
+    std::os::unix::fs::symlink("self.dcm", export.join("self.dcm")).unwrap();
+    std::fs::write(export.join("notes.md"), "not media").unwrap();
+    let idx = dir.path().join("idx");
+    let tiny = root().join("data-samples/echovault-tiny");
+    let (s, seen, last) = within(120, move || {
+        let engine = engine(&idx, &tiny);
+        let (mut seen, mut last) = (Vec::new(), None);
+        let s = ingest(&engine, &[export], &IngestOptions::default(), |p| {
+            seen.extend(p.failure.as_ref().map(|f| f.path.clone()));
+            last = Some((p.done, p.found, p.failed));
+        })
+        .unwrap();
+        (s, seen, last)
+    });
+    assert_eq!(s.ingested, 1, "{s:?}");
+    let mut failed: Vec<&str> = s.failed.iter().map(|f| f.path.rsplit('/').next().unwrap()).collect();
+    failed.sort_unstable();
+    assert_eq!(failed, ["IM_BROKEN.dcm", "self.dcm"], "{s:?}");
+    assert_eq!(seen.len(), 2, "each failure reported live: {seen:?}");
+    assert_eq!(last, Some((3, 3, 2)), "done reaches found");
+    let ignored: Vec<&str> = s.ignored.iter().map(|p| p.rsplit('/').next().unwrap()).collect();
+    assert!(ignored.contains(&"notes.md") && ignored.contains(&"manifest.jsonl"), "{ignored:?}");
+}

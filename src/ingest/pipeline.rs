@@ -668,9 +668,17 @@ fn write_stage(
     // Ids written in this run: the same content under two paths is indexed once.
     let mut written: HashSet<String> = HashSet::new();
     let mut members: Option<Members> = None;
-    // Failures of the walk are done already.
-    let walk_failed = summary.failed.len();
-    let mut p = Progress { found: summary.found, done: walk_failed, failed: walk_failed, ..Progress::default() };
+    let mut p = Progress { found: summary.found, ..Progress::default() };
+    // Failures of the walk (recorded already) are reported first, one by one, as any failure is:
+    // a watcher lists them as they come.
+    for f in summary.failed.clone() {
+        p.done += 1;
+        p.failed += 1;
+        p.elapsed = start.elapsed();
+        p.failure = Some(f);
+        progress(&p);
+    }
+    p.failure = None;
     // Commits are buffered (they survive the process being killed) and synced to disk once a
     // second: a power cut loses at most the last second, which the next run redoes.
     let mut synced_at = Instant::now();
