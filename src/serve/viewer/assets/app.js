@@ -628,7 +628,9 @@ function zeroShotReadings(r) {
   }
   const n = results.length;
   const failed = (r.failed || []).length;
-  const src = `${r.model || 'Zero-shot'}${r.prompts ? `, ${r.prompts} prompts` : ''}: mean of ${n} ${plural('video', n)}`
+  // The prompt file by its name only (the server's directories are not the viewer's business).
+  const prompts = r.prompts ? r.prompts.split('/').pop() : '';
+  const src = `${r.model || 'Zero-shot'}${prompts ? `, ${prompts} prompts` : ''}: mean of ${n} ${plural('video', n)}`
     + (failed ? ` (${failed} could not be read).` : '.');
   return { src, list };
 }
@@ -741,10 +743,11 @@ async function loadTimeline(box, patient, studyId, studyDate) {
   try {
     const q = event ? `?event=${encodeURIComponent(event)}` : '';
     const t = await api(`/v1/patients/${encodeURIComponent(patient)}${q}`);
-    box.replaceChildren(drawTimeline(t, studyId), legend(t), undatedNote(t, studyDate), controls);
+    // replaceChildren would print a null as "null": leave absent parts out.
+    box.replaceChildren(...[drawTimeline(t, studyId), legend(t), undatedNote(t, studyDate), controls].filter(Boolean));
   } catch (e) {
     const msg = e.status === 404 ? 'No dated studies of this patient in the index.' : `Unavailable: ${e.message}`;
-    box.replaceChildren(note(msg, e.status === 404 ? '' : 'bad'), undatedNote({ undated: 0 }, studyDate), controls);
+    box.replaceChildren(...[note(msg, e.status === 404 ? '' : 'bad'), undatedNote({ undated: 0 }, studyDate), controls].filter(Boolean));
   }
 }
 
