@@ -4,7 +4,7 @@
 //! `repair --json` print them, `GET /v1/info` and `POST /v1/repair` answer them.
 
 use crate::error::Error;
-use echovault_index::{GraphLoad, Index, FORMAT_VERSION};
+use echovault_index::{DamagedTable, GraphLoad, Index, Salvage, FORMAT_VERSION};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -63,17 +63,70 @@ pub struct RepairReport {
     pub live: BTreeMap<String, usize>,
     /// Every inconsistency, one line each.
     pub problems: Vec<String>,
+    /// Table files that failed their block checksums (also among `problems`).
+    pub damaged: Vec<DamagedTable>,
+    /// What the storage salvage did, when the database was damaged (a repair only).
+    pub salvage: Option<Salvage>,
+    /// The inputs (source paths) whose videos were lost and forgotten: the next `ingest` of the
+    /// same export embeds exactly these again (a repair only).
+    pub reingest: Vec<String>,
 }
 
-/// Checks `index` (`check_only`) or repairs it: rebuilds its graphs from the stored vectors,
-/// drops tombstoned vectors, writes fresh snapshots, then checks. A graph whose snapshot could
-/// not be used when the index was opened counts as a problem of a check (repairing fixes it).
+impl RepairReport {
+    /// A report of nothing yet.
+    pub fn empty(checked_only: bool) -> RepairReport {
+        RepairReport {
+            checked_only,
+            ok: true,
+            stored: BTreeMap::new(),
+            live: BTreeMap::new(),
+            problems: Vec::new(),
+            damaged: Vec::new(),
+            salvage: None,
+            reingest: Vec::new(),
+        }
+    }
+
+    /// Sets `ok` from the problems.
+    pub fn settle(mut self) -> RepairReport {
+        self.ok = self.problems.is_empty();
+        self
+    }
+}
+
+/// Checks `index` (`check_only`) or repairs it: rebuilds its graphs, slot mappings and
+/// secondary keys from what is stored, drops tombstoned vectors, writes fresh snapshots; then
+/// audits the ingest log and the videos against each other (`crate::repair::audit`) and, when
+/// repairing, forgets the inputs whose videos were lost (listed in `reingest`); then checks. A
+/// graph whose snapshot could not be used when the index was opened counts as a problem of a
+/// check (repairing fixes it).
 pub fn repair(index: &Index, check_only: bool) -> Result<RepairReport, Error> {
     let mut v = if check_only { index.verify()? } else { index.repair()? };
+    let mut reingest = Vec::new();
+    if v.damaged.is_empty() {
+        let audit = crate::repair::audit(index)?;
+        if check_only {
+            v.problems.extend(audit.problems);
+        } else {
+            crate::repair::apply(index, &audit)?;
+            reingest = audit.reingest.into_iter().collect();
+            v = index.verify()?;
+            v.problems.extend(crate::repair::audit(index)?.problems);
+        }
+    }
     if check_only {
         for l in index.graph_loads().iter().filter(|l| l.how == "rebuilt") {
             v.problems.push(format!("{}: graph snapshot unusable ({})", l.collection, l.reason.as_deref().unwrap_or("?")));
         }
     }
-    Ok(RepairReport { checked_only: check_only, ok: v.ok(), stored: v.stored, live: v.live, problems: v.problems })
+    Ok(RepairReport {
+        checked_only: check_only,
+        ok: v.ok(),
+        stored: v.stored,
+        live: v.live,
+        problems: v.problems,
+        damaged: v.damaged,
+        salvage: None,
+        reingest,
+    })
 }

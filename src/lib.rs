@@ -25,6 +25,7 @@ pub mod media;
 pub mod model;
 pub mod phantom;
 pub mod pseudonym;
+pub mod repair;
 pub mod serve;
 pub mod tasks;
 pub mod tokenize;

@@ -33,6 +33,26 @@ pub enum IndexError {
         /// The directory.
         path: PathBuf,
     },
+    /// The database files of an index are damaged (`CURRENT` or a MANIFEST missing or
+    /// unreadable, a table file missing, truncated or failing its checksum): nothing is opened,
+    /// and nothing is created over it.
+    #[error("this index is damaged ({detail}): run `echovault repair --index {path}`")]
+    Damaged {
+        /// The index directory.
+        path: PathBuf,
+        /// What is damaged, in RocksDB's or our words.
+        detail: String,
+    },
+    /// The patient-key secret of a damaged index is lost; salvaging it needs a new one.
+    #[error(
+        "the patient-key secret of the index at {path} is lost (its `meta` table is damaged): a new secret gives every \
+         re-ingested video a new patient key, so a patient's earlier and later videos no longer match; nothing was \
+         changed — run `echovault repair --new-secret` to accept that"
+    )]
+    SecretLost {
+        /// The index directory.
+        path: PathBuf,
+    },
     /// A vector's length does not match its embedding space.
     #[error("vector for {item} has dimension {got}, embedding space '{space}' has dimension {expected}")]
     DimensionMismatch {

@@ -165,6 +165,8 @@ pub struct Verification {
     pub live: BTreeMap<String, usize>,
     /// Every inconsistency, one line each; empty when the index is sound.
     pub problems: Vec<String>,
+    /// Table files that failed their checksums (also among `problems`).
+    pub damaged: Vec<crate::DamagedTable>,
 }
 
 impl Verification {
@@ -241,7 +243,7 @@ impl std::fmt::Debug for Index {
 /// The secret of the index in `db` after checking its format version; `None` when it has none
 /// (a new database, or one that is not an index).
 pub(crate) fn check_format(db: &DB, path: &Path) -> Result<Option<[u8; 32]>, IndexError> {
-    let storage = |source| IndexError::Storage { path: path.to_owned(), source };
+    let storage = |source| store::access_error(path, source);
     let cf_meta = db.cf_handle(CF_META).ok_or_else(|| corrupt(path, "column family", CF_META))?;
     let Some(v) = db.get_cf(cf_meta, store::KEY_FORMAT_VERSION).map_err(storage)? else { return Ok(None) };
     let found = u32::from_be_bytes(v.as_slice().try_into().map_err(|_| corrupt(path, "format version", "not 4 bytes"))?);
@@ -255,7 +257,7 @@ pub(crate) fn check_format(db: &DB, path: &Path) -> Result<Option<[u8; 32]>, Ind
 /// Makes the empty database `db` an index: format version, a new secret, complete (empty)
 /// secondary keys. Refuses a database that holds items but no format version.
 fn create(db: &DB, path: &Path) -> Result<[u8; 32], IndexError> {
-    let storage = |source| IndexError::Storage { path: path.to_owned(), source };
+    let storage = |source| store::access_error(path, source);
     let cf_meta = db.cf_handle(CF_META).ok_or_else(|| corrupt(path, "column family", CF_META))?;
     let cf_items = db.cf_handle(CF_ITEMS).ok_or_else(|| corrupt(path, "column family", CF_ITEMS))?;
     if db.iterator_cf(cf_items, IteratorMode::Start).next().is_some() {
@@ -403,7 +405,7 @@ impl Index {
     }
 
     pub(crate) fn storage(&self, source: rocksdb::Error) -> IndexError {
-        IndexError::Storage { path: self.path.clone(), source }
+        store::access_error(&self.path, source)
     }
 
     /// Decodes a stored item record.
@@ -741,6 +743,7 @@ impl Index {
         let mut wb = WriteBatch::default();
         let cf_slots = self.cf(CF_SLOTS)?;
         let prefix = c.prefix();
+        let mut mapped: HashMap<ItemId, u32> = HashMap::new();
         for kv in self.db.prefix_iterator_cf(cf_slots, prefix) {
             let (k, v) = kv.map_err(|e| self.storage(e))?;
             if !k.starts_with(&prefix) {
@@ -749,6 +752,32 @@ impl Index {
             let slot = <[u8; 4]>::try_from(v.as_ref()).map(u32::from_be_bytes).ok();
             if slot.is_none_or(|s| stored.dead.contains(&s) || stored.vector(Slot(s)).is_none()) {
                 wb.delete_cf(cf_slots, k);
+            } else if let Some(s) = slot {
+                mapped.insert(ItemId(String::from_utf8_lossy(&k[3..]).into_owned()), s);
+            }
+        }
+        // One live vector per item (damage can lose a tombstone): the one its mapping names,
+        // else the newest; the others become tombstones. A live vector without its mapping
+        // (damage can lose mappings) gets it back.
+        let mut newest: HashMap<ItemId, u32> = HashMap::new();
+        for (slot, meta) in &metas {
+            let e = newest.entry(meta.item.clone()).or_insert(slot.0);
+            *e = match mapped.get(&meta.item) {
+                Some(m) => *m,
+                None => (*e).max(slot.0),
+            };
+        }
+        metas.retain(|(slot, meta)| {
+            let keep = newest.get(&meta.item) == Some(&slot.0);
+            if !keep {
+                tracing::warn!(slot = slot.0, item = %meta.item, "second live vector of an item dropped");
+                stored.dead.insert(slot.0);
+            }
+            keep
+        });
+        for (id, s) in &newest {
+            if mapped.get(id) != Some(s) {
+                wb.put_cf(cf_slots, codec::slot_key(c, &id.0), s.to_be_bytes());
             }
         }
         let mut g = Graph::new(dim, metas.len());
@@ -777,6 +806,15 @@ impl Index {
                 self.rebuild_locked(&mut writer, c)?;
             }
             self.rebuild_lookups()?;
+            let orphans = self.orphan_frames()?;
+            if !orphans.is_empty() {
+                let cf = self.cf(CF_FRAMES)?;
+                let mut wb = WriteBatch::default();
+                for (space, id) in &orphans {
+                    wb.delete_cf(cf, codec::frames_key(*space, &id.0));
+                }
+                self.db.write_opt(wb, &synced()).map_err(|e| self.storage(e))?;
+            }
         }
         self.verify()
     }
@@ -791,6 +829,17 @@ impl Index {
         let graphs = self.graphs.read().unwrap_or_else(|e| e.into_inner());
         let spaces = self.spaces.read().unwrap_or_else(|e| e.into_inner()).clone();
         let mut out = Verification::default();
+        // Every block's checksum first: the consistency checks below read through the tables.
+        let damaged = self.check_tables()?;
+        if !damaged.is_empty() {
+            for d in &damaged {
+                out.problems.push(format!("table {} of `{}` is damaged ({}): {}", d.file, d.column_family, d.detail, d.meaning));
+            }
+            out.problems
+                .push("the records, vectors and mappings are checked once `echovault repair` has salvaged the damaged tables".into());
+            out.damaged = damaged;
+            return Ok(out);
+        }
         let cf_slots = self.cf(CF_SLOTS)?;
         for (&c, _) in writer.next_slot.iter() {
             let Some(info) = spaces.get(&c.space) else {
@@ -800,6 +849,18 @@ impl Index {
             let name = format!("{}/{}", info.name, c.kind);
             let stored = self.read_collection(c, info.dim)?;
             let live: BTreeMap<u32, &ItemId> = stored.live().map(|(s, id, _)| (s.0, id)).collect();
+            let mut per_item: HashMap<&ItemId, usize> = HashMap::new();
+            for id in live.values() {
+                *per_item.entry(*id).or_default() += 1;
+            }
+            let mut twice: Vec<&&ItemId> = per_item.iter().filter(|(_, n)| **n > 1).map(|(id, _)| id).collect();
+            twice.sort();
+            for id in twice.iter().take(VERIFY_LOOKUP_LINES) {
+                out.problems.push(format!(
+                    "{name}: {id} has {} live vectors (a tombstone is lost): searches return it more than once",
+                    per_item[**id]
+                ));
+            }
             out.stored.insert(name.clone(), stored.rows.iter().filter(|r| r.is_some()).count());
             out.live.insert(name.clone(), live.len());
             let Some(g) = graphs.get(&c) else {
@@ -855,7 +916,33 @@ impl Index {
             }
         }
         out.problems.extend(self.verify_lookups(VERIFY_LOOKUP_LINES)?);
+        let orphans = self.orphan_frames()?;
+        if !orphans.is_empty() {
+            out.problems.push(format!("frame embeddings of {} items that have no record (first: {})", orphans.len(), orphans[0].1));
+        }
         Ok(out)
+    }
+
+    /// Reads every table file with its block checksums verified (see [`crate::damage`]): the
+    /// damaged ones, named with their column family and what losing them means.
+    pub fn check_tables(&self) -> Result<Vec<crate::DamagedTable>, IndexError> {
+        crate::damage::check_tables(&self.db, &self.path)
+    }
+
+    /// `(space, item)` of stored frame embeddings whose item has no record.
+    fn orphan_frames(&self) -> Result<Vec<(SpaceId, ItemId)>, IndexError> {
+        let mut keys = Vec::new();
+        for kv in self.db.iterator_cf(self.cf(CF_FRAMES)?, IteratorMode::Start) {
+            let (k, _) = kv.map_err(|e| self.storage(e))?;
+            if k.len() < 2 {
+                continue;
+            }
+            let space = SpaceId(u16::from_be_bytes([k[0], k[1]]));
+            keys.push((space, ItemId(String::from_utf8_lossy(&k[2..]).into_owned())));
+        }
+        let ids: Vec<ItemId> = keys.iter().map(|(_, id)| id.clone()).collect();
+        let records = self.get_items(&ids)?;
+        Ok(keys.into_iter().zip(records).filter(|(_, r)| r.is_none()).map(|(k, _)| k).collect())
     }
 
     /// Registers an embedding space (idempotent for the same name and dimension).
@@ -1134,6 +1221,20 @@ impl Index {
     /// One ingest-log value (see [`Batch::put_log`]).
     pub fn get_log(&self, key: &str) -> Result<Option<Vec<u8>>, IndexError> {
         self.db.get_cf(self.cf(CF_INGEST_LOG)?, key.as_bytes()).map_err(|e| self.storage(e))
+    }
+
+    /// Every ingest-log entry whose key starts with `prefix`, in key order (see
+    /// [`Batch::put_log`]).
+    pub fn log_entries(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, IndexError> {
+        let mut out = Vec::new();
+        for kv in self.db.prefix_iterator_cf(self.cf(CF_INGEST_LOG)?, prefix.as_bytes()) {
+            let (k, v) = kv.map_err(|e| self.storage(e))?;
+            if !k.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            out.push((String::from_utf8_lossy(&k).into_owned(), v.to_vec()));
+        }
+        Ok(out)
     }
 
     /// All item records of one kind (full scan of the items table).

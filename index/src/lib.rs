@@ -26,6 +26,7 @@
 //! ```
 
 mod codec;
+mod damage;
 mod date;
 mod error;
 mod graph;
@@ -40,6 +41,7 @@ mod snapshot;
 mod store;
 mod walk;
 
+pub use damage::{check_storage, salvage, table_files, DamagedTable, Rewritten, Salvage};
 pub use date::{DateError, StudyDate};
 pub use error::IndexError;
 pub use ids::{ItemId, Kind, Slot, SpaceId};
@@ -49,7 +51,7 @@ pub use index::{
 };
 pub use record::ItemRecord;
 pub use search::{Filter, Hit, Query};
-pub use store::{peek_secret, salvage, FORMAT_VERSION};
+pub use store::{column_family_role, peek_secret, FORMAT_VERSION};
 
 /// Result type of this crate.
 pub type Result<T, E = IndexError> = std::result::Result<T, E>;

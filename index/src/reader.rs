@@ -67,13 +67,7 @@ impl Index {
     /// returns [`IndexError::ReadOnly`].
     pub fn open_reader(path: impl AsRef<Path>) -> Result<Index, IndexError> {
         let path = path.as_ref().to_owned();
-        if !path.join("CURRENT").is_file() {
-            return Err(IndexError::Missing { path });
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("echovault-reader-")
-            .tempdir()
-            .map_err(|source| IndexError::Io { path: std::env::temp_dir(), source })?;
+        let dir = store::scratch_outside("echovault-reader-")?;
         let db = store::open_secondary(&path, dir.path())?;
         let secret = crate::index::check_format(&db, &path)?.ok_or_else(|| IndexError::NotAnIndex { path: path.clone() })?;
         let mut index = Index::assemble(path, db, secret, Some(ReaderState::new(dir)), None);

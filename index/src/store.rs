@@ -53,30 +53,153 @@ pub const KEY_SPACE_PREFIX: &[u8] = b"space/";
 /// Write-buffer size per column family: small, so tests and small archives stay light.
 const WRITE_BUFFER_BYTES: usize = 32 << 20;
 
-fn options() -> Options {
+/// What losing (part of) each column family means to a user, and what `repair` does about it.
+pub fn column_family_role(name: &str) -> &'static str {
+    match name {
+        CF_META => {
+            "format version, embedding spaces, slot counters and the patient-key secret: a lost \
+             secret means every re-ingested video gets a new patient key"
+        }
+        CF_ITEMS => "item records: the items in it vanish from every answer until re-ingested",
+        CF_VECTORS => "vectors: searches miss the items in it until they are re-ingested",
+        CF_SLOTS => "item-to-slot mappings: derivable, `repair` rebuilds them from the vectors",
+        CF_GRAPH => {
+            "graph snapshots and tombstones: derivable, `repair` rebuilds the graphs (lost \
+             tombstones bring back replaced vectors until then)"
+        }
+        CF_INGEST_LOG => "ingest log: the next ingest re-reads (hashes) the files it forgot",
+        CF_ERRORS => "the list of failed inputs: the next ingest lists them again",
+        CF_FRAMES => "frame embeddings: zero-shot re-decodes those videos until they are re-ingested",
+        CF_LOOKUP => "patient, study and date keys: derivable, `repair` rebuilds them from the records",
+        _ => "a column family echovault does not know",
+    }
+}
+
+/// RocksDB options of every open. `create` only for a directory that holds no database at all
+/// ([`preflight`]): RocksDB would otherwise create a new, empty database beside the files of a
+/// damaged one (a missing `CURRENT`), and the next command would answer from it.
+fn options(create: bool) -> Options {
     let mut o = Options::default();
-    o.create_if_missing(true);
+    o.create_if_missing(create);
     o.create_missing_column_families(true);
     o.set_write_buffer_size(WRITE_BUFFER_BYTES);
     o.set_compression_type(rocksdb::DBCompressionType::Lz4);
     // Checksums on every read: a flipped byte becomes an error, not a wrong vector.
     o.set_paranoid_checks(true);
+    // A write-ahead log damaged before its last record fails the open (the index is then
+    // damaged: `repair`), instead of silently rolling back to the damage as point-in-time
+    // recovery would; a last record cut short by a kill is still dropped quietly.
+    o.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
     o
 }
 
-/// Opens (or creates) the database with every column family, as its one writer. Another
-/// process holding it is [`IndexError::Busy`], named from its writer record.
-pub fn open_db(path: &Path) -> Result<DB, IndexError> {
-    let cfs = COLUMN_FAMILIES.iter().map(|n| ColumnFamilyDescriptor::new(*n, options()));
-    DB::open_cf_descriptors(&options(), path, cfs).map_err(|source| {
+/// What a directory holds, judged from its files before RocksDB is asked to open it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Presence {
+    /// Absent, empty, or holding no database file: an index may be created there.
+    Empty,
+    /// A database whose `CURRENT` names a MANIFEST that is there.
+    Database,
+}
+
+/// File names that only a RocksDB database leaves in a directory.
+fn is_database_file(name: &str) -> bool {
+    name.starts_with("MANIFEST-")
+        || name.starts_with("OPTIONS-")
+        || name.ends_with(".sst")
+        || name.ends_with(".log")
+        || name.ends_with(".blob")
+        || name == "IDENTITY"
+        || name == crate::holder::HOLDER_FILE
+}
+
+/// Looks at `path` before any open: [`Presence::Empty`] (nothing there, or no database file),
+/// [`Presence::Database`], or [`IndexError::Damaged`] when the files of a database are there but
+/// its `CURRENT` is missing, does not name a MANIFEST, or names one that is missing or empty.
+pub(crate) fn preflight(path: &Path) -> Result<Presence, IndexError> {
+    let damaged = |detail: String| IndexError::Damaged { path: path.to_owned(), detail };
+    let entries = match std::fs::read_dir(path) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Presence::Empty),
+        Err(source) => return Err(IndexError::Io { path: path.to_owned(), source }),
+    };
+    let names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    if !names.iter().any(|n| n == "CURRENT") {
+        return match names.iter().filter(|n| is_database_file(n)).min() {
+            Some(f) => Err(damaged(format!("CURRENT is missing, {f} and the other database files are there"))),
+            None => Ok(Presence::Empty),
+        };
+    }
+    let current = path.join("CURRENT");
+    let text = std::fs::read(&current).map_err(|source| IndexError::Io { path: current.clone(), source })?;
+    let name = std::str::from_utf8(&text)
+        .ok()
+        .and_then(|t| t.strip_suffix('\n'))
+        .filter(|n| n.strip_prefix("MANIFEST-").is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit())));
+    let Some(name) = name else {
+        return Err(damaged(format!("CURRENT does not name a MANIFEST ({} bytes)", text.len())));
+    };
+    match std::fs::metadata(path.join(name)) {
+        Ok(m) if m.len() > 0 => Ok(Presence::Database),
+        Ok(_) => Err(damaged(format!("CURRENT names {name}, which is empty"))),
+        Err(_) => Err(damaged(format!("CURRENT names {name}, which is missing"))),
+    }
+}
+
+/// The error of a failed open: [`IndexError::Busy`] for a LOCK another process holds,
+/// [`IndexError::Damaged`] for corruption or a missing database file, else
+/// [`IndexError::Storage`].
+pub(crate) fn open_error(path: &Path, source: rocksdb::Error) -> IndexError {
+    let text = source.to_string();
+    match source.kind() {
         // RocksDB's words for a LOCK file another process holds (flock: EAGAIN / EWOULDBLOCK).
-        let text = source.to_string();
-        if source.kind() == rocksdb::ErrorKind::IOError && text.contains("LOCK") {
+        rocksdb::ErrorKind::IOError if text.contains("LOCK") => {
             IndexError::Busy { path: path.to_owned(), holder: crate::holder::describe(path) }
-        } else {
-            IndexError::Storage { path: path.to_owned(), source }
         }
-    })
+        rocksdb::ErrorKind::Corruption => IndexError::Damaged { path: path.to_owned(), detail: text },
+        rocksdb::ErrorKind::IOError | rocksdb::ErrorKind::NotFound if text.contains("No such file") => {
+            IndexError::Damaged { path: path.to_owned(), detail: text }
+        }
+        _ => IndexError::Storage { path: path.to_owned(), source },
+    }
+}
+
+/// The error of a failed read or write: a checksum mismatch or other corruption is
+/// [`IndexError::Damaged`] (what to do: `repair`), anything else [`IndexError::Storage`].
+pub(crate) fn access_error(path: &Path, source: rocksdb::Error) -> IndexError {
+    match source.kind() {
+        rocksdb::ErrorKind::Corruption => IndexError::Damaged { path: path.to_owned(), detail: source.to_string() },
+        _ => IndexError::Storage { path: path.to_owned(), source },
+    }
+}
+
+/// Checks that every table file the MANIFEST lists is there at its size: RocksDB opens a
+/// missing or truncated table only when a read first needs it.
+pub(crate) fn check_files(db: &DB, path: &Path) -> Result<(), IndexError> {
+    let live = db.live_files().map_err(|e| open_error(path, e))?;
+    for f in live {
+        let name = f.name.trim_start_matches('/');
+        let detail = match std::fs::metadata(path.join(name)) {
+            Err(e) => format!("table {name} of `{}` cannot be read: {e}", f.column_family_name),
+            Ok(m) if m.len() != f.size as u64 => {
+                format!("table {name} of `{}` has {} bytes, the MANIFEST says {}", f.column_family_name, m.len(), f.size)
+            }
+            Ok(_) => continue,
+        };
+        return Err(IndexError::Damaged { path: path.to_owned(), detail });
+    }
+    Ok(())
+}
+
+/// Opens (or, in a directory without a database, creates) the database with every column
+/// family, as its one writer. Another process holding it is [`IndexError::Busy`], named from
+/// its writer record; a damaged one is [`IndexError::Damaged`], and nothing is created over it.
+pub fn open_db(path: &Path) -> Result<DB, IndexError> {
+    let create = preflight(path)? == Presence::Empty;
+    let cfs = COLUMN_FAMILIES.iter().map(|n| ColumnFamilyDescriptor::new(*n, options(false)));
+    let db = DB::open_cf_descriptors(&options(create), path, cfs).map_err(|e| open_error(path, e))?;
+    check_files(&db, path)?;
+    Ok(db)
 }
 
 /// Opens the database at `path` as a RocksDB secondary instance (its own files in
@@ -84,25 +207,54 @@ pub fn open_db(path: &Path) -> Result<DB, IndexError> {
 /// the index, sees what was committed before it opened, and catches up on demand
 /// (`try_catch_up_with_primary`). Opens the column families the database has.
 pub fn open_secondary(path: &Path, secondary: &Path) -> Result<DB, IndexError> {
-    let storage = |source| IndexError::Storage { path: path.to_owned(), source };
-    let mut o = Options::default();
-    o.set_paranoid_checks(true);
+    if preflight(path)? == Presence::Empty {
+        return Err(IndexError::Missing { path: path.to_owned() });
+    }
+    // A secondary instance opens around a missing or unreadable table (the writer may have just
+    // deleted it) and around a damaged write-ahead log, answering without them: a read-only
+    // open first, which fails on either, so that no reader answers over damage.
+    let cfs = DB::list_cf(&Options::default(), path).map_err(|e| open_error(path, e))?;
+    let names: Vec<&str> = cfs.iter().map(String::as_str).collect();
+    drop(open_read_only(path, &names, secondary)?);
+    let mut o = options(false);
     // Secondary instances keep every table file open: the writer may delete one (compaction)
     // between two catch-ups.
     o.set_max_open_files(-1);
-    let cfs = DB::list_cf(&o, path).map_err(storage)?;
     let descriptors = cfs.iter().map(|n| ColumnFamilyDescriptor::new(n.as_str(), o.clone()));
-    DB::open_cf_descriptors_as_secondary(&o, path, secondary, descriptors).map_err(storage)
+    let db = DB::open_cf_descriptors_as_secondary(&o, path, secondary, descriptors).map_err(|e| open_error(path, e))?;
+    check_files(&db, path)?;
+    Ok(db)
+}
+
+/// Opens `cfs` of the database at `path` read-only, its info log in `log_dir` (outside the
+/// index: a read-only open would otherwise rotate the index's `LOG`, which fails on read-only
+/// media and changes the directory).
+pub(crate) fn open_read_only(path: &Path, cfs: &[&str], log_dir: &Path) -> Result<DB, IndexError> {
+    if preflight(path)? == Presence::Empty {
+        return Err(IndexError::Missing { path: path.to_owned() });
+    }
+    let mut o = options(false);
+    o.set_db_log_dir(log_dir);
+    let db = DB::open_cf_for_read_only(&o, path, cfs.iter().copied(), false).map_err(|e| open_error(path, e))?;
+    check_files(&db, path)?;
+    Ok(db)
+}
+
+/// A temporary directory for the files a read of the index needs beside it (outside it).
+pub(crate) fn scratch_outside(prefix: &str) -> Result<tempfile::TempDir, IndexError> {
+    tempfile::Builder::new().prefix(prefix).tempdir().map_err(|source| IndexError::Io { path: std::env::temp_dir(), source })
 }
 
 /// The patient-key secret of the index at `path`, read without opening it for writing (other
-/// processes may hold it) and without loading any graph; `None` when there is no index there.
+/// processes may hold it), without loading any graph and without writing under `path`; `None`
+/// when there is no index there.
 pub fn peek_secret(path: &Path) -> Result<Option<[u8; 32]>, IndexError> {
-    if !path.join("CURRENT").is_file() {
+    if preflight(path)? == Presence::Empty {
         return Ok(None);
     }
-    let storage = |source| IndexError::Storage { path: path.to_owned(), source };
-    let db = DB::open_cf_for_read_only(&options(), path, [CF_META], false).map_err(storage)?;
+    let storage = |source| access_error(path, source);
+    let logs = scratch_outside("echovault-peek-")?;
+    let db = open_read_only(path, &[CF_META], logs.path())?;
     let cf = db.cf_handle(CF_META).ok_or_else(|| IndexError::Corrupt {
         path: path.to_owned(),
         what: "meta column family",
@@ -118,9 +270,32 @@ pub fn peek_secret(path: &Path) -> Result<Option<[u8; 32]>, IndexError> {
     }
 }
 
-/// Lets RocksDB salvage a damaged database in place (`RepairDB`): tables it cannot read are
-/// set aside (under `lost/`) and the rest re-indexed. Data in unreadable tables is gone; run
-/// `Index::repair` afterwards so graphs and mappings agree with what survived.
-pub fn salvage(path: &Path) -> Result<(), IndexError> {
-    DB::repair(&options(), path).map_err(|source| IndexError::Storage { path: path.to_owned(), source })
+/// Lets RocksDB rebuild a database that does not open (`RepairDB`): a new MANIFEST from the
+/// table files and write-ahead logs there; tables it cannot read whole are set aside under
+/// `lost/`. Data in those tables is gone; [`crate::salvage`] runs this only where the database
+/// does not open, then `Index::repair` makes graphs and mappings agree with what survived.
+pub(crate) fn rocksdb_repair(path: &Path) -> Result<(), IndexError> {
+    DB::repair(&options(false), path).map_err(|source| IndexError::Storage { path: path.to_owned(), source })
+}
+
+/// Opens the database for [`crate::salvage`]: as [`open_db`], with no writer record; with
+/// `skip_damaged_wal`, every write-ahead-log record that reads back is replayed and the damaged
+/// ones skipped (RocksDB's repair would keep only the default column family's).
+pub(crate) fn open_for_salvage(path: &Path, skip_damaged_wal: bool) -> Result<DB, IndexError> {
+    if preflight(path)? == Presence::Empty {
+        return Err(IndexError::Missing { path: path.to_owned() });
+    }
+    let mut o = options(false);
+    if skip_damaged_wal {
+        o.set_wal_recovery_mode(rocksdb::DBRecoveryMode::SkipAnyCorruptedRecord);
+    }
+    let cfs = COLUMN_FAMILIES.iter().map(|n| ColumnFamilyDescriptor::new(*n, options(false)));
+    let db = DB::open_cf_descriptors(&o, path, cfs).map_err(|e| open_error(path, e))?;
+    check_files(&db, path)?;
+    Ok(db)
+}
+
+/// Options for a column family re-created by a salvage.
+pub(crate) fn column_family_options() -> Options {
+    options(false)
 }

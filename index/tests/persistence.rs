@@ -238,11 +238,13 @@ fn a_truncated_table_file_is_a_typed_error_not_a_panic() {
     f.set_len(len / 2).unwrap();
     drop(f);
     let err = Index::open(dir.path(), IndexOptions::default()).unwrap_err();
-    assert!(matches!(err, IndexError::Storage { .. } | IndexError::Corrupt { .. }), "{err}");
+    assert!(matches!(err, IndexError::Damaged { .. }), "{err}");
     assert!(err.to_string().contains(&dir.path().display().to_string()), "{err}");
-    // `echovault repair --salvage`: RocksDB sets the damaged table aside, the rest opens, and a
-    // repair leaves a consistent (smaller) index.
-    echovault_index::salvage(dir.path()).unwrap();
+    assert!(err.to_string().contains("echovault repair"), "{err}");
+    // `echovault repair`: RocksDB sets the damaged table aside, the rest opens, and a repair
+    // leaves a consistent (smaller) index.
+    let salvage = echovault_index::salvage(dir.path(), false).unwrap();
+    assert!(salvage.rocksdb_repair.is_some(), "{salvage:?}");
     let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
     let v = index.repair().unwrap();
     assert!(v.ok(), "{:?}", v.problems);

@@ -2,39 +2,66 @@
 //! `echovault repair`. Neither needs a model.
 
 use super::Global;
-use echovault::index::{Index, IndexOptions};
+use echovault::index::Index;
 
 #[derive(clap::Args, Debug)]
 pub struct RepairArgs {
-    /// Only check (graphs against vectors, mappings, records); change nothing. Exit 1 if
-    /// anything is wrong.
+    /// Only check: every table file's block checksums, then graphs against vectors, mappings,
+    /// records, frame embeddings and the ingest log; change nothing (and write nothing under the
+    /// index: works on read-only media). Exit 1 if anything is wrong.
     #[arg(long)]
     pub check: bool,
-    /// First let RocksDB salvage a damaged database (a truncated or corrupt table file): what it
-    /// cannot read is dropped. Then rebuild as usual.
+    /// Accept a new patient-key secret where the damaged index lost its own: every video
+    /// ingested afterwards gets a new patient key, so a patient's earlier and later videos no
+    /// longer match. Without it, such a repair stops before changing anything.
     #[arg(long)]
+    pub new_secret: bool,
+    /// Kept for older scripts: a damaged database is now always salvaged first.
+    #[arg(long, hide = true)]
     pub salvage: bool,
 }
 
 pub fn run_repair(g: &Global, a: &RepairArgs) -> anyhow::Result<i32> {
     anyhow::ensure!(g.index.is_dir(), "no index at {}", g.index.display());
-    if a.salvage {
-        echovault::index::salvage(&g.index)?;
-    }
-    let index = if a.check {
-        Index::open_reader(&g.index)?
-    } else {
-        Index::open(&g.index, IndexOptions { writer: Some("echovault repair".into()), ..IndexOptions::default() })?
-    };
-    let report = echovault::info::repair(&index, a.check)?;
+    let report = if a.check { echovault::repair::check_path(&g.index)? } else { echovault::repair::repair_path(&g.index, a.new_secret)? };
     if g.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
+        if let Some(s) = &report.salvage {
+            if let Some(why) = &s.wal_damaged {
+                println!("salvaged: the write-ahead log was damaged ({why}); its readable records were kept");
+            }
+            if let Some(why) = &s.rocksdb_repair {
+                println!("salvaged: the database did not open ({why}); RocksDB's repair rebuilt it from its files");
+            }
+            for f in &s.set_aside {
+                println!("  set aside (unreadable): {f}");
+            }
+            for d in &s.damaged {
+                println!("  damaged table {} of `{}`: {}", d.file, d.column_family, d.meaning);
+            }
+            for r in &s.rewritten {
+                let more = if r.unreadable_blocks { " (and an unknown number in blocks that did not decompress)" } else { "" };
+                println!("  `{}` rewritten: {} keys kept, {} lost{more}", r.column_family, r.kept, r.lost);
+            }
+            for m in &s.meta {
+                println!("  meta: {m}");
+            }
+        }
         for (c, n) in &report.live {
             println!("{c}: {n} live vectors, {} stored", report.stored.get(c).copied().unwrap_or(0));
         }
         for p in &report.problems {
             println!("problem: {p}");
+        }
+        if !report.reingest.is_empty() {
+            println!(
+                "{} inputs were lost and forgotten; the next `echovault ingest` of the same export embeds them again:",
+                report.reingest.len()
+            );
+            for r in &report.reingest {
+                println!("  {r}");
+            }
         }
         println!("{}", if report.ok { "index is consistent" } else { "index has problems: run `echovault repair`" });
     }

@@ -1,0 +1,530 @@
+//! Damage: every table file read with its block checksums verified ([`check_tables`], what
+//! `repair --check` reports), and the salvage of a damaged database ([`salvage`], the first step
+//! of `repair`): RocksDB's own repair where the database does not open, then each damaged column
+//! family rewritten from the keys that still read back, and the index-wide values in `meta`
+//! that can be derived (format version, slot counters, space records) put back.
+//!
+//! What cannot be read is gone; `Index::repair` then makes graphs, slots and secondary keys agree
+//! with what survived, and the caller (the ingest log's owner) forgets the inputs whose items
+//! were lost, so that the next ingest embeds them again.
+
+use crate::codec::{self, Collection};
+use crate::error::IndexError;
+use crate::ids::SpaceId;
+use crate::index::SpaceInfo;
+use crate::store::{self, column_family_role, CF_GRAPH, CF_ITEMS, CF_META, CF_VECTORS, COLUMN_FAMILIES};
+use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, DB};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// A table file that failed its check.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DamagedTable {
+    /// The column family it belongs to.
+    pub column_family: String,
+    /// Its file name in the index directory (e.g. `000012.sst`).
+    pub file: String,
+    /// What failed (RocksDB's words, or a size that does not match the MANIFEST).
+    pub detail: String,
+    /// What losing it means to the user.
+    pub meaning: &'static str,
+}
+
+/// One column family that [`salvage`] rewrote from its readable keys.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Rewritten {
+    /// The column family.
+    pub column_family: String,
+    /// Keys read back and written again.
+    pub kept: usize,
+    /// Keys seen in damaged blocks (read without checksums) and not kept.
+    pub lost: usize,
+    /// Some blocks could not be read even without checksums: an unknown number of keys more
+    /// were lost.
+    pub unreadable_blocks: bool,
+}
+
+/// What [`salvage`] found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Salvage {
+    /// Why the database did not open when only its write-ahead log was damaged: the records
+    /// that read back were kept, the damaged ones (and the batches they held) are gone.
+    pub wal_damaged: Option<String>,
+    /// Why the database did not open, when it did not even with the damaged write-ahead-log
+    /// records skipped: RocksDB's repair then rebuilt it from its table files (data that was
+    /// only in the write-ahead log is lost with it: RocksDB's repair keeps only the default
+    /// column family's).
+    pub rocksdb_repair: Option<String>,
+    /// Files RocksDB's repair set aside under `lost/` (their contents are gone).
+    pub set_aside: Vec<String>,
+    /// Table files that failed their check once the database opened.
+    pub damaged: Vec<DamagedTable>,
+    /// Column families rewritten from their readable keys.
+    pub rewritten: Vec<Rewritten>,
+    /// Index-wide values of `meta` that were lost, and what was put back, one line each.
+    pub meta: Vec<String>,
+}
+
+impl Salvage {
+    /// True when nothing was damaged at the storage level.
+    pub fn clean(&self) -> bool {
+        self.wal_damaged.is_none()
+            && self.rocksdb_repair.is_none()
+            && self.set_aside.is_empty()
+            && self.damaged.is_empty()
+            && self.meta.is_empty()
+    }
+}
+
+fn verified() -> ReadOptions {
+    let mut ro = ReadOptions::default();
+    ro.set_verify_checksums(true);
+    ro.fill_cache(false);
+    ro
+}
+
+fn unverified() -> ReadOptions {
+    let mut ro = ReadOptions::default();
+    ro.set_verify_checksums(false);
+    ro.fill_cache(false);
+    ro
+}
+
+/// The table file a RocksDB error names (`…/000012.sst …` → `000012.sst`).
+fn table_named(text: &str) -> Option<String> {
+    let end = text.find(".sst")?;
+    let digits = text[..end].bytes().rev().take_while(u8::is_ascii_digit).count();
+    (digits > 0).then(|| text[end - digits..end + 4].to_owned())
+}
+
+/// The smallest key after `k`.
+fn after(k: &[u8]) -> Vec<u8> {
+    let mut v = k.to_vec();
+    v.push(0);
+    v
+}
+
+/// Reads every live table file of `db` (the index at `path`) with block checksums verified, and
+/// checks each file's size on disk against the MANIFEST. Each damaged file is listed once;
+/// a file whose whole key range is shadowed by another damaged file's failing blocks can go
+/// unlisted until that one is salvaged.
+pub fn check_tables(db: &DB, path: &Path) -> Result<Vec<DamagedTable>, IndexError> {
+    let storage = |source| IndexError::Storage { path: path.to_owned(), source };
+    let live = db.live_files().map_err(storage)?;
+    let mut found: BTreeMap<String, DamagedTable> = BTreeMap::new();
+    let mut note = |cf: &str, file: String, detail: String| {
+        found.entry(file.clone()).or_insert(DamagedTable { column_family: cf.to_owned(), file, detail, meaning: column_family_role(cf) });
+    };
+    for f in &live {
+        let name = f.name.trim_start_matches('/').to_owned();
+        match std::fs::metadata(path.join(&name)) {
+            Err(e) => note(&f.column_family_name, name, format!("cannot be read: {e}")),
+            Ok(m) if m.len() != f.size as u64 => {
+                note(&f.column_family_name, name, format!("{} bytes on disk, the MANIFEST says {}", m.len(), f.size))
+            }
+            Ok(_) => {}
+        }
+    }
+    for cf_name in COLUMN_FAMILIES {
+        let Some(cf) = db.cf_handle(cf_name) else { continue };
+        let mut from: Option<Vec<u8>> = None;
+        loop {
+            let mode = match &from {
+                Some(k) => IteratorMode::From(k, Direction::Forward),
+                None => IteratorMode::Start,
+            };
+            let Some(e) = db.iterator_cf_opt(cf, verified(), mode).find_map(Result::err) else { break };
+            let text = e.to_string();
+            let Some(file) = table_named(&text) else {
+                note(cf_name, format!("a table of `{cf_name}`"), text);
+                break;
+            };
+            let end = live.iter().find(|f| f.name.trim_start_matches('/') == file).and_then(|f| f.end_key.clone());
+            let owner =
+                live.iter().find(|f| f.name.trim_start_matches('/') == file).map_or(cf_name, |f| f.column_family_name.as_str()).to_owned();
+            note(&owner, file, text);
+            // Go on after the damaged file's key range: other files may be damaged too.
+            let Some(next) = end.map(|k| after(&k)) else { break };
+            if from.as_ref().is_some_and(|f| *f >= next) {
+                break;
+            }
+            from = Some(next);
+        }
+    }
+    Ok(found.into_values().collect())
+}
+
+/// [`check_tables`] on the index at `path`, opened read-only (nothing written under `path`,
+/// RocksDB's info log kept outside it), so that it works where the index itself does not open
+/// (a damaged `meta` table) and beside a writer. A database that does not open at all is
+/// [`IndexError::Damaged`], saying why.
+pub fn check_storage(path: &Path) -> Result<Vec<DamagedTable>, IndexError> {
+    if store::preflight(path)? == store::Presence::Empty {
+        return Err(IndexError::Missing { path: path.to_owned() });
+    }
+    let logs = store::scratch_outside("echovault-check-")?;
+    // The column families the database has (an older index lacks the newer ones).
+    let present = DB::list_cf(&rocksdb::Options::default(), path).map_err(|e| store::open_error(path, e))?;
+    let cfs: Vec<&str> = present.iter().map(String::as_str).collect();
+    let db = store::open_read_only(path, &cfs, logs.path())?;
+    check_tables(&db, path)
+}
+
+/// The table files of the index at `path` with their column family (read-only, as
+/// [`check_storage`]), in column-family order.
+pub fn table_files(path: &Path) -> Result<Vec<(String, String)>, IndexError> {
+    if store::preflight(path)? == store::Presence::Empty {
+        return Err(IndexError::Missing { path: path.to_owned() });
+    }
+    let logs = store::scratch_outside("echovault-check-")?;
+    let present = DB::list_cf(&rocksdb::Options::default(), path).map_err(|e| store::open_error(path, e))?;
+    let cfs: Vec<&str> = present.iter().map(String::as_str).collect();
+    let db = store::open_read_only(path, &cfs, logs.path())?;
+    let live = db.live_files().map_err(|e| store::open_error(path, e))?;
+    let mut out: Vec<(String, String)> =
+        live.into_iter().map(|f| (f.column_family_name, f.name.trim_start_matches('/').to_owned())).collect();
+    out.sort();
+    Ok(out)
+}
+
+/// A key and its value.
+type Row = (Box<[u8]>, Box<[u8]>);
+
+/// A column family's keys and values that read back with their checksums, found by reading
+/// past each damaged block: the keys after it are listed without checksums and each is read
+/// again with them (a point read touches only the blocks that hold it), until a checked
+/// iteration can go on.
+struct Survivors {
+    rows: Vec<Row>,
+    lost: usize,
+    unreadable: bool,
+}
+
+fn survivors(db: &DB, cf_name: &'static str, path: &Path) -> Result<Survivors, IndexError> {
+    let storage = |source| IndexError::Storage { path: path.to_owned(), source };
+    let cf = db.cf_handle(cf_name).ok_or_else(|| crate::index::corrupt(path, "column family", cf_name))?;
+    let live = db.live_files().map_err(storage)?;
+    let mut out = Survivors { rows: Vec::new(), lost: 0, unreadable: false };
+    let mut from: Option<Vec<u8>> = None;
+    loop {
+        let mode = match &from {
+            Some(k) => IteratorMode::From(k, Direction::Forward),
+            None => IteratorMode::Start,
+        };
+        let mut failure = None;
+        for kv in db.iterator_cf_opt(cf, verified(), mode) {
+            match kv {
+                Ok((k, v)) => {
+                    from = Some(after(&k));
+                    out.rows.push((k, v));
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let Some(e) = failure else { break };
+        // Past the damage: list the keys without checksums, keep those that read back with them.
+        let start = from.clone();
+        let mode = match &start {
+            Some(k) => IteratorMode::From(k, Direction::Forward),
+            None => IteratorMode::Start,
+        };
+        let mut resume = None;
+        for kv in db.iterator_cf_opt(cf, unverified(), mode) {
+            let Ok((k, _)) = kv else { break };
+            if readable_from(db, cf, &k) {
+                resume = Some(k.to_vec());
+                break;
+            }
+            from = Some(after(&k));
+            match db.get_cf_opt(cf, &k, &verified()) {
+                Ok(Some(v)) => out.rows.push((k, v.into_boxed_slice())),
+                Ok(None) => {}
+                Err(_) => out.lost += 1,
+            }
+        }
+        let next = match resume {
+            Some(k) => k,
+            None => {
+                // Unreadable even without checksums (a block that does not decompress): find
+                // where a checked read can start again, by bisection between the last key read
+                // and the end of the damaged file. What lies between is lost.
+                out.unreadable = true;
+                let end = table_named(e.as_ref())
+                    .and_then(|file| live.iter().find(|f| f.name.trim_start_matches('/') == file))
+                    .and_then(|f| f.end_key.clone());
+                let Some(end) = end else { break };
+                let lo = from.clone().unwrap_or_default();
+                first_readable(db, cf, &lo, &after(&end))
+            }
+        };
+        if start.as_ref().is_some_and(|s| *s >= next) && from.as_ref().is_some_and(|f| *f >= next) {
+            break;
+        }
+        from = Some(next);
+    }
+    out.rows.sort_by(|a, b| a.0.cmp(&b.0));
+    out.rows.dedup_by(|a, b| a.0 == b.0);
+    Ok(out)
+}
+
+/// Longest key [`first_readable`] bisects over.
+const MAX_BISECT_KEY: usize = 256;
+
+/// A checked read (seek) from `k` succeeds.
+fn readable_from(db: &DB, cf: &rocksdb::ColumnFamily, k: &[u8]) -> bool {
+    !matches!(db.iterator_cf_opt(cf, verified(), IteratorMode::From(k, Direction::Forward)).next(), Some(Err(_)))
+}
+
+/// The smallest key (to within the byte-string bisection) above `lo` from which a checked read
+/// succeeds, given that one from `hi` does: keys compare as base-256 numbers padded to one
+/// length, so a damaged block's key range is an interval of them.
+fn first_readable(db: &DB, cf: &rocksdb::ColumnFamily, lo: &[u8], hi: &[u8]) -> Vec<u8> {
+    let len = lo.len().max(hi.len()).min(MAX_BISECT_KEY);
+    let pad = |k: &[u8]| {
+        let mut v = k[..k.len().min(len)].to_vec();
+        v.resize(len, 0);
+        v
+    };
+    let (mut lo, mut hi) = (pad(lo), pad(hi));
+    if lo >= hi {
+        return hi;
+    }
+    loop {
+        let mid = midpoint(&lo, &hi);
+        if mid == lo {
+            return hi;
+        }
+        if readable_from(db, cf, &mid) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+}
+
+/// `(lo + hi) / 2` of two equally long base-256 numbers.
+fn midpoint(lo: &[u8], hi: &[u8]) -> Vec<u8> {
+    let mut sum = vec![0u16; lo.len() + 1];
+    let mut carry = 0u16;
+    for i in (0..lo.len()).rev() {
+        let s = u16::from(lo[i]) + u16::from(hi[i]) + carry;
+        sum[i + 1] = s % 256;
+        carry = s / 256;
+    }
+    sum[0] = carry;
+    let mut mid = vec![0u8; lo.len()];
+    let mut rem = sum[0];
+    for (i, m) in mid.iter_mut().enumerate() {
+        let v = rem * 256 + sum[i + 1];
+        *m = (v / 2) as u8;
+        rem = v % 2;
+    }
+    mid
+}
+
+/// Files in `lost/` (where RocksDB's repair sets aside what it cannot use).
+fn set_aside(path: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(path.join("lost"))
+        .map(|d| d.flatten().map(|e| format!("lost/{}", e.file_name().to_string_lossy())).collect())
+        .unwrap_or_default()
+}
+
+/// Salvages the database of the index at `path` before it is opened as an index:
+///
+/// 1. where it does not open (a missing or damaged `CURRENT` or MANIFEST, a missing or
+///    truncated table, a damaged write-ahead log), RocksDB's repair rebuilds it from the files
+///    there — a database that opens is never handed to it, so a salvage never ends with less
+///    than an open shows;
+/// 2. every table is checked ([`check_tables`]); each damaged column family is rewritten from
+///    the keys that read back (its damaged files dropped);
+/// 3. `meta`: a lost format version is written again, lost slot counters and space records are
+///    derived from the stored vectors (a space whose record is lost is named `recovered-N`).
+///    A lost patient-key secret is refused unless `new_secret`: a new one gives every patient
+///    a new key, so their earlier and later videos no longer match. The refusal comes before
+///    anything but RocksDB's repair changed the directory.
+///
+/// Then open the index and run `Index::repair`.
+pub fn salvage(path: &Path, new_secret: bool) -> Result<Salvage, IndexError> {
+    let mut out = Salvage::default();
+    let before = set_aside(path);
+    let mut db = match store::open_for_salvage(path, false) {
+        Ok(db) => db,
+        Err(IndexError::Damaged { detail, .. }) => match store::open_for_salvage(path, true) {
+            Ok(db) => {
+                // Only the write-ahead log was damaged: what reads back of it goes into tables.
+                tracing::warn!(%detail, "the write-ahead log is damaged: its readable records are kept");
+                for cf in COLUMN_FAMILIES {
+                    if let Some(h) = db.cf_handle(cf) {
+                        db.flush_cf(h).map_err(|source| IndexError::Storage { path: path.to_owned(), source })?;
+                    }
+                }
+                out.wal_damaged = Some(detail);
+                db
+            }
+            Err(IndexError::Damaged { .. }) => {
+                tracing::warn!(%detail, "the database does not open: RocksDB's repair rebuilds it");
+                store::rocksdb_repair(path)?;
+                out.rocksdb_repair = Some(detail);
+                store::open_for_salvage(path, false)?
+            }
+            Err(e) => return Err(e),
+        },
+        Err(e) => return Err(e),
+    };
+    out.set_aside = set_aside(path).difference(&before).cloned().collect();
+    out.damaged = check_tables(&db, path)?;
+    let damaged_cfs: BTreeSet<&'static str> =
+        COLUMN_FAMILIES.iter().copied().filter(|cf| out.damaged.iter().any(|d| d.column_family == *cf)).collect();
+    let mut kept: BTreeMap<&'static str, Survivors> = BTreeMap::new();
+    for cf in &damaged_cfs {
+        kept.insert(cf, survivors(&db, cf, path)?);
+    }
+    // The secret first: nothing of ours is changed before the user has agreed to lose it.
+    let storage = |source| IndexError::Storage { path: path.to_owned(), source };
+    let meta_value = |key: &[u8]| -> Result<Option<Vec<u8>>, IndexError> {
+        match kept.get(CF_META) {
+            Some(s) => Ok(s.rows.iter().find(|(k, _)| &**k == key).map(|(_, v)| v.to_vec())),
+            None => {
+                let cf = db.cf_handle(CF_META).ok_or_else(|| crate::index::corrupt(path, "column family", CF_META))?;
+                db.get_cf_opt(cf, key, &verified()).map_err(storage)
+            }
+        }
+    };
+    let has_items = {
+        let cf = db.cf_handle(CF_ITEMS).ok_or_else(|| crate::index::corrupt(path, "column family", CF_ITEMS))?;
+        kept.get(CF_ITEMS)
+            .map_or_else(|| db.iterator_cf_opt(cf, unverified(), IteratorMode::Start).next().is_some(), |s| !s.rows.is_empty())
+    };
+    let version = meta_value(store::KEY_FORMAT_VERSION)?;
+    let secret = meta_value(store::KEY_SECRET)?;
+    if secret.as_ref().is_none_or(|s| s.len() != 32) && has_items {
+        if !new_secret {
+            return Err(IndexError::SecretLost { path: path.to_owned() });
+        }
+        out.meta.push("the patient-key secret was lost: a new one was made (re-ingested videos get new patient keys)".into());
+    }
+    for cf in &damaged_cfs {
+        let s = &kept[cf];
+        db.drop_cf(cf).map_err(storage)?;
+        db.create_cf(cf, &store::column_family_options()).map_err(storage)?;
+        let handle = db.cf_handle(cf).ok_or_else(|| crate::index::corrupt(path, "column family", *cf))?;
+        for chunk in s.rows.chunks(1024) {
+            let mut wb = WriteBatch::default();
+            for (k, v) in chunk {
+                wb.put_cf(handle, k, v);
+            }
+            db.write_opt(wb, &crate::index::synced()).map_err(storage)?;
+        }
+        db.flush_cf(handle).map_err(storage)?;
+        out.rewritten.push(Rewritten {
+            column_family: (*cf).to_owned(),
+            kept: s.rows.len(),
+            lost: s.lost,
+            unreadable_blocks: s.unreadable,
+        });
+    }
+    mend_meta(&db, path, version.is_some(), secret.filter(|s| s.len() == 32).is_some(), has_items, &mut out)?;
+    if !damaged_cfs.is_empty() || out.rocksdb_repair.is_some() || out.wal_damaged.is_some() {
+        // The secondary keys are rebuilt from the records at the next open.
+        let cf = db.cf_handle(CF_META).ok_or_else(|| crate::index::corrupt(path, "column family", CF_META))?;
+        db.delete_cf(cf, store::KEY_LOOKUP_VERSION).map_err(storage)?;
+    }
+    db.flush_wal(true).map_err(storage)?;
+    Ok(out)
+}
+
+/// Puts back what `meta` lost and can be derived: the format version, each collection's slot
+/// counter (one above the highest stored vector or tombstone), a record for each space that
+/// has vectors (named `recovered-N`, its dimension the vectors'), a new secret where it was lost.
+fn mend_meta(db: &DB, path: &Path, has_version: bool, has_secret: bool, has_items: bool, out: &mut Salvage) -> Result<(), IndexError> {
+    let storage = |source| IndexError::Storage { path: path.to_owned(), source };
+    let cf = |n: &'static str| db.cf_handle(n).ok_or_else(|| crate::index::corrupt(path, "column family", n));
+    let (cf_meta, cf_vec, cf_graph) = (cf(CF_META)?, cf(CF_VECTORS)?, cf(CF_GRAPH)?);
+    if !has_items && has_version {
+        return Ok(());
+    }
+    let mut wb = WriteBatch::default();
+    if !has_version && has_items {
+        wb.put_cf(cf_meta, store::KEY_FORMAT_VERSION, store::FORMAT_VERSION.to_be_bytes());
+        out.meta.push(format!("the format version was lost: written again ({})", store::FORMAT_VERSION));
+    }
+    if !has_secret && has_items {
+        let mut secret = [0u8; 32];
+        rand::fill(&mut secret);
+        wb.put_cf(cf_meta, store::KEY_SECRET, secret);
+    }
+    // Highest slot per collection, and a dimension per space, from the vectors and tombstones.
+    let mut top: BTreeMap<Collection, u32> = BTreeMap::new();
+    let mut dims: BTreeMap<SpaceId, usize> = BTreeMap::new();
+    for kv in db.iterator_cf_opt(cf_vec, verified(), IteratorMode::Start) {
+        let (k, v) = kv.map_err(storage)?;
+        let Some((c, slot)) = codec::decode_vector_key(&k) else { continue };
+        let e = top.entry(c).or_insert(0);
+        *e = (*e).max(slot.0 + 1);
+        if let Some((_, vec)) = codec::decode_vector(&v) {
+            dims.entry(c.space).or_insert(vec.len());
+        }
+    }
+    for kv in db.iterator_cf_opt(cf_graph, verified(), IteratorMode::From(b"dead/", Direction::Forward)) {
+        let (k, _) = kv.map_err(storage)?;
+        if !k.starts_with(b"dead/") {
+            break;
+        }
+        let (Some(c), Some(slot)) = (Collection::from_prefix(&k[5..]), codec::decode_dead_key(&k)) else { continue };
+        let e = top.entry(c).or_insert(0);
+        *e = (*e).max(slot.0 + 1);
+    }
+    for (c, n) in &top {
+        let key = codec::next_slot_key(*c);
+        let now = db.get_cf(cf_meta, &key).map_err(storage)?.and_then(|v| <[u8; 4]>::try_from(v.as_slice()).ok()).map(u32::from_be_bytes);
+        if now.is_none_or(|m| m < *n) {
+            wb.put_cf(cf_meta, key, n.to_be_bytes());
+            out.meta.push(format!("the slot counter of space {} {} was lost: set to {n}", c.space.0, c.kind));
+        }
+    }
+    for (space, dim) in dims {
+        let mut key = store::KEY_SPACE_PREFIX.to_vec();
+        key.extend_from_slice(&space.0.to_be_bytes());
+        if db.get_cf(cf_meta, &key).map_err(storage)?.is_none() {
+            let info = SpaceInfo { id: space, name: format!("recovered-{}", space.0), dim };
+            let val = bincode::serde::encode_to_vec(&info, bincode::config::standard())
+                .map_err(|e| crate::index::corrupt(path, "space record", e))?;
+            wb.put_cf(cf_meta, key, val);
+            out.meta.push(format!(
+                "the record of embedding space {} was lost: its vectors are kept as space `{}` (dim {dim}); the next ingest \
+                 fills a new space for its model",
+                space.0, info.name
+            ));
+        }
+    }
+    db.write_opt(wb, &crate::index::synced()).map_err(storage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn midpoints_of_byte_strings() {
+        assert_eq!(midpoint(&[0, 0], &[0, 10]), vec![0, 5]);
+        assert_eq!(midpoint(&[0, 255], &[1, 1]), vec![1, 0]);
+        assert_eq!(midpoint(&[255, 255], &[255, 255]), vec![255, 255]);
+        assert_eq!(midpoint(&[1, 0], &[2, 0]), vec![1, 128]);
+    }
+
+    #[test]
+    fn table_names_are_found_in_rocksdb_messages() {
+        let m = "Corruption: block checksum mismatch: stored = 1, computed = 2, type = 1  in /tmp/x/000012.sst offset 0 size 9";
+        assert_eq!(table_named(m).as_deref(), Some("000012.sst"));
+        assert_eq!(
+            table_named("IO error: No such file or directory: While open a file for random read: /a/b/000007.sst"),
+            Some("000007.sst".into())
+        );
+        assert_eq!(table_named("Corruption: bad WAL record"), None);
+        assert_eq!(table_named("x.sst"), None);
+    }
+}

@@ -1,0 +1,197 @@
+//! `echovault repair`: the index's own check and repair (see `echovault_index`), the storage
+//! salvage before it where the database is damaged, and the audit of what the ingest pipeline
+//! keeps beside the items: each ingest-log entry's video must still have its record, a vector
+//! and frame embeddings in every space it was embedded in; each study its vector from the videos
+//! that survived. A repair forgets the inputs whose video lost any of them (the record, its
+//! vectors and frames deleted with its log entries), so the next `ingest` of the same export
+//! embeds exactly those again — and lists them.
+
+use crate::engine::mean_unit;
+use crate::error::Error;
+use crate::info::RepairReport;
+use crate::ingest::study_id;
+use echovault_index::{Index, IndexError, IndexOptions, ItemId, Kind};
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Ingest-log key prefixes written by the pipeline (`ingest::pipeline`): a file's path → its
+/// entry (JSON with the item id), a SOPInstanceUID → the item id.
+const LOG_FILE: &str = "file:";
+const LOG_SOP: &str = "sop:";
+
+/// The part of a `file:` entry the audit reads (the pipeline's `LogEntry`).
+#[derive(Deserialize)]
+struct Logged {
+    id: String,
+}
+
+/// What the audit found.
+#[derive(Debug, Default)]
+pub struct Audit {
+    /// One line per kind of problem.
+    pub problems: Vec<String>,
+    /// Videos to delete (their record survived, a vector or frames did not).
+    broken: BTreeSet<ItemId>,
+    /// Log keys to remove (their video is gone or broken).
+    stale_log: Vec<String>,
+    /// The inputs the next ingest will embed again: a source path (or a log key) per video.
+    pub reingest: BTreeSet<String>,
+    /// Studies whose vector must be computed again from their surviving videos.
+    studies: BTreeSet<String>,
+}
+
+/// Audits the ingest log and the videos of `index` against each other.
+pub fn audit(index: &Index) -> Result<Audit, Error> {
+    let mut a = Audit::default();
+    let spaces = index.spaces();
+    let videos = index.items(Some(Kind::Video))?;
+    let (mut no_vector, mut no_frames) = (0usize, 0usize);
+    for rec in &videos {
+        let mut with_vector = BTreeSet::new();
+        let mut with_frames = BTreeSet::new();
+        for s in &spaces {
+            if index.get_vector(s.id, Kind::Video, &rec.id)?.is_some() {
+                with_vector.insert(s.id);
+            }
+            if index.get_frames(s.id, &rec.id)?.is_some() {
+                with_frames.insert(s.id);
+            }
+        }
+        let lost_vector = with_vector.is_empty() || !with_frames.is_subset(&with_vector);
+        let lost_frames = !with_vector.is_subset(&with_frames);
+        if lost_vector || lost_frames {
+            no_vector += usize::from(lost_vector);
+            no_frames += usize::from(lost_frames && !lost_vector);
+            a.broken.insert(rec.id.clone());
+            a.reingest.insert(rec.source.clone());
+            if let Some(study) = &rec.study {
+                a.studies.insert(study.clone());
+            }
+        }
+    }
+    if no_vector > 0 {
+        a.problems.push(format!("{no_vector} videos lost their vector: searches miss them until they are ingested again"));
+    }
+    if no_frames > 0 {
+        a.problems.push(format!("{no_frames} videos lost their frame embeddings: zero-shot re-decodes them until they are ingested again"));
+    }
+    let known: BTreeSet<&ItemId> = videos.iter().map(|r| &r.id).collect();
+    let mut gone = 0usize;
+    for (key, value) in index.log_entries(LOG_FILE)?.into_iter().chain(index.log_entries(LOG_SOP)?) {
+        let id = if key.starts_with(LOG_FILE) {
+            serde_json::from_slice::<Logged>(&value).ok().map(|l| ItemId(l.id))
+        } else {
+            String::from_utf8(value).ok().map(ItemId)
+        };
+        let Some(id) = id else { continue };
+        if !known.contains(&id) || a.broken.contains(&id) {
+            gone += usize::from(!known.contains(&id));
+            if let Some(path) = key.strip_prefix(LOG_FILE) {
+                a.reingest.insert(path.to_owned());
+            }
+            a.stale_log.push(key);
+        }
+    }
+    if gone > 0 {
+        a.problems.push(format!(
+            "{gone} ingest-log entries name videos the index lost: the next ingest would skip those files; `repair` forgets them"
+        ));
+    }
+    // Studies whose vector is missing while videos of theirs survive.
+    let mut members: BTreeMap<&str, usize> = BTreeMap::new();
+    for rec in &videos {
+        if let Some(s) = &rec.study {
+            *members.entry(s.as_str()).or_default() += 1;
+        }
+    }
+    let mut studies_without = 0usize;
+    for study in members.keys() {
+        for s in &spaces {
+            if index.get_vector(s.id, Kind::Study, &ItemId(study_id(study)))?.is_none()
+                && videos
+                    .iter()
+                    .any(|r| r.study.as_deref() == Some(*study) && index.get_vector(s.id, Kind::Video, &r.id).ok().flatten().is_some())
+            {
+                studies_without += 1;
+                a.studies.insert((*study).to_owned());
+                break;
+            }
+        }
+    }
+    if studies_without > 0 {
+        a.problems.push(format!("{studies_without} studies lost their vector: `repair` computes it again from their videos"));
+    }
+    Ok(a)
+}
+
+/// Applies `a` to `index`: deletes the broken videos, forgets their log entries and those of
+/// lost videos, and computes each affected study's vector again from the videos that remain
+/// (deleting a study none remain of). One batch.
+pub fn apply(index: &Index, a: &Audit) -> Result<(), Error> {
+    let mut b = index.batch();
+    for id in &a.broken {
+        b.delete_item(id.clone());
+    }
+    for key in &a.stale_log {
+        b.put_log(key, None);
+    }
+    let videos = index.items(Some(Kind::Video))?;
+    for study in &a.studies {
+        let sid = ItemId(study_id(study));
+        let remaining: Vec<&ItemId> =
+            videos.iter().filter(|r| r.study.as_deref() == Some(study.as_str()) && !a.broken.contains(&r.id)).map(|r| &r.id).collect();
+        if remaining.is_empty() {
+            b.delete_item(sid);
+            continue;
+        }
+        for s in index.spaces() {
+            let mut vs = Vec::new();
+            for id in &remaining {
+                if let Some(v) = index.get_vector(s.id, Kind::Video, id)? {
+                    vs.push(v);
+                }
+            }
+            if let (Some(mean), Some(_)) = (mean_unit(&vs), index.get_item(&sid)?) {
+                b.put_vector(s.id, sid.clone(), Kind::Study, mean);
+            }
+        }
+    }
+    index.commit(b)?;
+    Ok(())
+}
+
+/// `repair --check` of the index at `path`: the table files first (they are checked even where
+/// the index does not open), then the index's own check and the ingest-log audit. Changes
+/// nothing, writes nothing under `path`.
+pub fn check_path(path: &Path) -> Result<RepairReport, Error> {
+    let mut report = RepairReport::empty(true);
+    match echovault_index::check_storage(path) {
+        Err(IndexError::Damaged { detail, .. }) => {
+            report.problems.push(format!("the database does not open ({detail}): `repair` rebuilds it from its files"));
+            return Ok(report.settle());
+        }
+        Err(e) => return Err(e.into()),
+        Ok(damaged) if !damaged.is_empty() => {
+            for d in &damaged {
+                report.problems.push(format!("table {} of `{}` is damaged ({}): {}", d.file, d.column_family, d.detail, d.meaning));
+            }
+            report.damaged = damaged;
+            return Ok(report.settle());
+        }
+        Ok(_) => {}
+    }
+    let index = Index::open_reader(path)?;
+    crate::info::repair(&index, true)
+}
+
+/// `repair` of the index at `path`: salvages its storage where it is damaged (a lost patient-key
+/// secret is refused unless `new_secret`), opens it as the writer, rebuilds what is derivable,
+/// forgets what was lost so the next ingest embeds it again, then checks the result.
+pub fn repair_path(path: &Path, new_secret: bool) -> Result<RepairReport, Error> {
+    let salvage = echovault_index::salvage(path, new_secret)?;
+    let index = Index::open(path, IndexOptions { writer: Some("echovault repair".into()), ..IndexOptions::default() })?;
+    let mut report = crate::info::repair(&index, false)?;
+    report.salvage = (!salvage.clean()).then_some(salvage);
+    Ok(report)
+}
