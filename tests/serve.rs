@@ -904,3 +904,42 @@ fn the_tasks_answer_what_their_commands_print() {
     let (_, item) = get(&c, &s, &format!("/v1/items/{video_id}"));
     assert!(item["extra"]["zero_shot.pacemaker"].is_string(), "{item}");
 }
+
+#[test]
+fn an_uploaded_dicom_cine_is_searched_as_the_cli_searches_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let index = sample_index(tmp.path());
+    let out = tmp.path().join("ph");
+    let o = echovault(
+        &tmp.path().join("unused-index"),
+        &[
+            "phantom",
+            "--out",
+            out.to_str().unwrap(),
+            "--patients",
+            "1",
+            "--studies",
+            "1:1",
+            "--size",
+            "64",
+            "--frames",
+            "6",
+            "--formats",
+            "dicom-jpeg",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let dcm = walk(&out.join("dicom")).pop().unwrap();
+    let cli = echovault(&index, &["search", "--video", dcm.to_str().unwrap(), "-k", "3", "--json"]);
+    assert_eq!(cli.status.code(), Some(0), "{}", String::from_utf8_lossy(&cli.stderr));
+    let s = Server::start(&index, &["--listen", "127.0.0.1:0"]);
+    // Named as the CLI names its path; the server saves it under a name of its own, and DICOM is
+    // recognised by content.
+    let form = multipart::Form::new()
+        .part("video", multipart::Part::file(&dcm).unwrap().file_name(dcm.to_str().unwrap().to_owned()))
+        .text("k", "3");
+    let (status, got) = answer(client().post(s.url("/v1/search")).multipart(form).send().unwrap());
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got, json(&cli));
+    assert_eq!(got["hits"].as_array().unwrap().len(), 3, "{got}");
+}
