@@ -232,9 +232,6 @@ pub fn ingest(
         sampling: engine.sampling,
         spaces: engine.embedders.iter().map(|e| (e.space, e.preprocess.clone())).collect(),
     };
-    // SOPInstanceUIDs taken in this run: the first file to reach the gate with one is the
-    // video; another file with the same UID (a copy re-exported, re-encoded) is a duplicate.
-    let sops_this_run: std::sync::Mutex<HashSet<String>> = std::sync::Mutex::default();
     let gate = |study: &str, date: Option<StudyDate>, sop: Option<&str>| -> Option<Pass> {
         if let Some(since) = opts.since {
             let date = date.or_else(|| facts.dates.get(study).copied());
@@ -242,13 +239,11 @@ pub fn ingest(
                 return Some(Pass::OutsideSince);
             }
         }
+        // Instances indexed by earlier runs; those of this run are told apart when written.
         let uid = sop?;
-        let known = ctx.index.get_log(&sop_key(uid)).ok().flatten().and_then(|b| String::from_utf8(b).ok());
-        if let Some(other) = known.filter(|other| indexed_everywhere(&ctx, other)) {
-            return Some(Pass::DuplicateOf(format!("indexed item {other}")));
-        }
-        let first = sops_this_run.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(uid.to_owned());
-        (!first).then(|| Pass::DuplicateOf("another file of this run".into()))
+        let known = ctx.index.get_log(&sop_key(uid)).ok().flatten()?;
+        let other = String::from_utf8(known).ok()?;
+        indexed_everywhere(&ctx, &other).then_some(Pass::DuplicateOf(other))
     };
 
     let result = std::thread::scope(|s| -> Result<(), Error> {
@@ -442,7 +437,7 @@ fn decode_job(ctx: &Ctx, opts: &IngestOptions, gate: Gate, input: &Discovered) -
         }
         Err(Pass::OutsideSince) => Ok(Step::Done(Done::OutsideSince)),
         Err(Pass::DuplicateOf(other)) => {
-            tracing::info!(file = %input.path.display(), "same SOPInstanceUID as {other}: skipped");
+            tracing::info!(file = %input.path.display(), "same SOPInstanceUID as indexed item {other}: skipped");
             Ok(Step::Done(Done::Duplicate))
         }
     }
@@ -667,6 +662,10 @@ fn write_stage(
     let index = ctx.index;
     // Ids written in this run: the same content under two paths is indexed once.
     let mut written: HashSet<String> = HashSet::new();
+    // SOPInstanceUIDs written in this run: one instance exported as several files (copies that
+    // differ in a byte, re-encodings) is one video — the first written; a copy that failed to
+    // decode does not stand in for one that decodes.
+    let mut written_sops: HashSet<String> = HashSet::new();
     let mut members: Option<Members> = None;
     let mut p = Progress { found: summary.found, ..Progress::default() };
     // Failures of the walk (recorded already) are reported first, one by one, as any failure is:
@@ -715,11 +714,14 @@ fn write_stage(
                 p.failed += 1;
             }
             Done::Video(e) => {
-                if !written.insert(e.id.clone()) {
-                    // The same content under two paths in one run: indexed once.
+                let same_sop = e.decoded.sop_uid.as_ref().is_some_and(|uid| written_sops.contains(uid));
+                if same_sop || !written.insert(e.id.clone()) {
+                    // The same content under two paths, or the same instance in two files, in
+                    // one run: indexed once.
                     summary.duplicates += 1;
                     p.skipped += 1;
                 } else {
+                    written_sops.extend(e.decoded.sop_uid.clone());
                     let members = match &mut members {
                         Some(m) => m,
                         None => members.insert(study_members(index)?),
