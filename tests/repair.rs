@@ -97,6 +97,164 @@ fn a_flipped_frames_table_is_found_repaired_and_re_ingested() {
     assert_eq!(check["ok"], true, "{check}");
 }
 
+/// Damage to one file of a sample index, as the matrix applies it.
+#[derive(Clone, Copy, Debug)]
+enum Harm {
+    /// 16 bytes flipped in the first data block of the column family's table.
+    Flip(&'static str),
+    /// The column family's table cut to half its length.
+    Truncate(&'static str),
+    /// The column family's table deleted.
+    Delete(&'static str),
+    /// 8 bytes flipped in the middle of the write-ahead log (nothing flushed yet).
+    Wal,
+    /// 8 bytes flipped in the middle of the MANIFEST.
+    Manifest,
+    /// The OPTIONS file deleted (RocksDB does not need it to open).
+    Options,
+}
+
+fn harm(index: &Path, h: Harm) {
+    let table = |cf: &str| index.join(echovault::index::table_files(index).unwrap().into_iter().find(|(c, _)| c == cf).unwrap().1);
+    let named = |prefix: &str| {
+        std::fs::read_dir(index)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+            .unwrap()
+    };
+    let flip = |file: &Path, at: usize, n: usize| {
+        let mut b = std::fs::read(file).unwrap();
+        for x in &mut b[at..at + n] {
+            *x ^= 0x5a;
+        }
+        std::fs::write(file, b).unwrap();
+    };
+    match h {
+        Harm::Flip(cf) => flip(&table(cf), 24, 16),
+        Harm::Truncate(cf) => {
+            let f = table(cf);
+            let len = std::fs::metadata(&f).unwrap().len();
+            std::fs::OpenOptions::new().write(true).open(&f).unwrap().set_len(len / 2).unwrap();
+        }
+        Harm::Delete(cf) => std::fs::remove_file(table(cf)).unwrap(),
+        Harm::Wal => {
+            let wal = std::fs::read_dir(index)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "log"))
+                .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+                .unwrap();
+            let len = std::fs::metadata(&wal).unwrap().len() as usize;
+            flip(&wal, len / 2, 8);
+        }
+        Harm::Manifest => {
+            let m = named("MANIFEST-");
+            let len = std::fs::metadata(&m).unwrap().len() as usize;
+            flip(&m, len / 2, 8);
+        }
+        Harm::Options => std::fs::remove_file(named("OPTIONS-")).unwrap(),
+    }
+}
+
+#[test]
+fn each_damage_is_reported_repaired_and_restored_by_a_re_ingest() {
+    for h in [
+        Harm::Flip("items"),
+        Harm::Flip("vectors"),
+        Harm::Flip("slots"),
+        Harm::Flip("graph"),
+        Harm::Flip("ingest_log"),
+        Harm::Flip("lookup"),
+        Harm::Truncate("items"),
+        Harm::Truncate("frames"),
+        Harm::Delete("vectors"),
+        Harm::Wal,
+        Harm::Manifest,
+        Harm::Options,
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let index = if matches!(h, Harm::Wal) {
+            // Everything still in the write-ahead log, as a fresh ingest leaves it.
+            let index = tmp.path().join("idx");
+            let out = echovault(&index, &["ingest", clips().to_str().unwrap(), "--progress", "none"]);
+            assert_eq!(code(&out), 0);
+            index
+        } else {
+            sample_index(tmp.path())
+        };
+        let before = answers(&index);
+        harm(&index, h);
+        let check = echovault(&index, &["repair", "--check"]);
+        let text = String::from_utf8_lossy(&check.stdout).into_owned();
+        if matches!(h, Harm::Options) {
+            assert_eq!(code(&check), 0, "{h:?}: {text}");
+        } else {
+            assert_eq!(code(&check), 1, "{h:?}: the check passed over the damage: {text}");
+        }
+        let repair = echovault(&index, &["repair", "--json"]);
+        assert_eq!(code(&repair), 0, "{h:?}: {}", String::from_utf8_lossy(&repair.stderr));
+        let report = json(&repair);
+        assert_eq!(report["ok"], true, "{h:?}: {report}");
+        assert_eq!(code(&echovault(&index, &["repair", "--check"])), 0, "{h:?}: not clean after the repair");
+        let lost = report["reingest"].as_array().unwrap().len();
+        let out = echovault(&index, &["ingest", clips().to_str().unwrap(), "--progress", "none", "--json"]);
+        assert_eq!(code(&out), 0, "{h:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let summary = json(&out);
+        let after = answers(&index);
+        eprintln!(
+            "{h:?}: check said {:?}; repair listed {lost} inputs to re-ingest; re-ingest embedded {}",
+            text.lines().next(),
+            summary["ingested"]
+        );
+        assert_eq!(after, before, "{h:?}: the re-ingest did not restore the index");
+        no_duplicates(&after.1);
+        no_duplicates(&after.2);
+        assert!(summary["ingested"].as_u64().unwrap() >= lost as u64, "{h:?}: {summary} {report}");
+        assert_eq!(json(&echovault(&index, &["repair", "--check", "--json"]))["ok"], true, "{h:?}");
+    }
+}
+
+#[test]
+fn a_repair_after_kill_9_mid_ingest_keeps_what_an_open_shows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let index = tmp.path().join("idx");
+    let before = answers(&sample_index(&tmp.path().join("whole")));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_echovault"))
+        .args(["--index", index.to_str().unwrap(), "--model", root().join("data-samples/echovault-tiny").to_str().unwrap()])
+        .args(["--device", "cpu", "ingest", clips().to_str().unwrap(), "--progress", "none", "--workers", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once the first batches are written (the write-ahead log has grown), if it is
+    // still running by then.
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < std::time::Duration::from_secs(20) {
+        let wal: u64 = std::fs::read_dir(&index)
+            .map(|d| d.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "log")).map(|e| e.metadata().unwrap().len()).sum())
+            .unwrap_or(0);
+        if wal > 4096 || child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let shown = json(&echovault(&index, &["info", "--json"]))["counts"]["video"].as_u64().unwrap();
+    let repair = echovault(&index, &["repair", "--json"]);
+    assert_eq!(code(&repair), 0, "{}", String::from_utf8_lossy(&repair.stderr));
+    let kept = json(&echovault(&index, &["info", "--json"]))["counts"]["video"].as_u64().unwrap();
+    assert_eq!(kept, shown, "the repair lost videos a plain open showed: {}", json(&repair));
+    let out = echovault(&index, &["ingest", clips().to_str().unwrap(), "--progress", "none", "--json"]);
+    assert_eq!(code(&out), 0);
+    eprintln!("killed with {shown} videos shown; re-ingest embedded {}", json(&out)["ingested"]);
+    let after = answers(&index);
+    assert_eq!(after.0, before.0);
+    assert_eq!(after.1, before.1);
+    assert_eq!(after.2, before.2);
+}
+
 #[test]
 fn a_deleted_current_fails_every_command_until_repair_and_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
