@@ -267,7 +267,11 @@ fn bad_requests_get_4xx_json_naming_the_field() {
     assert_eq!(body["field"], "video");
     // A file that is no video: the upload is refused, the server goes on.
     let junk = multipart::Form::new().part("video", multipart::Part::bytes(b"not a video".to_vec()).file_name("junk.avi"));
-    refused(answer(c.post(s.url("/v1/search")).multipart(junk).send().unwrap()), 422, Some("video"));
+    let why = refused(answer(c.post(s.url("/v1/search")).multipart(junk).send().unwrap()), 422, Some("video"));
+    assert!(why.starts_with("junk.avi: ") && !why.contains("echovault-upload"), "names the upload, not its temporary file: {why}");
+    let junk = multipart::Form::new().part("video", multipart::Part::bytes(b"not a video".to_vec()).file_name("junk.avi"));
+    let why = refused(answer(c.post(s.url("/v1/reid")).multipart(junk).send().unwrap()), 422, Some("video"));
+    assert!(why.contains("junk.avi") && !why.contains("echovault-upload"), "a task's error names the upload too: {why}");
     let no_video = multipart::Form::new().text("k", "3");
     refused(answer(c.post(s.url("/v1/search")).multipart(no_video).send().unwrap()), 400, Some("video"));
     assert_eq!(get(&c, &s, "/v1/health").0, 200, "still serving");

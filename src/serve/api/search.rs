@@ -32,7 +32,12 @@ pub async fn search(State(st): State<AppState>, req: Request) -> Result<Json<ser
         .blocking(move |st| {
             let mut request = request;
             if let Some(u) = &upload {
-                request.video = Some(VideoQuery { name: u.name.clone(), vector: embed_upload(st, u.path())? });
+                // An error names the upload by its file name, never by where the server kept it.
+                let vector = embed_upload(st, u.path()).map_err(|mut e| {
+                    e.message = e.message.replace(&u.path().display().to_string(), &u.name);
+                    e
+                })?;
+                request.video = Some(VideoQuery { name: u.name.clone(), vector });
             }
             if let Some(id) = &request.like {
                 if st.engine.index.get_item(&ItemId::from(id.as_str()))?.is_none() {

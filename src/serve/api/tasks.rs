@@ -37,13 +37,21 @@ where
     T: Serialize,
     F: FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static,
 {
+    let names: Vec<(String, String)> = uploads.iter().map(|u| (u.path().display().to_string(), u.name.clone())).collect();
     let (mut v, uploads) = st
         .blocking(move |st| {
             let r = f(st)?;
             let v = serde_json::to_value(&r).map_err(|e| ApiError::internal(format!("the answer as JSON: {e}")))?;
             Ok((v, uploads))
         })
-        .await?;
+        .await
+        .map_err(|mut e| {
+            // An error names an upload by its file name too.
+            for (tmp, name) in &names {
+                e.message = e.message.replace(tmp, name);
+            }
+            e
+        })?;
     rename_uploads(&mut v, &uploads);
     Ok(Json(v))
 }
