@@ -215,16 +215,32 @@ pub fn open_secondary(path: &Path, secondary: &Path) -> Result<DB, IndexError> {
     // open first, which fails on either, so that no reader answers over damage.
     let cfs = DB::list_cf(&Options::default(), path).map_err(|e| open_error(path, e))?;
     let names: Vec<&str> = cfs.iter().map(String::as_str).collect();
-    drop(open_read_only(path, &names, secondary)?);
+    // A writer's compaction may delete a table between the MANIFEST read and the table's open
+    // (or its size check): damage that goes away on a second look was not damage.
+    let mut looks = 0;
+    loop {
+        match open_read_only(path, &names, secondary) {
+            Ok(db) => break drop(db),
+            Err(IndexError::Damaged { .. }) if looks < GATE_RETRIES => {
+                looks += 1;
+                std::thread::sleep(GATE_RETRY_PAUSE);
+            }
+            Err(e) => return Err(e),
+        }
+    }
     let mut o = options(false);
     // Secondary instances keep every table file open: the writer may delete one (compaction)
     // between two catch-ups.
     o.set_max_open_files(-1);
     let descriptors = cfs.iter().map(|n| ColumnFamilyDescriptor::new(n.as_str(), o.clone()));
-    let db = DB::open_cf_descriptors_as_secondary(&o, path, secondary, descriptors).map_err(|e| open_error(path, e))?;
-    check_files(&db, path)?;
-    Ok(db)
+    // No size check here: the gate did it, and the writer may delete tables from now on.
+    DB::open_cf_descriptors_as_secondary(&o, path, secondary, descriptors).map_err(|e| open_error(path, e))
 }
+
+/// How many more times a reader's gate looks at an index that seemed damaged, and the pause
+/// between looks (a writer's compaction replaces tables within milliseconds).
+const GATE_RETRIES: usize = 2;
+const GATE_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Opens `cfs` of the database at `path` read-only, its info log in `log_dir` (outside the
 /// index: a read-only open would otherwise rotate the index's `LOG`, which fails on read-only
