@@ -174,7 +174,7 @@ pub fn check_path(path: &Path) -> Result<RepairReport, Error> {
         Err(e) => return Err(e.into()),
         Ok(damaged) if !damaged.is_empty() => {
             for d in &damaged {
-                report.problems.push(format!("table {} of `{}` is damaged ({}): {}", d.file, d.column_family, d.detail, d.meaning));
+                report.problems.push(d.describe());
             }
             report.damaged = damaged;
             return Ok(report.settle());

@@ -29,6 +29,24 @@ pub struct DamagedTable {
     pub detail: String,
     /// What losing it means to the user.
     pub meaning: &'static str,
+    /// About how many of the file's entries do not read back (its entry count less the keys
+    /// of its range that still read, with their checksums, from it or an overlapping table);
+    /// `None` for a file that is missing or cut short.
+    pub unreadable: Option<u64>,
+    /// Entries the file holds, as the MANIFEST says.
+    pub entries: u64,
+}
+
+impl DamagedTable {
+    /// One line for a person: the file, its column family, how much of it is lost, what it
+    /// holds and what that means.
+    pub fn describe(&self) -> String {
+        let lost = match self.unreadable {
+            Some(n) => format!("about {n} of its {} entries unreadable", self.entries),
+            None => "unreadable".to_owned(),
+        };
+        format!("table {} of `{}` is damaged, {lost} ({}): {}", self.file, self.column_family, self.detail, self.meaning)
+    }
 }
 
 /// One column family that [`salvage`] rewrote from its readable keys.
@@ -114,7 +132,14 @@ pub fn check_tables(db: &DB, path: &Path) -> Result<Vec<DamagedTable>, IndexErro
     let live = db.live_files().map_err(storage)?;
     let mut found: BTreeMap<String, DamagedTable> = BTreeMap::new();
     let mut note = |cf: &str, file: String, detail: String| {
-        found.entry(file.clone()).or_insert(DamagedTable { column_family: cf.to_owned(), file, detail, meaning: column_family_role(cf) });
+        found.entry(file.clone()).or_insert(DamagedTable {
+            column_family: cf.to_owned(),
+            file,
+            detail,
+            meaning: column_family_role(cf),
+            unreadable: None,
+            entries: 0,
+        });
     };
     for f in &live {
         let name = f.name.trim_start_matches('/').to_owned();
@@ -152,7 +177,26 @@ pub fn check_tables(db: &DB, path: &Path) -> Result<Vec<DamagedTable>, IndexErro
             from = Some(next);
         }
     }
-    Ok(found.into_values().collect())
+    // How much of each damaged (but present, whole) file is lost.
+    let mut out: Vec<DamagedTable> = found.into_values().collect();
+    for cf_name in COLUMN_FAMILIES {
+        if !out.iter().any(|d| d.column_family == cf_name && !d.detail.contains("bytes on disk") && !d.detail.starts_with("cannot be read"))
+        {
+            continue;
+        }
+        let kept = survivors(db, cf_name, path)?;
+        for d in out.iter_mut().filter(|d| d.column_family == cf_name) {
+            let Some(f) = live.iter().find(|f| f.name.trim_start_matches('/') == d.file) else { continue };
+            d.entries = f.num_entries;
+            if d.detail.contains("bytes on disk") || d.detail.starts_with("cannot be read") {
+                continue;
+            }
+            let (lo, hi) = (f.start_key.clone().unwrap_or_default(), f.end_key.clone().unwrap_or_default());
+            let read = kept.rows.iter().filter(|(k, _)| **k >= *lo && **k <= *hi).count() as u64;
+            d.unreadable = Some(f.num_entries.saturating_sub(f.num_deletions).saturating_sub(read));
+        }
+    }
+    Ok(out)
 }
 
 /// [`check_tables`] on the index at `path`, opened read-only (nothing written under `path`,

@@ -833,7 +833,7 @@ impl Index {
         let damaged = self.check_tables()?;
         if !damaged.is_empty() {
             for d in &damaged {
-                out.problems.push(format!("table {} of `{}` is damaged ({}): {}", d.file, d.column_family, d.detail, d.meaning));
+                out.problems.push(d.describe());
             }
             out.problems
                 .push("the records, vectors and mappings are checked once `echovault repair` has salvaged the damaged tables".into());

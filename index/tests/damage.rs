@@ -217,6 +217,8 @@ fn flipped_bytes_in_each_column_familys_table_are_found_and_salvaged() {
         // The check names the file and its column family, whether or not the index opens.
         let damaged = check_storage(dir.path()).unwrap();
         assert!(damaged.iter().any(|d| d.file == name && d.column_family == cf), "{cf}: {damaged:?}");
+        let d = damaged.iter().find(|d| d.file == name).unwrap();
+        assert!(d.unreadable.is_some_and(|n| n > 0 && n <= d.entries), "{cf}: {d:?}");
         match Index::open_reader(dir.path()) {
             Ok(index) => {
                 let v = index.verify().unwrap();
