@@ -158,8 +158,10 @@ fn require_browser() {
     assert!(out.status.success(), "no selenium in .venv ({}): {SETUP}", String::from_utf8_lossy(&out.stderr).trim());
 }
 
+/// GET `url` with the admin token (records carry their source paths only for it).
 fn get_json(url: &str) -> Value {
-    let r = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap().get(url).send().unwrap();
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
+    let r = client.get(url).bearer_auth(TOKEN).send().unwrap();
     let status = r.status().as_u16();
     let text = r.text().unwrap();
     assert_eq!(status, 200, "GET {url}: {text}");

@@ -12,8 +12,13 @@ use axum::response::{IntoResponse, Response};
 /// Whether the request carries the server's token. Compared in time independent of where the
 /// two first differ.
 fn authorised(st: &AppState, req: &Request) -> bool {
+    authorised_headers(st, req.headers())
+}
+
+/// [`authorised`] from the request's headers alone.
+fn authorised_headers(st: &AppState, headers: &axum::http::HeaderMap) -> bool {
     let Some(token) = st.config.token.as_deref() else { return false };
-    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     given.is_some_and(|g| g.len() == token.len() && g.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0)
 }
 
@@ -55,5 +60,23 @@ pub fn admin_refusal(st: &AppState, req: &Request) -> Option<Response> {
         None
     } else {
         Some(unauthorised("admin endpoints need the server's token: send the header 'Authorization: Bearer TOKEN'"))
+    }
+}
+
+/// Whether an answer may carry source paths (PACS paths often hold patient names or MRNs):
+/// when the server runs with `--show-paths`, or the request carries the admin token.
+pub fn may_see_paths(st: &AppState, headers: &axum::http::HeaderMap) -> bool {
+    st.config.show_paths || authorised_headers(st, headers)
+}
+
+/// Removes every `source` field of an answer (hits, records) the client may not see.
+pub fn hide_paths(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(o) => {
+            o.remove("source");
+            o.values_mut().for_each(hide_paths);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(hide_paths),
+        _ => {}
     }
 }

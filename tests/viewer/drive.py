@@ -90,11 +90,12 @@ class Api:
             body = e.read().decode("utf-8", "replace")
             raise Failed(f"GET {path}: HTTP {e.code}: {body[:500]}") from None
 
+    # Records carry source paths only for the admin token (the server runs without --show-paths).
     def item(self, item_id):
-        return self.get("/v1/items/" + urllib.parse.quote(item_id, safe=""))
+        return self.get("/v1/items/" + urllib.parse.quote(item_id, safe=""), auth=True)
 
     def study(self, study):
-        return self.get("/v1/studies/" + urllib.parse.quote(study, safe=""))
+        return self.get("/v1/studies/" + urllib.parse.quote(study, safe=""), auth=True)
 
     def patient(self, key):
         return self.get("/v1/patients/" + urllib.parse.quote(key, safe=""))
@@ -696,6 +697,19 @@ def scenario_phi(b, ctx):
         b.fail(f"the study page {study} shows {leaks}")
     out["study"] = {"study": study, "chars": len(text), "avi_study_ids_shown": sids}
     b.screenshot("phi")
+    # What the page's browser receives, not only what it shows: the API answers the viewer
+    # reads carry no source path without the token (the page would not show one, but a
+    # user's browser would still hold it).
+    for method, path, body in [
+        ("POST", "/v1/search", json.dumps({"text": args.query, "k": 24}).encode()),
+        ("GET", "/v1/studies/" + urllib.parse.quote(study, safe=""), None),
+    ]:
+        req = urllib.request.Request(api.base + path, data=body, method=method, headers={"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            raw = r.read().decode("utf-8")
+        if '"source"' in raw or phantoms in raw:
+            b.fail(f"{method} {path} without the token answers source paths: {raw[:300]}")
+    out["api_without_paths"] = True
     return out
 
 

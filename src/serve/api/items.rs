@@ -2,9 +2,11 @@
 //! `GET /v1/studies/{id}` (every item of a study, through the index's study keys), and
 //! `GET /v1/patients` (the pseudonymous patient keys).
 
+use super::super::auth::{hide_paths, may_see_paths};
 use super::super::error::ApiError;
 use super::super::state::AppState;
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use axum::Json;
 use echovault_index::{ItemId, ItemRecord};
 use serde::Serialize;
@@ -44,24 +46,33 @@ impl From<ItemRecord> for ItemView {
     }
 }
 
-/// `GET /v1/items/{id}`: 404 when the index holds no such item.
-pub async fn item(State(st): State<AppState>, Path(id): Path<String>) -> Result<Json<ItemView>, ApiError> {
+/// `GET /v1/items/{id}`: 404 when the index holds no such item. `source` only for the admin
+/// token or with `--show-paths` (as in every answer).
+pub async fn item(State(st): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let item = ItemId::from(id.as_str());
     let rec = st.blocking(move |st| Ok(st.engine.index.get_item(&item)?)).await?;
     let rec = rec.ok_or_else(|| ApiError::not_found("id", format!("no item '{id}' in the index")))?;
-    Ok(Json(ItemView::from(rec)))
+    let mut v = serde_json::to_value(ItemView::from(rec)).map_err(|e| ApiError::internal(format!("the record as JSON: {e}")))?;
+    if !may_see_paths(&st, &headers) {
+        hide_paths(&mut v);
+    }
+    Ok(Json(v))
 }
 
 /// `GET /v1/studies/{id}`: `{"study": id, "items": [...]}`, the study's videos, report and
 /// study record by id; 404 when the index holds nothing of that study.
-pub async fn study(State(st): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn study(State(st): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let study = id.clone();
     let recs = st.blocking(move |st| Ok(st.engine.index.items_by_study(&study)?)).await?;
     if recs.is_empty() {
         return Err(ApiError::not_found("id", format!("no study '{id}' in the index")));
     }
     let items: Vec<ItemView> = recs.into_iter().map(ItemView::from).collect();
-    Ok(Json(json!({ "study": id, "items": items })))
+    let mut v = json!({ "study": id, "items": items });
+    if !may_see_paths(&st, &headers) {
+        hide_paths(&mut v);
+    }
+    Ok(Json(v))
 }
 
 /// `GET /v1/patients`: `{"patients": [key, ...]}`, sorted.

@@ -1,7 +1,9 @@
 //! `POST /v1/search`: the CLI's search options as JSON fields (`text`, `like`, `vector`,
 //! `kind`, `k`, `patient`, `study`, `since`, `until`, `group_by`, `group_size`, `exact`), or a
 //! multipart form with the video as its `video` file part and the same options as text parts.
-//! The answer is what `echovault search --json` prints for the same question.
+//! The answer is what `echovault search --json` prints for the same question, without the hits'
+//! `source` paths unless the request carries the admin token or the server runs with
+//! `--show-paths`.
 
 use super::super::body;
 use super::super::error::ApiError;
@@ -18,6 +20,7 @@ const FIELDS: [&str; 13] =
 
 /// The search.
 pub async fn search(State(st): State<AppState>, req: Request) -> Result<Json<serde_json::Value>, ApiError> {
+    let see_paths = super::super::auth::may_see_paths(&st, req.headers());
     let (request, upload) = match read_request(&st, req, &["video"]).await? {
         Incoming::Form(mut form) => {
             let upload = form
@@ -48,6 +51,10 @@ pub async fn search(State(st): State<AppState>, req: Request) -> Result<Json<ser
             serde_json::to_value(&res).map_err(|e| ApiError::internal(format!("search result as JSON: {e}")))
         })
         .await?;
+    let mut res = res;
+    if !see_paths {
+        super::super::auth::hide_paths(&mut res);
+    }
     Ok(Json(res))
 }
 

@@ -99,6 +99,20 @@ async fn thumb(State(st): State<AppState>, Path(id): Path<String>, headers: Head
     let item = ItemId::from(id.as_str());
     let rec = st.blocking(move |st| Ok(st.engine.index.get_item(&item)?)).await?;
     let rec = rec.ok_or_else(|| ApiError::not_found("id", format!("no item '{id}' in the index")))?;
+    // A client that holds the thumbnail is answered before anything is read or decoded.
+    let (rec, known) = tokio::task::spawn_blocking(move || {
+        let k = thumbs::Thumbs::key(&rec);
+        (rec, k)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("the thumbnail worker failed: {e}")))?;
+    if let Ok(k) = &known {
+        let etag = format!("\"{k}\"");
+        if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| v.split(',').any(|t| t.trim() == etag)) {
+            let etag = HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"\""));
+            return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+        }
+    }
     let permit = st.thumb_slots.clone().acquire_owned().await.map_err(|_| ApiError::internal("the server is shutting down"))?;
     let cache = st.thumbs.clone();
     let made = tokio::task::spawn_blocking(move || {
@@ -111,10 +125,9 @@ async fn thumb(State(st): State<AppState>, Path(id): Path<String>, headers: Head
         Ok(s) => s,
         Err(e) => return Ok(thumb_error(&id, e, st.config.show_paths)),
     };
-    let etag = format!("\"{}\"", sprite.key);
     let mut out = HeaderMap::new();
     let hv = |s: String| HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("0"));
-    out.insert(header::ETAG, hv(etag.clone()));
+    out.insert(header::ETAG, hv(format!("\"{}\"", sprite.key)));
     out.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=300"));
     out.insert("x-echovault-frames", hv(sprite.frames.to_string()));
     out.insert("x-echovault-duration-ms", hv(sprite.duration_ms.to_string()));
@@ -123,9 +136,6 @@ async fn thumb(State(st): State<AppState>, Path(id): Path<String>, headers: Head
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
         HeaderValue::from_static("x-echovault-frames, x-echovault-duration-ms, x-echovault-cache"),
     );
-    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| v.split(',').any(|t| t.trim() == etag)) {
-        return Ok((StatusCode::NOT_MODIFIED, out).into_response());
-    }
     out.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/jpeg"));
     Ok((out, sprite.jpeg).into_response())
 }

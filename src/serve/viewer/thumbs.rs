@@ -117,17 +117,23 @@ impl Thumbs {
         r
     }
 
-    fn get_inner(&self, rec: &ItemRecord) -> Result<Sprite, ThumbError> {
+    /// The cache key of `rec`'s thumbnail (also its ETag): from the item, its source path, and
+    /// the source's size and modification time, so it is known before anything is decoded.
+    pub fn key(rec: &ItemRecord) -> Result<String, ThumbError> {
         if rec.kind != echovault_index::Kind::Video {
             return Err(ThumbError::NotVideo);
         }
-        let source = Path::new(&rec.source);
-        let meta = std::fs::metadata(source).map_err(|_| ThumbError::MissingSource)?;
+        let meta = std::fs::metadata(&rec.source).map_err(|_| ThumbError::MissingSource)?;
         if !meta.is_file() {
             return Err(ThumbError::MissingSource);
         }
         let mtime = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
-        let key = hex::encode(&Sha256::digest(format!("{FORMAT}\0{}\0{}\0{}\0{mtime}", rec.id.0, rec.source, meta.len()))[..16]);
+        Ok(hex::encode(&Sha256::digest(format!("{FORMAT}\0{}\0{}\0{}\0{mtime}", rec.id.0, rec.source, meta.len()))[..16]))
+    }
+
+    fn get_inner(&self, rec: &ItemRecord) -> Result<Sprite, ThumbError> {
+        let key = Thumbs::key(rec)?;
+        let source = Path::new(&rec.source);
         let duration_ms = loop_ms(rec);
         let path = self.dir.join(&key[..2]).join(format!("{key}.jpg"));
         if self.budget > 0 {
@@ -143,7 +149,11 @@ impl Thumbs {
         self.counters.frames.fetch_add(frames.len() as u64, Ordering::Relaxed);
         self.counters.micros.fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
         if self.budget > 0 {
-            self.store(&path, &jpeg)?;
+            // A cache that cannot be written (disk full, read-only) costs the next request a
+            // decode, not this one its thumbnail.
+            if let Err(ThumbError::Cache(why)) = self.store(&path, &jpeg) {
+                tracing::warn!(target: "echovault::serve", "thumbnail cache: {why}");
+            }
         }
         Ok(Sprite { jpeg, frames: frames.len() as u32, duration_ms, cached: false, key })
     }

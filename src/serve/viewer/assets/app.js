@@ -981,12 +981,19 @@ function pollJob(id, lastState) {
     } catch (e) {
       showError(e);
       authHelp(e.status);
+      // A passing failure (a restart, a dropped connection) must not end the watch: retry
+      // unless the token was refused.
+      if (e.status !== 401 && e.status !== 403) pollJob(id, lastState);
     }
   }, 500);
 }
 
+let shownJob = null;
+
 function renderJob(job) {
   const p = job.progress || {};
+  // Another job's rows must not stay in the table.
+  if (shownJob !== job.id) { $('#job-errors tbody').replaceChildren(); shownJob = job.id; }
   const ended = !['queued', 'running'].includes(job.state);
   $('#job-title').textContent = `Job #${job.id}`;
   const state = $('#job-state');
@@ -1010,22 +1017,27 @@ function renderJob(job) {
   const msg = $('#job-message');
   msg.hidden = !job.error;
   msg.textContent = job.error || '';
-  renderJobErrors(jobErrors(job));
+  renderJobErrors(jobErrors(job), job.summary ? 0 : job.errors_omitted || 0);
 }
 
 /** The job's failed inputs: live ones when the server lists them, else its summary's. */
 function jobErrors(job) {
-  const list = job.errors || (job.progress && job.progress.errors) || (job.summary && job.summary.failed) || [];
+  // The live list holds the first 500; an ended run's summary holds them all (and jobs saved
+  // before the live list existed have only the summary): the longer one.
+  const live = job.errors || [];
+  const all = (job.summary && job.summary.failed) || [];
+  const list = all.length > live.length ? all : live;
   return list.map((e) => ({ file: e.file ?? e.input ?? e.path ?? '', reason: e.reason ?? e.error ?? '' }));
 }
 
-function renderJobErrors(errors) {
+function renderJobErrors(errors, omitted = 0) {
   const tbody = $('#job-errors tbody');
   if (errors.length < tbody.rows.length) tbody.replaceChildren();
   for (const e of errors.slice(tbody.rows.length)) {
     tbody.append(el('tr', {}, el('td', { text: e.file }), el('td', { text: e.reason })));
   }
-  $('#job-errors caption').textContent = errors.length ? `Errors (${errors.length}): file, reason` : 'Errors: none so far';
+  const more = omitted ? ` and ${omitted} more (listed when the run ends)` : '';
+  $('#job-errors caption').textContent = errors.length ? `Errors (${errors.length}${more}): file, reason` : 'Errors: none so far';
 }
 
 // ---- token prompt, routing, start ----------------------------------------------------------
