@@ -197,7 +197,15 @@ pub(crate) fn check_files(db: &DB, path: &Path) -> Result<(), IndexError> {
 pub fn open_db(path: &Path) -> Result<DB, IndexError> {
     let create = preflight(path)? == Presence::Empty;
     let cfs = COLUMN_FAMILIES.iter().map(|n| ColumnFamilyDescriptor::new(*n, options(false)));
-    let db = DB::open_cf_descriptors(&options(create), path, cfs).map_err(|e| open_error(path, e))?;
+    let db = DB::open_cf_descriptors(&options(create), path, cfs).map_err(|e| {
+        // Creating in a place that cannot hold it (a missing parent, no permission) is a
+        // storage error, not damage: there was nothing to damage.
+        if create {
+            IndexError::Storage { path: path.to_owned(), source: e }
+        } else {
+            open_error(path, e)
+        }
+    })?;
     check_files(&db, path)?;
     Ok(db)
 }

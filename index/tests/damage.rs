@@ -433,3 +433,18 @@ fn reads_work_without_write_permission() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && text.contains("read-only child ok"), "{text}");
 }
+
+/// A place that cannot hold a new index (its parent does not exist) is a storage error naming
+/// it, never "this index is damaged: run repair" (there was nothing to damage).
+#[test]
+fn creating_where_no_index_can_be_is_not_called_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = dir.path().join("no").join("such").join("parent").join("idx");
+    match Index::open(&at, IndexOptions::default()) {
+        Ok(_) => {} // RocksDB created the parents: fine too.
+        Err(e) => {
+            assert!(!matches!(e, IndexError::Damaged { .. }), "{e}");
+            assert!(!e.to_string().contains("repair"), "{e}");
+        }
+    }
+}
