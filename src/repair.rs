@@ -4,7 +4,8 @@
 //! and frame embeddings in every space it was embedded in; each study its vector from the videos
 //! that survived. A repair forgets the inputs whose video lost any of them (the record, its
 //! vectors and frames deleted with its log entries), so the next `ingest` of the same export
-//! embeds exactly those again — and lists them.
+//! embeds exactly those again — and lists them. A video that lost only its frames while its
+//! source file is gone is kept (searchable) and marked instead: no ingest could bring it back.
 
 use crate::engine::mean_unit;
 use crate::error::Error;
@@ -39,7 +40,15 @@ pub struct Audit {
     pub reingest: BTreeSet<String>,
     /// Studies whose vector must be computed again from their surviving videos.
     studies: BTreeSet<String>,
+    /// Videos that lost only their frame embeddings while their source file is gone: deleting
+    /// them would lose a searchable video for good (no ingest can bring it back), so they are
+    /// kept and marked ([`FRAMES_LOST`]).
+    keep_without_frames: BTreeSet<ItemId>,
 }
+
+/// The record field that marks a video kept without its frame embeddings (its source was gone
+/// when a repair found them lost): the audit no longer counts it as a problem.
+pub const FRAMES_LOST: &str = "frames_lost";
 
 /// Audits the ingest log and the videos of `index` against each other.
 pub fn audit(index: &Index) -> Result<Audit, Error> {
@@ -59,7 +68,11 @@ pub fn audit(index: &Index) -> Result<Audit, Error> {
             }
         }
         let lost_vector = with_vector.is_empty() || !with_frames.is_subset(&with_vector);
-        let lost_frames = !with_vector.is_subset(&with_frames);
+        let lost_frames = !with_vector.is_subset(&with_frames) && !rec.extra.contains_key(FRAMES_LOST);
+        if lost_frames && !lost_vector && !Path::new(&rec.source).is_file() {
+            a.keep_without_frames.insert(rec.id.clone());
+            continue;
+        }
         if lost_vector || lost_frames {
             no_vector += usize::from(lost_vector);
             no_frames += usize::from(lost_frames && !lost_vector);
@@ -72,6 +85,12 @@ pub fn audit(index: &Index) -> Result<Audit, Error> {
     }
     if no_vector > 0 {
         a.problems.push(format!("{no_vector} videos lost their vector: searches miss them until they are ingested again"));
+    }
+    if !a.keep_without_frames.is_empty() {
+        a.problems.push(format!(
+            "{} videos lost their frame embeddings and their source files are gone: `repair` keeps them searchable (marked {FRAMES_LOST}); zero-shot cannot read them",
+            a.keep_without_frames.len()
+        ));
     }
     if no_frames > 0 {
         a.problems.push(format!("{no_frames} videos lost their frame embeddings: zero-shot re-decodes them until they are ingested again"));
@@ -132,6 +151,12 @@ pub fn apply(index: &Index, a: &Audit) -> Result<(), Error> {
     let mut b = index.batch();
     for id in &a.broken {
         b.delete_item(id.clone());
+    }
+    for id in &a.keep_without_frames {
+        if let Some(mut rec) = index.get_item(id)? {
+            rec.extra.insert(FRAMES_LOST.into(), "source missing at repair".into());
+            b.put_item(rec);
+        }
     }
     for key in &a.stale_log {
         b.put_log(key, None);
@@ -194,4 +219,39 @@ pub fn repair_path(path: &Path, new_secret: bool) -> Result<RepairReport, Error>
     let mut report = crate::info::repair(&index, false)?;
     report.salvage = (!salvage.clean()).then_some(salvage);
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use echovault_index::ItemRecord;
+
+    /// A video that lost its frames is deleted for re-ingest while its source can be read again,
+    /// and kept (marked, no longer a problem) when its source is gone.
+    #[test]
+    fn a_video_whose_frames_and_source_are_gone_is_kept_not_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path().join("idx"), IndexOptions::default()).unwrap();
+        let space = index.ensure_space("m", 2).unwrap();
+        let present = dir.path().join("present.avi");
+        std::fs::write(&present, b"x").unwrap();
+        let mut b = index.batch();
+        for (id, source) in [("v-present", present.clone()), ("v-gone", dir.path().join("gone.avi"))] {
+            b.put_item(ItemRecord::new(ItemId::from(id), Kind::Video, source.to_str().unwrap()));
+            b.put_vector(space, ItemId::from(id), Kind::Video, vec![1.0, 0.0]);
+        }
+        index.commit(b).unwrap();
+        let a = audit(&index).unwrap();
+        assert_eq!(a.broken.iter().map(|i| i.0.as_str()).collect::<Vec<_>>(), ["v-present"]);
+        assert_eq!(a.keep_without_frames.iter().map(|i| i.0.as_str()).collect::<Vec<_>>(), ["v-gone"]);
+        assert!(a.reingest.contains(present.to_str().unwrap()) && a.reingest.len() == 1, "{:?}", a.reingest);
+        apply(&index, &a).unwrap();
+        assert!(index.get_item(&ItemId::from("v-present")).unwrap().is_none(), "deleted: the next ingest embeds it again");
+        let kept = index.get_item(&ItemId::from("v-gone")).unwrap().unwrap();
+        assert!(kept.extra.contains_key(FRAMES_LOST), "{kept:?}");
+        assert!(index.get_vector(space, Kind::Video, &ItemId::from("v-gone")).unwrap().is_some(), "still searchable");
+        let again = audit(&index).unwrap();
+        assert!(again.problems.is_empty(), "{:?}", again.problems);
+    }
 }
