@@ -54,6 +54,10 @@ pub const FRAMES_LOST: &str = "frames_lost";
 pub fn audit(index: &Index) -> Result<Audit, Error> {
     let mut a = Audit::default();
     let spaces = index.spaces();
+    // The log before the items: a video and its log entries are written in one batch, so every
+    // entry read here has its video in the item read after it, even while an ingest job writes
+    // (read the other way round, a video committed in between would look lost).
+    let log: Vec<(String, Vec<u8>)> = index.log_entries(LOG_FILE)?.into_iter().chain(index.log_entries(LOG_SOP)?).collect();
     let videos = index.items(Some(Kind::Video))?;
     let (mut no_vector, mut no_frames) = (0usize, 0usize);
     for rec in &videos {
@@ -97,7 +101,7 @@ pub fn audit(index: &Index) -> Result<Audit, Error> {
     }
     let known: BTreeSet<&ItemId> = videos.iter().map(|r| &r.id).collect();
     let mut gone = 0usize;
-    for (key, value) in index.log_entries(LOG_FILE)?.into_iter().chain(index.log_entries(LOG_SOP)?) {
+    for (key, value) in log {
         let id = if key.starts_with(LOG_FILE) {
             serde_json::from_slice::<Logged>(&value).ok().map(|l| ItemId(l.id))
         } else {
