@@ -250,6 +250,7 @@ fn bad_requests_get_4xx_json_naming_the_field() {
     assert!(refused(search(r#"{"text": "x", "limit": 3}"#), 400, Some("limit")).contains("unknown field"));
     assert!(refused(search(r#"{"text": "x", "kind": "frame"}"#), 400, Some("kind")).contains("frame"));
     refused(search(r#"{"text": "x", "k": 0}"#), 400, Some("k"));
+    assert!(refused(search(r#"{"text": "  "}"#), 400, Some("text")).contains("empty"));
     refused(search(r#"{"text": "x", "k": "ten"}"#), 400, Some("k"));
     assert!(refused(search(r#"{"text": "x", "since": "2021-02-31"}"#), 400, Some("since")).contains("2021-02-31"));
     refused(search(r#"{"text": "x", "group_size": 2}"#), 400, Some("group_size"));

@@ -14,8 +14,9 @@ use echovault_index::StudyDate;
 use serde::Deserialize;
 use std::path::Path;
 
-/// One report of a manifest.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+/// One report of a manifest. Its `Debug` redacts the raw patient id (as
+/// [`crate::media::dicom::PatientId`]'s does), so no log or panic message prints it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 pub struct ReportEntry {
     /// Study id the report belongs to.
     pub study: String,
@@ -27,6 +28,17 @@ pub struct ReportEntry {
     /// The patient's id (raw: pseudonymised at ingest, never stored as given).
     #[serde(default)]
     pub patient: Option<String>,
+}
+
+impl std::fmt::Debug for ReportEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReportEntry")
+            .field("study", &self.study)
+            .field("text", &self.text)
+            .field("date", &self.date)
+            .field("patient", &self.patient.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// Reads reports from a JSONL or CSV manifest, a `.txt` file or a folder of `.txt` files. A
@@ -184,6 +196,16 @@ pub(crate) fn parse_csv(text: &str) -> Result<Vec<(usize, Vec<String>)>, String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_entry_never_prints_its_raw_patient_id() {
+        let e = ReportEntry { study: "S1".into(), text: "NORMAL.".into(), date: None, patient: Some("MRN-0042-SMITH".into()) };
+        let shown = format!("{e:?} {e:#?}");
+        assert!(!shown.contains("MRN-0042") && !shown.contains("SMITH"), "{shown}");
+        assert!(shown.contains("<redacted>") && shown.contains("S1") && shown.contains("NORMAL."), "{shown}");
+        let none = format!("{:?}", ReportEntry { patient: None, ..e });
+        assert!(none.contains("patient: None"), "{none}");
+    }
 
     #[test]
     fn csv_with_quotes_newlines_and_aliases() {

@@ -179,6 +179,11 @@ impl SearchRequest {
             return Err(Error::Invalid(format!("k: at most {MAX_K}")));
         }
         if let Some(t) = &self.text {
+            // An empty text embeds to the same vector whatever is indexed: a search that means
+            // nothing.
+            if t.trim().is_empty() {
+                return Err(Error::Invalid("text: empty; give words to search for (e.g. \"severe mitral regurgitation\")".into()));
+            }
             if t.chars().count() > MAX_TEXT_CHARS {
                 return Err(Error::Invalid(format!("text: at most {MAX_TEXT_CHARS} characters")));
             }
