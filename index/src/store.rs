@@ -175,7 +175,23 @@ pub(crate) fn access_error(path: &Path, source: rocksdb::Error) -> IndexError {
 
 /// Checks that every table file the MANIFEST lists is there at its size: RocksDB opens a
 /// missing or truncated table only when a read first needs it.
+/// A compaction the open itself scheduled may replace a table between the listing and the
+/// look, so a problem counts only when a fresh listing still shows it after a few tries.
 pub(crate) fn check_files(db: &DB, path: &Path) -> Result<(), IndexError> {
+    const TRIES: u64 = 4;
+    let mut attempt = 0;
+    loop {
+        let Some(detail) = first_bad_file(db, path)? else { return Ok(()) };
+        attempt += 1;
+        if attempt == TRIES {
+            return Err(IndexError::Damaged { path: path.to_owned(), detail });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50 * attempt));
+    }
+}
+
+/// The first table the MANIFEST lists that is missing or not at its size.
+fn first_bad_file(db: &DB, path: &Path) -> Result<Option<String>, IndexError> {
     let live = db.live_files().map_err(|e| open_error(path, e))?;
     for f in live {
         let name = f.name.trim_start_matches('/');
@@ -186,9 +202,9 @@ pub(crate) fn check_files(db: &DB, path: &Path) -> Result<(), IndexError> {
             }
             Ok(_) => continue,
         };
-        return Err(IndexError::Damaged { path: path.to_owned(), detail });
+        return Ok(Some(detail));
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Opens (or, in a directory without a database, creates) the database with every column
