@@ -404,22 +404,7 @@ fn phantom_cines(out: &Path, patients: usize, frames: usize, formats: &str) -> V
 /// Runs the binary like [`echovault`], killed after `secs` (a walk that never ends fails the
 /// test instead of hanging it).
 fn echovault_within(index: &Path, args: &[&str], secs: u64) -> std::process::Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_echovault"))
-        .args([
-            "--index",
-            index.to_str().unwrap(),
-            "--model",
-            root().join("data-samples/echovault-tiny").to_str().unwrap(),
-            "--device",
-            "cpu",
-        ])
-        .args(args)
-        .env_remove("ECHOVAULT_INDEX")
-        .env_remove("ECHOVAULT_MODEL")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = common::command(index, args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let start = std::time::Instant::now();
     while child.try_wait().unwrap().is_none() {
         if start.elapsed().as_secs() > secs {
@@ -468,22 +453,8 @@ fn a_closed_pipe_ends_a_command_quietly() {
     let index = tmp.path().join("idx");
     assert_eq!(echovault(&index, &["ingest", input.to_str().unwrap()]).status.code(), Some(0));
     for args in [&["search", "--text", "normal left ventricle", "-k", "5"][..], &["info"][..]] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_echovault"))
-            .args([
-                "--index",
-                index.to_str().unwrap(),
-                "--model",
-                root().join("data-samples/echovault-tiny").to_str().unwrap(),
-                "--device",
-                "cpu",
-            ])
-            .args(args)
-            .env_remove("ECHOVAULT_INDEX")
-            .env_remove("ECHOVAULT_MODEL")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child =
+            common::command(&index, args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
         // `| head -0`: the reader is gone before the first line is printed.
         drop(child.stdout.take());
         let out = child.wait_with_output().unwrap();

@@ -204,27 +204,28 @@ pub fn check_tables(db: &DB, path: &Path) -> Result<Vec<DamagedTable>, IndexErro
 /// (a damaged `meta` table) and beside a writer. A database that does not open at all is
 /// [`IndexError::Damaged`], saying why.
 pub fn check_storage(path: &Path) -> Result<Vec<DamagedTable>, IndexError> {
+    let (db, _logs) = open_for_check(path)?;
+    check_tables(&db, path)
+}
+
+/// The database at `path` opened read-only with every column family it has (an older index
+/// lacks the newer ones), RocksDB's info log in a scratch directory outside it (kept alive
+/// with the database: the second of the pair).
+fn open_for_check(path: &Path) -> Result<(DB, tempfile::TempDir), IndexError> {
     if store::preflight(path)? == store::Presence::Empty {
         return Err(IndexError::Missing { path: path.to_owned() });
     }
     let logs = store::scratch_outside("echovault-check-")?;
-    // The column families the database has (an older index lacks the newer ones).
     let present = DB::list_cf(&rocksdb::Options::default(), path).map_err(|e| store::open_error(path, e))?;
     let cfs: Vec<&str> = present.iter().map(String::as_str).collect();
     let db = store::open_read_only(path, &cfs, logs.path())?;
-    check_tables(&db, path)
+    Ok((db, logs))
 }
 
 /// The table files of the index at `path` with their column family (read-only, as
 /// [`check_storage`]), in column-family order.
 pub fn table_files(path: &Path) -> Result<Vec<(String, String)>, IndexError> {
-    if store::preflight(path)? == store::Presence::Empty {
-        return Err(IndexError::Missing { path: path.to_owned() });
-    }
-    let logs = store::scratch_outside("echovault-check-")?;
-    let present = DB::list_cf(&rocksdb::Options::default(), path).map_err(|e| store::open_error(path, e))?;
-    let cfs: Vec<&str> = present.iter().map(String::as_str).collect();
-    let db = store::open_read_only(path, &cfs, logs.path())?;
+    let (db, _logs) = open_for_check(path)?;
     let live = db.live_files().map_err(|e| store::open_error(path, e))?;
     let mut out: Vec<(String, String)> =
         live.into_iter().map(|f| (f.column_family_name, f.name.trim_start_matches('/').to_owned())).collect();

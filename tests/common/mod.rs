@@ -10,22 +10,27 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `echovault --index INDEX --model <tiny sample> --device cpu ARGS...`, not yet run (the
+/// environment's index and model unset).
+pub fn command(index: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_echovault"));
+    c.args([
+        "--index",
+        index.to_str().unwrap(),
+        "--model",
+        root().join("data-samples/echovault-tiny").to_str().unwrap(),
+        "--device",
+        "cpu",
+    ])
+    .args(args)
+    .env_remove("ECHOVAULT_INDEX")
+    .env_remove("ECHOVAULT_MODEL");
+    c
+}
+
 /// Runs `echovault --index INDEX --model <tiny sample> --device cpu ARGS...`.
 pub fn echovault(index: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_echovault"))
-        .args([
-            "--index",
-            index.to_str().unwrap(),
-            "--model",
-            root().join("data-samples/echovault-tiny").to_str().unwrap(),
-            "--device",
-            "cpu",
-        ])
-        .args(args)
-        .env_remove("ECHOVAULT_INDEX")
-        .env_remove("ECHOVAULT_MODEL")
-        .output()
-        .expect("run echovault")
+    command(index, args).output().expect("run echovault")
 }
 
 /// The one JSON object a `--json` command printed.
