@@ -3,6 +3,9 @@
 //! SIGKILL at a random moment, reopens the index and checks that every acknowledged batch is
 //! there, that the batch in flight is there whole or not at all, that nothing else is, and that
 //! graphs, vectors and mappings agree (`Index::verify`: no ghost vectors, none missing).
+//! Every other trial aims its kill at a commit (the moment the child says `commit N`), and
+//! the test fails unless some kills did land between a `commit` and its `ack`: a run whose
+//! kills all fell between commits would check nothing about half-written batches.
 
 #![allow(clippy::unwrap_used)]
 
@@ -129,7 +132,18 @@ fn trial(seed: u64) -> (usize, Option<bool>) {
         assert!(Instant::now() < deadline, "seed {seed}: writer too slow");
         std::thread::sleep(Duration::from_millis(1));
     }
-    std::thread::sleep(Duration::from_micros(rng.random_range(0..20_000)));
+    if seed % 2 == 1 {
+        // Aimed: killed as soon as the child says it is committing a batch.
+        let said = |lines: &[String]| lines.iter().filter(|l| l.starts_with("commit ")).count();
+        let commits = said(&lines.lock().unwrap());
+        while said(&lines.lock().unwrap()) == commits {
+            assert!(Instant::now() < deadline, "seed {seed}: writer too slow");
+            std::thread::sleep(Duration::from_micros(20));
+        }
+        std::thread::sleep(Duration::from_micros(rng.random_range(0..200)));
+    } else {
+        std::thread::sleep(Duration::from_micros(rng.random_range(0..20_000)));
+    }
     assert!(child.try_wait().unwrap().is_none(), "seed {seed}: the writer stopped on its own");
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
@@ -181,4 +195,7 @@ fn every_acknowledged_batch_survives_sigkill_and_none_is_half_there() {
     println!(
         "{TRIALS} kills, {acked} acknowledged batches checked; batch in flight at the kill: {landed} landed whole, {lost} absent whole"
     );
+    // A kill between `commit` and `ack` is one that fell inside `Index::commit` (or just around
+    // it): without any, the test never saw a batch cut by a crash.
+    assert!(landed + lost > 0, "no kill of {TRIALS} landed mid-commit: nothing was checked about a batch in flight");
 }
