@@ -146,6 +146,89 @@ fn errors_and_usage_have_their_exit_codes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/export"));
 }
 
+/// `echovault SUB... --help` as text (no index or model given).
+fn help(sub: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_echovault")).args(sub).arg("--help").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{sub:?} --help");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Whether a help text offers `--flag` (as an option, not in prose).
+fn offers(text: &str, flag: &str) -> bool {
+    text.lines().any(|l| {
+        let l = l.trim_start();
+        // `  -v, --verbose...`: the long flag after a short one.
+        let l = if l.len() > 4 && l.starts_with('-') && &l[2..4] == ", " { &l[4..] } else { l };
+        l.split([' ', '.', '=']).next() == Some(flag)
+    })
+}
+
+#[test]
+fn a_subcommand_help_lists_only_the_flags_it_uses() {
+    let model_flags = ["--model", "--device", "--template-vocab", "--space"];
+    for sub in [&["info"][..], &["errors"], &["repair"], &["inspect"], &["phantom"]] {
+        let h = help(sub);
+        for f in model_flags.iter().chain(&["--batch", "--channel-order", "--sampling"]) {
+            assert!(!offers(&h, f), "{sub:?} --help offers {f}, which it does not use:\n{h}");
+        }
+    }
+    assert!(offers(&help(&["info"]), "--index"));
+    assert!(!offers(&help(&["phantom"]), "--index"), "phantom writes files, no index");
+    for sub in [&["ingest"][..], &["search"], &["zero-shot"], &["reid"], &["timeline"], &["eval", "reid"], &["serve"]] {
+        let h = help(sub);
+        for f in model_flags.iter().chain(&["--index"]) {
+            assert!(offers(&h, f), "{sub:?} --help lacks {f}:\n{h}");
+        }
+    }
+    let t = help(&["timeline"]);
+    assert!(!offers(&t, "--batch") && !offers(&t, "--frames"), "timeline embeds no video:\n{t}");
+    let e = help(&["embed"]);
+    assert!(offers(&e, "--model") && offers(&e, "--frames") && !offers(&e, "--index") && !offers(&e, "--space"), "{e}");
+    let k = help(&["tokenize"]);
+    assert!(offers(&k, "--model") && !offers(&k, "--device"), "{k}");
+    // One name per idea: --id for an indexed item, -k without --k, --frames / --num-frames.
+    let s = help(&["search"]);
+    assert!(offers(&s, "--id") && !offers(&s, "--like") && !s.contains("--k "), "{s}");
+    let r = help(&["reid"]);
+    assert!(offers(&r, "--id") && !offers(&r, "--video-id") && !offers(&r, "--study-id"), "{r}");
+    let p = help(&["phantom"]);
+    assert!(offers(&p, "--num-frames") && !offers(&p, "--frames"), "{p}");
+}
+
+#[test]
+fn old_flag_spellings_still_parse_and_bad_values_are_usage_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let index = tmp.path().join("none");
+    // Accepted by the parser (then refused for the missing index: exit 1, not the usage 2).
+    for args in [
+        &["search", "--like", "abc", "--k", "3"][..],
+        &["--sampling", "zero-shot", "search", "--text", "x"],
+        &["search", "--text", "x", "--sampling", "0:10:2", "--batch", "4"],
+        &["reid", "--video-id", "abc"],
+        &["reid", "--study-id", "abc", "--k", "2"],
+        &["reid", "--id", "abc"],
+    ] {
+        let out = echovault(&index, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no index at"), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Options given after the subcommand win over those before it.
+    let other = tmp.path().join("other");
+    let out = echovault(&index, &["info", "--index", other.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains(other.to_str().unwrap()), "{}", String::from_utf8_lossy(&out.stderr));
+    for args in [
+        &["search", "--text", "x", "-k", "0"][..],
+        &["reid", "--id", "x", "-k", "0"],
+        &["search", "--text", "x", "--device", "gpu"],
+        &["--device", "gpu", "info"],
+        &["search", "--text", "x", "--batch", "0"],
+        &["info", "--device", "cpu"],
+    ] {
+        let out = echovault(&index, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?} is a usage error: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
 #[test]
 fn embed_tokenize_and_bench_print_their_json() {
     let tmp = tempfile::tempdir().unwrap();
@@ -156,7 +239,7 @@ fn embed_tokenize_and_bench_print_their_json() {
     assert_eq!(v.len(), 64);
     assert!((v.iter().map(|x| x * x).sum::<f64>().sqrt() - 1.0).abs() < 1e-5);
     let clip = clips().join("a4c_normal_04.mp4");
-    let e = json(&echovault(&index, &["embed", "--video", clip.to_str().unwrap(), "--frames", "--sampling", "zero-shot", "--json"]));
+    let e = json(&echovault(&index, &["embed", "--video", clip.to_str().unwrap(), "--per-frame", "--frames", "zero-shot", "--json"]));
     assert_eq!(e["frames"].as_array().unwrap().len(), 12, "frames 0..24 step 2");
     let t = json(&echovault(&index, &["tokenize", "--text", "EF 55 %", "--json"]));
     let ids = t["ids"].as_array().unwrap();

@@ -2,7 +2,7 @@
 //! random inputs (CUDA synchronised before each clock stop). For sizing hardware and for
 //! `tools/gpu-check`.
 
-use super::Global;
+use super::{DeviceOpts, Global, Groups, ModelOpts};
 use clap::Args;
 use echovault::model::{Clip, Precision};
 use serde_json::json;
@@ -12,11 +12,24 @@ use tch::{Device, Kind, Tensor};
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Timed forward passes (after two warm-up passes).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = super::positive)]
     iters: usize,
     /// f32, f16 or bf16 (the last two on CUDA only).
-    #[arg(long, default_value = "f32")]
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
     precision: String,
+    /// Frames per forward pass [default: 32].
+    #[arg(long, value_parser = super::positive)]
+    batch: Option<usize>,
+    #[command(flatten)]
+    pub model: ModelOpts,
+    #[command(flatten)]
+    pub device: DeviceOpts,
+}
+
+impl BenchArgs {
+    pub fn groups(&self) -> Groups<'_> {
+        Groups { model: Some(&self.model), device: Some(&self.device), ..Groups::default() }
+    }
 }
 
 pub fn parse_precision(s: &str) -> anyhow::Result<Precision> {
@@ -35,8 +48,8 @@ fn sync(d: Device) {
 }
 
 pub fn run(g: &Global, a: &BenchArgs) -> anyhow::Result<i32> {
-    // Frames per forward pass: the global --batch.
-    let batch = g.batch as i64;
+    // Frames per forward pass: --batch (also accepted before the subcommand).
+    let batch = a.batch.unwrap_or(g.batch) as i64;
     anyhow::ensure!(batch > 0 && a.iters > 0, "--batch and --iters must be positive");
     let cfg = g.engine_config()?;
     let model = Clip::load(&cfg.model_dir, cfg.device, parse_precision(&a.precision)?)?;

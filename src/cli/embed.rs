@@ -1,7 +1,7 @@
 //! `echovault embed` and `echovault tokenize`: what the model and tokenizer make of one input,
 //! so users can check a checkpoint against their Python reference.
 
-use super::Global;
+use super::{DeviceOpts, FramesOpts, Global, Groups, ImageOpts, ModelOpts};
 use anyhow::Context;
 use clap::{ArgGroup, Args};
 use echovault::media::Preprocess;
@@ -24,10 +24,30 @@ pub struct EmbedArgs {
     image: Vec<PathBuf>,
     /// Also print the per-frame embeddings of a video.
     #[arg(long)]
-    frames: bool,
+    per_frame: bool,
     /// Precision: f32 (CPU and CUDA), f16 or bf16 (CUDA only).
-    #[arg(long, default_value = "f32")]
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
     precision: String,
+    #[command(flatten)]
+    pub model: ModelOpts,
+    #[command(flatten)]
+    pub device: DeviceOpts,
+    #[command(flatten)]
+    pub image_opts: ImageOpts,
+    #[command(flatten)]
+    pub frames_opts: FramesOpts,
+}
+
+impl EmbedArgs {
+    pub fn groups(&self) -> Groups<'_> {
+        Groups {
+            model: Some(&self.model),
+            device: Some(&self.device),
+            image: Some(&self.image_opts),
+            frames: Some(&self.frames_opts),
+            ..Groups::default()
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -40,8 +60,16 @@ pub struct TokenizeArgs {
     #[arg(long)]
     tokenizer: Option<PathBuf>,
     /// Tokens per text.
-    #[arg(long, default_value_t = 77)]
+    #[arg(long, default_value_t = 77, value_parser = super::positive)]
     context_length: usize,
+    #[command(flatten)]
+    pub model: ModelOpts,
+}
+
+impl TokenizeArgs {
+    pub fn groups(&self) -> Groups<'_> {
+        Groups { model: Some(&self.model), ..Groups::default() }
+    }
 }
 
 fn model_dir(g: &Global) -> anyhow::Result<PathBuf> {
@@ -75,7 +103,7 @@ pub fn run_embed(g: &Global, a: &EmbedArgs) -> anyhow::Result<i32> {
             out["embeddings"] = json!(all);
         }
     } else if let Some(p) = &a.video {
-        embed_video(&model, &preprocess, &cfg, p, a.frames, &mut out)?;
+        embed_video(&model, &preprocess, &cfg, p, a.per_frame, &mut out)?;
     }
     print_result(g.json, &out);
     Ok(0)

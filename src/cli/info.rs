@@ -1,7 +1,7 @@
 //! `echovault info` (counts per kind, spaces, format version, how the graphs loaded) and
 //! `echovault repair`. Neither needs a model.
 
-use super::Global;
+use super::{Global, IndexOpts};
 use echovault::index::Index;
 
 #[derive(clap::Args, Debug)]
@@ -19,6 +19,14 @@ pub struct RepairArgs {
     /// Kept for older scripts: a damaged database is now always salvaged first.
     #[arg(long, hide = true)]
     pub salvage: bool,
+    #[command(flatten)]
+    pub index: IndexOpts,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    pub index: IndexOpts,
 }
 
 pub fn run_repair(g: &Global, a: &RepairArgs) -> anyhow::Result<i32> {

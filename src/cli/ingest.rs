@@ -1,6 +1,6 @@
 //! `echovault ingest PATH...` and `echovault errors`.
 
-use super::{open_engine, Global, EXIT_PARTIAL};
+use super::{open_engine, DeviceOpts, FramesOpts, Global, Groups, ImageOpts, IndexOpts, ModelOpts, SpaceOpts, EXIT_PARTIAL};
 use clap::{Args, ValueEnum};
 use echovault::ingest::{ingest, IngestOptions, Progress};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -40,6 +40,24 @@ pub struct IngestArgs {
     /// Seconds between progress log lines.
     #[arg(long, default_value_t = 10.0)]
     progress_every: f64,
+    #[command(flatten)]
+    pub index: IndexOpts,
+    #[command(flatten)]
+    pub space: SpaceOpts,
+    #[command(flatten)]
+    pub model: ModelOpts,
+    #[command(flatten)]
+    pub device: DeviceOpts,
+    #[command(flatten)]
+    pub image: ImageOpts,
+    #[command(flatten)]
+    pub frames_opts: FramesOpts,
+}
+
+impl IngestArgs {
+    pub fn groups(&self) -> Groups<'_> {
+        Groups::all(&self.index, &self.space, &self.model, &self.device, &self.image, &self.frames_opts)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -186,7 +204,10 @@ fn log_line(p: &Progress) {
 }
 
 #[derive(Args, Debug)]
-pub struct ErrorsArgs {}
+pub struct ErrorsArgs {
+    #[command(flatten)]
+    pub index: IndexOpts,
+}
 
 /// `echovault errors`: the inputs whose last ingest failed, with reasons.
 pub fn run_errors(g: &Global, _: &ErrorsArgs) -> anyhow::Result<i32> {

@@ -3,7 +3,7 @@
 //! resize). Needs no model; the patient key uses the secret of the index at `--index` when
 //! there is one there (the key ingest would store), and is `null` otherwise.
 
-use super::Global;
+use super::{Global, IndexOpts};
 use anyhow::Context;
 use echovault::media::dicom::{is_dicom, DicomCine};
 use echovault::media::Frame;
@@ -24,6 +24,8 @@ pub struct InspectArgs {
     /// passes; DICOM only). `tools/bench-dicom` compares it with pydicom.
     #[arg(long, value_name = "N")]
     pub time_decode: Option<usize>,
+    #[command(flatten)]
+    pub index: IndexOpts,
 }
 
 fn write_png(dir: &Path, i: usize, f: &Frame) -> anyhow::Result<PathBuf> {

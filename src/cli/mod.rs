@@ -28,23 +28,86 @@ pub const EXIT_PARTIAL: i32 = 3;
 const SAMPLE_MODEL: &str = "data-samples/echovault-tiny";
 
 #[derive(Parser, Debug)]
-#[command(name = "echovault", version, about = "Search echocardiograms by meaning (EchoCLIP embeddings in an embedded index)")]
+#[command(
+    name = "echovault",
+    version,
+    about = "Search echocardiograms by meaning (EchoCLIP embeddings in an embedded index)",
+    after_help = "The index, model, device and frame options may also come before the subcommand \
+                  (`echovault --index IDX --model DIR search ...`); one given after it wins.\n\n\
+                  Examples:\n  echovault ingest /exports/echo --index ./echovault-index --model DIR\n  \
+                  echovault search --text \"pacemaker lead in the right heart\" -k 10\n  \
+                  echovault timeline --patient KEY"
+)]
 struct Cli {
     #[command(flatten)]
-    global: Global,
+    top: TopOpts,
+    #[command(flatten)]
+    out: OutputOpts,
     #[command(subcommand)]
     command: Command,
 }
 
-/// Options every subcommand takes.
-#[derive(Args, Debug, Clone)]
-pub struct Global {
-    /// Index directory (created on first ingest).
-    #[arg(long, global = true, env = "ECHOVAULT_INDEX", default_value = "echovault-index")]
-    pub index: PathBuf,
-    /// Model snapshot directory (open_clip_config.json, weights, tokenizer.json; a
-    /// template_vocab.txt there makes it tokenise with EchoCLIP-R's phrase templates), or
-    /// hf:OWNER/NAME[@REV], an open_clip repo on the Hugging Face hub (branch, tag or commit;
+/// Options accepted before the subcommand, for every subcommand that uses them (scripts write
+/// `echovault --index IDX --model DIR --device cpu search ...`).
+#[derive(Args, Debug, Clone, Default)]
+struct TopOpts {
+    #[command(flatten)]
+    index: IndexOpts,
+    #[command(flatten)]
+    space: SpaceOpts,
+    #[command(flatten)]
+    model: ModelOpts,
+    #[command(flatten)]
+    device: DeviceOpts,
+    #[command(flatten)]
+    image: ImageOpts,
+    #[command(flatten)]
+    frames: FramesOpts,
+}
+
+/// Output options of every subcommand.
+#[derive(Args, Debug, Clone, Default)]
+pub struct OutputOpts {
+    /// Print one JSON object instead of text (errors too: {"error": ...}).
+    #[arg(long, global = true, help_heading = "Output")]
+    pub json: bool,
+    /// More log output on stderr (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = "Output")]
+    pub verbose: u8,
+}
+
+// Option groups. Each subcommand flattens the groups it uses, so its --help lists only those;
+// the same groups are accepted before the subcommand (`TopOpts`). A new flag goes into the
+// group of every command that uses it, or into one subcommand's own Args when only it does.
+
+/// The index (commands that read or write one).
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Index")]
+pub struct IndexOpts {
+    /// Index directory (created on first ingest). Default: $ECHOVAULT_INDEX, else
+    /// ./echovault-index.
+    #[arg(long, value_name = "DIR")]
+    pub index: Option<PathBuf>,
+}
+
+/// The embedding space of the index a command reads or fills.
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Model")]
+pub struct SpaceOpts {
+    /// Embedding space name in the index (default: the model directory's name).
+    #[arg(long)]
+    pub space: Option<String>,
+}
+
+/// Which model (and tokenizer vocabulary) a command loads.
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Model")]
+pub struct ModelOpts {
+    /// Model snapshot directory, or hf:OWNER/NAME[@REV]; repeat for several models.
+    ///
+    /// A snapshot directory holds open_clip_config.json, weights, tokenizer.json (a
+    /// template_vocab.txt there makes it tokenise with EchoCLIP-R's phrase templates);
+    /// hf:OWNER/NAME[@REV] is an open_clip repo on the Hugging Face hub (branch, tag or commit;
     /// default main) fetched into its cache (HF_HUB_CACHE / HF_HOME; HF_ENDPOINT, HF_TOKEN,
     /// HF_HUB_OFFLINE as huggingface_hub reads them).
     /// Default: $ECHOVAULT_MODEL, else ./data-samples/echovault-tiny. Repeat it to ingest with
@@ -53,39 +116,140 @@ pub struct Global {
     /// first; `zero-shot` uses the first CLIP-BPE model (EchoCLIP), `reid`, `timeline` and
     /// `eval` of similarity and retrieval the first template-tokenizer model (EchoCLIP-R), as
     /// the paper found best.
-    #[arg(long, global = true, env = "ECHOVAULT_MODEL", action = clap::ArgAction::Append)]
+    #[arg(long, value_name = "DIR|hf:OWNER/NAME[@REV]", action = clap::ArgAction::Append)]
     pub model: Vec<PathBuf>,
-    /// Embedding space name in the index (default: the model directory's name).
-    #[arg(long, global = true)]
-    pub space: Option<String>,
-    /// EchoCLIP-R template vocabulary (one phrase per line, `<#>` = slot; e.g. the reference's
-    /// template_vocab.txt) for a model whose directory has none. MODEL=FILE gives it to the
+    /// EchoCLIP-R template vocabulary for a model whose directory has none.
+    ///
+    /// One phrase per line, `<#>` = slot (e.g. the reference's template_vocab.txt). MODEL=FILE gives it to the
     /// model of that space name (directory name, or repo name of an hf: model); a plain FILE to
     /// the only --model, or to the one whose text tower is too small for CLIP BPE. A vocabulary
     /// that reaches no model is an error.
-    #[arg(long, global = true, value_name = "[MODEL=]FILE")]
+    #[arg(long, value_name = "[MODEL=]FILE")]
     pub template_vocab: Option<TemplateVocabArg>,
-    /// Device for the model: auto (CUDA when available), cpu or cuda.
-    #[arg(long, global = true, default_value = "auto")]
+}
+
+/// Where the model runs.
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Model")]
+pub struct DeviceOpts {
+    /// Device for the model: auto (CUDA when available), cpu or cuda [default: auto].
+    #[arg(long, value_parser = ["auto", "cpu", "cuda"])]
+    pub device: Option<String>,
+}
+
+/// How frames are fed to the image tower.
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Model")]
+pub struct ImageOpts {
+    /// Channel order fed to the image tower: bgr (the reference's) or rgb [default: bgr].
+    #[arg(long)]
+    pub channel_order: Option<ChannelOrder>,
+    /// Frames per forward pass of the image tower [default: 32].
+    #[arg(long, value_parser = positive)]
+    pub batch: Option<usize>,
+}
+
+/// Which frames of a video are embedded.
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Model")]
+pub struct FramesOpts {
+    /// Frames embedded per video: all (retrieval preset), zero-shot (0..40 step 2) or
+    /// START:END:STEP [default: all].
+    #[arg(long, alias = "sampling", value_name = "all|zero-shot|START:END:STEP")]
+    pub frames: Option<FrameSampling>,
+}
+
+/// A count that must be at least 1 (a usage error otherwise).
+pub fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The option groups a subcommand took, laid over those given before it.
+#[derive(Default)]
+pub struct Groups<'a> {
+    pub index: Option<&'a IndexOpts>,
+    pub space: Option<&'a SpaceOpts>,
+    pub model: Option<&'a ModelOpts>,
+    pub device: Option<&'a DeviceOpts>,
+    pub image: Option<&'a ImageOpts>,
+    pub frames: Option<&'a FramesOpts>,
+}
+
+impl<'a> Groups<'a> {
+    /// Index, space, model, device, image and frame options: a command that embeds videos
+    /// into (or queries) an index.
+    pub fn all(
+        index: &'a IndexOpts,
+        space: &'a SpaceOpts,
+        model: &'a ModelOpts,
+        device: &'a DeviceOpts,
+        image: &'a ImageOpts,
+        frames: &'a FramesOpts,
+    ) -> Self {
+        Groups {
+            index: Some(index),
+            space: Some(space),
+            model: Some(model),
+            device: Some(device),
+            image: Some(image),
+            frames: Some(frames),
+        }
+    }
+}
+
+/// The settings a subcommand runs with: its own options over those given before it, over the
+/// environment, over the defaults.
+#[derive(Debug, Clone)]
+pub struct Global {
+    /// Index directory.
+    pub index: PathBuf,
+    /// Models, first the primary (empty: $ECHOVAULT_MODEL or the sample model, see
+    /// [`Global::engine_config`]).
+    pub model: Vec<PathBuf>,
+    pub space: Option<String>,
+    pub template_vocab: Option<TemplateVocabArg>,
     pub device: String,
-    /// Channel order fed to the image tower: bgr (the reference's, default) or rgb.
-    #[arg(long, global = true, default_value = "bgr")]
     pub channel_order: ChannelOrder,
-    /// Frames embedded per video: all (retrieval preset), zero-shot (0..40 step 2) or START:END:STEP.
-    #[arg(long, global = true, default_value = "all")]
+    /// Frames embedded per video (default all).
     pub sampling: FrameSampling,
-    /// Frames per forward pass of the image tower.
-    #[arg(long, global = true, default_value_t = DEFAULT_FRAME_BATCH)]
+    /// `--frames` as given, for commands whose default is not `all`.
+    pub frames_given: Option<FrameSampling>,
     pub batch: usize,
-    /// Print one JSON object instead of text.
-    #[arg(long, global = true)]
     pub json: bool,
-    /// More log output on stderr (-v info, -vv debug).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }
 
 impl Global {
+    fn resolve(top: &TopOpts, out: &OutputOpts, sub: &Groups<'_>) -> Global {
+        let index = sub.index.and_then(|o| o.index.clone()).or_else(|| top.index.index.clone());
+        let index = index.or_else(|| std::env::var_os("ECHOVAULT_INDEX").filter(|v| !v.is_empty()).map(PathBuf::from));
+        let mut model = sub.model.map(|o| o.model.clone()).unwrap_or_default();
+        if model.is_empty() {
+            model = top.model.model.clone();
+        }
+        if model.is_empty() {
+            model.extend(std::env::var_os("ECHOVAULT_MODEL").filter(|v| !v.is_empty()).map(PathBuf::from));
+        }
+        let frames_given = sub.frames.and_then(|o| o.frames).or(top.frames.frames);
+        Global {
+            index: index.unwrap_or_else(|| PathBuf::from("echovault-index")),
+            model,
+            space: sub.space.and_then(|o| o.space.clone()).or_else(|| top.space.space.clone()),
+            template_vocab: sub.model.and_then(|o| o.template_vocab.clone()).or_else(|| top.model.template_vocab.clone()),
+            device: sub.device.and_then(|o| o.device.clone()).or_else(|| top.device.device.clone()).unwrap_or_else(|| "auto".into()),
+            channel_order: sub.image.and_then(|o| o.channel_order).or(top.image.channel_order).unwrap_or(ChannelOrder::Bgr),
+            sampling: frames_given.unwrap_or(FrameSampling::ALL),
+            frames_given,
+            batch: sub.image.and_then(|o| o.batch).or(top.image.batch).unwrap_or(DEFAULT_FRAME_BATCH),
+            json: out.json,
+            verbose: out.verbose,
+        }
+    }
+
     /// Resolves the engine settings.
     pub fn engine_config(&self) -> anyhow::Result<EngineConfig> {
         let model_dir = match self.model.first() {
@@ -134,7 +298,7 @@ enum Command {
     /// List the inputs whose last ingest failed, with reasons (exit 0).
     Errors(ingest::ErrorsArgs),
     /// Show what the index holds.
-    Info,
+    Info(info::InfoArgs),
     /// Check the index; rebuild its graphs from the stored vectors, drop deleted and replaced
     /// vectors for good, write fresh graph snapshots.
     Repair(info::RepairArgs),
@@ -185,6 +349,30 @@ fn quiet_on_closed_pipe() {
 #[cfg(not(unix))]
 fn quiet_on_closed_pipe() {}
 
+impl Command {
+    /// The option groups this subcommand takes.
+    fn groups(&self) -> Groups<'_> {
+        match self {
+            Command::Ingest(a) => a.groups(),
+            Command::Search(a) => a.groups(),
+            Command::Errors(a) => Groups { index: Some(&a.index), ..Groups::default() },
+            Command::Info(a) => Groups { index: Some(&a.index), ..Groups::default() },
+            Command::Repair(a) => Groups { index: Some(&a.index), ..Groups::default() },
+            Command::Inspect(a) => Groups { index: Some(&a.index), ..Groups::default() },
+            Command::Embed(a) => a.groups(),
+            Command::Tokenize(a) => a.groups(),
+            Command::BenchEmbed(a) => a.groups(),
+            Command::Phantom(_) => Groups::default(),
+            Command::Train(a) => a.groups(),
+            Command::ZeroShot(a) => a.groups(),
+            Command::Reid(a) => a.groups(),
+            Command::Timeline(a) => a.groups(),
+            Command::Eval(a) => a.groups(),
+            Command::Serve(a) => a.groups(),
+        }
+    }
+}
+
 /// Parses the command line, runs it, returns the exit code.
 pub fn run() -> i32 {
     let cli = match Cli::try_parse() {
@@ -194,32 +382,33 @@ pub fn run() -> i32 {
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
-    init_logging(cli.global.verbose);
+    let g = Global::resolve(&cli.top, &cli.out, &cli.command.groups());
+    init_logging(g.verbose);
     if !matches!(cli.command, Command::Serve(_)) {
         quiet_on_closed_pipe();
     }
     let result = match &cli.command {
-        Command::Ingest(a) => ingest::run(&cli.global, a),
-        Command::Search(a) => search::run(&cli.global, a),
-        Command::Errors(a) => ingest::run_errors(&cli.global, a),
-        Command::Info => info::run(&cli.global),
-        Command::Repair(a) => info::run_repair(&cli.global, a),
-        Command::Inspect(a) => inspect::run(&cli.global, a),
-        Command::Embed(a) => embed::run_embed(&cli.global, a),
-        Command::Tokenize(a) => embed::run_tokenize(&cli.global, a),
-        Command::BenchEmbed(a) => bench::run(&cli.global, a),
-        Command::Phantom(a) => phantom::run(&cli.global, a),
-        Command::Train(a) => train::run(&cli.global, a),
-        Command::ZeroShot(a) => tasks::run_zero_shot(&cli.global, a),
-        Command::Reid(a) => tasks::run_reid(&cli.global, a),
-        Command::Timeline(a) => tasks::run_timeline(&cli.global, a),
-        Command::Eval(a) => tasks::run_eval(&cli.global, a),
-        Command::Serve(a) => serve::run(&cli.global, a),
+        Command::Ingest(a) => ingest::run(&g, a),
+        Command::Search(a) => search::run(&g, a),
+        Command::Errors(a) => ingest::run_errors(&g, a),
+        Command::Info(_) => info::run(&g),
+        Command::Repair(a) => info::run_repair(&g, a),
+        Command::Inspect(a) => inspect::run(&g, a),
+        Command::Embed(a) => embed::run_embed(&g, a),
+        Command::Tokenize(a) => embed::run_tokenize(&g, a),
+        Command::BenchEmbed(a) => bench::run(&g, a),
+        Command::Phantom(a) => phantom::run(&g, a),
+        Command::Train(a) => train::run(&g, a),
+        Command::ZeroShot(a) => tasks::run_zero_shot(&g, a),
+        Command::Reid(a) => tasks::run_reid(&g, a),
+        Command::Timeline(a) => tasks::run_timeline(&g, a),
+        Command::Eval(a) => tasks::run_eval(&g, a),
+        Command::Serve(a) => serve::run(&g, a),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            report_error(&e, cli.global.json);
+            report_error(&e, g.json);
             1
         }
     }

@@ -25,7 +25,7 @@ pub struct PhantomArgs {
     #[arg(long, default_value_t = 112)]
     size: usize,
     /// Frames per video.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long = "num-frames", alias = "frames", default_value_t = 32, value_parser = super::positive)]
     frames: usize,
     /// Frames per second.
     #[arg(long, default_value_t = 30.0)]

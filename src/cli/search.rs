@@ -2,7 +2,7 @@
 //! [`SearchRequest`], runs [`echovault::tasks::search::search`], renders its answer.
 
 use super::output::{group_header, hit_line};
-use super::{open_reader_engine, Global};
+use super::{open_reader_engine, positive, DeviceOpts, FramesOpts, Global, Groups, ImageOpts, IndexOpts, ModelOpts, SpaceOpts};
 use clap::{ArgGroup, Args};
 use echovault::index::{Kind, StudyDate};
 use echovault::tasks::search::{search, GroupBy, SearchRequest, SearchResponse, VideoQuery};
@@ -17,14 +17,14 @@ pub struct SearchArgs {
     /// A video file to find similar items for.
     #[arg(long)]
     video: Option<PathBuf>,
-    /// An indexed item id to find similar items for.
-    #[arg(long)]
+    /// An indexed item (video, report or study id) to find similar items for.
+    #[arg(long = "id", alias = "like", value_name = "ID")]
     like: Option<String>,
     /// Kind of items to return: video, report or study.
     #[arg(long, default_value = "video")]
     kind: Kind,
     /// Number of hits (with --group-by: of groups).
-    #[arg(short, long, default_value_t = 10)]
+    #[arg(short = 'k', alias = "k", default_value_t = 10, value_parser = positive)]
     k: usize,
     /// Only this (pseudonymous) patient key.
     #[arg(long)]
@@ -48,6 +48,24 @@ pub struct SearchArgs {
     /// Exact (brute-force) search instead of the HNSW graph.
     #[arg(long)]
     exact: bool,
+    #[command(flatten)]
+    pub index: IndexOpts,
+    #[command(flatten)]
+    pub space: SpaceOpts,
+    #[command(flatten)]
+    pub model: ModelOpts,
+    #[command(flatten)]
+    pub device: DeviceOpts,
+    #[command(flatten)]
+    pub image: ImageOpts,
+    #[command(flatten)]
+    pub frames_opts: FramesOpts,
+}
+
+impl SearchArgs {
+    pub fn groups(&self) -> Groups<'_> {
+        Groups::all(&self.index, &self.space, &self.model, &self.device, &self.image, &self.frames_opts)
+    }
 }
 
 pub fn run(g: &Global, a: &SearchArgs) -> anyhow::Result<i32> {

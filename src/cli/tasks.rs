@@ -2,7 +2,10 @@
 //! transitions, retrieval). Parses the flags into the requests of [`echovault::tasks`], picks the
 //! model, renders what the library returns as text or JSON.
 
-use super::{open_engine, open_reader_engine, Global, EXIT_PARTIAL};
+use super::{
+    open_engine, open_reader_engine, positive, DeviceOpts, FramesOpts, Global, Groups, ImageOpts, IndexOpts, ModelOpts, SpaceOpts,
+    EXIT_PARTIAL,
+};
 use anyhow::Context;
 use clap::{ArgGroup, Args, Subcommand};
 use echovault::engine::{Embedder, Engine};
@@ -99,15 +102,43 @@ pub struct ZeroShotArgs {
     /// built-in report-style prompts (`--list-tasks` shows them).
     #[arg(long)]
     prompts: Option<PathBuf>,
-    /// Frames read: zero-shot (0..40 step 2, the paper's), all, or START:END:STEP.
-    #[arg(long, default_value = "zero-shot")]
-    frames: FrameSampling,
+    /// Frames read: zero-shot (0..40 step 2, the paper's), all, or START:END:STEP
+    /// [default: zero-shot].
+    #[arg(long, alias = "sampling", value_name = "zero-shot|all|START:END:STEP")]
+    frames: Option<FrameSampling>,
     /// Keep the readings in the indexed videos' records (`zero_shot.TASK`).
     #[arg(long)]
     store: bool,
     /// List the prompt file's tasks and exit.
     #[arg(long)]
     list_tasks: bool,
+    #[command(flatten)]
+    pub index: IndexOpts,
+    #[command(flatten)]
+    pub space: SpaceOpts,
+    #[command(flatten)]
+    pub model: ModelOpts,
+    #[command(flatten)]
+    pub device: DeviceOpts,
+    #[command(flatten)]
+    pub image: ImageOpts,
+}
+
+impl ZeroShotArgs {
+    pub fn groups(&self) -> Groups<'_> {
+        Groups { image: Some(&self.image), ..model_groups(&self.index, &self.space, &self.model, &self.device) }
+    }
+}
+
+/// The groups of a command that loads a model beside an index.
+fn model_groups<'a>(index: &'a IndexOpts, space: &'a SpaceOpts, model: &'a ModelOpts, device: &'a DeviceOpts) -> Groups<'a> {
+    Groups { index: Some(index), space: Some(space), model: Some(model), device: Some(device), ..Groups::default() }
+}
+
+/// Frames read by a zero-shot command: its --frames, else one given before the subcommand, else
+/// the paper's.
+fn zero_shot_frames(g: &Global, own: Option<FrameSampling>) -> FrameSampling {
+    own.or(g.frames_given).unwrap_or(FrameSampling::ZERO_SHOT)
 }
 
 fn reading_text(task: &str, r: &Reading, unit: Option<&str>) -> String {
@@ -139,7 +170,7 @@ pub fn run_zero_shot(g: &Global, a: &ZeroShotArgs) -> anyhow::Result<i32> {
         all_indexed: a.all_indexed,
         task: a.task.clone(),
         prompts: a.prompts.clone(),
-        frames: a.frames,
+        frames: zero_shot_frames(g, a.frames),
         store: a.store,
     };
     let loaded = Loaded::open_with(g, req.needs_index(), Prefer::ZeroShot, a.store)?;
@@ -170,29 +201,56 @@ fn print_readings(res: &ZeroShotResult, store: bool) {
 // ---------------------------------------------------------------- reid
 
 #[derive(Args, Debug)]
-#[command(group(ArgGroup::new("query").required(true).args(["video", "video_id", "study_id"])))]
+#[command(group(ArgGroup::new("query").required(true).args(["video", "id", "video_id", "study_id"])))]
 pub struct ReidArgs {
     /// A video file (DICOM, AVI, MP4).
     video: Option<PathBuf>,
-    /// An indexed video.
-    #[arg(long)]
+    /// An indexed video or study (a video id, a study id or StudyInstanceUID).
+    #[arg(long, value_name = "ID")]
+    id: Option<String>,
+    /// An indexed video (old spelling of --id).
+    #[arg(long, hide = true)]
     video_id: Option<String>,
-    /// An indexed study (its StudyInstanceUID or study id).
-    #[arg(long)]
+    /// An indexed study (old spelling of --id).
+    #[arg(long, hide = true)]
     study_id: Option<String>,
     /// Candidates to show.
-    #[arg(short, long, default_value_t = 10)]
+    #[arg(short = 'k', alias = "k", default_value_t = 10, value_parser = positive)]
     k: usize,
     /// Also show studies of the query's own date.
     #[arg(long)]
     same_date: bool,
+    #[command(flatten)]
+    pub index: IndexOpts,
+    #[command(flatten)]
+    pub space: SpaceOpts,
+    #[command(flatten)]
+    pub model: ModelOpts,
+    #[command(flatten)]
+    pub device: DeviceOpts,
+    #[command(flatten)]
+    pub image: ImageOpts,
+    #[command(flatten)]
+    pub frames_opts: FramesOpts,
+}
+
+impl ReidArgs {
+    pub fn groups(&self) -> Groups<'_> {
+        Groups::all(&self.index, &self.space, &self.model, &self.device, &self.image, &self.frames_opts)
+    }
 }
 
 pub fn run_reid(g: &Global, a: &ReidArgs) -> anyhow::Result<i32> {
     anyhow::ensure!(a.k > 0, "-k must be at least 1");
     let loaded = Loaded::open(g, true, Prefer::Similarity)?;
-    let req =
-        ReidRequest { video: a.video.clone(), video_id: a.video_id.clone(), study_id: a.study_id.clone(), k: a.k, same_date: a.same_date };
+    let req = ReidRequest {
+        video: a.video.clone(),
+        id: a.id.clone(),
+        video_id: a.video_id.clone(),
+        study_id: a.study_id.clone(),
+        k: a.k,
+        same_date: a.same_date,
+    };
     let res = reid::reid(&loaded.context(g), &req)?;
     if g.json {
         print_json(&res)?;
@@ -239,6 +297,20 @@ pub struct TimelineArgs {
     /// Flag a study whose similarity lies this far below the timeline's median.
     #[arg(long, default_value_t = 0.1)]
     drop: f64,
+    #[command(flatten)]
+    pub index: IndexOpts,
+    #[command(flatten)]
+    pub space: SpaceOpts,
+    #[command(flatten)]
+    pub model: ModelOpts,
+    #[command(flatten)]
+    pub device: DeviceOpts,
+}
+
+impl TimelineArgs {
+    pub fn groups(&self) -> Groups<'_> {
+        model_groups(&self.index, &self.space, &self.model, &self.device)
+    }
 }
 
 pub fn run_timeline(g: &Global, a: &TimelineArgs) -> anyhow::Result<i32> {
@@ -280,6 +352,18 @@ pub struct EvalArgs {
     what: EvalWhat,
 }
 
+impl EvalArgs {
+    pub fn groups(&self) -> Groups<'_> {
+        let c = match &self.what {
+            EvalWhat::ZeroShot(z) => &z.common,
+            EvalWhat::Reid(r) => &r.common,
+            EvalWhat::Transitions(t) => &t.common,
+            EvalWhat::Retrieval(r) => &r.common,
+        };
+        Groups { image: Some(&c.image), ..model_groups(&c.index, &c.space, &c.model, &c.device) }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum EvalWhat {
     /// Zero-shot readings against labels: MAE for regression tasks, AUC for binary ones,
@@ -309,6 +393,16 @@ struct EvalCommon {
     /// re-computation.
     #[arg(long)]
     dump_inputs: Option<PathBuf>,
+    #[command(flatten)]
+    pub index: IndexOpts,
+    #[command(flatten)]
+    pub space: SpaceOpts,
+    #[command(flatten)]
+    pub model: ModelOpts,
+    #[command(flatten)]
+    pub device: DeviceOpts,
+    #[command(flatten)]
+    image: ImageOpts,
 }
 
 #[derive(Args, Debug)]
@@ -326,9 +420,9 @@ struct EvalZeroShot {
     /// Tasks (comma-separated; default: every task the manifest labels).
     #[arg(long, value_delimiter = ',')]
     task: Vec<String>,
-    /// Frames read: zero-shot (the paper's), all, or START:END:STEP.
-    #[arg(long, default_value = "zero-shot")]
-    frames: FrameSampling,
+    /// Frames read: zero-shot (the paper's), all, or START:END:STEP [default: zero-shot].
+    #[arg(long, alias = "sampling", value_name = "zero-shot|all|START:END:STEP")]
+    frames: Option<FrameSampling>,
     /// Write every input's readings and labels as JSON Lines.
     #[arg(long)]
     predictions: Option<PathBuf>,
@@ -411,7 +505,7 @@ pub fn run_eval(g: &Global, a: &EvalArgs) -> anyhow::Result<i32> {
                 split: z.split.clone(),
                 prompts: z.prompts.clone(),
                 task: z.task.clone(),
-                frames: z.frames,
+                frames: zero_shot_frames(g, z.frames),
                 resamples: z.common.resamples,
                 seed: z.common.seed,
                 dump_inputs: z.common.dump(),

@@ -1,6 +1,6 @@
 //! `echovault train --pairs MANIFEST --init (DIR|random) --out DIR`: CLIP contrastive training.
 
-use super::{resolve_model, Global};
+use super::{resolve_model, DeviceOpts, Global, Groups};
 use anyhow::Context;
 use clap::Args;
 use echovault::engine::parse_device;
@@ -42,7 +42,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0.1)]
     weight_decay: f64,
     /// Frames kept per video (evenly spaced); one is drawn at random per step.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long = "num-frames", alias = "frames-per-video", default_value_t = 16, value_parser = super::positive)]
     frames_per_video: usize,
     /// Write the snapshot every N steps (0: only at the end).
     #[arg(long, default_value_t = 0)]
@@ -53,6 +53,17 @@ pub struct TrainArgs {
     /// Save weights as f16.
     #[arg(long)]
     f16: bool,
+    /// EchoCLIP-R template vocabulary for a --init/--like directory that has none.
+    #[arg(long, value_name = "FILE")]
+    template_vocab: Option<PathBuf>,
+    #[command(flatten)]
+    pub device: DeviceOpts,
+}
+
+impl TrainArgs {
+    pub fn groups(&self) -> Groups<'_> {
+        Groups { device: Some(&self.device), ..Groups::default() }
+    }
 }
 
 pub fn run(g: &Global, a: &TrainArgs) -> anyhow::Result<i32> {
@@ -77,7 +88,7 @@ pub fn run(g: &Global, a: &TrainArgs) -> anyhow::Result<i32> {
         seed: a.seed,
         device: parse_device(&g.device)?,
         save_f16: a.f16,
-        template_vocab: g.template_vocab.as_ref().map(|v| v.file.clone()),
+        template_vocab: a.template_vocab.clone().or_else(|| g.template_vocab.as_ref().map(|v| v.file.clone())),
     };
     #[allow(clippy::print_stderr)]
     let s = train(&opts, |line| eprintln!("{line}"))?;

@@ -15,13 +15,16 @@ pub const DEFAULT_K: usize = 10;
 /// The most candidates a request may ask for.
 pub const MAX_K: usize = 10_000;
 
-/// What to re-identify: exactly one of `video`, `video_id`, `study_id` (named as the CLI's
-/// flags; `video` is a path of the reader's, the server's, own).
+/// What to re-identify: exactly one of `video`, `id`, `video_id`, `study_id` (`video` is a path
+/// of the reader's, the server's, own; `id` an indexed video or study, whichever the index holds
+/// under it).
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReidRequest {
     /// A video file (DICOM, AVI, MP4).
     pub video: Option<PathBuf>,
+    /// An indexed video id, or a study (its id or StudyInstanceUID): the CLI's `--id`.
+    pub id: Option<String>,
     /// An indexed video.
     pub video_id: Option<String>,
     /// An indexed study (its StudyInstanceUID or study id).
@@ -34,7 +37,7 @@ pub struct ReidRequest {
 
 impl Default for ReidRequest {
     fn default() -> Self {
-        ReidRequest { video: None, video_id: None, study_id: None, k: DEFAULT_K, same_date: false }
+        ReidRequest { video: None, id: None, video_id: None, study_id: None, k: DEFAULT_K, same_date: false }
     }
 }
 
@@ -47,9 +50,9 @@ impl ReidRequest {
         if self.k > MAX_K {
             return Err(Error::Invalid(format!("k: at most {MAX_K}")));
         }
-        let given = [self.video.is_some(), self.video_id.is_some(), self.study_id.is_some()];
+        let given = [self.video.is_some(), self.id.is_some(), self.video_id.is_some(), self.study_id.is_some()];
         if given.iter().filter(|g| **g).count() != 1 {
-            return Err(Error::Invalid("give exactly one of video, video_id, study_id".into()));
+            return Err(Error::Invalid("give exactly one of video, id, video_id, study_id".into()));
         }
         Ok(())
     }
@@ -108,17 +111,25 @@ pub fn reid(ctx: &TaskContext<'_>, req: &ReidRequest) -> Result<ReidResult, Erro
     let index = ctx.need_index()?;
     let space = ctx.model();
     let src = ctx.source(crate::media::FrameSampling::ZERO_SHOT);
+    // `id`: a video the index holds under it, else a study.
+    let (video_id, study) = match &req.id {
+        Some(id) if !id.starts_with("study:") && index.get_item(&ItemId::from(id.as_str()))?.is_some_and(|r| r.kind == Kind::Video) => {
+            (Some(id.clone()), None)
+        }
+        Some(id) => (None, Some(id.clone())),
+        None => (req.video_id.clone(), req.study_id.clone()),
+    };
     let (query, rec, v) = if let Some(p) = &req.video {
         let (rec, v) = src.video_of_file(p)?;
         (ReidQuery::Video(p.display().to_string()), rec, v)
-    } else if let Some(id) = &req.video_id {
+    } else if let Some(id) = &video_id {
         let rec = src.item(id)?;
         let v = src
             .stored_vector(&rec.id, Kind::Video)?
             .ok_or_else(|| Error::Invalid(format!("video '{id}' has no vector in space '{space}'")))?;
         (ReidQuery::VideoId(id.clone()), Some(rec), v)
     } else {
-        let s = req.study_id.clone().unwrap_or_default();
+        let s = study.unwrap_or_default();
         let id = if s.starts_with("study:") { s.clone() } else { study_id(&s) };
         let rec = src.item(&id)?;
         let v = src
@@ -135,10 +146,11 @@ pub fn reid(ctx: &TaskContext<'_>, req: &ReidRequest) -> Result<ReidResult, Erro
     let own_study = rec.as_ref().and_then(|r| r.study.clone()).or_else(|| header.as_ref().and_then(|h| h.study_uid.clone()));
     let own_date: Option<StudyDate> =
         rec.as_ref().and_then(|r| r.date).or_else(|| header.as_ref().and_then(|h| h.study_date.as_deref()?.parse().ok()));
-    let own_patient = rec.as_ref().and_then(|r| r.patient.clone()).or_else(|| {
-        let id = header.as_ref()?.patient_id.as_ref()?;
-        Some(crate::pseudonym::patient_key(index.secret(), id.expose()))
-    });
+    let own_patient = match (rec.as_ref().and_then(|r| r.patient.clone()), header.as_ref().and_then(|h| h.patient_id.as_ref())) {
+        (Some(key), _) => Some(key),
+        (None, Some(id)) => Some(crate::pseudonym::patient_key(index.secret()?, id.expose())),
+        (None, None) => None,
+    };
     let mut filter = Filter::default();
     if let Some(s) = &own_study {
         filter.exclude.push(ItemId(study_id(s)));
