@@ -33,18 +33,30 @@ pub struct DamagedTable {
     /// of its range that still read, with their checksums, from it or an overlapping table);
     /// `None` for a file that is missing or cut short.
     pub unreadable: Option<u64>,
-    /// Entries the file holds, as the MANIFEST says.
+    /// Entries the file holds, as the MANIFEST says (0 where it could not be read).
     pub entries: u64,
+    /// The file's first and last key (printable: other bytes as `\xNN`), from the MANIFEST.
+    pub range: Option<[String; 2]>,
+    /// For a missing or cut file, what it held, counted from the tables that survive (e.g.
+    /// "6 videos' frame embeddings (space 1) lost"), where that can be counted.
+    pub lost: Option<String>,
 }
 
 impl DamagedTable {
     /// One line for a person: the file, its column family, how much of it is lost, what it
     /// holds and what that means.
     pub fn describe(&self) -> String {
-        let lost = match self.unreadable {
-            Some(n) => format!("about {n} of its {} entries unreadable", self.entries),
-            None => "unreadable".to_owned(),
+        let mut lost = match (self.unreadable, self.entries) {
+            (Some(n), _) => format!("about {n} of its {} entries unreadable", self.entries),
+            (None, 0) => "unreadable".to_owned(),
+            (None, n) => format!("all {n} of its entries unreadable"),
         };
+        if let Some([a, b]) = &self.range {
+            lost.push_str(&format!(", keys {a} to {b}"));
+        }
+        if let Some(l) = &self.lost {
+            lost.push_str(&format!(": {l}"));
+        }
         format!("table {} of `{}` is damaged, {lost} ({}): {}", self.file, self.column_family, self.detail, self.meaning)
     }
 }
@@ -82,6 +94,8 @@ pub struct Salvage {
     pub rewritten: Vec<Rewritten>,
     /// Index-wide values of `meta` that were lost, and what was put back, one line each.
     pub meta: Vec<String>,
+    /// An earlier salvage was interrupted (killed): this one finished or redid it.
+    pub resumed: bool,
 }
 
 impl Salvage {
@@ -92,6 +106,7 @@ impl Salvage {
             && self.set_aside.is_empty()
             && self.damaged.is_empty()
             && self.meta.is_empty()
+            && !self.resumed
     }
 }
 
@@ -139,6 +154,8 @@ pub fn check_tables(db: &DB, path: &Path) -> Result<Vec<DamagedTable>, IndexErro
             meaning: column_family_role(cf),
             unreadable: None,
             entries: 0,
+            range: None,
+            lost: None,
         });
     };
     for f in &live {
@@ -179,24 +196,95 @@ pub fn check_tables(db: &DB, path: &Path) -> Result<Vec<DamagedTable>, IndexErro
     }
     // How much of each damaged (but present, whole) file is lost.
     let mut out: Vec<DamagedTable> = found.into_values().collect();
+    for d in &mut out {
+        let Some(f) = live.iter().find(|f| f.name.trim_start_matches('/') == d.file) else { continue };
+        d.entries = f.num_entries;
+        if let (Some(a), Some(b)) = (&f.start_key, &f.end_key) {
+            d.range = Some([printable(a), printable(b)]);
+            if d.detail.contains("bytes on disk") || d.detail.starts_with("cannot be read") {
+                d.lost = held(db, &d.column_family, a, b);
+            }
+        }
+    }
     for cf_name in COLUMN_FAMILIES {
         if !out.iter().any(|d| d.column_family == cf_name && !d.detail.contains("bytes on disk") && !d.detail.starts_with("cannot be read"))
         {
             continue;
         }
-        let kept = survivors(db, cf_name, path)?;
-        for d in out.iter_mut().filter(|d| d.column_family == cf_name) {
+        // Each damaged file's range, and how many keys of it read back (streamed: nothing held).
+        let mut ranges: Vec<(usize, Vec<u8>, Vec<u8>, u64)> = Vec::new();
+        for (i, d) in out.iter().enumerate().filter(|(_, d)| d.column_family == cf_name) {
             let Some(f) = live.iter().find(|f| f.name.trim_start_matches('/') == d.file) else { continue };
-            d.entries = f.num_entries;
             if d.detail.contains("bytes on disk") || d.detail.starts_with("cannot be read") {
                 continue;
             }
-            let (lo, hi) = (f.start_key.clone().unwrap_or_default(), f.end_key.clone().unwrap_or_default());
-            let read = kept.rows.iter().filter(|(k, _)| **k >= *lo && **k <= *hi).count() as u64;
+            ranges.push((i, f.start_key.clone().unwrap_or_default(), f.end_key.clone().unwrap_or_default(), 0));
+        }
+        survivors(db, cf_name, path, &mut |k, _| {
+            for (_, lo, hi, n) in &mut ranges {
+                *n += u64::from(k >= lo.as_slice() && k <= hi.as_slice());
+            }
+            Ok(())
+        })?;
+        for (i, _, _, read) in ranges {
+            let d = &mut out[i];
+            let Some(f) = live.iter().find(|f| f.name.trim_start_matches('/') == d.file) else { continue };
             d.unreadable = Some(f.num_entries.saturating_sub(f.num_deletions).saturating_sub(read));
         }
     }
     Ok(out)
+}
+
+/// A key for a person: printable ASCII as is, other bytes as `\xNN`, at most 64 bytes shown.
+fn printable(k: &[u8]) -> String {
+    let mut out = String::new();
+    for &b in k.iter().take(64) {
+        if b.is_ascii_graphic() && b != b'\\' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    if k.len() > 64 {
+        out.push('…');
+    }
+    out
+}
+
+/// What a missing or cut table of `cf` with keys `lo..=hi` held, counted from the item-to-slot
+/// mappings (`slots`: collection + item id → slot) that still read back: the videos whose
+/// frame embeddings, the items whose vectors or records, fell in its range. `None` where the
+/// column family's loss is not counted that way (the table's entry count and role say it).
+fn held(db: &DB, cf: &str, lo: &[u8], hi: &[u8]) -> Option<String> {
+    let slots = db.cf_handle(store::CF_SLOTS)?;
+    let mappings = || {
+        db.iterator_cf_opt(slots, verified(), IteratorMode::Start)
+            .map_while(Result::ok)
+            .filter_map(|(k, v)| Some((Collection::from_prefix(&k)?, k[3..].to_vec(), <[u8; 4]>::try_from(&*v).ok()?)))
+    };
+    let within = |k: &[u8]| k >= lo && k <= hi;
+    match cf {
+        store::CF_FRAMES => {
+            let mut spaces = BTreeSet::new();
+            let n = mappings()
+                .filter(|(c, id, _)| c.kind == crate::Kind::Video && within(&codec::frames_key(c.space, &String::from_utf8_lossy(id))))
+                .inspect(|(c, _, _)| {
+                    spaces.insert(c.space.0);
+                })
+                .count();
+            let spaces: Vec<String> = spaces.iter().map(u16::to_string).collect();
+            Some(format!("{n} videos' frame embeddings (space {}) lost", spaces.join(", ")))
+        }
+        CF_VECTORS => {
+            let n = mappings().filter(|(c, _, slot)| within(&codec::vector_key(*c, crate::Slot(u32::from_be_bytes(*slot))))).count();
+            Some(format!("{n} items' vectors lost"))
+        }
+        CF_ITEMS => {
+            let ids: BTreeSet<Vec<u8>> = mappings().map(|(_, id, _)| id).filter(|id| within(id)).collect();
+            Some(format!("{} items' records lost (counted from their vectors' mappings)", ids.len()))
+        }
+        _ => None,
+    }
 }
 
 /// [`check_tables`] on the index at `path`, opened read-only (nothing written under `path`,
@@ -218,7 +306,7 @@ fn open_for_check(path: &Path) -> Result<(DB, tempfile::TempDir), IndexError> {
     let logs = store::scratch_outside("echovault-check-")?;
     let present = DB::list_cf(&rocksdb::Options::default(), path).map_err(|e| store::open_error(path, e))?;
     let cfs: Vec<&str> = present.iter().map(String::as_str).collect();
-    let db = store::open_read_only(path, &cfs, logs.path())?;
+    let db = store::open_read_only_unchecked(path, &cfs, logs.path())?;
     Ok((db, logs))
 }
 
@@ -233,24 +321,36 @@ pub fn table_files(path: &Path) -> Result<Vec<(String, String)>, IndexError> {
     Ok(out)
 }
 
-/// A key and its value.
-type Row = (Box<[u8]>, Box<[u8]>);
-
-/// A column family's keys and values that read back with their checksums, found by reading
-/// past each damaged block: the keys after it are listed without checksums and each is read
-/// again with them (a point read touches only the blocks that hold it), until a checked
-/// iteration can go on.
-struct Survivors {
-    rows: Vec<Row>,
+/// What [`survivors`] handed on and what it could not.
+#[derive(Default)]
+struct Tally {
+    kept: usize,
     lost: usize,
     unreadable: bool,
 }
 
-fn survivors(db: &DB, cf_name: &'static str, path: &Path) -> Result<Survivors, IndexError> {
+/// Where [`survivors`] hands each key and value that read back.
+type Sink<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), IndexError> + 'a;
+
+/// Hands `sink` a column family's keys and values that read back with their checksums, in key
+/// order, each once, holding none: found by reading past each damaged block (the keys after
+/// it are listed without checksums and each is read again with them: a point read touches
+/// only the blocks that hold it) until a checked iteration can go on.
+fn survivors(db: &DB, cf_name: &str, path: &Path, sink: &mut Sink<'_>) -> Result<Tally, IndexError> {
     let storage = |source| IndexError::Storage { path: path.to_owned(), source };
     let cf = db.cf_handle(cf_name).ok_or_else(|| crate::index::corrupt(path, "column family", cf_name))?;
     let live = db.live_files().map_err(storage)?;
-    let mut out = Survivors { rows: Vec::new(), lost: 0, unreadable: false };
+    let mut out = Tally::default();
+    // The last key handed on: a key read again after a resume is not handed on twice.
+    let mut last: Option<Vec<u8>> = None;
+    let mut emit = |k: &[u8], v: &[u8], out: &mut Tally| -> Result<(), IndexError> {
+        if last.as_deref().is_some_and(|l| k <= l) {
+            return Ok(());
+        }
+        last = Some(k.to_vec());
+        out.kept += 1;
+        sink(k, v)
+    };
     let mut from: Option<Vec<u8>> = None;
     loop {
         let mode = match &from {
@@ -262,7 +362,7 @@ fn survivors(db: &DB, cf_name: &'static str, path: &Path) -> Result<Survivors, I
             match kv {
                 Ok((k, v)) => {
                     from = Some(after(&k));
-                    out.rows.push((k, v));
+                    emit(&k, &v, &mut out)?;
                 }
                 Err(e) => {
                     failure = Some(e);
@@ -286,7 +386,7 @@ fn survivors(db: &DB, cf_name: &'static str, path: &Path) -> Result<Survivors, I
             }
             from = Some(after(&k));
             match db.get_cf_opt(cf, &k, &verified()) {
-                Ok(Some(v)) => out.rows.push((k, v.into_boxed_slice())),
+                Ok(Some(v)) => emit(&k, &v, &mut out)?,
                 Ok(None) => {}
                 Err(_) => out.lost += 1,
             }
@@ -311,8 +411,6 @@ fn survivors(db: &DB, cf_name: &'static str, path: &Path) -> Result<Survivors, I
         }
         from = Some(next);
     }
-    out.rows.sort_by(|a, b| a.0.cmp(&b.0));
-    out.rows.dedup_by(|a, b| a.0 == b.0);
     Ok(out)
 }
 
@@ -396,6 +494,7 @@ fn set_aside(path: &Path) -> BTreeSet<String> {
 pub fn salvage(path: &Path, new_secret: bool) -> Result<Salvage, IndexError> {
     let mut out = Salvage::default();
     let before = set_aside(path);
+    let mark = read_mark(path);
     let mut db = match store::open_for_salvage(path, false) {
         Ok(db) => db,
         Err(IndexError::Damaged { detail, .. }) => match store::open_for_salvage(path, true) {
@@ -421,64 +520,212 @@ pub fn salvage(path: &Path, new_secret: bool) -> Result<Salvage, IndexError> {
         Err(e) => return Err(e),
     };
     out.set_aside = set_aside(path).difference(&before).cloned().collect();
+    let storage = |source| IndexError::Storage { path: path.to_owned(), source };
+    if let Some(m) = mark.as_ref().filter(|m| m.phase == Phase::Swap) {
+        // An interrupted salvage had copied every survivor into its staging column families:
+        // finish moving them, then the rest as below.
+        tracing::warn!("finishing an interrupted repair");
+        out.resumed = true;
+        out.rewritten = finish_swap(&mut db, path, &m.families)?;
+        let meta = |key: &[u8]| -> Result<Option<Vec<u8>>, IndexError> {
+            let cf = db.cf_handle(CF_META).ok_or_else(|| crate::index::corrupt(path, "column family", CF_META))?;
+            db.get_cf_opt(cf, key, &verified()).map_err(storage)
+        };
+        let version = meta(store::KEY_FORMAT_VERSION)?.is_some();
+        let has_secret =
+            meta(store::KEY_SECRET)?.is_some_and(|s| s.len() == 32) || meta(store::KEY_SECRET_FINGERPRINT)?.is_some_and(|f| f.len() == 32);
+        let has_items = any_key(&db, path, CF_ITEMS)?;
+        mend_meta(&db, path, version, has_secret, has_items, &mut out)?;
+        return finish(&db, path, true, out);
+    }
+    // A salvage interrupted while copying left the damaged column families as they were:
+    // its staging copies are dropped and it starts again.
+    for name in DB::list_cf(&rocksdb::Options::default(), path).map_err(storage)? {
+        if name.starts_with(STAGING) {
+            db.drop_cf(&name).map_err(storage)?;
+        }
+    }
+    out.resumed = mark.is_some();
     out.damaged = check_tables(&db, path)?;
     let damaged_cfs: BTreeSet<&'static str> =
         COLUMN_FAMILIES.iter().copied().filter(|cf| out.damaged.iter().any(|d| d.column_family == *cf)).collect();
-    let mut kept: BTreeMap<&'static str, Survivors> = BTreeMap::new();
-    for cf in &damaged_cfs {
-        kept.insert(cf, survivors(&db, cf, path)?);
-    }
     // The secret first: nothing of ours is changed before the user has agreed to lose it.
-    let storage = |source| IndexError::Storage { path: path.to_owned(), source };
+    // `meta` is small: its survivors are held.
+    let mut meta_rows: Option<BTreeMap<Vec<u8>, Vec<u8>>> = None;
+    if damaged_cfs.contains(CF_META) {
+        let mut rows = BTreeMap::new();
+        survivors(&db, CF_META, path, &mut |k, v| {
+            rows.insert(k.to_vec(), v.to_vec());
+            Ok(())
+        })?;
+        meta_rows = Some(rows);
+    }
     let meta_value = |key: &[u8]| -> Result<Option<Vec<u8>>, IndexError> {
-        match kept.get(CF_META) {
-            Some(s) => Ok(s.rows.iter().find(|(k, _)| &**k == key).map(|(_, v)| v.to_vec())),
+        match &meta_rows {
+            Some(rows) => Ok(rows.get(key).cloned()),
             None => {
                 let cf = db.cf_handle(CF_META).ok_or_else(|| crate::index::corrupt(path, "column family", CF_META))?;
                 db.get_cf_opt(cf, key, &verified()).map_err(storage)
             }
         }
     };
-    let has_items = {
-        let cf = db.cf_handle(CF_ITEMS).ok_or_else(|| crate::index::corrupt(path, "column family", CF_ITEMS))?;
-        kept.get(CF_ITEMS)
-            .map_or_else(|| db.iterator_cf_opt(cf, unverified(), IteratorMode::Start).next().is_some(), |s| !s.rows.is_empty())
-    };
+    // Any key of `items`, even one in a damaged block: a secret is never replaced silently.
+    let has_items = any_key(&db, path, CF_ITEMS)?;
     let version = meta_value(store::KEY_FORMAT_VERSION)?;
     let secret = meta_value(store::KEY_SECRET)?;
-    if secret.as_ref().is_none_or(|s| s.len() != 32) && has_items {
+    // A secret kept outside the index: its fingerprint stands for it.
+    let fingerprint = meta_value(store::KEY_SECRET_FINGERPRINT)?;
+    let has_secret = secret.as_ref().is_some_and(|s| s.len() == 32) || fingerprint.as_ref().is_some_and(|f| f.len() == 32);
+    if !has_secret && has_items {
         if !new_secret {
             return Err(IndexError::SecretLost { path: path.to_owned() });
         }
         out.meta.push("the patient-key secret was lost: a new one was made (re-ingested videos get new patient keys)".into());
     }
-    for cf in &damaged_cfs {
-        let s = &kept[cf];
-        db.drop_cf(cf).map_err(storage)?;
-        db.create_cf(cf, &store::column_family_options()).map_err(storage)?;
-        let handle = db.cf_handle(cf).ok_or_else(|| crate::index::corrupt(path, "column family", *cf))?;
-        for chunk in s.rows.chunks(1024) {
+    if !damaged_cfs.is_empty() {
+        // Crash-safe in two phases, each recorded in the mark before it starts: survivors
+        // streamed into staging column families (the damaged ones untouched: a kill leaves the
+        // old index, which the next run salvages from the start), then each damaged column
+        // family dropped and refilled from its staging copy (a kill leaves complete staging
+        // copies, which the next run moves).
+        let families: Vec<String> = damaged_cfs.iter().map(|c| (*c).to_owned()).collect();
+        write_mark(path, &Mark { phase: Phase::Copy, families: families.clone() })?;
+        let mut tallies = BTreeMap::new();
+        for cf in &damaged_cfs {
+            let staging = format!("{STAGING}{cf}");
+            db.create_cf(&staging, &store::column_family_options()).map_err(storage)?;
+            let handle = db.cf_handle(&staging).ok_or_else(|| crate::index::corrupt(path, "column family", staging.clone()))?;
             let mut wb = WriteBatch::default();
-            for (k, v) in chunk {
+            let tally = survivors(&db, cf, path, &mut |k, v| {
                 wb.put_cf(handle, k, v);
-            }
-            db.write_opt(wb, &crate::index::synced()).map_err(storage)?;
+                if wb.len() >= SALVAGE_BATCH {
+                    db.write(std::mem::take(&mut wb)).map_err(storage)?;
+                }
+                Ok(())
+            })?;
+            db.write(wb).map_err(storage)?;
+            db.flush_cf(handle).map_err(storage)?;
+            tallies.insert(*cf, tally);
         }
-        db.flush_cf(handle).map_err(storage)?;
-        out.rewritten.push(Rewritten {
-            column_family: (*cf).to_owned(),
-            kept: s.rows.len(),
-            lost: s.lost,
-            unreadable_blocks: s.unreadable,
-        });
+        db.flush_wal(true).map_err(storage)?;
+        write_mark(path, &Mark { phase: Phase::Swap, families: families.clone() })?;
+        out.rewritten = finish_swap(&mut db, path, &families)?;
+        for r in &mut out.rewritten {
+            if let Some(t) = tallies.get(r.column_family.as_str()) {
+                r.lost = t.lost;
+                r.unreadable_blocks = t.unreadable;
+            }
+        }
     }
-    mend_meta(&db, path, version.is_some(), secret.filter(|s| s.len() == 32).is_some(), has_items, &mut out)?;
-    if !damaged_cfs.is_empty() || out.rocksdb_repair.is_some() || out.wal_damaged.is_some() {
-        // The secondary keys are rebuilt from the records at the next open.
+    mend_meta(&db, path, version.is_some(), has_secret, has_items, &mut out)?;
+    let rebuilt = !damaged_cfs.is_empty() || out.rocksdb_repair.is_some() || out.wal_damaged.is_some();
+    finish(&db, path, rebuilt, out)
+}
+
+/// Survivors written per batch by a salvage (memory stays bounded by one batch).
+const SALVAGE_BATCH: usize = 1024;
+
+/// Name prefix of a salvage's staging column families.
+const STAGING: &str = "salvage-";
+
+/// The phase a salvage recorded in [`store::SALVAGE_MARK`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+enum Phase {
+    /// Survivors are being copied into staging column families; the damaged ones are intact.
+    Copy,
+    /// The staging copies are complete; the damaged column families are being replaced.
+    Swap,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Mark {
+    phase: Phase,
+    families: Vec<String>,
+}
+
+/// The mark an interrupted salvage left; an unreadable one counts as [`Phase::Copy`] (start
+/// again: the staging copies are dropped, the damaged column families are still there unless
+/// a swap had begun, whose mark was then written whole).
+fn read_mark(path: &Path) -> Option<Mark> {
+    let bytes = std::fs::read(path.join(store::SALVAGE_MARK)).ok()?;
+    Some(serde_json::from_slice(&bytes).unwrap_or(Mark { phase: Phase::Copy, families: Vec::new() }))
+}
+
+/// Writes the mark whole or not at all: a temporary file, synced, renamed over it, the
+/// directory synced.
+fn write_mark(path: &Path, mark: &Mark) -> Result<(), IndexError> {
+    let io = |source| IndexError::Io { path: path.join(store::SALVAGE_MARK), source };
+    let tmp = path.join(format!("{}.tmp", store::SALVAGE_MARK));
+    let bytes = serde_json::to_vec(mark).map_err(|e| crate::index::corrupt(path, "salvage mark", e))?;
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(&bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+    }
+    std::fs::rename(&tmp, path.join(store::SALVAGE_MARK)).map_err(io)?;
+    std::fs::File::open(path).and_then(|d| d.sync_all()).map_err(io)
+}
+
+/// Replaces each of `families` by its staging copy (where one is left: a family whose copy is
+/// gone was replaced already), in bounded batches, then drops the copy.
+fn finish_swap(db: &mut DB, path: &Path, families: &[String]) -> Result<Vec<Rewritten>, IndexError> {
+    let storage = |source| IndexError::Storage { path: path.to_owned(), source };
+    let mut out = Vec::new();
+    for cf in families {
+        let staging = format!("{STAGING}{cf}");
+        if db.cf_handle(&staging).is_none() {
+            continue;
+        }
+        if db.cf_handle(cf).is_some() {
+            db.drop_cf(cf).map_err(storage)?;
+        }
+        db.create_cf(cf, &store::column_family_options()).map_err(storage)?;
+        let (from, to) = (
+            db.cf_handle(&staging).ok_or_else(|| crate::index::corrupt(path, "column family", staging.clone()))?,
+            db.cf_handle(cf).ok_or_else(|| crate::index::corrupt(path, "column family", cf.clone()))?,
+        );
+        let mut kept = 0;
+        let mut wb = WriteBatch::default();
+        for kv in db.iterator_cf_opt(from, verified(), IteratorMode::Start) {
+            let (k, v) = kv.map_err(storage)?;
+            wb.put_cf(to, k, v);
+            kept += 1;
+            if wb.len() >= SALVAGE_BATCH {
+                db.write(std::mem::take(&mut wb)).map_err(storage)?;
+            }
+        }
+        db.write(wb).map_err(storage)?;
+        db.flush_cf(to).map_err(storage)?;
+        db.flush_wal(true).map_err(storage)?;
+        db.drop_cf(&staging).map_err(storage)?;
+        out.push(Rewritten { column_family: cf.clone(), kept, lost: 0, unreadable_blocks: false });
+    }
+    Ok(out)
+}
+
+/// Whether `cf` holds any key (read without checksums: a key in a damaged block counts).
+fn any_key(db: &DB, path: &Path, cf: &'static str) -> Result<bool, IndexError> {
+    let h = db.cf_handle(cf).ok_or_else(|| crate::index::corrupt(path, "column family", cf))?;
+    Ok(db.iterator_cf_opt(h, unverified(), IteratorMode::Start).next().is_some())
+}
+
+/// The last step of every salvage: the secondary keys marked for a rebuild at the next open
+/// (where anything was rebuilt), everything synced, the mark removed.
+fn finish(db: &DB, path: &Path, rebuilt: bool, out: Salvage) -> Result<Salvage, IndexError> {
+    let storage = |source| IndexError::Storage { path: path.to_owned(), source };
+    if rebuilt {
         let cf = db.cf_handle(CF_META).ok_or_else(|| crate::index::corrupt(path, "column family", CF_META))?;
         db.delete_cf(cf, store::KEY_LOOKUP_VERSION).map_err(storage)?;
     }
     db.flush_wal(true).map_err(storage)?;
+    match std::fs::remove_file(path.join(store::SALVAGE_MARK)) {
+        Ok(()) => {
+            std::fs::File::open(path).and_then(|d| d.sync_all()).map_err(|source| IndexError::Io { path: path.to_owned(), source })?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(IndexError::Io { path: path.join(store::SALVAGE_MARK), source }),
+    }
     Ok(out)
 }
 

@@ -42,6 +42,9 @@ pub const COLUMN_FAMILIES: [&str; 9] = [CF_META, CF_ITEMS, CF_VECTORS, CF_SLOTS,
 pub const KEY_FORMAT_VERSION: &[u8] = b"format_version";
 /// `meta` key holding the 32-byte pseudonymisation secret.
 pub const KEY_SECRET: &[u8] = b"patient_secret";
+/// `meta` key holding, instead of `KEY_SECRET`, the 32-byte fingerprint of a secret kept in a
+/// file outside the index (`secret.rs`).
+pub const KEY_SECRET_FINGERPRINT: &[u8] = b"patient_secret_fingerprint";
 /// `meta` key holding the layout version (u32 BE) of the complete [`CF_LOOKUP`] keys; absent
 /// while they are missing or being rebuilt.
 pub const KEY_LOOKUP_VERSION: &[u8] = b"lookup_version";
@@ -117,6 +120,21 @@ fn is_database_file(name: &str) -> bool {
 /// [`Presence::Database`], or [`IndexError::Damaged`] when the files of a database are there but
 /// its `CURRENT` is missing, does not name a MANIFEST, or names one that is missing or empty.
 pub(crate) fn preflight(path: &Path) -> Result<Presence, IndexError> {
+    if path.join(SALVAGE_MARK).exists() {
+        return Err(IndexError::Damaged {
+            path: path.to_owned(),
+            detail: format!("a repair was interrupted ({SALVAGE_MARK} is there): run it again to finish"),
+        });
+    }
+    preflight_files(path)
+}
+
+/// The file a salvage keeps in the index directory while it rewrites column families (see
+/// `damage::salvage`): while it is there, no open but the salvage's own proceeds.
+pub(crate) const SALVAGE_MARK: &str = "echovault-salvage.json";
+
+/// [`preflight`] without the look for an interrupted salvage (the salvage's own open).
+pub(crate) fn preflight_files(path: &Path) -> Result<Presence, IndexError> {
     let damaged = |detail: String| IndexError::Damaged { path: path.to_owned(), detail };
     let entries = match std::fs::read_dir(path) {
         Ok(e) => e,
@@ -270,14 +288,23 @@ const GATE_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(1
 /// index: a read-only open would otherwise rotate the index's `LOG`, which fails on read-only
 /// media and changes the directory).
 pub(crate) fn open_read_only(path: &Path, cfs: &[&str], log_dir: &Path) -> Result<DB, IndexError> {
+    let db = open_read_only_unchecked(path, cfs, log_dir)?;
+    check_files(&db, path)?;
+    Ok(db)
+}
+
+/// [`open_read_only`] without the look at the table files: for the table check, which names
+/// each missing or cut table itself (with what it held) instead of failing at the first.
+pub(crate) fn open_read_only_unchecked(path: &Path, cfs: &[&str], log_dir: &Path) -> Result<DB, IndexError> {
     if preflight(path)? == Presence::Empty {
         return Err(IndexError::Missing { path: path.to_owned() });
     }
     let mut o = options(false);
     o.set_db_log_dir(log_dir);
-    let db = DB::open_cf_for_read_only(&o, path, cfs.iter().copied(), false).map_err(|e| open_error(path, e))?;
-    check_files(&db, path)?;
-    Ok(db)
+    // RocksDB's own look at the table files (sizes) stops the open at the first bad one; every
+    // read still verifies its blocks' checksums.
+    o.set_paranoid_checks(false);
+    DB::open_cf_for_read_only(&o, path, cfs.iter().copied(), false).map_err(|e| open_error(path, e))
 }
 
 /// A temporary directory for the files a read of the index needs beside it (outside it).
@@ -322,14 +349,21 @@ pub(crate) fn rocksdb_repair(path: &Path) -> Result<(), IndexError> {
 /// `skip_damaged_wal`, every write-ahead-log record that reads back is replayed and the damaged
 /// ones skipped (RocksDB's repair would keep only the default column family's).
 pub(crate) fn open_for_salvage(path: &Path, skip_damaged_wal: bool) -> Result<DB, IndexError> {
-    if preflight(path)? == Presence::Empty {
+    if preflight_files(path)? == Presence::Empty {
         return Err(IndexError::Missing { path: path.to_owned() });
     }
     let mut o = options(false);
     if skip_damaged_wal {
         o.set_wal_recovery_mode(rocksdb::DBRecoveryMode::SkipAnyCorruptedRecord);
     }
-    let cfs = COLUMN_FAMILIES.iter().map(|n| ColumnFamilyDescriptor::new(*n, options(false)));
+    // Ours, and any a salvage left (its staging column families), which must be opened too.
+    let mut names: Vec<String> = COLUMN_FAMILIES.iter().map(|n| (*n).to_owned()).collect();
+    for n in DB::list_cf(&Options::default(), path).unwrap_or_default() {
+        if n != "default" && !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    let cfs = names.iter().map(|n| ColumnFamilyDescriptor::new(n.as_str(), options(false)));
     let db = DB::open_cf_descriptors(&o, path, cfs).map_err(|e| open_error(path, e))?;
     check_files(&db, path)?;
     Ok(db)

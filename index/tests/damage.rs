@@ -262,7 +262,8 @@ fn a_truncated_or_deleted_table_fails_the_open_and_repair_keeps_the_rest() {
         let dir = tempfile::tempdir().unwrap();
         let vectors = fixture(dir.path());
         let whole = survey(&Index::open_reader(dir.path()).unwrap(), &vectors);
-        let file = tables(dir.path())[cf][0].clone();
+        let files = tables(dir.path())[cf].clone();
+        let file = files[0].clone();
         if how == "deleted" {
             std::fs::remove_file(&file).unwrap();
         } else {
@@ -274,6 +275,21 @@ fn a_truncated_or_deleted_table_fails_the_open_and_repair_keeps_the_rest() {
             let e = Index::open_reader(dir.path()).unwrap_err();
             assert!(matches!(e, IndexError::Damaged { .. }), "{cf} {how}: {e}");
         }
+        // The check names the file, its column family, its key range and what it held.
+        let found = check_storage(dir.path()).unwrap();
+        let d = found.iter().find(|d| d.file == file.file_name().unwrap().to_str().unwrap()).unwrap_or_else(|| panic!("{found:?}"));
+        assert_eq!(d.column_family, cf);
+        assert!(d.range.is_some(), "{d:?}");
+        let held = match cf {
+            "frames" => Some(format!("{N} videos' frame embeddings (space 1) lost")),
+            "vectors" => Some(format!("{N} items' vectors lost")),
+            "items" => Some(format!("{N} items' records lost (counted from their vectors' mappings)")),
+            _ => None,
+        };
+        if files.len() == 1 {
+            assert_eq!(d.lost, held, "{}", d.describe());
+        }
+        eprintln!("{}", d.describe());
         let s = salvage_and_repair(dir.path(), false);
         assert!(s.rocksdb_repair.is_some(), "{s:?}");
         let after = survey(&Index::open_reader(dir.path()).unwrap(), &vectors);
