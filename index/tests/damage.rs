@@ -464,3 +464,72 @@ fn creating_where_no_index_can_be_is_not_called_damage() {
         }
     }
 }
+
+/// Copies the files of `from` into `to`.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_salvage_killed_at_any_moment_leaves_the_old_index_or_is_finished_by_the_next() {
+    // Two damaged column families (records and frame embeddings), salvaged by a child process
+    // killed with SIGKILL at random moments; the next salvage must end where an uninterrupted
+    // one does.
+    let tmp = tempfile::tempdir().unwrap();
+    let damaged = tmp.path().join("damaged");
+    let vectors = fixture(&damaged);
+    let t = tables(&damaged);
+    flip(&t["items"][0]);
+    flip(&t["frames"][0]);
+    let reference = tmp.path().join("reference");
+    copy_dir(&damaged, &reference);
+    let t0 = std::time::Instant::now();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_evindex")).arg("salvage").arg(&reference).status().unwrap();
+    assert!(status.success());
+    let took = t0.elapsed();
+    salvage_and_repair(&reference, false);
+    let want = survey(&Index::open_reader(&reference).unwrap(), &vectors);
+    assert!(want.items > 0 && want.items < N, "{want:?}");
+    let mut rng = StdRng::seed_from_u64(5);
+    let (mut interrupted, mut marked) = (0, 0);
+    for trial in 0..12 {
+        let dir = tmp.path().join(format!("trial{trial}"));
+        copy_dir(&damaged, &dir);
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_evindex")).arg("salvage").arg(&dir).spawn().unwrap();
+        std::thread::sleep(took.mul_f64(rng.random_range(0.0..1.1)));
+        child.kill().unwrap();
+        let finished = child.wait().unwrap().success();
+        if !finished {
+            interrupted += 1;
+            if dir.join("echovault-salvage.json").exists() {
+                marked += 1;
+                // Half-salvaged: nothing opens it but the next salvage.
+                let e = Index::open(&dir, IndexOptions::default()).unwrap_err();
+                assert!(matches!(e, IndexError::Damaged { ref detail, .. } if detail.contains("interrupted")), "{e}");
+                assert!(matches!(Index::open_reader(&dir).unwrap_err(), IndexError::Damaged { .. }));
+            } else {
+                // Killed before it changed anything, or after it finished: the old damage is
+                // still found, or the storage is whole.
+                let found = check_storage(&dir).unwrap();
+                assert!(found.is_empty() || found.iter().any(|d| d.column_family == "items" || d.column_family == "frames"), "{found:?}");
+            }
+        }
+        salvage_and_repair(&dir, false);
+        let got = survey(&Index::open_reader(&dir).unwrap(), &vectors);
+        assert_eq!(got, want, "trial {trial}: the salvage after the kill ended elsewhere");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    eprintln!(
+        "salvage of {N} videos with 2 damaged tables: {:.0} ms in a child; 12 kills, {interrupted} interrupted it, {marked} of them mid-salvage (mark left)",
+        took.as_secs_f64() * 1e3
+    );
+    assert!(marked > 0, "no kill fell inside the salvage's rewrite");
+}
