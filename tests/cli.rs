@@ -195,6 +195,48 @@ fn a_subcommand_help_lists_only_the_flags_it_uses() {
     assert!(offers(&p, "--num-frames") && !offers(&p, "--frames"), "{p}");
 }
 
+/// The subcommands `echovault --help` lists (eval's own subcommands expanded).
+fn subcommands() -> Vec<Vec<String>> {
+    let listed = |h: &str| -> Vec<String> {
+        let body = h.split("Commands:").nth(1).unwrap().split("\n\n").next().unwrap();
+        body.lines().filter_map(|l| l.split_whitespace().next()).filter(|c| *c != "help").map(str::to_owned).collect()
+    };
+    let mut out = Vec::new();
+    for c in listed(&help(&[])) {
+        if c == "eval" {
+            out.extend(listed(&help(&["eval"])).into_iter().map(|e| vec!["eval".to_owned(), e]));
+        }
+        out.push(vec![c]);
+    }
+    out
+}
+
+#[test]
+fn every_subcommand_help_ends_with_examples_it_accepts() {
+    let subs = subcommands();
+    assert!(subs.len() >= 20, "{subs:?}");
+    for sub in &subs {
+        let sub: Vec<&str> = sub.iter().map(String::as_str).collect();
+        let h = help(&sub);
+        let examples =
+            h.trim_end().rsplit_once("Examples:\n").map(|(_, e)| e).unwrap_or_else(|| panic!("{sub:?} --help has no examples:\n{h}"));
+        let lines: Vec<&str> = examples.lines().collect();
+        assert!((2..=3).contains(&lines.len()), "{sub:?}: {lines:?}");
+        for l in lines {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(&words[..1 + sub.len()], &[&["echovault"][..], &sub].concat()[..], "{sub:?}: {l}");
+            // Every flag an example uses is one the command it runs offers (`eval`'s examples
+            // run its subcommands).
+            let path: Vec<&str> =
+                words[1..].iter().take(2).copied().take_while(|w| subs.iter().any(|s| s.last().is_some_and(|l| l == w))).collect();
+            let own = if path == sub { h.clone() } else { help(&path) };
+            for w in words.iter().filter(|w| w.starts_with("--")) {
+                assert!(offers(&own, w), "{sub:?} example uses {w}, which its --help does not offer: {l}");
+            }
+        }
+    }
+}
+
 #[test]
 fn old_flag_spellings_still_parse_and_bad_values_are_usage_errors() {
     let tmp = tempfile::tempdir().unwrap();

@@ -25,6 +25,9 @@ pub struct EmbedArgs {
     /// Also print the per-frame embeddings of a video.
     #[arg(long)]
     per_frame: bool,
+    /// Crop a DICOM cine's frames to its ultrasound region, as `ingest --crop-region` does.
+    #[arg(long)]
+    crop_region: bool,
     /// Precision: f32 (CPU and CUDA), f16 or bf16 (CUDA only).
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
     precision: String,
@@ -103,7 +106,7 @@ pub fn run_embed(g: &Global, a: &EmbedArgs) -> anyhow::Result<i32> {
             out["embeddings"] = json!(all);
         }
     } else if let Some(p) = &a.video {
-        embed_video(&model, &preprocess, &cfg, p, a.per_frame, &mut out)?;
+        embed_video(&model, &preprocess, &cfg, p, a, &mut out)?;
     }
     print_result(g.json, &out);
     Ok(0)
@@ -144,20 +147,21 @@ fn embed_video(
     preprocess: &Preprocess,
     cfg: &echovault::engine::EngineConfig,
     p: &Path,
-    with_frames: bool,
+    a: &EmbedArgs,
     out: &mut serde_json::Value,
 ) -> anyhow::Result<()> {
-    let (info, frames) = echovault::media::read_sampled(p, cfg.sampling)?;
-    let mut all = Vec::new();
-    for chunk in frames.chunks(cfg.frame_batch.max(1)) {
-        all.extend(clip::rows(&model.encode_images(&preprocess.frames(chunk)?)?)?);
+    let read = echovault::media::ReadOptions { sampling: cfg.sampling, max_frames: cfg.max_frames, crop_regions: a.crop_region };
+    let e = echovault::engine::embed_video(model, preprocess, p, &read, cfg.frame_batch)?;
+    out["embedding"] = json!(e.embedding.video);
+    out["frames_embedded"] = json!(e.embedding.frames.len());
+    out["frames_decoded"] = json!(e.info.frames);
+    if e.embedding.frames.len() < e.selected {
+        // Thinned to --max-frames: which frames were embedded.
+        out["frames_selected"] = json!(e.selected);
+        out["frames_embedded_are"] = json!(e.sampling.to_string());
     }
-    let video = echovault::engine::mean_unit(&all).context("no frames embedded")?;
-    out["embedding"] = json!(video);
-    out["frames_embedded"] = json!(all.len());
-    out["frames_decoded"] = json!(info.frames);
-    if with_frames {
-        out["frames"] = json!(all);
+    if a.per_frame {
+        out["frames"] = json!(e.embedding.frames);
     }
     Ok(())
 }

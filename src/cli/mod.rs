@@ -147,6 +147,10 @@ pub struct ImageOpts {
     /// Frames per forward pass of the image tower [default: 32].
     #[arg(long, value_parser = positive)]
     pub batch: Option<usize>,
+    /// Frames embedded per video at most; a cine whose --frames select more is thinned evenly
+    /// (0: no bound) [default: 512].
+    #[arg(long, value_name = "N")]
+    pub max_frames: Option<usize>,
 }
 
 /// Which frames of a video are embedded.
@@ -219,6 +223,8 @@ pub struct Global {
     /// `--frames` as given, for commands whose default is not `all`.
     pub frames_given: Option<FrameSampling>,
     pub batch: usize,
+    /// Frames embedded per video at most (0: no bound).
+    pub max_frames: usize,
     pub json: bool,
     pub verbose: u8,
 }
@@ -245,6 +251,7 @@ impl Global {
             sampling: frames_given.unwrap_or(FrameSampling::ALL),
             frames_given,
             batch: sub.image.and_then(|o| o.batch).or(top.image.batch).unwrap_or(DEFAULT_FRAME_BATCH),
+            max_frames: sub.image.and_then(|o| o.max_frames).or(top.image.max_frames).unwrap_or(echovault::media::DEFAULT_MAX_FRAMES),
             json: out.json,
             verbose: out.verbose,
         }
@@ -272,6 +279,7 @@ impl Global {
             channel_order: self.channel_order,
             sampling: self.sampling,
             frame_batch: self.batch,
+            max_frames: self.max_frames,
             template_vocab: self.template_vocab.clone(),
         })
     }
@@ -292,40 +300,80 @@ pub fn resolve_model(arg: &Path) -> anyhow::Result<PathBuf> {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Embed videos (and their reports) into the index.
+    #[command(
+        after_help = "Examples:\n  echovault ingest /exports/echo --index ./echovault-index --model DIR\n  echovault ingest /exports/echo --reports reports.csv --since 2024-01-01\n  echovault ingest /exports/echo --model ECHOCLIP --model ECHOCLIP_R"
+    )]
     Ingest(ingest::IngestArgs),
     /// Find videos, reports or studies by text, by a video file, or like an indexed item.
+    #[command(
+        after_help = "Examples:\n  echovault search --text \"pacemaker lead in the right heart\" -k 10\n  echovault search --video query.avi --kind study --group-by patient\n  echovault search --id VIDEO_ID --patient KEY --since 2023-01-01"
+    )]
     Search(search::SearchArgs),
     /// List the inputs whose last ingest failed, with reasons (exit 0).
+    #[command(after_help = "Examples:\n  echovault errors --index ./echovault-index\n  echovault errors --json")]
     Errors(ingest::ErrorsArgs),
     /// Show what the index holds.
+    #[command(after_help = "Examples:\n  echovault info --index ./echovault-index\n  echovault info --json")]
     Info(info::InfoArgs),
     /// Check the index; rebuild its graphs from the stored vectors, drop deleted and replaced
     /// vectors for good, write fresh graph snapshots.
+    #[command(after_help = "Examples:\n  echovault repair --check\n  echovault repair --index ./echovault-index")]
     Repair(info::RepairArgs),
     /// Show what echovault reads from one DICOM or video file; dump its decoded frames as PNG.
+    #[command(
+        after_help = "Examples:\n  echovault inspect IM_0001.dcm --json\n  echovault inspect clip.avi --dump-frames frames/ --frames 0,5,9"
+    )]
     Inspect(inspect::InspectArgs),
     /// Print the embedding of one text, image or video (check a model against its reference).
+    #[command(
+        after_help = "Examples:\n  echovault embed --text \"severe mitral regurgitation\" --json\n  echovault embed --video clip.avi --frames zero-shot --per-frame\n  echovault embed --image a.png b.png --model DIR"
+    )]
     Embed(embed::EmbedArgs),
     /// Print the token ids the text tower sees for a text.
+    #[command(
+        after_help = "Examples:\n  echovault tokenize --text \"LVEF 35 %\" --json\n  echovault tokenize --template-vocab VOCAB.txt --text \"Mild mitral regurgitation.\""
+    )]
     Tokenize(embed::TokenizeArgs),
     /// Measure image-embedding throughput on this device (random inputs).
+    #[command(
+        after_help = "Examples:\n  echovault bench-embed --batch 64 --precision bf16 --device cuda\n  echovault bench-embed --model DIR --iters 20 --json"
+    )]
     BenchEmbed(bench::BenchArgs),
     /// Write synthetic echocardiograms with ground truth (EF, devices, events) and reports.
+    #[command(
+        after_help = "Examples:\n  echovault phantom --out phantoms --patients 50\n  echovault phantom --out small --patients 3 --size 64 --num-frames 12 --formats avi"
+    )]
     Phantom(phantom::PhantomArgs),
     /// Train or fine-tune a model on video–report pairs (CLIP contrastive loss).
+    #[command(
+        after_help = "Examples:\n  echovault train --pairs phantoms/manifest.jsonl --init random --like CFG_DIR --out MODEL\n  echovault train --pairs pairs.jsonl --init hf:OWNER/NAME --out MODEL --steps 500 --device cuda"
+    )]
     Train(train::TrainArgs),
     /// Zero-shot readings (LVEF, devices, ...) of video files or indexed videos from prompts.
+    #[command(
+        after_help = "Examples:\n  echovault zero-shot clip.avi --task ejection_fraction,pacemaker\n  echovault zero-shot --all-indexed --prompts prompts.json --store\n  echovault zero-shot --list-tasks"
+    )]
     ZeroShot(tasks::ZeroShotArgs),
     /// Patient re-identification: the studies of other dates most like a video or study.
+    #[command(after_help = "Examples:\n  echovault reid --id VIDEO_OR_STUDY_ID -k 5\n  echovault reid clip.dcm --same-date")]
     Reid(tasks::ReidArgs),
     /// A patient's studies in date order with their similarity to the previous study, or to the
     /// earliest study around an event; drops flagged.
+    #[command(
+        after_help = "Examples:\n  echovault timeline --patient KEY\n  echovault timeline --patient-id - --event 2023-07-22 --window 200 < mrn.txt"
+    )]
     Timeline(tasks::TimelineArgs),
     /// Evaluate zero-shot readings, re-identification, transitions or retrieval against labels:
     /// a Markdown table (or JSON) with 95 % bootstrap intervals and the paper's figures.
+    #[command(
+        after_help = "Examples:\n  echovault eval zero-shot --manifest FileList.csv --split TEST\n  echovault eval reid --manifest videos.jsonl\n  echovault eval retrieval --markdown retrieval.md"
+    )]
     Eval(tasks::EvalArgs),
     /// Serve the index over HTTP (JSON under /v1/): one process holds the models and the
     /// index, answers searches and tasks with the shapes of --json, and runs ingest jobs.
+    #[command(
+        after_help = "Examples:\n  echovault serve --listen 127.0.0.1:8080\n  echovault serve --listen 0.0.0.0:8080 --token TOKEN --prompts prompts.json"
+    )]
     Serve(serve::ServeArgs),
 }
 

@@ -368,13 +368,25 @@ impl EvalArgs {
 enum EvalWhat {
     /// Zero-shot readings against labels: MAE for regression tasks, AUC for binary ones,
     /// accuracy for categorical ones.
+    #[command(
+        after_help = "Examples:\n  echovault eval zero-shot --manifest FileList.csv --split TEST\n  echovault eval zero-shot --manifest labels.jsonl --task pacemaker --predictions preds.jsonl"
+    )]
     ZeroShot(EvalZeroShot),
     /// Patient re-identification: AUC of same-patient vs different-patient video pairs, and the
     /// mean similarity within a study, within a patient, across patients.
+    #[command(
+        after_help = "Examples:\n  echovault eval reid --manifest videos.jsonl\n  echovault eval reid --manifest videos.jsonl --max-pairs 20000 --dump-inputs reid-inputs.json"
+    )]
     Reid(EvalReid),
     /// Clinical transitions: AUC of similarity to the earliest study before vs after an event.
+    #[command(
+        after_help = "Examples:\n  echovault eval transitions --manifest events.jsonl\n  echovault eval transitions --manifest events.jsonl --studies videos.jsonl --window 365"
+    )]
     Transitions(EvalTransitions),
     /// Cross-modal retrieval over indexed video–report pairs: MCMRR, recall@1/5/10.
+    #[command(
+        after_help = "Examples:\n  echovault eval retrieval\n  echovault eval retrieval --manifest videos.jsonl --markdown retrieval.md"
+    )]
     Retrieval(EvalRetrieval),
 }
 
