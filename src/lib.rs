@@ -11,11 +11,13 @@
 //! - [`media`]: video decoding (video-rs / FFmpeg), frame sampling, preprocessing.
 //! - [`ingest`]: files → embeddings → index.
 //! - [`engine`]: searches by text, video file or indexed item.
+//! - [`dicomweb`]: DICOMweb sources: QIDO-RS searches and WADO-RS retrieval (`dicomweb:URL`).
 //! - [`hub`]: `hf:OWNER/NAME[@REV]` models from the Hugging Face hub and its cache.
 //! - [`info`]: what an index holds (`info --json`, `GET /v1/info`).
 //! - [`serve`]: `echovault serve`, the HTTP JSON API over the same library calls as the CLI.
 //! - [`phantom`]: synthetic echocardiograms with ground truth, for tests and training.
 
+pub mod dicomweb;
 pub mod engine;
 mod error;
 pub mod hub;
