@@ -111,13 +111,93 @@ pub fn check_template_vocab(models: &[PathBuf], given: Option<&TemplateVocabArg>
 }
 
 /// `auto` → CUDA when LibTorch sees a GPU, else CPU.
+///
+/// `auto` and `cuda` first load LibTorch's CUDA library (`torch_cuda::load`): the binary does
+/// not link it, so commands without a model start without it.
 pub fn parse_device(s: &str) -> Result<Device, Error> {
     match s {
-        "auto" => Ok(Device::cuda_if_available()),
         "cpu" => Ok(Device::Cpu),
-        "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-        "cuda" => Err(Error::Invalid("--device cuda: LibTorch sees no CUDA device on this machine".into())),
+        "auto" => Ok(match torch_cuda::load() {
+            Ok(()) => Device::cuda_if_available(),
+            Err(why) => {
+                tracing::debug!("--device auto: CPU ({why})");
+                Device::Cpu
+            }
+        }),
+        "cuda" => match torch_cuda::load() {
+            Ok(()) if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+            Ok(()) => Err(Error::Invalid("--device cuda: LibTorch sees no CUDA device on this machine".into())),
+            Err(why) => Err(Error::Invalid(format!("--device cuda: {why}"))),
+        },
         other => Err(Error::Invalid(format!("--device '{other}': use auto, cpu or cuda"))),
+    }
+}
+
+/// LibTorch's CUDA library, loaded at run time (see `build.rs`: linking it made every command,
+/// `--version` included, load it and its CUDA libraries first: ≈ 0.3 s and ≈ 400 MB).
+///
+/// It must be loaded before LibTorch first asks for its CUDA hooks (`Cuda::is_available`,
+/// `manual_seed`, …): ATen looks them up once per process and a miss disables CUDA for good.
+mod torch_cuda {
+    use std::sync::OnceLock;
+
+    /// The NVIDIA driver's library: without it no CUDA device can exist, and LibTorch's CUDA
+    /// library (≈ 0.3 s to load) is not worth loading.
+    const DRIVER: &str = "libcuda.so.1";
+    /// Found through `LD_LIBRARY_PATH` or the binary's rpath to LibTorch's `lib`.
+    const TORCH_CUDA: &str = "libtorch_cuda.so";
+
+    /// Loads the driver and LibTorch's CUDA library once per process; the reason when either
+    /// cannot be loaded.
+    pub(super) fn load() -> Result<(), String> {
+        static LOADED: OnceLock<Result<(), String>> = OnceLock::new();
+        LOADED
+            .get_or_init(|| {
+                open(DRIVER).map_err(|e| format!("no NVIDIA driver ({e})"))?;
+                open(TORCH_CUDA).map_err(|e| format!("LibTorch's CUDA library did not load ({e})"))
+            })
+            .clone()
+    }
+
+    #[cfg(unix)]
+    #[allow(unsafe_code)]
+    fn open(name: &str) -> Result<(), String> {
+        use std::ffi::{CStr, CString};
+        let c = CString::new(name).map_err(|e| e.to_string())?;
+        // SAFETY: `c` is a NUL-terminated string that outlives the call; the handle is kept
+        // (never closed), so the library's code stays mapped for the life of the process.
+        // `dlerror` returns a thread-local message (or null) that is copied out at once.
+        unsafe {
+            if libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL).is_null() {
+                let e = libc::dlerror();
+                return Err(if e.is_null() { name.to_string() } else { CStr::from_ptr(e).to_string_lossy().into_owned() });
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(not(unix))]
+    fn open(name: &str) -> Result<(), String> {
+        Err(format!("{name}: loaded only on Unix"))
+    }
+
+    #[cfg(all(test, target_os = "linux"))]
+    mod tests {
+        /// The binary does not link LibTorch's CUDA library (build.rs); loaded at run time it
+        /// maps into the process and LibTorch still answers (no GPU on a CPU machine). The
+        /// driver check of `load` is skipped: CPU machines have no `libcuda.so.1`.
+        #[test]
+        fn torch_cuda_loads_at_run_time() {
+            let maps = || std::fs::read_to_string("/proc/self/maps").unwrap();
+            assert!(maps().contains("libtorch_cpu.so"), "LibTorch's CPU library is linked");
+            assert!(!maps().contains("libtorch_cuda.so"), "linked at build time: see build.rs");
+            super::open(super::TORCH_CUDA).unwrap();
+            assert!(maps().contains("libtorch_cuda.so"));
+            let gpus = tch::Cuda::device_count();
+            assert_eq!(tch::Cuda::is_available(), gpus > 0);
+            let e = super::open("libdoes-not-exist.so").unwrap_err();
+            assert!(e.contains("libdoes-not-exist.so"), "{e}");
+        }
     }
 }
 
