@@ -272,6 +272,61 @@ fn old_flag_spellings_still_parse_and_bad_values_are_usage_errors() {
 }
 
 #[test]
+fn partial_only_when_something_succeeded_and_each_error_said_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let index = tmp.path().join("idx");
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    // Every input failed: an error (1), not a partial success (3); the summary still prints.
+    let bad = tmp.path().join("bad");
+    std::fs::create_dir(&bad).unwrap();
+    std::fs::write(bad.join("empty.avi"), b"").unwrap();
+    let out = echovault(&index, &["ingest", bad.to_str().unwrap(), "--json", "--progress", "none"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(json(&out)["failed"].as_array().unwrap().len(), 1);
+    let good = clips().join("a4c_normal_04.mp4");
+    let out = echovault(&index, &["zero-shot", "/nonexistent/a.avi", "--task", "pacemaker"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let out = echovault(&index, &["zero-shot", good.to_str().unwrap(), "/nonexistent/a.avi", "--task", "pacemaker", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let failed = &json(&out)["failed"][0];
+    assert_eq!(failed["input"], "/nonexistent/a.avi");
+    assert_eq!(failed["reason"].as_str().unwrap().matches("No such file").count(), 1, "{failed}");
+    assert!(!failed["reason"].as_str().unwrap().contains("/nonexistent/a.avi"), "the input is not repeated: {failed}");
+
+    // A library error quoting an io error says it once.
+    let out = echovault(&index, &["ingest", "/nonexistent/export"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out).matches("No such file or directory").count(), 1, "{}", stderr(&out));
+    // A manifest without a column every row needs: one error naming it, not one per row.
+    let m = tmp.path().join("videos.jsonl");
+    std::fs::write(&m, "{\"file\": \"a.avi\"}\n{\"file\": \"b.avi\"}\n{\"file\": \"c.avi\"}\n").unwrap();
+    let out = echovault(&tmp.path().join("none"), &["eval", "reid", "--manifest", m.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("patient") && err.contains("videos.jsonl") && !err.contains("videos.jsonl:2"), "{err}");
+    assert!(out.stdout.is_empty(), "no table of failures: {}", String::from_utf8_lossy(&out.stdout));
+
+    // Usage errors with --json: JSON on stdout, exit 2.
+    for args in [
+        &["--json", "search", "--text", "x", "-k", "0"][..],
+        &["search", "--json", "--text", "x", "--device", "gpu"],
+        &["info", "--json", "--bogus"],
+    ] {
+        let out = echovault(&index, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let v = json(&out);
+        assert_eq!(v["usage"], true, "{v}");
+        assert!(!v["error"].as_str().unwrap().is_empty(), "{v}");
+    }
+    // No colour codes in logs or errors written to a pipe or file.
+    let out = echovault(&tmp.path().join("none"), &["-vv", "info"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no index at") && !stderr(&out).contains('\x1b'), "{:?}", stderr(&out));
+    let out = echovault(&index, &["search", "--bogus"]);
+    assert!(!stderr(&out).contains('\x1b'), "{:?}", stderr(&out));
+}
+
+#[test]
 fn embed_tokenize_and_bench_print_their_json() {
     let tmp = tempfile::tempdir().unwrap();
     let index = tmp.path().join("unused");

@@ -1,6 +1,6 @@
 //! `echovault ingest PATH...` and `echovault errors`.
 
-use super::{open_engine, DeviceOpts, FramesOpts, Global, Groups, ImageOpts, IndexOpts, ModelOpts, SpaceOpts, EXIT_PARTIAL};
+use super::{open_engine, DeviceOpts, FramesOpts, Global, Groups, ImageOpts, IndexOpts, ModelOpts, SpaceOpts};
 use clap::{Args, ValueEnum};
 use echovault::ingest::{ingest, IngestOptions, Progress};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -120,7 +120,8 @@ pub fn run(g: &Global, a: &IngestArgs) -> anyhow::Result<i32> {
             println!("  passed over: {}: {}", f.path, f.reason);
         }
     }
-    Ok(if summary.failed.is_empty() { 0 } else { EXIT_PARTIAL })
+    let succeeded = summary.ingested + summary.skipped + summary.duplicates + summary.reports > 0;
+    Ok(super::outcome(!summary.failed.is_empty(), succeeded))
 }
 
 /// Progress on stderr: an indicatif bar, or a line every few seconds.

@@ -23,6 +23,20 @@ use std::path::{Path, PathBuf};
 
 /// Exit code: some inputs were rejected, the rest succeeded.
 pub const EXIT_PARTIAL: i32 = 3;
+/// Exit code: the command failed.
+pub const EXIT_ERROR: i32 = 1;
+/// Exit code: the command line was wrong.
+pub const EXIT_USAGE: i32 = 2;
+
+/// The exit code of a command over many inputs: 0 when none failed, 3 (partial) when some failed
+/// and something succeeded, 1 when nothing did.
+pub fn outcome(some_failed: bool, succeeded: bool) -> i32 {
+    match (some_failed, succeeded) {
+        (false, _) => 0,
+        (true, true) => EXIT_PARTIAL,
+        (true, false) => EXIT_ERROR,
+    }
+}
 
 /// Where the sample model lives in a checkout, used when no --model is given.
 const SAMPLE_MODEL: &str = "data-samples/echovault-tiny";
@@ -88,6 +102,11 @@ pub struct IndexOpts {
     /// ./echovault-index.
     #[arg(long, value_name = "DIR")]
     pub index: Option<PathBuf>,
+    /// Patient-key secret kept outside the index (64 hex digits; a new index writes a new
+    /// secret there when the file does not exist). Default: $ECHOVAULT_SECRET_FILE, else the
+    /// secret stored in the index.
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
 }
 
 /// The embedding space of the index a command reads or fills.
@@ -211,6 +230,8 @@ impl<'a> Groups<'a> {
 pub struct Global {
     /// Index directory.
     pub index: PathBuf,
+    /// Patient-key secret file (`--secret-file`, else $ECHOVAULT_SECRET_FILE).
+    pub secret_file: Option<PathBuf>,
     /// Models, first the primary (empty: $ECHOVAULT_MODEL or the sample model, see
     /// [`Global::engine_config`]).
     pub model: Vec<PathBuf>,
@@ -243,6 +264,9 @@ impl Global {
         let frames_given = sub.frames.and_then(|o| o.frames).or(top.frames.frames);
         Global {
             index: index.unwrap_or_else(|| PathBuf::from("echovault-index")),
+            secret_file: echovault::pseudonym::secret_file(
+                sub.index.and_then(|o| o.secret_file.as_deref()).or(top.index.secret_file.as_deref()),
+            ),
             model,
             space: sub.space.and_then(|o| o.space.clone()).or_else(|| top.space.space.clone()),
             template_vocab: sub.model.and_then(|o| o.template_vocab.clone()).or_else(|| top.model.template_vocab.clone()),
@@ -272,6 +296,7 @@ impl Global {
         echovault::engine::check_template_vocab(&all, self.template_vocab.as_ref())?;
         Ok(EngineConfig {
             index_dir: self.index.clone(),
+            secret_file: self.secret_file.clone(),
             model_dir,
             extra_models,
             space: self.space.clone(),
@@ -425,10 +450,7 @@ impl Command {
 pub fn run() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() { 2 } else { 0 };
-        }
+        Err(e) => return usage_error(&e),
     };
     let g = Global::resolve(&cli.top, &cli.out, &cli.command.groups());
     init_logging(g.verbose);
@@ -457,9 +479,27 @@ pub fn run() -> i32 {
         Ok(code) => code,
         Err(e) => {
             report_error(&e, g.json);
-            1
+            EXIT_ERROR
         }
     }
+}
+
+/// A command line clap refused (or --help / --version, which clap prints): exit 2, the message
+/// on stderr, or with --json as `{"error": ..., "usage": true}` on stdout.
+fn usage_error(e: &clap::Error) -> i32 {
+    if !e.use_stderr() {
+        let _ = e.print();
+        return 0;
+    }
+    let json = std::env::args_os().skip(1).take_while(|a| a != "--").any(|a| a == "--json");
+    if json {
+        let text = e.render().to_string();
+        let msg = text.lines().next().unwrap_or_default().trim_start_matches("error: ").to_owned();
+        println!("{}", serde_json::json!({ "error": msg, "usage": true, "help": text.trim_end() }));
+    } else {
+        let _ = e.print();
+    }
+    EXIT_USAGE
 }
 
 fn init_logging(verbose: u8) {
@@ -470,11 +510,30 @@ fn init_logging(verbose: u8) {
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("ECHOVAULT_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    // Colours only for a terminal: a log file or a pipe gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).with_target(false).try_init();
+}
+
+/// An error with its causes, `outer: cause: …`, each cause once: a cause whose text the message
+/// already holds (an io error a library error quotes) is not repeated.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut s = String::new();
+    for c in e.chain() {
+        let text = c.to_string();
+        if s.contains(&text) {
+            continue;
+        }
+        if !s.is_empty() {
+            s.push_str(": ");
+        }
+        s.push_str(&text);
+    }
+    s
 }
 
 fn report_error(e: &anyhow::Error, json: bool) {
-    let msg = format!("{e:#}");
+    let msg = error_text(e);
     if json {
         println!("{}", serde_json::json!({ "error": msg }));
     }

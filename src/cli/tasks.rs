@@ -4,7 +4,6 @@
 
 use super::{
     open_engine, open_reader_engine, positive, DeviceOpts, FramesOpts, Global, Groups, ImageOpts, IndexOpts, ModelOpts, SpaceOpts,
-    EXIT_PARTIAL,
 };
 use anyhow::Context;
 use clap::{ArgGroup, Args, Subcommand};
@@ -73,12 +72,10 @@ fn print_failed(failed: &[Failure]) {
     }
 }
 
-fn exit_code(failed: &[Failure]) -> i32 {
-    if failed.is_empty() {
-        0
-    } else {
-        EXIT_PARTIAL
-    }
+/// 0 when nothing failed; 3 (partial) when some inputs failed and something succeeded; 1 when
+/// everything failed.
+fn exit_code(failed: &[Failure], succeeded: bool) -> i32 {
+    super::outcome(!failed.is_empty(), succeeded)
 }
 
 // ---------------------------------------------------------------- zero-shot
@@ -180,7 +177,7 @@ pub fn run_zero_shot(g: &Global, a: &ZeroShotArgs) -> anyhow::Result<i32> {
     } else {
         print_readings(&res, a.store);
     }
-    Ok(exit_code(&res.failed))
+    Ok(exit_code(&res.failed, !res.results.is_empty()))
 }
 
 fn print_readings(res: &ZeroShotResult, store: bool) {
@@ -502,7 +499,7 @@ fn finish(g: &Global, c: &EvalCommon, res: &EvalResult) -> anyhow::Result<i32> {
         println!("{}", res.markdown);
         print_failed(&res.failed);
     }
-    Ok(exit_code(&res.failed))
+    Ok(exit_code(&res.failed, res.rows.iter().any(|r| r.n > 0 && r.est.is_some())))
 }
 
 fn write(p: &Path, text: &str) -> anyhow::Result<()> {

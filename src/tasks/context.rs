@@ -72,19 +72,29 @@ pub struct Failure {
 }
 
 impl Failure {
-    /// A failure of `input`.
+    /// A failure of `input`; a reason that starts by naming the input again drops that prefix
+    /// (`{"input": "a.avi", "reason": "a.avi: …"}` would print as `a.avi: a.avi: …`).
     pub fn new(input: impl Into<String>, reason: impl Into<String>) -> Failure {
-        Failure { input: input.into(), reason: reason.into() }
+        let (input, reason) = (input.into(), reason.into());
+        let reason = match reason.strip_prefix(input.as_str()).and_then(|r| r.strip_prefix(": ")) {
+            Some(rest) if !rest.is_empty() => rest.to_owned(),
+            _ => reason,
+        };
+        Failure { input, reason }
     }
 }
 
-/// An error with its causes, `outer: cause: …` (as the CLI prints errors).
+/// An error with its causes, `outer: cause: …` (as the CLI prints errors); a cause whose text
+/// the message already holds (`path: No such file…` over the io error itself) is not repeated.
 pub fn reason(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         cause = c.source();
     }
     s

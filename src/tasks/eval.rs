@@ -365,6 +365,32 @@ enum Input {
     File(PathBuf),
 }
 
+/// Column names that give a row's input: an indexed id or a video file.
+const INPUT_COLUMNS: [&str; 7] = ["id", "item", "video_id", "file", "path", "filename", "video"];
+
+/// Column names that give a row's patient.
+const PATIENT_COLUMNS: [&str; 4] = ["patient", "patient_id", "patientid", "mrn"];
+
+/// Refuses a manifest in which no row has any column of one of `groups` (each group: the names
+/// one needed column goes by): one error naming the file, the column and the columns it has,
+/// not one failure per row.
+fn require_columns(m: &Manifest, groups: &[&[&str]]) -> Result<(), Error> {
+    for names in groups {
+        if !m.rows.iter().any(|r| names.iter().any(|n| r.fields.contains_key(*n))) {
+            let mut have: Vec<&str> = m.rows.iter().flat_map(|r| r.fields.keys().map(String::as_str)).collect();
+            have.sort_unstable();
+            have.dedup();
+            return Err(Error::Invalid(format!(
+                "{}: no row has a {} column (the manifest's columns: {})",
+                m.path.display(),
+                names.join("/"),
+                if have.is_empty() { "none".to_owned() } else { have.join(", ") }
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn row_input(m: &Manifest, r: &Row) -> Result<Input, Error> {
     if let Some(id) = r.text(&["id", "item", "video_id"]) {
         return Ok(Input::Id(id));
@@ -391,6 +417,7 @@ fn class_label(r: &Row, names: &[&str], classes: &[String]) -> Option<usize> {
 pub fn eval_zero_shot(ctx: &TaskContext<'_>, req: &EvalZeroShotRequest) -> Result<EvalResult, Error> {
     check_resamples(req.resamples)?;
     let m = manifest::read(&req.manifest)?;
+    require_columns(&m, &[&INPUT_COLUMNS])?;
     let rows = m.split(req.split.as_deref());
     if rows.is_empty() {
         return Err(Error::Invalid(format!("{}: no rows of split {:?}", req.manifest.display(), req.split)));
@@ -595,6 +622,7 @@ pub fn eval_reid(ctx: &TaskContext<'_>, req: &EvalReidRequest) -> Result<EvalRes
         return Err(Error::Invalid(format!("max_pairs: at most {MAX_PAIRS}")));
     }
     let m = manifest::read(&req.manifest)?;
+    require_columns(&m, &[&INPUT_COLUMNS, &PATIENT_COLUMNS])?;
     let src = ctx.source(FrameSampling::ZERO_SHOT);
     let (l, failed) = labelled_videos(&m, &src);
     let boot = Boot { resamples: req.resamples, seed: req.seed };
@@ -636,12 +664,14 @@ pub fn eval_transitions(ctx: &TaskContext<'_>, req: &EvalTransitionsRequest) -> 
     check_resamples(req.resamples)?;
     check_window(req.window)?;
     let ev = manifest::read(&req.manifest)?;
+    require_columns(&ev, &[&PATIENT_COLUMNS, &["date", "event_date"]])?;
     let src = ctx.source(FrameSampling::ZERO_SHOT);
     let mut failed = Vec::new();
     // Visits: one per study.
     let (visits, from_index): (Vec<Visit>, bool) = match &req.studies {
         Some(path) => {
             let m = manifest::read(path)?;
+            require_columns(&m, &[&INPUT_COLUMNS, &PATIENT_COLUMNS])?;
             let (l, f) = labelled_videos(&m, &src);
             failed.extend(f);
             let mut by_study: BTreeMap<String, StudyVideos> = BTreeMap::new();
@@ -689,7 +719,7 @@ pub fn eval_transitions(ctx: &TaskContext<'_>, req: &EvalTransitionsRequest) -> 
         };
         // Index studies carry pseudonymous keys: a raw id is keyed with the index's secret.
         let patient = match (ctx.index, from_index && !known.contains(patient.as_str())) {
-            (Some(index), true) => crate::pseudonym::patient_key(index.secret(), &patient),
+            (Some(index), true) => crate::pseudonym::patient_key(index.secret()?, &patient),
             _ => patient,
         };
         let kind = r.text(&["event", "type", "event_type"]).unwrap_or_else(|| "event".into());
@@ -741,6 +771,7 @@ pub fn eval_retrieval(ctx: &TaskContext<'_>, req: &EvalRetrievalRequest) -> Resu
         None => index.items(Some(Kind::Video))?,
         Some(p) => {
             let m = manifest::read(p)?;
+            require_columns(&m, &[&INPUT_COLUMNS])?;
             let mut v = Vec::new();
             for r in &m.rows {
                 let got = row_input(&m, r).and_then(|i| match &i {
