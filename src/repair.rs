@@ -32,7 +32,7 @@ struct Logged {
 pub struct Audit {
     /// One line per kind of problem.
     pub problems: Vec<String>,
-    /// Videos to delete (their record survived, a vector or frames did not).
+    /// Videos and reports to delete (their record survived, a vector or frames did not).
     broken: BTreeSet<ItemId>,
     /// Log keys to remove (their video is gone or broken).
     stale_log: Vec<String>,
@@ -89,6 +89,26 @@ pub fn audit(index: &Index) -> Result<Audit, Error> {
     }
     if no_vector > 0 {
         a.problems.push(format!("{no_vector} videos lost their vector: searches miss them until they are ingested again"));
+    }
+    // Reports: each needs its vector in some space (the ingest embeds a report in every space
+    // that lacks it, and re-embeds one whose record is gone: no log entry to forget). One that
+    // lost every vector is deleted, and its report manifest listed for the next ingest.
+    let mut reports_lost = 0usize;
+    for rec in index.items(Some(Kind::Report))? {
+        let mut any = false;
+        for s in &spaces {
+            any |= index.get_vector(s.id, Kind::Report, &rec.id)?.is_some();
+        }
+        if !any {
+            reports_lost += 1;
+            a.broken.insert(rec.id.clone());
+            a.reingest.insert(rec.source.clone());
+        }
+    }
+    if reports_lost > 0 {
+        a.problems.push(format!(
+            "{reports_lost} reports lost their vector: text searches miss them until their report manifest is ingested again"
+        ));
     }
     if !a.keep_without_frames.is_empty() {
         a.problems.push(format!(
@@ -257,5 +277,30 @@ mod tests {
         assert!(index.get_vector(space, Kind::Video, &ItemId::from("v-gone")).unwrap().is_some(), "still searchable");
         let again = audit(&index).unwrap();
         assert!(again.problems.is_empty(), "{:?}", again.problems);
+    }
+
+    /// A report whose vector is gone is a problem; the repair deletes it (so the index checks
+    /// clean) and lists its report manifest; a whole report is left alone.
+    #[test]
+    fn a_report_that_lost_its_vector_is_found_deleted_and_its_manifest_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path().join("idx"), IndexOptions::default()).unwrap();
+        let space = index.ensure_space("m", 2).unwrap();
+        let mut b = index.batch();
+        for id in ["r-whole", "r-lost"] {
+            let mut rec = ItemRecord::new(ItemId::from(id), Kind::Report, "/export/reports.jsonl");
+            rec.text = Some("dilated left ventricle".into());
+            b.put_item(rec);
+        }
+        // As a lost `vectors` table leaves it: the record without its vector.
+        b.put_vector(space, ItemId::from("r-whole"), Kind::Report, vec![0.0, 1.0]);
+        index.commit(b).unwrap();
+        let a = audit(&index).unwrap();
+        assert!(a.problems.iter().any(|p| p.starts_with("1 reports lost their vector")), "{:?}", a.problems);
+        assert_eq!(a.reingest.iter().collect::<Vec<_>>(), ["/export/reports.jsonl"]);
+        apply(&index, &a).unwrap();
+        assert!(index.get_item(&ItemId::from("r-lost")).unwrap().is_none());
+        assert!(index.get_item(&ItemId::from("r-whole")).unwrap().is_some());
+        assert!(audit(&index).unwrap().problems.is_empty());
     }
 }
