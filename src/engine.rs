@@ -287,9 +287,12 @@ impl Engine {
             };
             e.space_name = name;
             check_probe(&index, &e, dir)?;
+            if !index.is_reader() {
+                remember_model(&index, &e.space_name, dir)?;
+            }
             embedders.push(e);
         }
-        Ok(Engine { index, embedders, sampling: cfg.sampling })
+        Ok(Engine { index, embedders, sampling: cfg.sampling, max_frames: cfg.max_frames, crop_regions: false })
     }
 }
 
@@ -325,6 +328,124 @@ fn held_space(index: &Index, name: &str, dim: usize, dir: &Path) -> Result<Space
             )))
         }
     }
+}
+
+/// The model directory that filled a space, as the index remembers it: read commands given no
+/// `--model` load it again.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ModelOrigin {
+    /// The space.
+    pub space: String,
+    /// The snapshot directory (absolute).
+    pub path: PathBuf,
+    /// sha256 (hex) of its checkpoint file.
+    pub checkpoint: String,
+}
+
+fn origin_key(space: &str) -> String {
+    format!("model-dir:{space}")
+}
+
+/// sha256 (hex) of a snapshot directory's checkpoint file (the weights [`Clip::load`] reads).
+pub fn checkpoint_hash(dir: &Path) -> Result<String, Error> {
+    use sha2::{Digest, Sha256};
+    let file = crate::model::weights::checkpoint_file(dir)?;
+    let mut f = std::fs::File::open(&file).map_err(|e| Error::io(&file, e))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(|e| Error::io(&file, e))?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Records (writer only) which directory filled `space`, when the index does not yet hold that
+/// directory for it: the first writer of a space, or the same model (its probe matched) moved.
+fn remember_model(index: &Index, space: &str, dir: &Path) -> Result<(), Error> {
+    let path = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
+    let key = origin_key(space);
+    let held: Option<ModelOrigin> = index.get_log(&key)?.and_then(|b| serde_json::from_slice(&b).ok());
+    if held.is_some_and(|h| h.path == path) {
+        return Ok(());
+    }
+    let origin = ModelOrigin { space: space.to_owned(), path, checkpoint: checkpoint_hash(dir)? };
+    let value = serde_json::to_vec(&origin).map_err(|e| Error::Invalid(format!("model origin: {e}")))?;
+    let mut b = index.batch();
+    b.put_log(&key, Some(&value));
+    index.commit(b)?;
+    Ok(())
+}
+
+/// The model directories that filled the index's spaces, in the index's space order (a space
+/// filled before the index remembered directories is left out).
+pub fn remembered_models(index: &Index) -> Result<Vec<ModelOrigin>, Error> {
+    let mut out = Vec::new();
+    for s in index.spaces() {
+        if let Some(b) = index.get_log(&origin_key(&s.name))? {
+            let o: ModelOrigin =
+                serde_json::from_slice(&b).map_err(|e| Error::Invalid(format!("remembered model of space '{}': {e}", s.name)))?;
+            out.push(o);
+        }
+    }
+    Ok(out)
+}
+
+/// The model a command given no `--model` uses: the one that filled the index's only space, or
+/// the space `space` names; `None` when the index remembers no model directory (an index
+/// written before it did). Errors name the spaces to choose from, a directory that is gone, or
+/// a checkpoint that changed since it filled the space.
+pub fn model_of_index(index_dir: &Path, space: Option<&str>) -> Result<Option<ModelOrigin>, Error> {
+    let index = Index::open_reader(index_dir)?;
+    let spaces: Vec<String> = index.spaces().into_iter().map(|s| s.name).collect();
+    let origins = remembered_models(&index)?;
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let listed = || {
+        spaces
+            .iter()
+            .map(|n| match origins.iter().find(|o| &o.space == n) {
+                Some(o) => format!("'{n}' (model {})", o.path.display()),
+                None => format!("'{n}' (model not remembered)"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let origin = match space {
+        Some(name) => origins.iter().find(|o| o.space == name).cloned().ok_or_else(|| {
+            Error::Invalid(format!(
+                "index {} remembers no model for a space '{name}': it holds {}; pass --model DIR",
+                index_dir.display(),
+                listed()
+            ))
+        })?,
+        None if spaces.len() == 1 => origins[0].clone(),
+        None => {
+            return Err(Error::Invalid(format!(
+                "index {} holds several embedding spaces: {}; name one with --space NAME (or pass --model DIR)",
+                index_dir.display(),
+                listed()
+            )))
+        }
+    };
+    if !origin.path.is_dir() {
+        return Err(Error::Invalid(format!(
+            "model directory {} that filled space '{}' of index {} no longer exists: pass --model DIR",
+            origin.path.display(),
+            origin.space,
+            index_dir.display()
+        )));
+    }
+    let now = checkpoint_hash(&origin.path)?;
+    if now != origin.checkpoint {
+        return Err(Error::Invalid(format!(
+            "the checkpoint in model directory {} changed since it filled space '{}' of index {} (sha256 {}…, was {}…): pass \
+             --model DIR with the model that filled it",
+            origin.path.display(),
+            origin.space,
+            index_dir.display(),
+            &now[..12],
+            &origin.checkpoint[..origin.checkpoint.len().min(12)]
+        )));
+    }
+    Ok(Some(origin))
 }
 
 /// The fixed text whose embedding identifies a space's model.

@@ -748,3 +748,80 @@ fn a_video_cut_short_records_and_warns_how_many_frames_it_lost() {
     assert!(stderr.contains(&format!("{decoded} frames decoded, the container announces {announced}")), "{stderr}");
     assert_eq!(stderr.matches("the container announces").count(), 1, "the whole file is not warned about: {stderr}");
 }
+
+/// `echovault --index INDEX --device cpu ARGS...` in `cwd` (no --model, none in the environment).
+fn without_model(cwd: &Path, index: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_echovault"))
+        .current_dir(cwd)
+        .args(["--index", index.to_str().unwrap(), "--device", "cpu"])
+        .args(args)
+        .env_remove("ECHOVAULT_INDEX")
+        .env_remove("ECHOVAULT_MODEL")
+        .output()
+        .unwrap()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn read_commands_use_the_model_that_filled_the_index() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Run where no ./data-samples exists: the sample-model default cannot stand in.
+    let cwd = tmp.path().join("elsewhere");
+    std::fs::create_dir(&cwd).unwrap();
+    let model = tmp.path().join("echo-a");
+    copy_dir(&root().join("data-samples/echovault-tiny"), &model);
+    let index = tmp.path().join("idx");
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    let out = without_model(&cwd, &index, &["--model", model.to_str().unwrap(), "ingest", clips().to_str().unwrap(), "--progress", "none"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // One space: --model may be omitted; the space is the model's.
+    let out = without_model(&cwd, &index, &["search", "--text", "pacemaker", "-k", "3", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(json(&out)["hits"].as_array().unwrap().len(), 3);
+    let first = json(&out)["hits"][0]["id"].as_str().unwrap().to_owned();
+    for args in [&["reid", "--id", &first, "-k", "2", "--json"][..], &["zero-shot", "--id", &first, "--task", "pacemaker", "--json"]] {
+        let out = without_model(&cwd, &index, args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+    }
+    // Without an index that remembers one, the old message.
+    let out = without_model(&cwd, &tmp.path().join("none"), &["search", "--text", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+
+    // A second space: the user names one.
+    let other = tmp.path().join("echo-b");
+    copy_dir(&root().join("data-samples/echovault-tiny"), &other);
+    let out = without_model(
+        &cwd,
+        &index,
+        &["--model", other.to_str().unwrap(), "--space", "second", "ingest", clips().to_str().unwrap(), "--progress", "none"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = without_model(&cwd, &index, &["search", "--text", "pacemaker"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("--space") && err.contains("'echo-a'") && err.contains("'second'") && err.contains("echo-b"), "{err}");
+    let out = without_model(&cwd, &index, &["search", "--text", "pacemaker", "--space", "second", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(json(&out)["space"], "second", "{}", String::from_utf8_lossy(&out.stdout));
+
+    // A changed checkpoint, then a directory that is gone: clear errors, before any model loads.
+    let weights = other.join("open_clip_model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    bytes.extend_from_slice(b"    ");
+    std::fs::write(&weights, bytes).unwrap();
+    let out = without_model(&cwd, &index, &["search", "--text", "pacemaker", "--space", "second"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("changed since it filled space 'second'"), "{}", stderr(&out));
+    std::fs::remove_dir_all(&model).unwrap();
+    let out = without_model(&cwd, &index, &["timeline", "--patient", "x", "--space", "echo-a"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no longer exists") && stderr(&out).contains("echo-a"), "{}", stderr(&out));
+}

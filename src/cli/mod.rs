@@ -129,7 +129,9 @@ pub struct ModelOpts {
     /// hf:OWNER/NAME[@REV] is an open_clip repo on the Hugging Face hub (branch, tag or commit;
     /// default main) fetched into its cache (HF_HUB_CACHE / HF_HOME; HF_ENDPOINT, HF_TOKEN,
     /// HF_HUB_OFFLINE as huggingface_hub reads them).
-    /// Default: $ECHOVAULT_MODEL, else ./data-samples/echovault-tiny. Repeat it to ingest with
+    /// Default: $ECHOVAULT_MODEL, else the directory that filled the index's space (the index
+    /// remembers it, with its checkpoint's hash: with one space, or the one --space names),
+    /// else ./data-samples/echovault-tiny. Repeat it to ingest with
     /// several models in one run (e.g. EchoCLIP and EchoCLIP-R), each into the space named
     /// after its directory (a hub model: after the repo NAME). `search` embeds queries with the
     /// first; `zero-shot` uses the first CLIP-BPE model (EchoCLIP), `reid`, `timeline` and
@@ -248,6 +250,8 @@ pub struct Global {
     pub max_frames: usize,
     pub json: bool,
     pub verbose: u8,
+    /// Whether the command takes an index (and so may load the model that filled it).
+    pub uses_index: bool,
 }
 
 impl Global {
@@ -278,18 +282,24 @@ impl Global {
             max_frames: sub.image.and_then(|o| o.max_frames).or(top.image.max_frames).unwrap_or(echovault::media::DEFAULT_MAX_FRAMES),
             json: out.json,
             verbose: out.verbose,
+            uses_index: sub.index.is_some(),
         }
     }
 
     /// Resolves the engine settings.
     pub fn engine_config(&self) -> anyhow::Result<EngineConfig> {
+        let mut space = self.space.clone();
         let model_dir = match self.model.first() {
             Some(m) => resolve_model(m)?,
-            None => {
-                let p = PathBuf::from(SAMPLE_MODEL);
-                anyhow::ensure!(p.is_dir(), "no --model given and no {SAMPLE_MODEL} here: pass --model DIR (a snapshot directory)");
-                p
-            }
+            None if self.uses_index && self.index.is_dir() => match echovault::engine::model_of_index(&self.index, space.as_deref())? {
+                // The model that filled the index's space, under that space's name.
+                Some(origin) => {
+                    space = Some(origin.space);
+                    origin.path
+                }
+                None => sample_model()?,
+            },
+            None => sample_model()?,
         };
         let extra_models: Vec<PathBuf> = self.model.iter().skip(1).map(|m| resolve_model(m)).collect::<anyhow::Result<_>>()?;
         let all: Vec<PathBuf> = std::iter::once(model_dir.clone()).chain(extra_models.iter().cloned()).collect();
@@ -299,7 +309,7 @@ impl Global {
             secret_file: self.secret_file.clone(),
             model_dir,
             extra_models,
-            space: self.space.clone(),
+            space,
             device: parse_device(&self.device)?,
             channel_order: self.channel_order,
             sampling: self.sampling,
@@ -308,6 +318,13 @@ impl Global {
             template_vocab: self.template_vocab.clone(),
         })
     }
+}
+
+/// The sample model of a checkout, used when no --model is given and no index remembers one.
+fn sample_model() -> anyhow::Result<PathBuf> {
+    let p = PathBuf::from(SAMPLE_MODEL);
+    anyhow::ensure!(p.is_dir(), "no --model given and no {SAMPLE_MODEL} here: pass --model DIR (a snapshot directory)");
+    Ok(p)
 }
 
 /// A model argument as a snapshot directory: `hf:OWNER/NAME[@REV]` is found in, or fetched
