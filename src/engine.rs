@@ -22,6 +22,9 @@ pub const DEFAULT_FRAME_BATCH: usize = 32;
 pub struct EngineConfig {
     /// Index directory (created when absent).
     pub index_dir: PathBuf,
+    /// The patient-key secret is kept in this file, outside the index (`--secret-file`): a new
+    /// index stores only its fingerprint; an existing one checks it against its own.
+    pub secret_file: Option<PathBuf>,
     /// Model snapshot directory (`open_clip_config.json`, weights, `tokenizer.json`): the
     /// primary model, whose space searches use.
     pub model_dir: PathBuf,
@@ -251,7 +254,8 @@ impl Engine {
     /// Opens the index as its writer (creating it when absent) and loads the models, registering
     /// the space of each and its model probe.
     pub fn open(cfg: &EngineConfig) -> Result<Engine, Error> {
-        let index = Index::open(&cfg.index_dir, IndexOptions { writer: Some(writer_label()), ..IndexOptions::default() })?;
+        let secret_file = cfg.secret_file.clone();
+        let index = Index::open(&cfg.index_dir, IndexOptions { writer: Some(writer_label()), secret_file, ..IndexOptions::default() })?;
         Self::with_index(cfg, index)
     }
 
@@ -260,7 +264,10 @@ impl Engine {
     /// index holds) with the model's dimension, and a stored model probe must match the model
     /// (an absent one is not written).
     pub fn open_reader(cfg: &EngineConfig) -> Result<Engine, Error> {
-        let index = Index::open_reader(&cfg.index_dir)?;
+        let mut index = Index::open_reader(&cfg.index_dir)?;
+        if let Some(file) = &cfg.secret_file {
+            index.use_secret_file(file)?;
+        }
         Self::with_index(cfg, index)
     }
 

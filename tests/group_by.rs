@@ -288,6 +288,7 @@ fn cli_search_groups_by_patient_and_study() {
     let model = common::root().join("data-samples/echovault-tiny");
     let cfg = echovault::engine::EngineConfig {
         index_dir: dir.clone(),
+        secret_file: None,
         model_dir: model,
         extra_models: Vec::new(),
         space: None,

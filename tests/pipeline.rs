@@ -458,6 +458,7 @@ fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) 
 fn engine(idx: &Path, model: &Path) -> echovault::engine::Engine {
     echovault::engine::Engine::open(&echovault::engine::EngineConfig {
         index_dir: idx.to_owned(),
+        secret_file: None,
         model_dir: model.to_owned(),
         extra_models: vec![],
         space: None,

@@ -53,6 +53,45 @@ pub enum IndexError {
         /// The index directory.
         path: PathBuf,
     },
+    /// The index keeps its patient-key secret in a file outside it, and none was given.
+    #[error(
+        "the index at {path} keeps its patient-key secret outside it: pass --secret-file FILE (or set \
+         ECHOVAULT_SECRET_FILE) to key patient ids"
+    )]
+    SecretNeeded {
+        /// The index directory.
+        path: PathBuf,
+    },
+    /// The secret file given is not the one the index's fingerprint was made from.
+    #[error(
+        "{file} does not hold the patient-key secret of the index at {path} (its fingerprint differs): patient keys \
+         made with it would match none already stored — give the secret file this index was created with"
+    )]
+    SecretMismatch {
+        /// The index directory.
+        path: PathBuf,
+        /// The secret file given.
+        file: PathBuf,
+    },
+    /// A secret file was given for an index that stores its own, different secret.
+    #[error(
+        "the index at {path} stores its own patient-key secret and {file} holds another: drop --secret-file, or \
+         move the stored secret out with `echovault repair --export-secret FILE`"
+    )]
+    SecretStored {
+        /// The index directory.
+        path: PathBuf,
+        /// The secret file given.
+        file: PathBuf,
+    },
+    /// A patient-key secret file could not be read, written or used.
+    #[error("patient-key secret file {file}: {detail}")]
+    SecretFile {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
     /// A vector's length does not match its embedding space.
     #[error("vector for {item} has dimension {got}, embedding space '{space}' has dimension {expected}")]
     DimensionMismatch {

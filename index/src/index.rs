@@ -9,6 +9,7 @@ use crate::graph::{Graph, SlotMeta, SCRATCH_PREFIX};
 use crate::ids::{ItemId, Kind, Slot, SpaceId};
 use crate::record::ItemRecord;
 use crate::search::{dot, Hit, Query};
+use crate::secret::SecretState;
 use crate::snapshot;
 use crate::store::{self, CF_ERRORS, CF_FRAMES, CF_GRAPH, CF_INGEST_LOG, CF_ITEMS, CF_META, CF_SLOTS, CF_VECTORS};
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
@@ -53,6 +54,12 @@ pub struct IndexOptions {
     /// Who writes (e.g. `echovault ingest`), for the writer record that a second writer's
     /// [`IndexError::Busy`] quotes; `None`: the program's file name.
     pub writer: Option<String>,
+    /// The patient-key secret is kept in this file, outside the index (see
+    /// [`Index::use_secret_file`]). A new index then stores only its fingerprint, and the file
+    /// is written with a new secret when it does not exist. `None`: a new index stores its
+    /// secret; an index whose secret is outside opens without it ([`Index::secret`] is then an
+    /// error).
+    pub secret_file: Option<PathBuf>,
 }
 
 /// How a search may proceed.
@@ -228,7 +235,7 @@ pub struct Index {
     pub(crate) spaces: RwLock<BTreeMap<SpaceId, SpaceInfo>>,
     pub(crate) graphs: RwLock<HashMap<Collection, Graph>>,
     pub(crate) writer: Mutex<Writer>,
-    secret: [u8; 32],
+    secret: SecretState,
     pub(crate) loads: Vec<GraphLoad>,
     /// Set on a reader (after `db`: its directory outlives the secondary instance).
     pub(crate) reader: Option<crate::reader::ReaderState>,
@@ -240,9 +247,9 @@ impl std::fmt::Debug for Index {
     }
 }
 
-/// The secret of the index in `db` after checking its format version; `None` when it has none
-/// (a new database, or one that is not an index).
-pub(crate) fn check_format(db: &DB, path: &Path) -> Result<Option<[u8; 32]>, IndexError> {
+/// The secret of the index in `db` (stored, or the fingerprint of an outside one) after checking
+/// its format version; `None` when it has none (a new database, or one that is not an index).
+pub(crate) fn check_format(db: &DB, path: &Path) -> Result<Option<SecretState>, IndexError> {
     let storage = |source| store::access_error(path, source);
     let cf_meta = db.cf_handle(CF_META).ok_or_else(|| corrupt(path, "column family", CF_META))?;
     let Some(v) = db.get_cf(cf_meta, store::KEY_FORMAT_VERSION).map_err(storage)? else { return Ok(None) };
@@ -250,27 +257,54 @@ pub(crate) fn check_format(db: &DB, path: &Path) -> Result<Option<[u8; 32]>, Ind
     if found != store::FORMAT_VERSION {
         return Err(IndexError::FormatVersion { path: path.to_owned(), found, expected: store::FORMAT_VERSION });
     }
-    let s = db.get_cf(cf_meta, store::KEY_SECRET).map_err(storage)?.ok_or_else(|| corrupt(path, "secret", "missing"))?;
-    Ok(Some(s.as_slice().try_into().map_err(|_| corrupt(path, "secret", "not 32 bytes"))?))
+    let bytes32 = |v: Vec<u8>, what: &'static str| -> Result<[u8; 32], IndexError> {
+        v.as_slice().try_into().map_err(|_| corrupt(path, what, "not 32 bytes"))
+    };
+    if let Some(s) = db.get_cf(cf_meta, store::KEY_SECRET).map_err(storage)? {
+        return Ok(Some(SecretState::Stored(bytes32(s, "secret")?)));
+    }
+    let f = db.get_cf(cf_meta, store::KEY_SECRET_FINGERPRINT).map_err(storage)?.ok_or_else(|| corrupt(path, "secret", "missing"))?;
+    Ok(Some(SecretState::Outside { fingerprint: bytes32(f, "secret fingerprint")?, given: None }))
 }
 
-/// Makes the empty database `db` an index: format version, a new secret, complete (empty)
-/// secondary keys. Refuses a database that holds items but no format version.
-fn create(db: &DB, path: &Path) -> Result<[u8; 32], IndexError> {
+/// Makes the empty database `db` an index: format version, a new secret (or, with
+/// `secret_file`, the fingerprint of the secret there — a new one written to it when it does
+/// not exist), complete (empty) secondary keys. Refuses a database that holds items but no
+/// format version.
+fn create(db: &DB, path: &Path, secret_file: Option<&Path>) -> Result<SecretState, IndexError> {
     let storage = |source| store::access_error(path, source);
     let cf_meta = db.cf_handle(CF_META).ok_or_else(|| corrupt(path, "column family", CF_META))?;
     let cf_items = db.cf_handle(CF_ITEMS).ok_or_else(|| corrupt(path, "column family", CF_ITEMS))?;
     if db.iterator_cf(cf_items, IteratorMode::Start).next().is_some() {
         return Err(IndexError::NotAnIndex { path: path.to_owned() });
     }
-    let mut secret = [0u8; 32];
-    rand::fill(&mut secret);
     let mut wb = WriteBatch::default();
     wb.put_cf(cf_meta, store::KEY_FORMAT_VERSION, store::FORMAT_VERSION.to_be_bytes());
-    wb.put_cf(cf_meta, store::KEY_SECRET, secret);
+    let state = match secret_file {
+        None => {
+            let mut secret = [0u8; 32];
+            rand::fill(&mut secret);
+            wb.put_cf(cf_meta, store::KEY_SECRET, secret);
+            SecretState::Stored(secret)
+        }
+        Some(file) => {
+            crate::secret::check_outside(path, file)?;
+            let secret = if file.exists() {
+                crate::secret::read_secret_file(file)?
+            } else {
+                let mut secret = [0u8; 32];
+                rand::fill(&mut secret);
+                crate::secret::write_secret_file(file, &secret)?;
+                secret
+            };
+            let fingerprint = crate::secret::fingerprint(&secret);
+            wb.put_cf(cf_meta, store::KEY_SECRET_FINGERPRINT, fingerprint);
+            SecretState::Outside { fingerprint, given: Some(secret) }
+        }
+    };
     wb.put_cf(cf_meta, store::KEY_LOOKUP_VERSION, store::LOOKUP_VERSION.to_be_bytes());
     db.write_opt(wb, &synced()).map_err(storage)?;
-    Ok(secret)
+    Ok(state)
 }
 
 /// This program's file name (the default writer label).
@@ -333,8 +367,13 @@ impl Index {
         let path = path.as_ref().to_owned();
         let db = store::open_db(&path)?;
         let secret = match check_format(&db, &path)? {
-            Some(secret) => secret,
-            None => create(&db, &path)?,
+            Some(mut secret) => {
+                if let Some(file) = &options.secret_file {
+                    secret.give(&path, file)?;
+                }
+                secret
+            }
+            None => create(&db, &path, options.secret_file.as_deref())?,
         };
         // Scratch directories of graph loads that a crash interrupted (RocksDB's lock, held now,
         // means no other process is loading).
@@ -369,7 +408,7 @@ impl Index {
     pub(crate) fn assemble(
         path: PathBuf,
         db: DB,
-        secret: [u8; 32],
+        secret: SecretState,
         reader: Option<crate::reader::ReaderState>,
         holder: Option<crate::holder::Holder>,
     ) -> Index {
@@ -394,9 +433,60 @@ impl Index {
         &self.path
     }
 
-    /// Per-index secret for pseudonymising patient ids (keyed hash). Never leaves the index.
-    pub fn secret(&self) -> &[u8; 32] {
-        &self.secret
+    /// Per-index secret for pseudonymising patient ids (keyed hash): the one stored in the
+    /// index, or the one handed over from a file outside it ([`IndexOptions::secret_file`],
+    /// [`Index::use_secret_file`]). [`IndexError::SecretNeeded`] when the index keeps its
+    /// secret outside and none was handed over.
+    pub fn secret(&self) -> Result<&[u8; 32], IndexError> {
+        self.secret.get(&self.path)
+    }
+
+    /// True when the index keeps only the fingerprint of a secret held in a file outside it.
+    pub fn secret_is_outside(&self) -> bool {
+        matches!(self.secret, SecretState::Outside { .. })
+    }
+
+    /// Hands over the patient-key secret in `file` (a reader, or a writer opened without
+    /// [`IndexOptions::secret_file`]). Refused when the file is inside the index directory,
+    /// is not 64 hex digits, does not match the index's fingerprint
+    /// ([`IndexError::SecretMismatch`]), or holds another secret than the one the index stores
+    /// ([`IndexError::SecretStored`]); a file with the stored secret is accepted.
+    pub fn use_secret_file(&mut self, file: &Path) -> Result<(), IndexError> {
+        self.secret.give(&self.path, file)
+    }
+
+    /// Moves the stored patient-key secret out of the index: writes it to the new file `file`
+    /// (mode 0600, synced; an existing file is refused), then replaces it in `meta` by its
+    /// fingerprint (one synced write). Patient keys stay the same; from then on commands that
+    /// key patient ids need the file. Refused for a reader and for an index whose secret is
+    /// already outside.
+    pub fn export_secret(&mut self, file: &Path) -> Result<(), IndexError> {
+        if self.is_reader() {
+            return Err(IndexError::ReadOnly { path: self.path.clone(), op: "moving the secret out" });
+        }
+        let SecretState::Stored(secret) = self.secret else {
+            return Err(IndexError::SecretFile {
+                file: file.to_owned(),
+                detail: format!("the index at {} keeps no secret of its own to move out: it is already outside", self.path.display()),
+            });
+        };
+        crate::secret::check_outside(&self.path, file)?;
+        crate::secret::write_secret_file(file, &secret)?;
+        let fingerprint = crate::secret::fingerprint(&secret);
+        let cf_meta = self.cf(CF_META)?;
+        let mut wb = WriteBatch::default();
+        wb.put_cf(cf_meta, store::KEY_SECRET_FINGERPRINT, fingerprint);
+        wb.delete_cf(cf_meta, store::KEY_SECRET);
+        self.db.write_opt(wb, &synced()).map_err(|e| self.storage(e))?;
+        self.secret = SecretState::Outside { fingerprint, given: Some(secret) };
+        // The deleted secret must not linger in the write-ahead log or an older table: every
+        // memtable is flushed (the logs holding the old value become obsolete and are deleted)
+        // and `meta` is compacted (the delete drops the old value at the bottom level).
+        for name in store::COLUMN_FAMILIES {
+            self.db.flush_cf(self.cf(name)?).map_err(|e| self.storage(e))?;
+        }
+        self.db.compact_range_cf(self.cf(CF_META)?, None::<&[u8]>, None::<&[u8]>);
+        Ok(())
     }
 
     /// How each graph came up at open.

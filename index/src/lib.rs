@@ -37,6 +37,7 @@ mod lookup;
 mod reader;
 mod record;
 mod search;
+mod secret;
 mod snapshot;
 mod store;
 mod walk;
@@ -51,6 +52,7 @@ pub use index::{
 };
 pub use record::ItemRecord;
 pub use search::{Filter, Hit, Query};
+pub use secret::{fingerprint as secret_fingerprint, read_secret_file};
 pub use store::{column_family_role, peek_secret, FORMAT_VERSION};
 
 /// Result type of this crate.

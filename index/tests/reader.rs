@@ -71,7 +71,7 @@ fn a_reader_opens_beside_the_writer_and_catches_up_on_refresh() {
     let all = Filter::default();
     assert_eq!(exact(&reader, space, &q, all.clone()), exact(&writer, space, &q, all.clone()));
     assert_eq!(reader.counts().unwrap(), writer.counts().unwrap());
-    assert_eq!(reader.secret(), writer.secret());
+    assert_eq!(reader.secret().unwrap(), writer.secret().unwrap());
 
     // Writes are refused, each naming what was asked.
     let mut b = reader.batch();

@@ -125,14 +125,14 @@ fn not_dicom(p: &Path) -> Option<String> {
 
 fn walk(dir: &Path, found: &mut Found) {
     if !found.first_time(dir) {
-        tracing::warn!(dir = %dir.display(), "directory reached again (a symlink loop?): not walked twice");
+        tracing::debug!(dir = %dir.display(), "directory reached again (a symlink loop?): not walked twice");
         found.ignored.push(dir.to_owned());
         return;
     }
     let mut entries: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
         Err(e) => {
-            tracing::warn!(dir = %dir.display(), "cannot list directory: {e}");
+            tracing::debug!(dir = %dir.display(), "cannot list directory: {e}");
             found.fail(dir.to_owned(), format!("cannot list directory: {e}"));
             return;
         }
@@ -189,12 +189,14 @@ fn read_dicomdir(path: &Path, found: &mut Found) -> bool {
     let obj = match dicom_object::OpenFileOptions::new().open_file(path) {
         Ok(o) => o,
         Err(e) => {
-            tracing::warn!(file = %path.display(), "unreadable DICOMDIR, walking its folder instead: {e}");
+            tracing::warn!("an unreadable DICOMDIR: walking its folder instead");
+            tracing::debug!(file = %path.display(), "unreadable DICOMDIR: {e}");
             return false;
         }
     };
     let Some(records) = obj.element_opt(tags::DIRECTORY_RECORD_SEQUENCE).ok().flatten().and_then(|e| e.items()) else {
-        tracing::warn!(file = %path.display(), "DICOMDIR without directory records, walking its folder instead");
+        tracing::warn!("a DICOMDIR without directory records: walking its folder instead");
+        tracing::debug!(file = %path.display(), "DICOMDIR without directory records");
         return false;
     };
     let base = path.parent().unwrap_or(Path::new("."));

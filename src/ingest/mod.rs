@@ -158,7 +158,9 @@ fn decode_video(ctx: &pipeline::Ctx, path: &Path, id: &str, gate: Gate) -> Resul
         extra.insert("frames_announced".into(), announced.to_string());
     }
     if let Some((decoded, announced)) = info.frame_count_mismatch() {
-        tracing::warn!(file = %path.display(), "{decoded} frames decoded, the container announces {announced} (a file cut short?)");
+        // The path only at debug (PACS folders carry names and MRNs); the item records both counts.
+        tracing::warn!("a video decoded {decoded} frames where its container announces {announced} (a file cut short?)");
+        tracing::debug!(file = %path.display(), "{decoded} frames decoded, {announced} announced");
     }
     Ok(Ok(Decoded { frames, total_frames: info.frames, fps: Some(info.fps), study, patient: None, date: None, sop_uid: None, extra }))
 }
@@ -182,7 +184,8 @@ fn decode_dicom(ctx: &pipeline::Ctx, path: &Path, id: &str, opts: &IngestOptions
     let date = info.study_date.as_deref().and_then(|d| match d.parse::<StudyDate>() {
         Ok(d) => Some(d),
         Err(e) => {
-            tracing::warn!("{}: StudyDate {e}; stored undated", path.display());
+            tracing::warn!("a DICOM StudyDate that is no day ({e}): stored undated");
+            tracing::debug!(file = %path.display(), "StudyDate {e}; stored undated");
             None
         }
     });
@@ -233,7 +236,10 @@ fn decode_dicom(ctx: &pipeline::Ctx, path: &Path, id: &str, opts: &IngestOptions
         total_frames: info.frames,
         fps: info.fps,
         study,
-        patient: info.patient_id.as_ref().map(|p| patient_key(ctx.index.secret(), p.expose())),
+        patient: match info.patient_id.as_ref() {
+            Some(p) => Some(patient_key(ctx.index.secret()?, p.expose())),
+            None => None,
+        },
         date,
         sop_uid: info.sop_uid.clone(),
         extra,

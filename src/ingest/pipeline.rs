@@ -205,7 +205,7 @@ pub fn ingest(
     // Files the walk could not take as inputs (a `.dcm` that is no DICOM, a symlink to itself,
     // a DICOMDIR reference outside the export) are failures like those of decoding.
     for (path, reason) in &found.failed {
-        tracing::warn!(file = %path.display(), "ingest failed: {reason}");
+        tracing::debug!(file = %path.display(), "ingest failed: {reason}");
         record_failure(&engine.index, &mut summary, Failure { path: path.display().to_string(), reason: reason.clone() })?;
     }
     summary.ignored = found.ignored.iter().map(|p| p.display().to_string()).collect();
@@ -213,9 +213,11 @@ pub fn ingest(
     let dates: HashMap<String, StudyDate> = reports.iter().filter_map(|r| Some((r.entry.study.clone(), r.entry.date?))).collect();
     // Patients named by the report manifest, keyed at once: videos that carry no PatientID
     // (AVI, MP4) take their study's.
+    // The secret first: an index that keeps it outside fails here, before anything is read.
+    let secret = engine.index.secret()?;
     let patients: HashMap<String, String> = reports
         .iter()
-        .filter_map(|r| Some((r.entry.study.clone(), crate::pseudonym::patient_key(engine.index.secret(), r.entry.patient.as_deref()?))))
+        .filter_map(|r| Some((r.entry.study.clone(), crate::pseudonym::patient_key(secret, r.entry.patient.as_deref()?))))
         .collect();
     let facts = StudyFacts { dates, patients };
     let workers = if opts.workers == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { opts.workers };
@@ -432,12 +434,12 @@ fn decode_job(ctx: &Ctx, opts: &IngestOptions, gate: Gate, input: &Discovered) -
     match decoded {
         Ok(decoded) => Ok(Step::Decoded(Box::new(DecodedJob { input: input.clone(), id, decoded, needs }))),
         Err(Pass::NotImage(reason)) => {
-            tracing::info!(file = %input.path.display(), "passed over: {reason}");
+            tracing::debug!(file = %input.path.display(), "passed over: {reason}");
             Ok(Step::Done(Done::NotImage(Failure { path: input.path.display().to_string(), reason })))
         }
         Err(Pass::OutsideSince) => Ok(Step::Done(Done::OutsideSince)),
         Err(Pass::DuplicateOf(other)) => {
-            tracing::info!(file = %input.path.display(), "same SOPInstanceUID as indexed item {other}: skipped");
+            tracing::debug!(file = %input.path.display(), "same SOPInstanceUID as indexed item {other}: skipped");
             Ok(Step::Done(Done::Duplicate))
         }
     }
@@ -703,12 +705,12 @@ fn write_stage(
             Done::OutsideSince => summary.outside_since += 1,
             Done::NotImage(f) => summary.not_images.push(f),
             Done::ReportFailed(f) => {
-                tracing::warn!(report = %f.path, "report not embedded: {}", f.reason);
+                tracing::debug!(report = %f.path, "report not embedded: {}", f.reason);
                 p.failure = Some(f.clone());
                 record_failure(index, summary, f)?;
             }
             Done::Failed(f) => {
-                tracing::warn!(file = %f.path, "ingest failed: {}", f.reason);
+                tracing::debug!(file = %f.path, "ingest failed: {}", f.reason);
                 p.failure = Some(f.clone());
                 record_failure(index, summary, f)?;
                 p.failed += 1;
@@ -860,10 +862,11 @@ fn write_report(ctx: &Ctx, r: &EmbeddedReport) -> Result<(), Error> {
     rec.text = Some(r.entry.text.clone());
     // Linked to its study: the study's patient and date where the report has none.
     let study = index.get_item(&ItemId(study_id(&r.entry.study)))?;
-    rec.patient = study
-        .as_ref()
-        .and_then(|s| s.patient.clone())
-        .or_else(|| r.entry.patient.as_deref().map(|p| crate::pseudonym::patient_key(index.secret(), p)));
+    rec.patient = match (study.as_ref().and_then(|s| s.patient.clone()), r.entry.patient.as_deref()) {
+        (Some(key), _) => Some(key),
+        (None, Some(p)) => Some(crate::pseudonym::patient_key(index.secret()?, p)),
+        (None, None) => None,
+    };
     rec.date = r.entry.date.or_else(|| study.as_ref().and_then(|s| s.date));
     let mut b = index.batch();
     b.put_item(rec);

@@ -75,7 +75,7 @@ pub fn timeline(ctx: &TaskContext<'_>, req: &TimelineRequest) -> Result<Timeline
     let index = ctx.need_index()?;
     let key = match (&req.patient, &req.patient_id) {
         (Some(k), None) => k.clone(),
-        (None, Some(raw)) => crate::pseudonym::patient_key(index.secret(), raw),
+        (None, Some(raw)) => crate::pseudonym::patient_key(index.secret()?, raw),
         _ => return Err(Error::Invalid("give patient or patient_id (one of them)".into())),
     };
     let event = req.event.map(StudyDate::days_since_epoch);
