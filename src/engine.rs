@@ -7,8 +7,8 @@
 //! space the index does not hold is an error naming the spaces it does hold.
 
 use crate::error::Error;
-use crate::media::{ChannelOrder, Frame, FrameSampling, Preprocess};
-use crate::model::{clip, Clip, Precision};
+use crate::media::{ChannelOrder, CineInfo, Frame, FrameSampling, Preprocess, ReadOptions};
+use crate::model::{batches::in_halving_batches, clip, Clip, Precision};
 use crate::tokenize::TextTokenizer;
 use echovault_index::{Filter, Hit, Index, IndexOptions, ItemId, Kind, Query, SpaceId};
 use std::path::{Path, PathBuf};
@@ -41,6 +41,9 @@ pub struct EngineConfig {
     pub sampling: FrameSampling,
     /// Frames per forward pass.
     pub frame_batch: usize,
+    /// Frames embedded per video at most (`--max-frames`; 0: no bound): a cine whose sampling
+    /// selects more is thinned evenly (see [`crate::media::sampling`]).
+    pub max_frames: usize,
     /// `--template-vocab`: an EchoCLIP-R vocabulary for the models that need one (see
     /// [`template_vocab_for`]).
     pub template_vocab: Option<TemplateVocabArg>,
@@ -232,6 +235,11 @@ pub struct Engine {
     pub embedders: Vec<Embedder>,
     /// Frames embedded per video.
     pub sampling: FrameSampling,
+    /// Frames embedded per video at most (0: no bound).
+    pub max_frames: usize,
+    /// Whether DICOM frames are cropped to their ultrasound region (`--crop-region`), in
+    /// ingest and in every command that embeds a file.
+    pub crop_regions: bool,
 }
 
 impl std::ops::Deref for Engine {
@@ -556,26 +564,75 @@ impl Embedder {
 
     /// Unit frame embeddings and their pooled video embedding.
     pub fn embed_frames(&self, frames: &[Frame]) -> Result<VideoEmbedding, Error> {
-        let mut all = Vec::with_capacity(frames.len());
-        for chunk in frames.chunks(self.frame_batch) {
-            let x = self.preprocess.frames(chunk)?;
-            all.extend(clip::rows(&self.model.encode_images(&x)?)?);
-        }
+        let resized = frames.iter().map(|f| self.preprocess.resize(f)).collect::<Result<Vec<_>, _>>()?;
+        let all = self.embed_resized(&resized.iter().collect::<Vec<_>>())?;
         let video = mean_unit(&all).ok_or_else(|| Error::Invalid("no frames to embed".into()))?;
         Ok(VideoEmbedding { video, frames: all })
     }
+
+    /// Unit embeddings of frames already at the tower's input size ([`Preprocess::resize`]),
+    /// `frame_batch` per forward pass, halved when LibTorch fails ([`in_halving_batches`]).
+    pub fn embed_resized(&self, frames: &[&Frame]) -> Result<Vec<Vec<f32>>, Error> {
+        embed_images(&self.model, &self.preprocess, frames, self.frame_batch)
+    }
+}
+
+/// Unit embeddings of frames at the tower's input size with `model`, `batch` per forward pass:
+/// each batch normalised to f32 only when its turn comes, and split in halves when LibTorch
+/// fails on it (out of memory), down to one frame.
+pub fn embed_images(model: &Clip, preprocess: &Preprocess, frames: &[&Frame], batch: usize) -> Result<Vec<Vec<f32>>, Error> {
+    in_halving_batches(frames.len(), batch, |r| clip::rows(&model.encode_images(&preprocess.normalise(&frames[r])?)?))
+}
+
+/// What embedding a video file gave.
+#[derive(Clone, Debug)]
+pub struct EmbeddedVideo {
+    /// The cine.
+    pub info: CineInfo,
+    /// The frames embedded: the sampling asked for, thinned when the cine passed the bound.
+    pub sampling: FrameSampling,
+    /// Frames the sampling asked for selected (more than were embedded when thinned).
+    pub selected: usize,
+    /// The embeddings.
+    pub embedding: VideoEmbedding,
+}
+
+/// Decodes a DICOM cine or a video file as ingest does ([`crate::media::read_cine`]: frame by
+/// frame, each resized to the tower's input as it comes, at most `opts.max_frames` kept) and
+/// embeds it with `model`, `batch` frames per pass. Errors name the file.
+pub fn embed_video(model: &Clip, preprocess: &Preprocess, path: &Path, opts: &ReadOptions, batch: usize) -> Result<EmbeddedVideo, Error> {
+    let named = |e: Error| match e {
+        Error::Invalid(reason) => Error::media(path, reason),
+        Error::Torch(t) => Error::media(path, format!("libtorch: {}", crate::model::batches::brief(&t))),
+        other => other,
+    };
+    let (info, sampled) = crate::media::read_cine(path, opts, |f| preprocess.resize(&f).map_err(named))?;
+    if sampled.capped() {
+        tracing::debug!(
+            "{}: {} of its {} selected frames embedded (--max-frames {}; frames {})",
+            path.display(),
+            sampled.items.len(),
+            sampled.selected,
+            opts.max_frames,
+            sampled.sampling
+        );
+    }
+    let frames = embed_images(model, preprocess, &sampled.items.iter().collect::<Vec<_>>(), batch).map_err(named)?;
+    let video = mean_unit(&frames).ok_or_else(|| Error::media(path, "no frames to embed"))?;
+    Ok(EmbeddedVideo { info, sampling: sampled.sampling, selected: sampled.selected, embedding: VideoEmbedding { video, frames } })
 }
 
 impl Engine {
-    /// Decodes a DICOM cine or a video file (as ingest does: [`crate::media::read_sampled`]) and
-    /// embeds its sampled frames with the primary model.
-    pub fn embed_video_file(&self, path: &Path) -> Result<(crate::media::CineInfo, VideoEmbedding), Error> {
-        let (info, frames) = crate::media::read_sampled(path, self.sampling)?;
-        let emb = self.embed_frames(&frames).map_err(|e| match e {
-            Error::Invalid(reason) => Error::media(path, reason),
-            other => other,
-        })?;
-        Ok((info, emb))
+    /// How this engine reads a video file's frames: its sampling, frame bound and crop.
+    pub fn read_options(&self) -> ReadOptions {
+        ReadOptions { sampling: self.sampling, max_frames: self.max_frames, crop_regions: self.crop_regions }
+    }
+
+    /// Decodes a DICOM cine or a video file (as ingest does: [`crate::media::read_cine`], with
+    /// [`Engine::read_options`]) and embeds its sampled frames with the primary model.
+    pub fn embed_video_file(&self, path: &Path) -> Result<(CineInfo, VideoEmbedding), Error> {
+        let e = embed_video(&self.model, &self.preprocess, path, &self.read_options(), self.frame_batch)?;
+        Ok((e.info, e.embedding))
     }
 
     /// k nearest items of `kind` to a query vector.

@@ -83,3 +83,122 @@ fn mov_container_frames_equal_ffmpeg_rgb24() {
     assert!((info.fps - 25.0).abs() < 1e-6, "fps {}", info.fps);
     assert!(ours == ffmpeg_rgb(&mov), "MOV frames differ from ffmpeg");
 }
+
+// ---- Streaming frames through preprocessing, the frame bound, --crop-region (issue 20) ----
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tiny() -> (echovault::model::Clip, echovault::media::Preprocess) {
+    let model = echovault::model::Clip::load(&root().join("data-samples/echovault-tiny"), tch::Device::Cpu, Default::default()).unwrap();
+    let pre = echovault::media::Preprocess {
+        size: model.image_size(),
+        mean: model.config.mean,
+        std: model.config.std,
+        order: echovault::media::ChannelOrder::Bgr,
+    };
+    (model, pre)
+}
+
+fn read(sampling: FrameSampling, max_frames: usize, crop_regions: bool) -> echovault::media::ReadOptions {
+    echovault::media::ReadOptions { sampling, max_frames, crop_regions }
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Embeddings made frame by frame (each frame resized to 224² bytes as it is decoded, f32 only
+/// per batch) equal those of the whole-video path they replaced, stored from commit 0c9b637 in
+/// tests/fixtures/streaming/embeddings-before.json: AVI, a non-square 1016×708 MP4, a DICOM
+/// cine, all frames and the zero-shot preset. The same machine gives the same bits; 1e-5 leaves
+/// room for another CPU's kernels.
+#[test]
+fn streamed_embeddings_equal_the_whole_video_path_they_replaced() {
+    let golden: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root().join("tests/fixtures/streaming/embeddings-before.json")).unwrap()).unwrap();
+    let (model, pre) = tiny();
+    let cases = golden["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 4);
+    for c in cases {
+        let file = root().join(c["file"].as_str().unwrap());
+        let sampling: FrameSampling = c["sampling"].as_str().unwrap().parse().unwrap();
+        let e =
+            echovault::engine::embed_video(&model, &pre, &file, &read(sampling, echovault::media::DEFAULT_MAX_FRAMES, false), 32).unwrap();
+        let want_frames = c["frames"].as_array().unwrap();
+        assert_eq!(e.embedding.frames.len(), want_frames.len(), "{file:?}");
+        assert_eq!(e.info.frames as u64, c["frames_decoded"].as_u64().unwrap());
+        assert_eq!((e.sampling, e.selected), (sampling, want_frames.len()), "under the bound: nothing thinned");
+        let v: Vec<f32> = serde_json::from_value(c["embedding"].clone()).unwrap();
+        assert!(max_diff(&e.embedding.video, &v) <= 1e-5, "{file:?} {sampling}: video embedding moved");
+        for (ours, theirs) in e.embedding.frames.iter().zip(want_frames) {
+            let theirs: Vec<f32> = serde_json::from_value(theirs.clone()).unwrap();
+            assert!(max_diff(ours, &theirs) <= 1e-5, "{file:?} {sampling}: a frame embedding moved");
+        }
+    }
+}
+
+/// Past the bound a cine is thinned evenly: the frames kept are those of the sampling with its
+/// step widened (24 frames, at most 5: every 5th, 0..20), byte-identical to ffmpeg's decode of
+/// those frames, and embedded as the same frames asked for explicitly would be. A DICOM cine
+/// (random access: only the kept frames are decoded) likewise.
+#[test]
+fn a_cine_past_the_bound_is_thinned_evenly_to_the_frames_a_wider_step_selects() {
+    let avi = root().join("data-samples/clips/a4c_normal_01.avi");
+    let (info, s) = echovault::media::read_cine(&avi, &read(FrameSampling::ALL, 5, false), Ok).unwrap();
+    assert_eq!((info.frames, s.selected, s.items.len(), s.capped()), (24, 24, 5, true));
+    assert_eq!(s.sampling, "0::5".parse().unwrap());
+    let reference = ffmpeg_rgb(&avi);
+    let frame_bytes = 112 * 96 * 3;
+    for (row, f) in s.items.iter().enumerate() {
+        let i = s.sampling.frame_of_row(row);
+        assert!(f.rgb == reference[i * frame_bytes..(i + 1) * frame_bytes], "kept row {row} is frame {i}");
+    }
+    let (model, pre) = tiny();
+    for (file, n, max, step) in [(avi.clone(), 24usize, 5, 5usize), (root().join("tests/fixtures/streaming/phantom-64.dcm"), 8, 3, 3)] {
+        let capped = echovault::engine::embed_video(&model, &pre, &file, &read(FrameSampling::ALL, max, false), 32).unwrap();
+        let explicit = FrameSampling { start: 0, end: None, step };
+        let asked = echovault::engine::embed_video(&model, &pre, &file, &read(explicit, 0, false), 32).unwrap();
+        assert_eq!((capped.sampling, capped.selected, capped.embedding.frames.len()), (explicit, n, n.div_ceil(step)), "{file:?}");
+        assert!(max_diff(&capped.embedding.video, &asked.embedding.video) <= 1e-6, "{file:?}");
+    }
+    let zs = echovault::media::read_cine(&avi, &read(FrameSampling::ZERO_SHOT, 4, false), Ok).unwrap().1;
+    assert_eq!((zs.sampling.to_string(), zs.selected, zs.items.len()), ("0:40:6".to_owned(), 12, 4), "12 of 24 selected, every 3rd kept");
+}
+
+/// `--crop-region` reaches the one decoding path of the commands that take a video: with it a
+/// DICOM cine's frames are cut to its ultrasound region (columns 8..55, rows 4..59 of 64×64),
+/// exactly as the uncropped frames cropped by hand; without it they are whole. `embed --video
+/// --crop-region` prints the embedding of the cropped frames.
+#[test]
+fn crop_region_applies_to_the_decoding_path_of_every_command() {
+    let file = root().join("tests/fixtures/streaming/phantom-64-region.dcm");
+    let (_, whole) = echovault::media::read_cine(&file, &read(FrameSampling::ALL, 0, false), Ok).unwrap();
+    let (_, cropped) = echovault::media::read_cine(&file, &read(FrameSampling::ALL, 0, true), Ok).unwrap();
+    assert_eq!((whole.items[0].width, whole.items[0].height), (64, 64));
+    assert_eq!(cropped.items.len(), 8);
+    for (w, c) in whole.items.iter().zip(&cropped.items) {
+        assert_eq!(&w.crop(8, 4, 48, 56).unwrap(), c);
+    }
+    let (model, pre) = tiny();
+    let by_hand: Vec<echovault::media::Frame> = cropped.items.clone();
+    let resized: Vec<echovault::media::Frame> = by_hand.iter().map(|f| pre.resize(f).unwrap()).collect();
+    let rows = echovault::engine::embed_images(&model, &pre, &resized.iter().collect::<Vec<_>>(), 32).unwrap();
+    let want = echovault::engine::mean_unit(&rows).unwrap();
+    let cli = |extra: &[&str]| -> Vec<f32> {
+        let o = Command::new(env!("CARGO_BIN_EXE_echovault"))
+            .args(["embed", "--device", "cpu", "--json", "--model", root().join("data-samples/echovault-tiny").to_str().unwrap()])
+            .args(["--video", file.to_str().unwrap()])
+            .args(extra)
+            .env_remove("ECHOVAULT_MODEL")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_value(serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["embedding"].clone()).unwrap()
+    };
+    let with = cli(&["--crop-region"]);
+    assert!(max_diff(&with, &want) <= 1e-6, "embed --video --crop-region embeds the region");
+    assert!(max_diff(&cli(&[]), &want) > 1e-3, "without the flag the whole frame is embedded");
+}

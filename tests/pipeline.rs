@@ -466,6 +466,7 @@ fn engine(idx: &Path, model: &Path) -> echovault::engine::Engine {
         channel_order: Default::default(),
         sampling: echovault::media::FrameSampling::ALL,
         frame_batch: 8,
+        max_frames: echovault::media::DEFAULT_MAX_FRAMES,
         template_vocab: None,
     })
     .unwrap()

@@ -18,7 +18,6 @@ pub use reports::{read_reports, ReportEntry};
 
 use crate::error::Error;
 use crate::media::dicom::DicomCine;
-use crate::media::Frame;
 use crate::pseudonym::patient_key;
 use echovault_index::StudyDate;
 use serde::Serialize;
@@ -132,7 +131,8 @@ type Gate<'a> = &'a (dyn Fn(&str, Option<StudyDate>, Option<&str>) -> Option<Pas
 
 /// A decoded input, ready to embed.
 struct Decoded {
-    frames: Vec<Frame>,
+    /// The kept frames, resized for the models as they were decoded.
+    frames: pipeline::VideoFrames,
     total_frames: usize,
     fps: Option<f64>,
     study: String,
@@ -150,7 +150,7 @@ fn decode_video(ctx: &pipeline::Ctx, path: &Path, id: &str, gate: Gate) -> Resul
     if let Some(pass) = gate(&study, None, None) {
         return Ok(Err(pass));
     }
-    let (info, frames) = crate::media::video::read_video(path, ctx.sampling)?;
+    let (info, frames) = ctx.read_video(path)?;
     let mut extra = BTreeMap::new();
     extra.insert("size".into(), format!("{}x{}", info.width, info.height));
     if let Some(announced) = info.announced.filter(|_| info.to_end) {
@@ -193,25 +193,7 @@ fn decode_dicom(ctx: &pipeline::Ctx, path: &Path, id: &str, opts: &IngestOptions
         return Ok(Err(pass));
     }
     let crop = if opts.crop_regions { info.crop_region().ok() } else { None };
-    let mut frames = Vec::new();
-    for i in 0..info.frames {
-        if ctx.sampling.selects(i) {
-            let f = cine.frame(i).map_err(|e| Error::media(path, e))?;
-            frames.push(match &crop {
-                Some(r) => {
-                    let (x, y, w, h) = r.rect(info.rows, info.cols);
-                    f.crop(x, y, w, h).unwrap_or(f)
-                }
-                None => f,
-            });
-        }
-        if ctx.sampling.done_after(i) {
-            break;
-        }
-    }
-    if frames.is_empty() {
-        return Err(Error::media(path, format!("the frame sampling selects none of its {} frames", info.frames)));
-    }
+    let frames = ctx.sample_dicom(&cine, path, crop.as_ref())?;
     let mut extra = BTreeMap::new();
     extra.insert("size".into(), format!("{}x{}", info.cols, info.rows));
     extra.insert("transfer_syntax".into(), info.transfer_syntax.clone());

@@ -1,10 +1,10 @@
 //! The ingest pipeline: stages on bounded crossbeam channels.
 //!
 //! ```text
-//! feeder ──todo──▶ decode ×N ──decoded──▶ preprocess ──prepared──▶ embed ──done──▶ write
-//!   │  (stat, ingest log)  (hash, skip, decode)    (resize, normalise)   (batched across   (one atomic
-//!   └──────────────── quick skips, failures, passes ────────────────────▶ videos, every   batch per video,
-//!                                                                          model; reports)  per report)
+//! feeder ──todo──▶ decode ×N ──decoded──▶ embed ──done──▶ write
+//!   │  (stat, ingest log)  (hash, skip, decode,     (batched across   (one atomic
+//!   │                       resize each frame)      videos, every     batch per video,
+//!   └───── quick skips, failures, passes ─────────▶ model; reports)   per report)
 //! ```
 //!
 //! - **feeder**: stats each discovered file; a file whose path, size and mtime the ingest log
@@ -12,12 +12,18 @@
 //!   skipped without being read.
 //! - **decode** (`workers` threads): content hash (the video's id); skip when indexed in every
 //!   space; DICOM header first (passes over non-images, `--since`, SOPInstanceUIDs already
-//!   indexed), then the sampled frames. A panic inside a decoder is caught and becomes that
-//!   file's failure.
-//! - **preprocess**: resize, crop, normalise, once per distinct preprocessing of the models.
+//!   indexed), then the sampled frames, streamed: each frame, as it is decoded, is cropped and
+//!   resized to each distinct input size of the models and kept as bytes at that size (what
+//!   the tower needs, [`Preprocess::resize`]); the decoded frame is dropped at once. At most
+//!   `max_frames` are kept per video (a longer selection is thinned evenly, see
+//!   [`crate::media::sampling`]; the item records `frames_selected` when it was). A panic
+//!   inside a decoder is caught and becomes that file's failure.
 //! - **embed** (the calling thread, which owns the LibTorch models): gathers videos until
-//!   `frame_batch` frames (or the queue runs dry), runs each model on the lot, splits the rows
-//!   back per video; then embeds the reports, batched.
+//!   `frame_batch` frames (or the queue runs dry), runs each model on the lot — each batch
+//!   normalised to f32 only when its turn comes, and split in halves when LibTorch fails on it
+//!   (out of memory), down to one frame; a video that fails even so fails alone, with
+//!   LibTorch's message, and the run goes on — splits the rows back per video; then embeds the
+//!   reports, batched.
 //! - **write**: per video one atomic batch — item, frame embeddings (f16),
 //!   video embedding and the refreshed study embedding in every space, the ingest-log entries,
 //!   the error entry cleared; per report one batch. A study's embedding is the normalised mean of
@@ -26,10 +32,13 @@
 //!   to disk every second and at the end (a power cut loses at most the last second, which the
 //!   next run redoes: ingest is idempotent).
 //!
-//! **Memory bound.** Each channel holds at most `queue` items (default 2), so at any time at
-//! most `workers + queue + 1` decoded videos (raw frames) and `2·queue + 1` preprocessed ones
-//! plus the embed batch (≤ `frame_batch` frames, or one video) are alive: memory is bounded by
-//! the largest videos times about `workers + 3·queue + 3`, whatever the number of files. The
+//! **Memory bound.** A decoded frame lives only until it is resized; a video is held as at most
+//! `max_frames` frames of `S × S × 3` bytes per distinct model input size `S` (512 × 224² × 3
+//! = 75 MiB by default), whatever its length or resolution. Each channel holds at most `queue`
+//! videos (default 2), so at any time at most `workers + queue` videos are being decoded or
+//! wait, plus those gathered for one embed batch (≤ `frame_batch` frames, or one video), plus
+//! one f32 batch (`frame_batch × 3 × S × S`) and the forward pass's activations: memory is
+//! bounded by about `workers + queue + 2` bounded videos, whatever the number of files. The
 //! discovered file list (paths only) is the one thing that grows with the export.
 //!
 //! **Failure.** Every stage ends when its input closes or its output is gone, so a stage that
@@ -42,8 +51,8 @@ use super::{
 };
 use crate::engine::{mean_unit, Engine};
 use crate::error::Error;
-use crate::media::{FrameSampling, Preprocess};
-use crate::model::clip;
+use crate::media::dicom::{DicomCine, UsRegion};
+use crate::media::{Frame, FrameSampling, Preprocess, ReadOptions, Sampled};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use echovault_index::{Durability, Index, ItemId, ItemRecord, Kind, SpaceId, StudyDate};
 use serde::{Deserialize, Serialize};
@@ -52,10 +61,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use tch::Tensor;
 
 /// What the stages other than embedding need: the index, the frame sampling, and per model its
-/// space and preprocessing (the models themselves stay on the embedding thread: LibTorch
+/// space and input size (the models themselves stay on the embedding thread: LibTorch
 /// modules are not shared between threads).
 #[derive(Debug)]
 pub struct Ctx<'a> {
@@ -63,8 +71,46 @@ pub struct Ctx<'a> {
     pub index: &'a Index,
     /// Frames embedded per video.
     pub sampling: FrameSampling,
-    /// Per model: its space and preprocessing.
-    pub spaces: Vec<(SpaceId, Preprocess)>,
+    /// The sampling, the frame bound and the crop.
+    pub read: ReadOptions,
+    /// Per model: its space and the index in `resizers` of its input size.
+    pub spaces: Vec<(SpaceId, usize)>,
+    /// One resizing per distinct input size of the models.
+    pub resizers: Vec<Preprocess>,
+}
+
+/// A sampled frame at each distinct input size of the models ([`Ctx::resizers`]), as bytes.
+pub(crate) type Resized = Vec<Frame>;
+
+/// The frames kept of a video, at the models' input sizes.
+pub(crate) type VideoFrames = Sampled<Resized>;
+
+impl Ctx<'_> {
+    /// The frames the run's sampling and bound keep of a DICOM cine (each cropped to `crop`
+    /// when given), resized as they are decoded.
+    pub(crate) fn sample_dicom(&self, cine: &DicomCine, path: &Path, crop: Option<&UsRegion>) -> Result<VideoFrames, Error> {
+        crate::media::stream::sample_dicom(cine, path, &self.read, crop, |f| self.resize(path, &f))
+    }
+
+    /// The frames the run's sampling and bound keep of a video file, resized as they are
+    /// decoded.
+    #[cfg(feature = "video")]
+    pub(crate) fn read_video(&self, path: &Path) -> Result<(crate::media::video::VideoInfo, VideoFrames), Error> {
+        crate::media::video::read_video_each(path, &self.read, |f| self.resize(path, &f))
+    }
+
+    fn resize(&self, path: &Path, f: &Frame) -> Result<Resized, Error> {
+        self.resizers
+            .iter()
+            .map(|p| {
+                p.resize(f).map_err(|e| match e {
+                    Error::Invalid(reason) => Error::media(path, reason),
+                    Error::Torch(t) => Error::media(path, format!("resizing a frame: libtorch: {}", crate::model::batches::brief(&t))),
+                    other => other,
+                })
+            })
+            .collect()
+    }
 }
 
 /// Where a run stands, passed to the progress callback after each input and each report.
@@ -139,16 +185,6 @@ struct DecodedJob {
     decoded: Decoded,
     /// Indices of the engine's embedders whose space lacks this video.
     needs: Vec<usize>,
-}
-
-struct Prepared {
-    input: Discovered,
-    id: String,
-    decoded: Decoded,
-    needs: Vec<usize>,
-    /// One `[n, 3, S, S]` tensor per needed embedder (shared when preprocessing agrees).
-    tensors: Vec<Tensor>,
-    n_frames: usize,
 }
 
 struct Embedded {
@@ -226,14 +262,23 @@ pub fn ingest(
 
     let (todo_tx, todo_rx) = bounded::<Job>(queue);
     let (dec_tx, dec_rx) = bounded::<DecodedJob>(queue);
-    let (prep_tx, prep_rx) = bounded::<Prepared>(queue);
     let (done_tx, done_rx) = bounded::<Done>(queue.max(workers));
 
-    let ctx = Ctx {
-        index: &engine.index,
-        sampling: engine.sampling,
-        spaces: engine.embedders.iter().map(|e| (e.space, e.preprocess.clone())).collect(),
-    };
+    let mut resizers: Vec<Preprocess> = Vec::new();
+    let mut spaces = Vec::new();
+    for e in &engine.embedders {
+        // Resizing depends only on the input size: models of one size share their frames.
+        let k = match resizers.iter().position(|p| p.size == e.preprocess.size) {
+            Some(k) => k,
+            None => {
+                resizers.push(e.preprocess.clone());
+                resizers.len() - 1
+            }
+        };
+        spaces.push((e.space, k));
+    }
+    let read = ReadOptions { sampling: engine.sampling, max_frames: engine.max_frames, crop_regions: opts.crop_regions };
+    let ctx = Ctx { index: &engine.index, sampling: engine.sampling, read, spaces, resizers };
     let gate = |study: &str, date: Option<StudyDate>, sop: Option<&str>| -> Option<Pass> {
         if let Some(since) = opts.since {
             let date = date.or_else(|| facts.dates.get(study).copied());
@@ -262,10 +307,6 @@ pub fn ingest(
             decoders.push(s.spawn(move || decode_stage(ctx, opts, gate, &todo_rx, &dec_tx, &done_tx, stop)));
         }
         drop((todo_rx, dec_tx));
-        let pre = {
-            let done_tx = done_tx.clone();
-            s.spawn(move || preprocess_stage(ctx, &dec_rx, &prep_tx, &done_tx))
-        };
         let summary = &mut summary;
         let writer = s.spawn(move || {
             let r = write_stage(ctx, &done_rx, facts, summary, start, &mut progress);
@@ -277,8 +318,8 @@ pub fn ingest(
             r
         });
         // Embedding runs on this thread, which owns the models.
-        let embedded = embed_stage(engine, &prep_rx, &done_tx, reports, opts.cancel.as_deref());
-        drop((prep_rx, done_tx));
+        let embedded = embed_stage(engine, ctx, &dec_rx, &done_tx, reports, opts.cancel.as_deref());
+        drop((dec_rx, done_tx));
         if embedded.is_err() {
             stop.store(true, Ordering::SeqCst);
         }
@@ -297,7 +338,6 @@ pub fn ingest(
         for d in decoders {
             join("decode", d);
         }
-        join("preprocess", pre);
         if let Some(e) = stage_error {
             return Err(e);
         }
@@ -445,53 +485,16 @@ fn decode_job(ctx: &Ctx, opts: &IngestOptions, gate: Gate, input: &Discovered) -
     }
 }
 
-fn preprocess_stage(ctx: &Ctx, input: &Receiver<DecodedJob>, out: &Sender<Prepared>, done: &Sender<Done>) -> Result<(), Error> {
-    for job in input {
-        let path = job.input.path.clone();
-        let result = catch_unwind(AssertUnwindSafe(|| prepare(ctx, job)))
-            .unwrap_or_else(|_| Err(Error::media(&path, "preprocessing panicked on this file")));
-        let sent = match result {
-            Ok(p) => out.send(p).is_ok(),
-            Err(e) => done.send(Done::Failed(failure(&path, &e))).is_ok(),
-        };
-        if !sent {
-            break;
-        }
-    }
-    Ok(())
-}
-
-fn prepare(ctx: &Ctx, job: DecodedJob) -> Result<Prepared, Error> {
-    let DecodedJob { input, id, mut decoded, needs } = job;
-    let mut tensors: Vec<Tensor> = Vec::with_capacity(needs.len());
-    for (k, &i) in needs.iter().enumerate() {
-        let pre = &ctx.spaces[i].1;
-        // Models with the same preprocessing share one tensor.
-        let same = needs[..k].iter().position(|&j| ctx.spaces[j].1 == *pre);
-        let t = match same {
-            Some(p) => tensors[p].shallow_clone(),
-            None => pre.frames(&decoded.frames).map_err(|e| match e {
-                Error::Invalid(reason) => Error::media(&input.path, reason),
-                other => other,
-            })?,
-        };
-        tensors.push(t);
-    }
-    let n_frames = decoded.frames.len();
-    // The raw frames are no longer needed: free them before the video waits for its batch.
-    decoded.frames = Vec::new();
-    Ok(Prepared { input, id, decoded, needs, tensors, n_frames })
-}
-
 fn embed_stage(
     engine: &Engine,
-    input: &Receiver<Prepared>,
+    ctx: &Ctx,
+    input: &Receiver<DecodedJob>,
     done: &Sender<Done>,
     reports: Vec<ReportJob>,
     cancel: Option<&AtomicBool>,
 ) -> Result<(), Error> {
     let batch_frames = engine.embedders.iter().map(|e| e.frame_batch).min().unwrap_or(1).max(1);
-    let mut pending: Vec<Prepared> = Vec::new();
+    let mut pending: Vec<DecodedJob> = Vec::new();
     let mut frames = 0usize;
     loop {
         // Take what is queued; block only when there is nothing to embed yet.
@@ -505,13 +508,13 @@ fn embed_stage(
         };
         // With nothing more queued, embed what is pending rather than wait.
         if let Some(p) = next {
-            frames += p.n_frames;
+            frames += p.decoded.frames.items.len();
             pending.push(p);
             if frames < batch_frames {
                 continue;
             }
         }
-        for d in embed_batch(engine, std::mem::take(&mut pending)) {
+        for d in embed_batch(engine, ctx, std::mem::take(&mut pending)) {
             if done.send(d).is_err() {
                 return Ok(());
             }
@@ -519,7 +522,7 @@ fn embed_stage(
         frames = 0;
     }
     if !pending.is_empty() {
-        for d in embed_batch(engine, pending) {
+        for d in embed_batch(engine, ctx, pending) {
             if done.send(d).is_err() {
                 return Ok(());
             }
@@ -534,13 +537,13 @@ fn embed_stage(
 
 /// Embeds the frames of several videos in shared forward passes; a video whose pass fails is
 /// retried alone, so one bad video fails alone.
-fn embed_batch(engine: &Engine, videos: Vec<Prepared>) -> Vec<Done> {
-    match embed_together(engine, &videos) {
+fn embed_batch(engine: &Engine, ctx: &Ctx, videos: Vec<DecodedJob>) -> Vec<Done> {
+    match embed_together(engine, ctx, &videos) {
         Ok(per_video) => videos.into_iter().zip(per_video).map(|(p, spaces)| embedded(p, spaces)).collect(),
         Err(e) if videos.len() == 1 => videos.into_iter().map(|p| Done::Failed(failure(&p.input.path, &e))).collect(),
         Err(_) => videos
             .into_iter()
-            .map(|p| match embed_together(engine, std::slice::from_ref(&p)) {
+            .map(|p| match embed_together(engine, ctx, std::slice::from_ref(&p)) {
                 Ok(mut s) => embedded(p, s.remove(0)),
                 Err(e) => Done::Failed(failure(&p.input.path, &e)),
             })
@@ -548,36 +551,28 @@ fn embed_batch(engine: &Engine, videos: Vec<Prepared>) -> Vec<Done> {
     }
 }
 
-fn embedded(p: Prepared, spaces: Vec<(usize, Vec<f32>, Vec<Vec<f32>>)>) -> Done {
-    Done::Video(Box::new(Embedded { input: p.input, id: p.id, decoded: p.decoded, spaces }))
+fn embedded(p: DecodedJob, spaces: SpaceRows) -> Done {
+    let DecodedJob { input, id, mut decoded, .. } = p;
+    // The frames are embedded: free them before the video waits to be written.
+    decoded.frames.items = Vec::new();
+    Done::Video(Box::new(Embedded { input, id, decoded, spaces }))
 }
 
 type SpaceRows = Vec<(usize, Vec<f32>, Vec<Vec<f32>>)>;
 
-fn embed_together(engine: &Engine, videos: &[Prepared]) -> Result<Vec<SpaceRows>, Error> {
+fn embed_together(engine: &Engine, ctx: &Ctx, videos: &[DecodedJob]) -> Result<Vec<SpaceRows>, Error> {
     let mut out: Vec<SpaceRows> = videos.iter().map(|_| Vec::new()).collect();
     for (i, e) in engine.embedders.iter().enumerate() {
-        // The videos needing this model, with their tensor for it.
-        let members: Vec<(usize, &Tensor, usize)> = videos
-            .iter()
-            .enumerate()
-            .filter_map(|(v, p)| p.needs.iter().position(|&n| n == i).map(|k| (v, &p.tensors[k], p.n_frames)))
-            .collect();
+        // The videos needing this model, and their frames at its input size, in order.
+        let members: Vec<usize> = (0..videos.len()).filter(|&v| videos[v].needs.contains(&i)).collect();
         if members.is_empty() {
             continue;
         }
-        let all = Tensor::cat(&members.iter().map(|(_, t, _)| *t).collect::<Vec<_>>(), 0);
-        let total = all.size()[0];
-        let mut rows: Vec<Vec<f32>> = Vec::with_capacity(total as usize);
-        let step = e.frame_batch.max(1) as i64;
-        let mut at = 0i64;
-        while at < total {
-            let n = step.min(total - at);
-            rows.extend(clip::rows(&e.model.encode_images(&all.narrow(0, at, n))?)?);
-            at += n;
-        }
-        let mut rows = rows.into_iter();
-        for (v, _, n) in members {
+        let size = ctx.spaces[i].1;
+        let frames: Vec<&Frame> = members.iter().flat_map(|&v| videos[v].decoded.frames.items.iter().map(move |r| &r[size])).collect();
+        let mut rows = e.embed_resized(&frames)?.into_iter();
+        for v in members {
+            let n = videos[v].decoded.frames.items.len();
             let frames: Vec<Vec<f32>> = rows.by_ref().take(n).collect();
             let video = mean_unit(&frames).ok_or_else(|| Error::Invalid("no frames to embed".into()))?;
             out[v].push((i, video, frames));
@@ -807,8 +802,15 @@ fn write_video(ctx: &Ctx, e: &Embedded, facts: &StudyFacts, members: &mut Member
     rec.fps = d.fps;
     rec.extra = d.extra.clone();
     rec.extra.insert("embedded_frames".into(), e.spaces.first().map_or(0, |s| s.2.len()).to_string());
-    // Which frames the stored frame embeddings are (zero-shot readings pick theirs from them).
-    rec.extra.insert("sampling".into(), ctx.sampling.to_string());
+    // Which frames the stored frame embeddings are (zero-shot readings pick theirs from them):
+    // the run's sampling, its step widened when the bound thinned a long cine.
+    let kept = &d.frames;
+    rec.extra.insert("sampling".into(), kept.sampling.to_string());
+    if kept.sampling != ctx.sampling {
+        // Capped: how many frames the sampling selected, and the bound that thinned them.
+        rec.extra.insert("frames_selected".into(), kept.selected.to_string());
+        rec.extra.insert("max_frames".into(), ctx.read.max_frames.to_string());
+    }
     let mut b = index.batch();
     b.put_item(rec.clone());
     let study = members.entry(d.study.clone()).or_default();

@@ -6,12 +6,14 @@ mod frame;
 pub mod image;
 pub mod preprocess;
 pub mod sampling;
+pub mod stream;
 #[cfg(feature = "video")]
 pub mod video;
 
 pub use frame::Frame;
 pub use preprocess::{ChannelOrder, Preprocess};
-pub use sampling::FrameSampling;
+pub use sampling::{FrameSampling, DEFAULT_MAX_FRAMES};
+pub use stream::{ReadOptions, Sampled};
 
 /// Container formats decoded through FFmpeg (by file extension, lower case).
 pub const VIDEO_EXTENSIONS: [&str; 4] = ["avi", "mp4", "mov", "mkv"];
@@ -34,38 +36,41 @@ pub struct CineInfo {
     pub fps: Option<f64>,
 }
 
-/// Decodes the frames `sampling` selects from a DICOM cine (recognised by content, whatever the
-/// file name) or else a video file through FFmpeg: the one decoding path of every command that
-/// takes a video (`search --video`, `embed --video`, the server's uploads), as `ingest` reads
-/// them. A selection that keeps no frame is an error.
-pub fn read_sampled(path: &std::path::Path, sampling: FrameSampling) -> Result<(CineInfo, Vec<Frame>), crate::Error> {
+/// Decodes the frames `opts` selects from a DICOM cine (recognised by content, whatever the
+/// file name) or else a video file through FFmpeg, handing each kept frame to `each` as soon as
+/// it is decoded: the one decoding path of every command that takes a video (`search --video`,
+/// `embed --video`, the server's uploads), as `ingest` reads them — the same frame bound
+/// (`max_frames`, thinned evenly) and, with `crop_regions`, the same crop of a DICOM cine to its
+/// ultrasound region. A selection that keeps no frame is an error.
+pub fn read_cine<T>(
+    path: &std::path::Path,
+    opts: &ReadOptions,
+    each: impl FnMut(Frame) -> Result<T, crate::Error>,
+) -> Result<(CineInfo, Sampled<T>), crate::Error> {
     if dicom::is_dicom(path) {
         let cine = dicom::DicomCine::open(path).map_err(|e| crate::Error::media(path, e))?;
+        let crop = stream::crop_of(&cine, opts);
+        let sampled = stream::sample_dicom(&cine, path, opts, crop.as_ref(), each)?;
         let info = cine.info();
-        let mut frames = Vec::new();
-        for i in 0..info.frames {
-            if sampling.selects(i) {
-                frames.push(cine.frame(i).map_err(|e| crate::Error::media(path, e))?);
-            }
-            if sampling.done_after(i) {
-                break;
-            }
-        }
-        if frames.is_empty() {
-            return Err(crate::Error::media(path, format!("the frame sampling selects none of its {} frames", info.frames)));
-        }
-        return Ok((CineInfo { frames: info.frames, width: info.cols, height: info.rows, fps: info.fps }, frames));
+        return Ok((CineInfo { frames: info.frames, width: info.cols, height: info.rows, fps: info.fps }, sampled));
     }
     #[cfg(feature = "video")]
     {
-        let (v, frames) = video::read_video(path, sampling)?;
-        Ok((CineInfo { frames: v.frames, width: v.width, height: v.height, fps: Some(v.fps) }, frames))
+        let (v, sampled) = video::read_video_each(path, opts, each)?;
+        Ok((CineInfo { frames: v.frames, width: v.width, height: v.height, fps: Some(v.fps) }, sampled))
     }
     #[cfg(not(feature = "video"))]
     {
-        let _ = sampling;
+        let _ = (opts, each);
         Err(crate::Error::media(path, "this echovault was built without the `video` feature (FFmpeg)"))
     }
+}
+
+/// [`read_cine`] keeping the decoded frames themselves, every one `sampling` selects (no
+/// bound, no crop).
+pub fn read_sampled(path: &std::path::Path, sampling: FrameSampling) -> Result<(CineInfo, Vec<Frame>), crate::Error> {
+    let (info, s) = read_cine(path, &ReadOptions { sampling, max_frames: 0, crop_regions: false }, Ok)?;
+    Ok((info, s.items))
 }
 
 /// Decodes a DICOM cine (recognised by content) or a video file, keeping frame `i` when

@@ -51,6 +51,13 @@ pub struct Preprocess {
     pub order: ChannelOrder,
 }
 
+/// A 0-dim f32 tensor: the operand of an elementwise op with a constant. Not a `tch::Scalar`:
+/// an op with a `Scalar` argument that fails panics in tch 0.24 instead of returning its error
+/// (the `Scalar` is freed, and the pending LibTorch error checked, before the op's own check).
+pub(crate) fn scalar(v: f32) -> Tensor {
+    Tensor::from(v)
+}
+
 /// Python's `round` (half to even), as the reference's crop arithmetic uses it.
 fn py_round(x: f64) -> i64 {
     x.round_ties_even() as i64
@@ -86,7 +93,65 @@ pub fn crop_box(w: usize, h: usize) -> (usize, usize, usize, usize) {
 }
 
 impl Preprocess {
-    /// Frames (all the same size) → `[N, 3, size, size]` f32 CPU tensor.
+    /// One frame → the `size × size` RGB frame the tower sees before normalisation: the
+    /// reference crop, then PyTorch's bicubic resize rounded and clamped back to 8-bit levels
+    /// (what OpenCV's uint8 `INTER_CUBIC` gives). Exactly the values the whole-video path held
+    /// in f32, so keeping them as bytes loses nothing: streaming decoders keep this (4× smaller
+    /// than f32, and at model resolution) instead of the decoded frame.
+    pub fn resize(&self, frame: &Frame) -> Result<Frame, Error> {
+        let (w, h) = (frame.width, frame.height);
+        if w == 0 || h == 0 || frame.rgb.len() != w * h * 3 {
+            return Err(Error::Invalid(format!("frame has zero size or a wrong byte count ({w}×{h}, {} bytes)", frame.rgb.len())));
+        }
+        let (x0, y0, cw, ch) = crop_box(w, h);
+        let s = usize::try_from(self.size).map_err(|_| Error::Invalid(format!("image size {}", self.size)))?;
+        let cropped = frame.crop(x0, y0, cw, ch).ok_or_else(|| Error::Invalid(format!("crop of a {w}×{h} frame")))?;
+        if (cw, ch) == (s, s) {
+            return Ok(cropped);
+        }
+        let _guard = tch::no_grad_guard();
+        let x = Tensor::f_from_slice(&cropped.rgb)?
+            .f_reshape([1, ch as i64, cw as i64, 3])?
+            .f_permute([0, 3, 1, 2])?
+            .f_to_kind(Kind::Float)?
+            .f_upsample_bicubic2d([self.size, self.size], false, None, None)?
+            .f_round()?
+            .f_clamp_tensor(Some(&scalar(0.0)), Some(&scalar(255.0)))?
+            .f_to_kind(Kind::Uint8)?
+            .f_permute([0, 2, 3, 1])?
+            .f_contiguous()?;
+        let rgb = Vec::<u8>::try_from(x.f_reshape([-1])?)?;
+        Frame::new(s, s, rgb).ok_or_else(|| Error::Invalid("resized frame has an unexpected size".into()))
+    }
+
+    /// Frames already at the tower's size (from [`Preprocess::resize`]) → `[N, 3, size, size]`
+    /// f32 CPU tensor: channel order, scale to [0, 1], CLIP mean/std.
+    pub fn normalise(&self, frames: &[&Frame]) -> Result<Tensor, Error> {
+        let s = self.size as usize;
+        if frames.is_empty() {
+            return Err(Error::Invalid("no frames to preprocess".into()));
+        }
+        if let Some(f) = frames.iter().find(|f| f.width != s || f.height != s || f.rgb.len() != s * s * 3) {
+            return Err(Error::Invalid(format!("a {}×{} frame where the tower takes {s}×{s}", f.width, f.height)));
+        }
+        let mut buf = Vec::with_capacity(frames.len() * s * s * 3);
+        for f in frames {
+            buf.extend_from_slice(&f.rgb);
+        }
+        let _guard = tch::no_grad_guard();
+        let x = Tensor::f_from_slice(&buf)?.f_reshape([frames.len() as i64, self.size, self.size, 3])?;
+        let x = match self.order {
+            ChannelOrder::Rgb => x,
+            ChannelOrder::Bgr => x.f_flip([3])?,
+        };
+        let x = x.f_permute([0, 3, 1, 2])?.f_to_kind(Kind::Float)?;
+        let mean = Tensor::f_from_slice(&self.mean)?.f_to_kind(Kind::Float)?.f_reshape([1, 3, 1, 1])?;
+        let std = Tensor::f_from_slice(&self.std)?.f_to_kind(Kind::Float)?.f_reshape([1, 3, 1, 1])?;
+        Ok(x.f_div(&scalar(255.0))?.f_sub(&mean)?.f_div(&std)?)
+    }
+
+    /// Frames (all the same size) → `[N, 3, size, size]` f32 CPU tensor: [`Preprocess::resize`]
+    /// of each, then [`Preprocess::normalise`].
     pub fn frames(&self, frames: &[Frame]) -> Result<Tensor, Error> {
         let Some(first) = frames.first() else {
             return Err(Error::Invalid("no frames to preprocess".into()));
@@ -98,29 +163,8 @@ impl Preprocess {
         if let Some(f) = frames.iter().find(|f| f.width != w || f.height != h) {
             return Err(Error::Invalid(format!("frames change size within a cine ({w}×{h} then {}×{})", f.width, f.height)));
         }
-        let (x0, y0, cw, ch) = crop_box(w, h);
-        let mut buf = Vec::with_capacity(frames.len() * cw * ch * 3);
-        for f in frames {
-            for row in y0..y0 + ch {
-                let start = (row * w + x0) * 3;
-                buf.extend_from_slice(&f.rgb[start..start + cw * 3]);
-            }
-        }
-        let _guard = tch::no_grad_guard();
-        let x = Tensor::from_slice(&buf).reshape([frames.len() as i64, ch as i64, cw as i64, 3]);
-        let x = match self.order {
-            ChannelOrder::Rgb => x,
-            ChannelOrder::Bgr => x.flip([3]),
-        };
-        let x = x.permute([0, 3, 1, 2]).to_kind(Kind::Float);
-        let x = if (cw as i64, ch as i64) == (self.size, self.size) {
-            x
-        } else {
-            x.upsample_bicubic2d([self.size, self.size], false, None, None).round().clamp(0.0, 255.0)
-        };
-        let mean = Tensor::from_slice(&self.mean).to_kind(Kind::Float).reshape([1, 3, 1, 1]);
-        let std = Tensor::from_slice(&self.std).to_kind(Kind::Float).reshape([1, 3, 1, 1]);
-        Ok((x / 255.0 - mean) / std)
+        let resized = frames.iter().map(|f| self.resize(f)).collect::<Result<Vec<_>, _>>()?;
+        self.normalise(&resized.iter().collect::<Vec<_>>())
     }
 }
 

@@ -1,8 +1,23 @@
 //! Which frames of a cine are embedded. Two presets from the EchoCLIP paper's code: zero-shot
 //! readings use frames 0..40 with stride 2 (at most 20 frames); EchoCLIP-R retrieval embeddings
 //! average all frames.
+//!
+//! **The frame bound.** A cine of more frames than `max_frames` (default
+//! [`DEFAULT_MAX_FRAMES`], `--max-frames`) selected is thinned evenly: the sampling's step is
+//! multiplied by the smallest whole `k` that brings the count within the bound
+//! ([`FrameSampling::capped`]), so the frames kept are the first selected one and every `k`-th
+//! after it — evenly spaced over the whole cine, between half the bound and the bound of them,
+//! and still a `START:END:STEP` that the index records (zero-shot readings pick their frames
+//! from it). A cine whose length is not known before decoding (a video whose container does not
+//! say) doubles the step each time the kept frames pass the bound, dropping every other one
+//! kept: the same kind of selection. Cines within the bound are embedded exactly as before.
 
 use std::str::FromStr;
+
+/// Frames embedded per video at most, by default. A cine of up to 512 selected frames (17 s at
+/// 30 frames/s, 5 s at 100) is embedded whole; at the models' 224 px each kept frame holds
+/// 147 KiB, so one video holds at most 75 MiB while it waits to be embedded.
+pub const DEFAULT_MAX_FRAMES: usize = 512;
 
 /// A frame selection: `start..end` (end exclusive, `None` = to the last frame) every `step`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +82,31 @@ impl std::fmt::Display for FrameSampling {
 }
 
 impl FrameSampling {
+    /// How many of a cine's `n` frames this sampling selects.
+    pub fn count(&self, n: usize) -> usize {
+        let end = self.end.map_or(n, |e| e.min(n));
+        if end <= self.start {
+            0
+        } else {
+            (end - self.start - 1) / self.step.max(1) + 1
+        }
+    }
+
+    /// This sampling with its step multiplied by `k` (≥ 1): every `k`-th of its frames.
+    pub fn thinned(&self, k: usize) -> FrameSampling {
+        FrameSampling { step: self.step.max(1) * k.max(1), ..*self }
+    }
+
+    /// This sampling thinned evenly so that it selects at most `max` of `n` frames: the step
+    /// multiplied by the smallest `k` that does (see the module's note). `max` 0 is no bound.
+    pub fn capped(&self, n: usize, max: usize) -> FrameSampling {
+        let count = self.count(n);
+        if max == 0 || count <= max {
+            return *self;
+        }
+        self.thinned(count.div_ceil(max))
+    }
+
     /// Frame index of the `row`-th frame this sampling selects (frames it stores in that order).
     pub fn frame_of_row(&self, row: usize) -> usize {
         self.start + row * self.step.max(1)
@@ -90,5 +130,37 @@ mod tests {
             assert_eq!(s.to_string().parse::<FrameSampling>().unwrap(), s);
         }
         assert_eq!(FrameSampling::ZERO_SHOT.frame_of_row(3), 6);
+    }
+
+    #[test]
+    fn count_matches_selects() {
+        for s in [FrameSampling::ALL, FrameSampling::ZERO_SHOT, FrameSampling { start: 3, end: Some(50), step: 7 }] {
+            for n in [0, 1, 2, 3, 4, 39, 40, 41, 100] {
+                assert_eq!(s.count(n), (0..n).filter(|&i| s.selects(i)).count(), "{s} of {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn capping_thins_evenly_within_the_bound_and_keeps_short_cines_whole() {
+        let all = FrameSampling::ALL;
+        assert_eq!(all.capped(512, 512), all, "at the bound: unchanged");
+        assert_eq!(all.capped(600, 0), all, "0: no bound");
+        let c = all.capped(600, 512);
+        assert_eq!(c, FrameSampling { start: 0, end: None, step: 2 });
+        assert_eq!(c.count(600), 300);
+        for (n, max) in [(600, 512), (1000, 7), (513, 512), (100_000, 512), (37, 3)] {
+            let c = all.capped(n, max);
+            let kept: Vec<usize> = (0..n).filter(|&i| c.selects(i)).collect();
+            assert!(kept.len() <= max && kept.len() * 2 >= max, "{n} frames, bound {max}: {} kept", kept.len());
+            assert_eq!(kept[0], 0);
+            assert!(kept.windows(2).all(|w| w[1] - w[0] == c.step), "evenly spaced");
+            // The smallest such step: one less would exceed the bound.
+            assert!(c.step == 1 || all.thinned(c.step - 1).count(n) > max);
+        }
+        // The zero-shot preset's 20 frames, bounded at 8: every third of them (0, 6, ..., 36).
+        let z = FrameSampling::ZERO_SHOT.capped(100, 8);
+        assert_eq!((0..100).filter(|&i| z.selects(i)).collect::<Vec<_>>(), vec![0, 6, 12, 18, 24, 30, 36]);
+        assert_eq!(z.to_string(), "0:40:6");
     }
 }

@@ -1,8 +1,11 @@
 //! AVI / MP4 / MOV decoding through FFmpeg (`video-rs`): every frame as RGB, fps from the
-//! container. Frames not selected by the sampling are decoded (codecs need them) but not kept.
+//! container. Frames not selected by the sampling are decoded (codecs need them) but not kept;
+//! [`read_video_each`] hands each kept frame to the caller as it is decoded.
 
 use crate::error::Error;
+use crate::media::stream::{Keeper, ReadOptions, Sampled};
 use crate::media::{Frame, FrameSampling};
+use std::cell::RefCell;
 use std::path::Path;
 use std::sync::Once;
 
@@ -61,40 +64,101 @@ fn init() {
     });
 }
 
-/// Decodes `path`, keeping the frames `sampling` selects.
+/// Decodes `path`, keeping the frames `sampling` selects (every one: no bound).
 pub fn read_video(path: &Path, sampling: FrameSampling) -> Result<(VideoInfo, Vec<Frame>), Error> {
-    let (info, kept) = read_video_where(path, |i| sampling.selects(i), |i| sampling.done_after(i))?;
-    if kept.is_empty() {
+    let opts = ReadOptions { sampling, max_frames: 0, crop_regions: false };
+    let (info, s) = read_video_each(path, &opts, Ok)?;
+    Ok((info, s.items))
+}
+
+/// Decodes `path` frame by frame, passing each frame `opts` keeps through `each` as soon as it
+/// is decoded; at most `opts.max_frames` results are kept, the selection thinned evenly (up
+/// front from the frame count the container announces, and further as frames come should it
+/// hold more). A selection that keeps no frame is an error.
+pub fn read_video_each<T>(
+    path: &Path,
+    opts: &ReadOptions,
+    mut each: impl FnMut(Frame) -> Result<T, Error>,
+) -> Result<(VideoInfo, Sampled<T>), Error> {
+    let mut d = open(path)?;
+    // The selection is thinned up front only from a frame count the container wrote; a count
+    // converted from ticks (AVI) may be off, so such a video is thinned as its frames come.
+    let expected = d.announced.and_then(|(n, exact)| exact.then_some(n));
+    let keeper = RefCell::new(Keeper::new(opts, expected));
+    let info = decode(
+        path,
+        &mut d,
+        |i| keeper.borrow_mut().wants(i),
+        |i| keeper.borrow().done_after(i),
+        |_, f| {
+            let item = each(f)?;
+            keeper.borrow_mut().keep(item);
+            Ok(())
+        },
+    )?;
+    let s = keeper.into_inner().finish();
+    if s.items.is_empty() {
         return Err(Error::media(path, format!("the frame sampling selects none of its {} frames", info.frames)));
     }
-    Ok((info, kept))
+    Ok((info, s))
 }
 
 /// Decodes `path`, keeping frame `i` when `keep(i)`, stopping after frame `i` when `stop(i)`.
 /// With nothing kept, only counts frames (an empty selection is then not an error).
 pub fn read_video_where(path: &Path, keep: impl Fn(usize) -> bool, stop: impl Fn(usize) -> bool) -> Result<(VideoInfo, Vec<Frame>), Error> {
+    let mut d = open(path)?;
+    let mut kept = Vec::new();
+    let info = decode(path, &mut d, keep, stop, |_, f| {
+        kept.push(f);
+        Ok(())
+    })?;
+    Ok((info, kept))
+}
+
+/// An opened video and what its container says.
+struct Opened {
+    decoder: video_rs::Decoder,
+    size: (u32, u32),
+    fps: f64,
+    /// Frames announced, and whether as a count written (see [`VideoInfo::announced`]).
+    announced: Option<(usize, bool)>,
+}
+
+fn open(path: &Path) -> Result<Opened, Error> {
     init();
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if meta.len() == 0 {
         return Err(Error::media(path, "empty file"));
     }
-    let mut decoder = video_rs::Decoder::new(path).map_err(|e| Error::media(path, format!("cannot open as video: {e}")))?;
-    let (w, h) = decoder.size();
+    let decoder = video_rs::Decoder::new(path).map_err(|e| Error::media(path, format!("cannot open as video: {e}")))?;
+    let size = decoder.size();
     let fps = f64::from(decoder.frame_rate());
     let time_base = decoder.duration().map(|d| d.into_parts().1).map(|tb| (tb.numerator(), tb.denominator())).unwrap_or((0, 0));
     let announced = decoder.frames().ok().and_then(|n| announced_frames(path, n, time_base, fps));
-    let mut kept = Vec::new();
+    Ok(Opened { decoder, size, fps, announced })
+}
+
+/// Decodes every frame (codecs need them all), handing frame `i` to `take` when `want(i)`,
+/// until the stream ends or `stop(i)`.
+fn decode(
+    path: &Path,
+    d: &mut Opened,
+    mut want: impl FnMut(usize) -> bool,
+    stop: impl Fn(usize) -> bool,
+    mut take: impl FnMut(usize, Frame) -> Result<(), Error>,
+) -> Result<VideoInfo, Error> {
     let mut n = 0usize;
     let mut to_end = false;
     loop {
-        match decoder.decode() {
+        match d.decoder.decode() {
             Ok((_, frame)) => {
-                if keep(n) {
+                if want(n) {
                     let shape = frame.shape().to_vec();
                     let rgb = frame.as_slice().map(<[u8]>::to_vec).unwrap_or_else(|| frame.iter().copied().collect());
+                    drop(frame);
                     let f = Frame::new(shape[1], shape[0], rgb)
                         .ok_or_else(|| Error::media(path, format!("frame {n} has unexpected shape {shape:?}")))?;
-                    kept.push(f);
+                    take(n, f)?;
                 }
                 n += 1;
                 if stop(n - 1) {
@@ -111,11 +175,12 @@ pub fn read_video_where(path: &Path, keep: impl Fn(usize) -> bool, stop: impl Fn
     if n == 0 {
         return Err(Error::media(path, "no decodable frames"));
     }
-    let (announced, announced_exact) = match announced {
+    let (announced, announced_exact) = match d.announced {
         Some((n, exact)) => (Some(n), exact),
         None => (None, true),
     };
-    Ok((VideoInfo { frames: n, width: w as usize, height: h as usize, fps, announced, announced_exact, to_end }, kept))
+    let (w, h) = d.size;
+    Ok(VideoInfo { frames: n, width: w as usize, height: h as usize, fps: d.fps, announced, announced_exact, to_end })
 }
 
 #[cfg(test)]

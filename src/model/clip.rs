@@ -104,8 +104,8 @@ impl Clip {
 
     /// Unnormalised image and text features with autograd on (training): `images` `[N, 3, S, S]`
     /// on the model's device, `ids` `[N, context_length]` int64.
-    pub fn forward_train(&self, images: &Tensor, ids: &Tensor) -> (Tensor, Tensor) {
-        (lock(&self.visual).forward(images), lock(&self.text).forward(ids))
+    pub fn forward_train(&self, images: &Tensor, ids: &Tensor) -> Result<(Tensor, Tensor), Error> {
+        Ok((lock(&self.visual).forward(images)?, lock(&self.text).forward(ids)?))
     }
 
     /// Device the weights live on.
@@ -129,6 +129,8 @@ impl Clip {
     }
 
     /// `[N, 3, S, S]` preprocessed f32 images (any device) → `[N, D]` unit vectors, f32 on CPU.
+    /// A LibTorch failure (out of memory on the device or the host) is [`Error::Torch`], never a
+    /// panic: the caller may retry with fewer images.
     pub fn encode_images(&self, images: &Tensor) -> Result<Tensor, Error> {
         let s = self.image_size();
         let size = images.size();
@@ -136,9 +138,21 @@ impl Clip {
             return Err(Error::Invalid(format!("images must be [N, 3, {s}, {s}], got {size:?}")));
         }
         let _guard = tch::no_grad_guard();
-        let x = images.f_to_device(self.device)?.f_to_kind(self.kind)?;
-        let y = lock(&self.visual).forward(&x).to_kind(Kind::Float);
-        Ok(normalise(&y).to_device(Device::Cpu))
+        // The ops are fallible; a panic from tch itself (one of its ops that still unwraps) is
+        // caught too and becomes the same error, so that a caller can retry or fail one video.
+        let run = || -> Result<Tensor, Error> {
+            let x = images.f_to_device(self.device)?.f_to_kind(self.kind)?;
+            let y = lock(&self.visual).forward(&x)?.f_to_kind(Kind::Float)?;
+            Ok(f_normalise(&y)?.f_to_device(Device::Cpu)?)
+        };
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "a LibTorch call panicked".into());
+            Err(Error::Torch(tch::TchError::Torch(message)))
+        })
     }
 
     /// Token ids (`N` rows of `context_length`) → `[N, D]` unit vectors, f32 on CPU.
@@ -153,9 +167,9 @@ impl Clip {
         }
         let _guard = tch::no_grad_guard();
         let flat: Vec<i64> = ids.iter().flatten().copied().collect();
-        let t = Tensor::from_slice(&flat).reshape([ids.len() as i64, l as i64]).to_device(self.device);
-        let y = lock(&self.text).forward(&t).to_kind(Kind::Float);
-        Ok(normalise(&y).to_device(Device::Cpu))
+        let t = Tensor::f_from_slice(&flat)?.f_reshape([ids.len() as i64, l as i64])?.f_to_device(self.device)?;
+        let y = lock(&self.text).forward(&t)?.f_to_kind(Kind::Float)?;
+        Ok(f_normalise(&y)?.f_to_device(Device::Cpu)?)
     }
 }
 
@@ -171,10 +185,18 @@ pub fn normalise(x: &Tensor) -> Tensor {
     x / n
 }
 
+/// [`normalise`] with LibTorch's fallible ops (the inference path). The norm's order is a
+/// `tch::Scalar`, whose failure tch 0.24 turns into a panic (see `media::preprocess::scalar`):
+/// `encode_images` catches it; on `[N, D]` rows it is not where memory runs out.
+fn f_normalise(x: &Tensor) -> Result<Tensor, tch::TchError> {
+    let n = x.f_norm_scalaropt_dim(2.0, [-1i64].as_slice(), true)?.f_clamp_min_tensor(&crate::media::preprocess::scalar(1e-12))?;
+    x.f_div(&n)
+}
+
 /// A `[N, D]` f32 tensor as rows.
 pub fn rows(t: &Tensor) -> Result<Vec<Vec<f32>>, Error> {
-    let t = t.to_kind(Kind::Float).contiguous();
+    let t = t.f_to_kind(Kind::Float)?.f_contiguous()?;
     let (n, d) = t.size2()?;
-    let flat: Vec<f32> = Vec::<f32>::try_from(t.reshape([-1]))?;
+    let flat: Vec<f32> = Vec::<f32>::try_from(t.f_reshape([-1])?)?;
     Ok((0..n as usize).map(|i| flat[i * d as usize..(i + 1) * d as usize].to_vec()).collect())
 }

@@ -5,7 +5,7 @@
 use crate::error::Error;
 use crate::model::config::{ClipConfig, VisionConfig};
 use crate::model::weights::Weights;
-use tch::Tensor;
+use tch::{TchError, Tensor};
 
 /// timm ConvNeXt LayerNorm epsilon.
 const LN_EPS: f64 = 1e-6;
@@ -25,14 +25,14 @@ impl LayerNorm {
     }
 
     /// Normalises over the last dimension.
-    pub fn forward(&self, x: &Tensor) -> Tensor {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
         let n = *self.weight.size().last().unwrap_or(&1);
-        x.layer_norm([n], Some(&self.weight), Some(&self.bias), self.eps, false)
+        x.f_layer_norm([n], Some(&self.weight), Some(&self.bias), self.eps, false)
     }
 
     /// timm `LayerNorm2d`: normalises an NCHW tensor over C.
-    pub fn forward_nchw(&self, x: &Tensor) -> Tensor {
-        self.forward(&x.permute([0, 2, 3, 1])).permute([0, 3, 1, 2])
+    pub fn forward_nchw(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        self.forward(&x.f_permute([0, 2, 3, 1])?)?.f_permute([0, 3, 1, 2])
     }
 }
 
@@ -58,8 +58,8 @@ impl Conv {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Tensor {
-        x.conv2d(&self.weight, Some(&self.bias), [self.stride], [self.padding], [1], self.groups)
+    fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        x.f_conv2d(&self.weight, Some(&self.bias), [self.stride], [self.padding], [1], self.groups)
     }
 }
 
@@ -79,8 +79,8 @@ impl Linear {
     }
 
     /// `x W^T + b`.
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        x.f_linear(&self.weight, self.bias.as_ref())
     }
 }
 
@@ -105,10 +105,10 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let y = self.conv_dw.forward(x).permute([0, 2, 3, 1]);
-        let y = self.fc2.forward(&self.fc1.forward(&self.norm.forward(&y)).gelu("none"));
-        y.permute([0, 3, 1, 2]) * self.gamma.reshape([1, -1, 1, 1]) + x
+    fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        let y = self.conv_dw.forward(x)?.f_permute([0, 2, 3, 1])?;
+        let y = self.fc2.forward(&self.fc1.forward(&self.norm.forward(&y)?)?.f_gelu("none")?)?;
+        y.f_permute([0, 3, 1, 2])?.f_mul(&self.gamma.f_reshape([1, -1, 1, 1])?)?.f_add(x)
     }
 }
 
@@ -162,18 +162,20 @@ impl VisionTower {
         })
     }
 
-    /// `[N, 3, S, S]` normalised images → `[N, embed_dim]` (not normalised).
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        let mut x = self.stem.1.forward_nchw(&self.stem.0.forward(x));
+    /// `[N, 3, S, S]` normalised images → `[N, embed_dim]` (not normalised). Every op is
+    /// LibTorch's fallible form: an allocation that fails (CUDA out of memory, a CPU allocation
+    /// refused) is an error to handle, not a panic.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        let mut x = self.stem.1.forward_nchw(&self.stem.0.forward(x)?)?;
         for stage in &self.stages {
             if let Some((norm, conv)) = &stage.downsample {
-                x = conv.forward(&norm.forward_nchw(&x));
+                x = conv.forward(&norm.forward_nchw(&x)?)?;
             }
             for b in &stage.blocks {
-                x = b.forward(&x);
+                x = b.forward(&x)?;
             }
         }
-        let pooled = x.mean_dim([2i64, 3].as_slice(), false, None);
-        self.proj.forward(&self.head_norm.forward(&pooled))
+        let pooled = x.f_mean_dim([2i64, 3].as_slice(), false, None)?;
+        self.proj.forward(&self.head_norm.forward(&pooled)?)
     }
 }

@@ -6,7 +6,9 @@
 //! - [`weights`]: state-dict loading (`.bin` torch zip or `.safetensors`) with shape checks;
 //!   [`torch_zip`] reads `torch.save` files, with the strict unpickler [`torch_pickle`].
 //! - [`convnext`]: the image tower; [`text`]: the text tower; [`clip`]: both, and the snapshot loader.
+//! - [`batches`]: forward passes in batches that halve when LibTorch fails (out of memory).
 
+pub mod batches;
 pub mod clip;
 pub mod config;
 pub mod convnext;

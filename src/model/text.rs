@@ -8,7 +8,7 @@ use crate::error::Error;
 use crate::model::config::ClipConfig;
 use crate::model::convnext::{LayerNorm, Linear};
 use crate::model::weights::Weights;
-use tch::{Kind, Tensor};
+use tch::{Kind, TchError, Tensor};
 
 /// CLIP text LayerNorm epsilon (PyTorch default).
 const LN_EPS: f64 = 1e-5;
@@ -23,14 +23,14 @@ struct Attention {
 }
 
 impl Attention {
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let (b, l, w) = x.size3().unwrap_or((0, 0, 0));
-        let qkv = x.linear(&self.in_proj_weight, Some(&self.in_proj_bias));
-        let split = |t: &Tensor| t.reshape([b, l, self.heads, w / self.heads]).transpose(1, 2);
-        let parts = qkv.chunk(3, -1);
-        let (q, k, v) = (split(&parts[0]), split(&parts[1]), split(&parts[2]));
-        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, true, None, false);
-        self.out_proj.forward(&y.transpose(1, 2).reshape([b, l, w]))
+    fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        let (b, l, w) = x.size3()?;
+        let qkv = x.f_linear(&self.in_proj_weight, Some(&self.in_proj_bias))?;
+        let split = |t: &Tensor| t.f_reshape([b, l, self.heads, w / self.heads])?.f_transpose(1, 2);
+        let parts = qkv.f_chunk(3, -1)?;
+        let (q, k, v) = (split(&parts[0])?, split(&parts[1])?, split(&parts[2])?);
+        let y = Tensor::f_scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, true, None, false)?;
+        self.out_proj.forward(&y.f_transpose(1, 2)?.f_reshape([b, l, w])?)
     }
 }
 
@@ -90,19 +90,20 @@ impl TextTower {
         })
     }
 
-    /// `[N, context_length]` int64 token ids → `[N, embed_dim]` (not normalised).
-    pub fn forward(&self, ids: &Tensor) -> Tensor {
-        let mut x = Tensor::embedding(&self.token_embedding, ids, -1, false, false) + &self.positional_embedding;
+    /// `[N, context_length]` int64 token ids → `[N, embed_dim]` (not normalised). LibTorch's
+    /// fallible ops throughout, as in the image tower.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor, TchError> {
+        let mut x = Tensor::f_embedding(&self.token_embedding, ids, -1, false, false)?.f_add(&self.positional_embedding)?;
         for b in &self.resblocks {
-            x = &x + b.attn.forward(&b.ln_1.forward(&x));
-            let h = b.c_fc.forward(&b.ln_2.forward(&x));
-            let h = if self.quick_gelu { &h * (&h * 1.702).sigmoid() } else { h.gelu("none") };
-            x = &x + b.c_proj.forward(&h);
+            x = x.f_add(&b.attn.forward(&b.ln_1.forward(&x)?)?)?;
+            let h = b.c_fc.forward(&b.ln_2.forward(&x)?)?;
+            let h = if self.quick_gelu { h.f_mul(&h.f_mul(&Tensor::from(1.702f32))?.f_sigmoid()?)? } else { h.f_gelu("none")? };
+            x = x.f_add(&b.c_proj.forward(&h)?)?;
         }
-        let x = self.ln_final.forward(&x);
-        let eot = ids.argmax(-1, false);
-        let rows = Tensor::arange(ids.size()[0], (Kind::Int64, ids.device()));
-        let pooled = x.index(&[Some(rows), Some(eot)]);
-        pooled.matmul(&self.text_projection)
+        let x = self.ln_final.forward(&x)?;
+        let eot = ids.f_argmax(-1, false)?;
+        let rows = Tensor::f_arange(ids.size()[0], (Kind::Int64, ids.device()))?;
+        let pooled = x.f_index(&[Some(rows), Some(eot)])?;
+        pooled.f_matmul(&self.text_projection)
     }
 }

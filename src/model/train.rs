@@ -187,7 +187,7 @@ pub fn train(opts: &TrainOptions, mut log: impl FnMut(&str)) -> Result<TrainSumm
         let images = Tensor::stack(&images, 0).to_device(opts.device);
         let ids: Vec<i64> = picked.iter().flat_map(|&i| data[i].ids.iter().copied()).collect();
         let ids = Tensor::from_slice(&ids).reshape([opts.batch as i64, -1]).to_device(opts.device);
-        let (img, txt) = model.forward_train(&images, &ids);
+        let (img, txt) = model.forward_train(&images, &ids)?;
         let scale = match &logit_scale {
             Some(s) => s.clamp_max((100f64).ln()).exp(),
             None => Tensor::from(model.logit_scale.exp()),
