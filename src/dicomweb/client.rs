@@ -131,19 +131,24 @@ impl Client {
             }
             let failure = match req.call() {
                 Ok(resp) if !(200..300).contains(&resp.status()) => {
-                    return Err(DicomWebError::Status { target: target.clone(), url: shown, status: resp.status(), attempts: attempt });
+                    return Err(DicomWebError::Status {
+                        target: Box::new(target.clone()),
+                        url: shown,
+                        status: resp.status(),
+                        attempts: attempt,
+                    });
                 }
                 Ok(resp) => match read(resp) {
                     Ok(v) => return Ok(v),
                     Err(BodyError::Malformed(reason)) => {
-                        return Err(DicomWebError::Response { target: target.clone(), url: shown, reason });
+                        return Err(DicomWebError::Response { target: Box::new(target.clone()), url: shown, reason });
                     }
                     Err(BodyError::Retry(reason)) => {
-                        DicomWebError::Transport { target: target.clone(), url: shown.clone(), reason, attempts: attempt }
+                        DicomWebError::Transport { target: Box::new(target.clone()), url: shown.clone(), reason, attempts: attempt }
                     }
                 },
                 Err(ureq::Error::Status(status, _)) => {
-                    let e = DicomWebError::Status { target: target.clone(), url: shown.clone(), status, attempts: attempt };
+                    let e = DicomWebError::Status { target: Box::new(target.clone()), url: shown.clone(), status, attempts: attempt };
                     if !(status >= 500 || status == 408 || status == 429) {
                         return Err(e);
                     }
@@ -154,7 +159,7 @@ impl Client {
                         Some(m) => format!("{}: {m}", t.kind()),
                         None => t.kind().to_string(),
                     };
-                    DicomWebError::Transport { target: target.clone(), url: shown.clone(), reason, attempts: attempt }
+                    DicomWebError::Transport { target: Box::new(target.clone()), url: shown.clone(), reason, attempts: attempt }
                 }
             };
             if attempt >= policy.attempts.max(1) {

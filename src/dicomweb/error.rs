@@ -71,7 +71,7 @@ pub enum DicomWebError {
     #[error("DICOMweb {target}: HTTP {status} from {url}{}", attempts_note(*attempts))]
     Status {
         /// What the request concerned.
-        target: Target,
+        target: Box<Target>,
         /// The URL requested.
         url: String,
         /// The HTTP status.
@@ -83,7 +83,7 @@ pub enum DicomWebError {
     #[error("DICOMweb {target}: {reason} ({url}){}", attempts_note(*attempts))]
     Transport {
         /// What the request concerned.
-        target: Target,
+        target: Box<Target>,
         /// The URL requested.
         url: String,
         /// What went wrong.
@@ -95,7 +95,7 @@ pub enum DicomWebError {
     #[error("DICOMweb {target}: bad response from {url}: {reason}")]
     Response {
         /// What the request concerned.
-        target: Target,
+        target: Box<Target>,
         /// The URL requested.
         url: String,
         /// What is wrong with it.
@@ -146,7 +146,7 @@ mod tests {
     #[test]
     fn errors_name_the_uids_the_status_and_the_attempts() {
         let e = DicomWebError::Status {
-            target: Target::instance("1.2", "1.2.3", "1.2.3.4"),
+            target: Box::new(Target::instance("1.2", "1.2.3", "1.2.3.4")),
             url: "http://h/dicom-web/studies/1.2/series/1.2.3/instances/1.2.3.4".into(),
             status: 503,
             attempts: 4,
@@ -155,7 +155,7 @@ mod tests {
         assert!(s.contains("study 1.2, series 1.2.3, instance 1.2.3.4"), "{s}");
         assert!(s.contains("HTTP 503") && s.contains("after 4 attempts"), "{s}");
         assert_eq!(e.status(), Some(503));
-        let once = DicomWebError::Status { target: Target::search(), url: "u".into(), status: 404, attempts: 1 };
+        let once = DicomWebError::Status { target: Box::new(Target::search()), url: "u".into(), status: 404, attempts: 1 };
         assert_eq!(once.to_string(), "DICOMweb study search: HTTP 404 from u");
     }
 }

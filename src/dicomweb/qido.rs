@@ -133,7 +133,7 @@ fn dicom_date(da: &str) -> Option<StudyDate> {
 
 /// A UID attribute that must be there and be usable in a URL.
 fn uid(obj: &Value, tag: &str, name: &str, target: &Target, url: &str) -> Result<String, DicomWebError> {
-    let bad = |reason: String| DicomWebError::Response { target: target.clone(), url: url.to_owned(), reason };
+    let bad = |reason: String| DicomWebError::Response { target: Box::new(target.clone()), url: url.to_owned(), reason };
     let uid = first_string(obj, tag).ok_or_else(|| bad(format!("a search result has no {name} ({tag})")))?;
     check_uid(&uid).map_err(|why| bad(format!("{name}: {why}")))?;
     Ok(uid)
@@ -191,7 +191,7 @@ impl Pager {
         }
         if self.offset > 0 && self.last_first.as_ref() == page.first() {
             return Err(DicomWebError::Response {
-                target: self.target.clone(),
+                target: Box::new(self.target.clone()),
                 url: self.url.clone(),
                 reason: format!("the page at offset {} repeats the one before: the server ignores 'offset'", self.offset),
             });
