@@ -76,7 +76,7 @@ fn ingest_reopen_and_search_the_samples() {
 
     // Every video finds itself first, with cosine 1.
     for v in &videos {
-        let out = echovault(&index, &["search", "--video", v.to_str().unwrap(), "-k", "3", "--json"]);
+        let out = echovault(&index, &["search", "--video", v.to_str().unwrap(), "-k", "3", "--json", "--with-paths"]);
         assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
         let r = json(&out);
         let hits = r["hits"].as_array().unwrap();
@@ -87,6 +87,10 @@ fn ingest_reopen_and_search_the_samples() {
         assert!((hits[0]["score"].as_f64().unwrap() - 1.0).abs() < 1e-4);
         assert!(hits[1]["score"].as_f64().unwrap() < hits[0]["score"].as_f64().unwrap());
     }
+    // Without --with-paths, --json carries no source path (PACS paths carry names and MRNs).
+    let r = json(&echovault(&index, &["search", "--text", "pacemaker", "-k", "3", "--json"]));
+    assert!(!r.to_string().contains("data-samples/clips"), "{r}");
+    assert_eq!(r["hits"].as_array().unwrap().len(), 3);
 
     // Text → report: a report's own text finds that report first; text → video returns videos.
     let report = std::fs::read_to_string(clips().join("a4c_pacer_03.txt")).unwrap();
@@ -824,4 +828,60 @@ fn read_commands_use_the_model_that_filled_the_index() {
     let out = without_model(&cwd, &index, &["timeline", "--patient", "x", "--space", "echo-a"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("no longer exists") && stderr(&out).contains("echo-a"), "{}", stderr(&out));
+}
+
+#[test]
+fn hits_show_patient_date_and_study_and_an_mrn_is_keyed_from_flag_env_or_stdin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("ph");
+    let files = phantom_cines(&data, 2, 4, "dicom-native");
+    let index = tmp.path().join("idx");
+    let out = echovault(&index, &["ingest", data.join("dicom").to_str().unwrap(), "--progress", "none"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let truth: Vec<serde_json::Value> =
+        std::fs::read_to_string(data.join("manifest.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mrn = truth[0]["patient"].as_str().unwrap().to_owned();
+    let all = json(&echovault(&index, &["search", "--text", "heart", "-k", "10", "--json", "--with-paths"]));
+    let hits = all["hits"].as_array().unwrap();
+    assert_eq!(hits.len(), files.len());
+    let key = hits.iter().find(|h| h["source"].as_str().unwrap().ends_with(truth[0]["file"].as_str().unwrap())).unwrap()["patient"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(key, mrn);
+
+    // Text: each hit line names its patient key, study date and study.
+    let text = String::from_utf8(echovault(&index, &["search", "--text", "heart", "-k", "10"]).stdout).unwrap();
+    for h in hits {
+        let line = text.lines().find(|l| l.contains(h["id"].as_str().unwrap())).unwrap();
+        for field in ["patient", "date", "study"] {
+            assert!(line.contains(h[field].as_str().unwrap()), "{field} of {h} missing from: {line}");
+        }
+    }
+
+    // --patient-id MRN filters as --patient KEY does; from the flag, the environment or stdin.
+    let by_key = json(&echovault(&index, &["search", "--text", "heart", "--patient", &key, "--json"]));
+    let ids = |v: &serde_json::Value| -> Vec<String> {
+        v["hits"].as_array().unwrap().iter().map(|h| h["id"].as_str().unwrap().to_owned()).collect()
+    };
+    assert!(!ids(&by_key).is_empty() && ids(&by_key).len() < hits.len());
+    let out = echovault(&index, &["search", "--text", "heart", "--patient-id", &mrn, "--json"]);
+    assert_eq!(ids(&json(&out)), ids(&by_key));
+    let timeline_by_key = json(&echovault(&index, &["timeline", "--patient", &key, "--json"]));
+    assert_eq!(timeline_by_key["patient"], key.as_str());
+    let mut c = common::command(&index, &["timeline", "--json"]);
+    let from_env = c.env("ECHOVAULT_PATIENT_ID", &mrn).output().unwrap();
+    let mut c = common::command(&index, &["search", "--text", "heart", "--patient-id", "-", "--json"]);
+    c.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), format!("{mrn}\n").as_bytes()).unwrap();
+    let from_stdin = child.wait_with_output().unwrap();
+    assert_eq!(json(&from_env), timeline_by_key);
+    assert_eq!(ids(&json(&from_stdin)), ids(&by_key));
+    for o in [&out, &from_env, &from_stdin] {
+        let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(!all.contains(&mrn), "the MRN is never printed: {all}");
+    }
+    // Neither a key nor an id: a usage error.
+    assert_eq!(echovault(&index, &["timeline"]).status.code(), Some(2));
 }

@@ -320,6 +320,36 @@ impl Global {
     }
 }
 
+/// A command line that parsed but does not make sense (exit 2, as clap's usage errors).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// `--patient-id`: as given, else $ECHOVAULT_PATIENT_ID, or for `-` the first line of stdin.
+/// The value is never printed: errors say what is wrong, not what was read.
+pub fn patient_id_arg(arg: Option<&str>) -> anyhow::Result<Option<String>> {
+    let env = std::env::var("ECHOVAULT_PATIENT_ID").ok().filter(|v| !v.is_empty());
+    let raw = match arg.or(env.as_deref()) {
+        None => return Ok(None),
+        Some("-") => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).context("--patient-id -: reading the patient id from stdin")?;
+            line
+        }
+        Some(s) => s.to_owned(),
+    };
+    let id = raw.trim();
+    anyhow::ensure!(!id.is_empty(), "--patient-id: empty (give the id, `-` with the id on stdin, or ECHOVAULT_PATIENT_ID)");
+    Ok(Some(id.to_owned()))
+}
+
 /// The sample model of a checkout, used when no --model is given and no index remembers one.
 fn sample_model() -> anyhow::Result<PathBuf> {
     let p = PathBuf::from(SAMPLE_MODEL);
@@ -496,7 +526,11 @@ pub fn run() -> i32 {
         Ok(code) => code,
         Err(e) => {
             report_error(&e, g.json);
-            EXIT_ERROR
+            if e.downcast_ref::<UsageError>().is_some() {
+                EXIT_USAGE
+            } else {
+                EXIT_ERROR
+            }
         }
     }
 }

@@ -3,10 +3,40 @@
 use echovault::index::Hit;
 use echovault::tasks::search::HitGroup;
 
-/// One hit as a text line.
+/// Removes every `source` field (an ingested file's path: PACS paths often carry patient names
+/// or MRNs) from a `--json` answer, unless the user asked for them.
+pub fn without_paths(mut v: serde_json::Value, with_paths: bool) -> serde_json::Value {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(o) => {
+                o.remove("source");
+                o.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    if !with_paths {
+        strip(&mut v);
+    }
+    v
+}
+
+/// One hit as a text line: rank, score, kind, id, then patient key, study date and study (so
+/// `timeline --patient KEY` and `search --study ID` can follow), then its source.
 pub fn hit_line(rank: usize, h: &Hit) -> String {
     let r = &h.record;
-    let mut s = format!("{:>3}. {:+.4}  {:<7} {}  {}", rank, h.score, r.kind.as_str(), h.id, r.source);
+    let mut s = format!(
+        "{:>3}. {:+.4}  {:<7} {}  patient {}  {}  study {}  {}",
+        rank,
+        h.score,
+        r.kind.as_str(),
+        h.id,
+        r.patient.as_deref().unwrap_or("-"),
+        r.date.map_or("(no date)".to_owned(), |d| d.to_string()),
+        r.study.as_deref().unwrap_or("-"),
+        r.source
+    );
     if let Some(t) = &r.text {
         let short: String = t.chars().take(80).collect();
         s.push_str(&format!("\n       \"{short}{}\"", if t.chars().count() > 80 { "…" } else { "" }));

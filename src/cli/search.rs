@@ -1,7 +1,7 @@
 //! `echovault search (--text T | --video FILE | --like ID)`: parses the flags into a
 //! [`SearchRequest`], runs [`echovault::tasks::search::search`], renders its answer.
 
-use super::output::{group_header, hit_line};
+use super::output::{group_header, hit_line, without_paths};
 use super::{open_reader_engine, positive, DeviceOpts, FramesOpts, Global, Groups, ImageOpts, IndexOpts, ModelOpts, SpaceOpts};
 use clap::{ArgGroup, Args};
 use echovault::index::{Kind, StudyDate};
@@ -26,9 +26,14 @@ pub struct SearchArgs {
     /// Number of hits (with --group-by: of groups).
     #[arg(short = 'k', alias = "k", default_value_t = 10, value_parser = positive)]
     k: usize,
-    /// Only this (pseudonymous) patient key.
-    #[arg(long)]
+    /// Only this (pseudonymous) patient key (as search, reid and timeline show it).
+    #[arg(long, conflicts_with = "patient_id")]
     patient: Option<String>,
+    /// Only this patient, by their own id (MRN), keyed with the index's secret and never printed;
+    /// `-` reads it from stdin (keeps it out of shell history and `ps`). Also taken from
+    /// $ECHOVAULT_PATIENT_ID when no --patient is given.
+    #[arg(long, value_name = "MRN|-")]
+    patient_id: Option<String>,
     /// Only this study id.
     #[arg(long)]
     study: Option<String>,
@@ -48,6 +53,10 @@ pub struct SearchArgs {
     /// Exact (brute-force) search instead of the HNSW graph.
     #[arg(long)]
     exact: bool,
+    /// With --json: include each hit's `source` (the ingested file's path, which in a PACS
+    /// export often carries patient names or MRNs). The text output always shows it.
+    #[arg(long)]
+    with_paths: bool,
     #[command(flatten)]
     pub index: IndexOpts,
     #[command(flatten)]
@@ -71,13 +80,18 @@ impl SearchArgs {
 pub fn run(g: &Global, a: &SearchArgs) -> anyhow::Result<i32> {
     anyhow::ensure!(g.index.is_dir(), "no index at {} (run `echovault ingest` first, or pass --index DIR)", g.index.display());
     anyhow::ensure!(a.k > 0, "-k must be at least 1");
+    let patient_id = if a.patient.is_some() { None } else { super::patient_id_arg(a.patient_id.as_deref())? };
     let engine = open_reader_engine(g)?;
+    let patient = match patient_id {
+        Some(mrn) => Some(echovault::pseudonym::patient_key(engine.index.secret()?, &mrn)),
+        None => a.patient.clone(),
+    };
     let mut req = SearchRequest {
         text: a.text.clone(),
         like: a.like.clone(),
         kind: a.kind,
         k: a.k,
-        patient: a.patient.clone(),
+        patient,
         study: a.study.clone(),
         since: a.since,
         until: a.until,
@@ -91,7 +105,7 @@ pub fn run(g: &Global, a: &SearchArgs) -> anyhow::Result<i32> {
     }
     let res = search(&engine, &req)?;
     if g.json {
-        println!("{}", serde_json::to_value(&res)?);
+        println!("{}", without_paths(serde_json::to_value(&res)?, a.with_paths));
     } else {
         print_text(&res)?;
     }

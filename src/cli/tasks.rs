@@ -276,13 +276,15 @@ fn print_reid(res: &ReidResult) -> anyhow::Result<()> {
 // ---------------------------------------------------------------- timeline
 
 #[derive(Args, Debug)]
-#[command(group(ArgGroup::new("who").required(true).args(["patient", "patient_id"])))]
+#[command(group(ArgGroup::new("who").args(["patient", "patient_id"])))]
 pub struct TimelineArgs {
     /// Pseudonymous patient key (as search and reid show it).
     #[arg(long)]
     patient: Option<String>,
-    /// The patient's own id (MRN): pseudonymised with the index's secret, never printed.
-    #[arg(long)]
+    /// The patient's own id (MRN): pseudonymised with the index's secret, never printed; `-`
+    /// reads it from stdin (keeps it out of shell history and `ps`). Also taken from
+    /// $ECHOVAULT_PATIENT_ID when neither flag is given.
+    #[arg(long, value_name = "MRN|-")]
     patient_id: Option<String>,
     /// An event date (YYYY-MM-DD): compare the studies in the window around it with the
     /// earliest of them. Without it each study is compared with the previous one.
@@ -316,7 +318,12 @@ pub fn run_timeline(g: &Global, a: &TimelineArgs) -> anyhow::Result<i32> {
         Some(d) => Some(d.parse::<StudyDate>().context("--event")?),
         None => None,
     };
-    let req = TimelineRequest { patient: a.patient.clone(), patient_id: a.patient_id.clone(), event, window: a.window, drop: a.drop };
+    // --patient wins over an ECHOVAULT_PATIENT_ID left in the environment.
+    let patient_id = if a.patient.is_some() { None } else { super::patient_id_arg(a.patient_id.as_deref())? };
+    if a.patient.is_none() && patient_id.is_none() {
+        return Err(super::UsageError("timeline needs --patient KEY or --patient-id MRN (or ECHOVAULT_PATIENT_ID)".into()).into());
+    }
+    let req = TimelineRequest { patient: a.patient.clone(), patient_id, event, window: a.window, drop: a.drop };
     let res = timeline::timeline(&loaded.context(g), &req)?;
     if g.json {
         print_json(&res)?;
