@@ -68,6 +68,38 @@ fn read_text(path: &Path) -> Result<ReportEntry, Error> {
     Ok(ReportEntry { study: study.to_owned(), text: text.trim().to_owned(), date: None, patient: None })
 }
 
+/// One JSON Lines report as written: ids and dates as strings or numbers, each field under its
+/// name or an alias (a line naming one field twice, e.g. `study` and `study_uid`, is refused).
+#[derive(Deserialize)]
+struct JsonReport {
+    #[serde(default, alias = "study_uid", alias = "study_id")]
+    study: Option<Scalar>,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default, alias = "study_date")]
+    date: Option<Scalar>,
+    #[serde(default, alias = "patient_id")]
+    patient: Option<Scalar>,
+}
+
+/// A string or a number, as JSON writers emit ids.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Text(String),
+    Number(serde_json::Number),
+}
+
+impl Scalar {
+    /// The value as trimmed text; a blank string is absent (never one shared empty id).
+    fn text(self) -> Option<String> {
+        match self {
+            Scalar::Text(s) => Some(s.trim().to_owned()).filter(|s| !s.is_empty()),
+            Scalar::Number(n) => Some(n.to_string()),
+        }
+    }
+}
+
 fn read_jsonl(path: &Path) -> Result<Vec<ReportEntry>, Error> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut out = Vec::new();
@@ -76,56 +108,59 @@ fn read_jsonl(path: &Path) -> Result<Vec<ReportEntry>, Error> {
         if line.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::media(path, format!("line {}: {e}", i + 1)))?;
         let bad = |what: &str| Error::media(path, format!("line {}: {what}", i + 1));
-        if !v.is_object() {
+        // serde would also read a struct from an array: only objects are reports.
+        if !line.trim_start().starts_with('{') {
             return Err(bad("not a JSON object"));
         }
-        // Ids may be written as strings or numbers; empty ones count as absent.
-        let field = |names: &[&str]| -> Option<String> {
-            names.iter().find_map(|n| match v.get(*n)? {
-                serde_json::Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
-                serde_json::Value::Number(x) => Some(x.to_string()),
-                _ => None,
-            })
-        };
-        let study = field(&["study", "study_uid", "study_id"]).ok_or_else(|| bad("no study id"))?;
-        let text = v.get("text").and_then(|t| t.as_str()).ok_or_else(|| bad("no text"))?.to_owned();
-        let date = field(&["date", "study_date"]).map(|d| d.parse::<StudyDate>()).transpose().map_err(|e| bad(&format!("date: {e}")))?;
+        let r: JsonReport = serde_json::from_str(line).map_err(|e| bad(&e.to_string()))?;
+        let study = r.study.and_then(Scalar::text).ok_or_else(|| bad("no study id"))?;
+        let text = r.text.ok_or_else(|| bad("no text"))?;
+        let date = r.date.and_then(Scalar::text).map(|d| d.parse::<StudyDate>()).transpose().map_err(|e| bad(&format!("date: {e}")))?;
         lines.first(path, &study, i + 1)?;
-        out.push(ReportEntry { study, text, date, patient: field(&["patient", "patient_id"]) });
+        out.push(ReportEntry { study, text, date, patient: r.patient.and_then(Scalar::text) });
     }
     Ok(out)
 }
 
+/// One CSV report row, by the (lower-cased) header's column names and their aliases; columns
+/// of other names are ignored, empty fields are absent.
+#[derive(Deserialize)]
+struct CsvReport {
+    #[serde(default, alias = "study_uid", alias = "study_id", alias = "studyinstanceuid")]
+    study: Option<String>,
+    #[serde(default, alias = "report")]
+    text: Option<String>,
+    #[serde(default, alias = "study_date")]
+    date: Option<String>,
+    #[serde(default, alias = "patient_id", alias = "mrn")]
+    patient: Option<String>,
+}
+
 fn read_csv(path: &Path) -> Result<Vec<ReportEntry>, Error> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let rows = parse_csv(text.trim_start_matches('\u{feff}')).map_err(|e| Error::media(path, e))?;
-    let mut it = rows.into_iter();
-    let (_, header) = it.next().ok_or_else(|| Error::media(path, "empty CSV (a header row is needed)"))?;
-    let col = |names: &[&str]| header.iter().position(|h| names.iter().any(|n| h.trim().eq_ignore_ascii_case(n)));
-    let study = col(&["study", "study_uid", "study_id", "studyinstanceuid"])
-        .ok_or_else(|| Error::media(path, format!("no study column in the header {header:?}")))?;
-    let text_col = col(&["text", "report"]).ok_or_else(|| Error::media(path, format!("no text column in the header {header:?}")))?;
-    let date = col(&["date", "study_date"]);
-    let patient = col(&["patient", "patient_id", "mrn"]);
+    let csv = CsvRows::read(&text).map_err(|e| Error::media(path, e))?;
+    if csv.header.is_empty() {
+        return Err(Error::media(path, "empty CSV (a header row is needed)"));
+    }
+    let has = |names: &[&str]| csv.header.iter().any(|h| names.contains(&h.as_str()));
+    if !has(&["study", "study_uid", "study_id", "studyinstanceuid"]) {
+        return Err(Error::media(path, format!("no study column in the header {:?}", csv.header)));
+    }
+    if !has(&["text", "report"]) {
+        return Err(Error::media(path, format!("no text column in the header {:?}", csv.header)));
+    }
+    let header = csv::StringRecord::from(csv.header.clone());
     let mut out = Vec::new();
     let mut lines = StudyLines::default();
-    for (line, row) in it {
-        if row.iter().all(|c| c.trim().is_empty()) {
-            continue;
-        }
-        let get = |i: usize| row.get(i).map(|s| s.trim().to_owned());
-        let s = get(study).filter(|s| !s.is_empty()).ok_or_else(|| Error::media(path, format!("line {line}: no study id")))?;
-        let t = get(text_col).ok_or_else(|| Error::media(path, format!("line {line}: no text")))?;
-        let date = date
-            .and_then(get)
-            .filter(|d| !d.is_empty())
-            .map(|d| d.parse::<StudyDate>())
-            .transpose()
-            .map_err(|e| Error::media(path, format!("line {line}: date: {e}")))?;
-        lines.first(path, &s, line)?;
-        out.push(ReportEntry { study: s, text: t, date, patient: patient.and_then(get).filter(|p| !p.is_empty()) });
+    for (line, row) in &csv.rows {
+        let bad = |what: String| Error::media(path, format!("line {line}: {what}"));
+        let r: CsvReport = row.deserialize(Some(&header)).map_err(|e| bad(e.to_string()))?;
+        let study = r.study.filter(|s| !s.is_empty()).ok_or_else(|| bad("no study id".into()))?;
+        let text = r.text.ok_or_else(|| bad("no text".into()))?;
+        let date = r.date.filter(|d| !d.is_empty()).map(|d| d.parse::<StudyDate>()).transpose().map_err(|e| bad(format!("date: {e}")))?;
+        lines.first(path, &study, *line as usize)?;
+        out.push(ReportEntry { study, text, date, patient: r.patient.filter(|p| !p.is_empty()) });
     }
     Ok(out)
 }
@@ -147,50 +182,59 @@ impl StudyLines {
     }
 }
 
-/// RFC 4180 rows as (line number where the row starts, fields).
-pub(crate) fn parse_csv(text: &str) -> Result<Vec<(usize, Vec<String>)>, String> {
-    let mut rows = Vec::new();
-    let (mut row, mut field) = (Vec::new(), String::new());
-    let (mut line, mut row_line) = (1usize, 1usize);
-    let mut chars = text.chars().peekable();
-    let mut quoted = false;
-    while let Some(c) = chars.next() {
-        if c == '\n' {
-            line += 1;
-        }
-        if quoted {
-            if c == '"' {
-                if chars.peek() == Some(&'"') {
-                    field.push('"');
-                    chars.next();
-                } else {
-                    quoted = false;
-                }
-            } else {
-                field.push(c);
+/// A CSV file read with the `csv` crate (RFC 4180: quoted fields may hold commas, quotes and
+/// line breaks; CRLF or LF rows): the header's names trimmed and lower-cased, then every row
+/// that is not blank with the line it starts on, its fields trimmed.
+#[derive(Debug)]
+pub(crate) struct CsvRows {
+    /// Column names, lower-case.
+    pub header: Vec<String>,
+    /// (line, fields).
+    pub rows: Vec<(u64, csv::StringRecord)>,
+}
+
+impl CsvRows {
+    /// Reads `text` (a leading byte-order mark is dropped). A row with another number of fields
+    /// than the header, or a quoted field that is never closed, is an error naming its line.
+    pub(crate) fn read(text: &str) -> Result<CsvRows, String> {
+        let text = text.trim_start_matches('\u{feff}');
+        let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(text.as_bytes());
+        let header: Vec<String> = reader.headers().map_err(|e| csv_error(&e))?.iter().map(|h| h.to_ascii_lowercase()).collect();
+        let mut rows = Vec::new();
+        for r in reader.records() {
+            let r = r.map_err(|e| csv_error(&e))?;
+            if r.iter().all(str::is_empty) {
+                continue;
             }
-            continue;
+            rows.push((r.position().map_or(0, csv::Position::line), r));
         }
-        match c {
-            '"' if field.is_empty() => quoted = true,
-            ',' => row.push(std::mem::take(&mut field)),
-            '\r' => {}
-            '\n' => {
-                row.push(std::mem::take(&mut field));
-                rows.push((row_line, std::mem::take(&mut row)));
-                row_line = line;
-            }
-            c => field.push(c),
+        if ends_in_open_quote(text) {
+            let line = rows.last().map_or(1, |(l, _)| *l);
+            return Err(format!("line {line}: unterminated quoted field (it would take the rest of the file)"));
         }
+        Ok(CsvRows { header, rows })
     }
-    if quoted {
-        return Err(format!("line {row_line}: unterminated quoted field"));
+}
+
+/// The csv crate's error in our words: the line first.
+fn csv_error(e: &csv::Error) -> String {
+    match e.kind() {
+        csv::ErrorKind::UnequalLengths { pos, expected_len, len } => {
+            let line = pos.as_ref().map_or(0, csv::Position::line);
+            format!("line {line}: {len} fields, the header has {expected_len}")
+        }
+        _ => e.to_string(),
     }
-    if !field.is_empty() || !row.is_empty() {
-        row.push(field);
-        rows.push((row_line, row));
-    }
-    Ok(rows)
+}
+
+/// True when `text` ends inside a quoted field, which the csv crate closes silently at the end
+/// of the input (the rest of the file becoming one field): one more quote would then close
+/// that field and change no record, where after a closed field it adds a field or a row.
+fn ends_in_open_quote(text: &str) -> bool {
+    let records = |t: &str| -> Vec<csv::StringRecord> {
+        csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(t.as_bytes()).records().filter_map(Result::ok).collect()
+    };
+    !text.is_empty() && records(text) == records(&format!("{text}\""))
 }
 
 #[cfg(test)]
@@ -232,6 +276,51 @@ mod tests {
         assert!(read_reports(&p).unwrap_err().to_string().contains("no study column"));
         std::fs::write(&p, "study,text\n1,\"open\n").unwrap();
         assert!(read_reports(&p).unwrap_err().to_string().contains("unterminated"));
+    }
+
+    #[test]
+    fn csv_keeps_carriage_returns_inside_quotes_and_names_bad_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.csv");
+        // CRLF rows; a CR LF inside a quoted report is the report's own text.
+        std::fs::write(&p, "\u{feff}Study_ID , Report\r\n1.2,\"line one\r\nline two\"\r\n\r\n3.4,  padded  \r\n").unwrap();
+        let r = read_reports(&p).unwrap();
+        assert_eq!(r.iter().map(|e| e.text.as_str()).collect::<Vec<_>>(), vec!["line one\r\nline two", "padded"]);
+        assert_eq!(r[0].study, "1.2");
+        // A row with a field too many or too few is refused with its line, not read shifted.
+        std::fs::write(&p, "study,text\n1,ok\n2,a,b\n").unwrap();
+        let e = read_reports(&p).unwrap_err().to_string();
+        assert!(e.contains("r.csv") && e.contains("line 3") && e.contains("3 fields, the header has 2"), "{e}");
+        // An empty text is no report.
+        std::fs::write(&p, "study,text\n1,\n").unwrap();
+        let e = read_reports(&p).unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("no text"), "{e}");
+        // A quote left open in the middle would swallow the rows after it.
+        std::fs::write(&p, "study,text\n1,\"open\n2,x\n3,y\n").unwrap();
+        let e = read_reports(&p).unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("unterminated"), "{e}");
+        // An escaped quote at the very end still closes.
+        std::fs::write(&p, "study,text\n1,\"say \"\"hi\"\"\"").unwrap();
+        assert_eq!(read_reports(&p).unwrap()[0].text, "say \"hi\"");
+    }
+
+    #[test]
+    fn jsonl_fields_are_typed_with_aliases() {
+        let dir = tempfile::tempdir().unwrap();
+        let jl = dir.path().join("r.jsonl");
+        std::fs::write(&jl, "{\"study_uid\":\"1.2\",\"text\":\"t\",\"study_date\":20210228,\"patient_id\":null,\"extra\":[1]}\n").unwrap();
+        let r = read_reports(&jl).unwrap();
+        assert_eq!((r[0].study.as_str(), r[0].date.unwrap().to_string(), r[0].patient.clone()), ("1.2", "2021-02-28".into(), None));
+        for (line, why) in [
+            ("{\"study\":\"a\",\"study_uid\":\"b\",\"text\":\"t\"}", "duplicate field"),
+            ("{\"study\":\"a\",\"text\":5}", "invalid type"),
+            ("[\"a\",\"t\"]", "not a JSON object"),
+            ("{\"study\":\"a\"}", "no text"),
+        ] {
+            std::fs::write(&jl, format!("{line}\n")).unwrap();
+            let e = read_reports(&jl).unwrap_err().to_string();
+            assert!(e.contains("r.jsonl") && e.contains("line 1") && e.contains(why), "{line}: {e}");
+        }
     }
 
     #[test]

@@ -2,6 +2,10 @@
 //! `manifest.jsonl` or an events file), a JSON array of objects, or CSV with a header row — which
 //! takes EchoNet-Dynamic's `FileList.csv` as it is (`FileName` without extension, videos in the
 //! `Videos/` folder beside it, `EF`, `Split`). Column names are matched case-insensitively.
+//!
+//! Rows stay maps of column name to value, not a typed struct: the columns an evaluation reads
+//! are named by its task (a prompt file's findings, the event and EF columns), not fixed here. CSV is read
+//! by the `csv` crate (`ingest::reports::CsvRows`), JSON by serde_json.
 
 use crate::error::Error;
 use serde_json::Value;
@@ -58,19 +62,10 @@ pub fn read(path: &Path) -> Result<Manifest, Error> {
             }
         }
         Some(_) => {
-            let records = crate::ingest::reports::parse_csv(text).map_err(bad)?;
-            let mut it = records.into_iter();
-            let (_, header) = it.next().ok_or_else(|| bad("no header row".into()))?;
-            let header: Vec<String> = header.iter().map(|h| h.trim().to_ascii_lowercase()).collect();
-            for (line, rec) in it {
-                if rec.iter().all(|c| c.trim().is_empty()) {
-                    continue;
-                }
-                if rec.len() != header.len() {
-                    return Err(bad(format!("line {line}: {} fields, the header has {}", rec.len(), header.len())));
-                }
-                let fields = header.iter().cloned().zip(rec.into_iter().map(|c| Value::String(c.trim().to_owned()))).collect();
-                rows.push(Row { line, fields });
+            let csv = crate::ingest::reports::CsvRows::read(text).map_err(bad)?;
+            for (line, rec) in csv.rows {
+                let fields = csv.header.iter().cloned().zip(rec.iter().map(|c| Value::String(c.to_owned()))).collect();
+                rows.push(Row { line: line as usize, fields });
             }
         }
     }
@@ -205,6 +200,16 @@ mod tests {
         assert_eq!(both.flag(&["effusion"]), Some(true), "every list is looked at");
         assert_eq!(both.flag(&["impella"]), Some(false));
         assert_eq!(m.rows[1].line, 3);
+        // CSV through the csv crate: quoted commas and line breaks, rows numbered by their line,
+        // a short row refused with its line.
+        std::fs::write(&csv, "File,Findings\n\"a, b.avi\",\"effusion;\nlvh\"\nc.avi,none\n").unwrap_or_default();
+        let m = read(&csv).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(m.rows.iter().map(|r| r.line).collect::<Vec<_>>(), vec![2, 4]);
+        assert_eq!(m.rows[0].text(&["file"]).as_deref(), Some("a, b.avi"));
+        assert_eq!(m.rows[0].flag(&["lvh"]), Some(true));
+        std::fs::write(&csv, "file,ef\na.avi,50\nb.avi\n").unwrap_or_default();
+        let e = read(&csv).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("FileList.csv") && e.contains("line 3") && e.contains("1 fields, the header has 2"), "{e}");
         std::fs::write(&jl, "{\"file\": 1}\nnot json\n").unwrap_or_default();
         let e = read(&jl).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("m.jsonl") && e.contains("line 2"), "{e}");
