@@ -157,33 +157,53 @@ fn harm(index: &Path, h: Harm) {
     }
 }
 
+/// Copies the index directory `from` to `to` (files and folders).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// Every column family of the index.
+const FAMILIES: [&str; 9] = ["meta", "items", "vectors", "slots", "graph", "ingest_log", "errors", "frames", "lookup"];
+
 #[test]
 fn each_damage_is_reported_repaired_and_restored_by_a_re_ingest() {
-    for h in [
-        Harm::Flip("items"),
-        Harm::Flip("vectors"),
-        Harm::Flip("slots"),
-        Harm::Flip("graph"),
-        Harm::Flip("ingest_log"),
-        Harm::Flip("lookup"),
-        Harm::Truncate("items"),
-        Harm::Truncate("frames"),
-        Harm::Delete("vectors"),
-        Harm::Wal,
-        Harm::Manifest,
-        Harm::Options,
-    ] {
-        let tmp = tempfile::tempdir().unwrap();
-        let index = if matches!(h, Harm::Wal) {
-            // Everything still in the write-ahead log, as a fresh ingest leaves it.
-            let index = tmp.path().join("idx");
-            let out = echovault(&index, &["ingest", clips().to_str().unwrap(), "--progress", "none"]);
-            assert_eq!(code(&out), 0);
-            index
+    let tmp = tempfile::tempdir().unwrap();
+    // Two pristine indexes, each damaged in copies: one compacted (every column family a table
+    // file), one as a fresh ingest leaves it (everything still in the write-ahead log).
+    let compacted = sample_index(&tmp.path().join("compacted"));
+    let fresh = tmp.path().join("fresh/idx");
+    assert_eq!(code(&echovault(&fresh, &["ingest", clips().to_str().unwrap(), "--progress", "none"])), 0);
+    let before = answers(&compacted);
+    assert_eq!(answers(&fresh), before);
+    let with_table: Vec<String> = echovault::index::table_files(&compacted).unwrap().into_iter().map(|(cf, _)| cf).collect();
+    let mut cases: Vec<Harm> = ["items", "vectors", "slots", "graph", "ingest_log", "lookup"].into_iter().map(Harm::Flip).collect();
+    for cf in FAMILIES {
+        if cf == "meta" {
+            // Not yet: a lost `meta` table loses the space records, the salvage keeps the
+            // vectors as space `recovered-1`, and a re-ingest fills a new space for the model
+            // beside it (every vector twice): open in issue 24.
+            continue;
+        }
+        if with_table.iter().any(|c| c == cf) {
+            cases.push(Harm::Truncate(cf));
+            cases.push(Harm::Delete(cf));
         } else {
-            sample_index(tmp.path())
-        };
-        let before = answers(&index);
+            eprintln!("`{cf}` has no table file in the sample index: not truncated or deleted");
+        }
+    }
+    cases.extend([Harm::Wal, Harm::Manifest, Harm::Options]);
+    let t0 = std::time::Instant::now();
+    for (n, h) in cases.iter().copied().enumerate() {
+        let index = tmp.path().join(format!("case{n}"));
+        copy_dir(if matches!(h, Harm::Wal) { &fresh } else { &compacted }, &index);
         harm(&index, h);
         let check = echovault(&index, &["repair", "--check"]);
         let text = String::from_utf8_lossy(&check.stdout).into_owned();
@@ -192,7 +212,28 @@ fn each_damage_is_reported_repaired_and_restored_by_a_re_ingest() {
         } else {
             assert_eq!(code(&check), 1, "{h:?}: the check passed over the damage: {text}");
         }
-        let repair = echovault(&index, &["repair", "--json"]);
+        if let Harm::Truncate(cf) | Harm::Delete(cf) = h {
+            // The check names the column family, the file's key range and what it held.
+            let report = json(&echovault(&index, &["repair", "--check", "--json"]));
+            let damaged = report["damaged"].as_array().unwrap();
+            assert!(damaged.iter().any(|d| d["column_family"] == cf && d["range"].is_array()), "{h:?}: {report}");
+            if matches!(cf, "frames" | "vectors" | "items") {
+                let lost = damaged.iter().find(|d| d["column_family"] == cf).unwrap()["lost"].as_str().unwrap().to_owned();
+                // One table each: the 6 videos' frames; the 18 items' (6 videos, studies, reports)
+                // records and vectors.
+                let all = if cf == "frames" { "6 " } else { "18 " };
+                assert!(lost.starts_with(all), "{h:?}: {lost}");
+                assert!(text.contains(&lost), "{h:?}: {text}");
+            }
+        }
+        let mut repair = echovault(&index, &["repair", "--json"]);
+        if matches!(h, Harm::Truncate("meta") | Harm::Delete("meta")) {
+            // The patient-key secret is gone: refused until the user accepts a new one.
+            let err = format!("{}{}", String::from_utf8_lossy(&repair.stdout), String::from_utf8_lossy(&repair.stderr));
+            assert_ne!(code(&repair), 0, "{h:?}: repaired without asking about the lost secret");
+            assert!(err.contains("--new-secret"), "{h:?}: {err}");
+            repair = echovault(&index, &["repair", "--new-secret", "--json"]);
+        }
         assert_eq!(code(&repair), 0, "{h:?}: {}", String::from_utf8_lossy(&repair.stderr));
         let report = json(&repair);
         assert_eq!(report["ok"], true, "{h:?}: {report}");
@@ -210,9 +251,23 @@ fn each_damage_is_reported_repaired_and_restored_by_a_re_ingest() {
         assert_eq!(after, before, "{h:?}: the re-ingest did not restore the index");
         no_duplicates(&after.1);
         no_duplicates(&after.2);
-        assert!(summary["ingested"].as_u64().unwrap() >= lost as u64, "{h:?}: {summary} {report}");
+        // The list names videos and the sidecar reports (`.txt`) that lost their vectors.
+        let listed: Vec<&str> = report["reingest"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let reports = listed.iter().filter(|p| p.ends_with(".txt")).count() as u64;
+        assert!(summary["reports"].as_u64().unwrap() >= reports, "{h:?}: listed reports not embedded again: {summary} {report}");
+        let lost = lost - reports as usize;
+        let ingested = summary["ingested"].as_u64().unwrap();
+        if matches!(h, Harm::Wal) {
+            // Batches after the damaged record are gone with their ingest-log entries: the
+            // repair cannot list them by name (it says how many writes were rolled back).
+            assert!(ingested >= lost as u64, "{h:?}: {summary} {report}");
+        } else {
+            assert_eq!(ingested, lost as u64, "{h:?}: not exactly the listed inputs: {summary} {report}");
+        }
         assert_eq!(json(&echovault(&index, &["repair", "--check", "--json"]))["ok"], true, "{h:?}");
+        std::fs::remove_dir_all(&index).unwrap();
     }
+    eprintln!("damage matrix: {} cases in {:.0} s", cases.len(), t0.elapsed().as_secs_f64());
 }
 
 #[test]
