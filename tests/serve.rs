@@ -166,9 +166,11 @@ fn search_and_info_answer_exactly_what_the_cli_prints() {
         ),
         (vec!["--text", "dilated", "--exact", "-k", "2"], json!({"text": "dilated", "exact": true, "k": 2})),
     ];
-    let cli: Vec<Value> =
-        questions.iter().map(|(args, _)| json(&echovault(&index, &[&["search", "--json"][..], &args[..]].concat()))).collect();
-    let cli_video = json(&echovault(&index, &["search", "--video", avi.to_str().unwrap(), "-k", "3", "--json"]));
+    let cli: Vec<Value> = questions
+        .iter()
+        .map(|(args, _)| json(&echovault(&index, &[&["search", "--json", "--with-paths"][..], &args[..]].concat())))
+        .collect();
+    let cli_video = json(&echovault(&index, &["search", "--video", avi.to_str().unwrap(), "-k", "3", "--json", "--with-paths"]));
 
     // Source paths are in the answers only with --show-paths (or the admin token): as the CLI's.
     let s = Server::start(&index, &["--listen", "127.0.0.1:0", "--show-paths"]);
@@ -941,7 +943,7 @@ fn an_uploaded_dicom_cine_is_searched_as_the_cli_searches_it() {
     );
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     let dcm = walk(&out.join("dicom")).pop().unwrap();
-    let cli = echovault(&index, &["search", "--video", dcm.to_str().unwrap(), "-k", "3", "--json"]);
+    let cli = echovault(&index, &["search", "--video", dcm.to_str().unwrap(), "-k", "3", "--json", "--with-paths"]);
     assert_eq!(cli.status.code(), Some(0), "{}", String::from_utf8_lossy(&cli.stderr));
     // --show-paths: the hits' source paths, as the CLI prints them.
     let s = Server::start(&index, &["--listen", "127.0.0.1:0", "--show-paths"]);
