@@ -114,6 +114,30 @@ fn a_secret_file_keeps_the_secret_out_of_the_index() {
 }
 
 #[test]
+fn repair_moves_a_stored_secret_out_with_the_same_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let patient = phantoms(&data);
+    let idx = dir.path().join("idx");
+    ok(&run(ev(&idx, &["--json", "ingest", data.to_str().unwrap()])));
+    let before = ok(&run(ev(&idx, &["--json", "timeline", "--patient-id", &patient])));
+    let file = dir.path().join("secret.hex");
+    ok(&run(ev(&idx, &["--json", "repair", "--export-secret", file.to_str().unwrap()])));
+    let hex = std::fs::read_to_string(&file).unwrap().trim().to_owned();
+    assert_eq!(hex.len(), 64);
+    let bytes: Vec<u8> = (0..32).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect();
+    assert!(files_holding(&idx, &bytes).is_empty() && files_holding(&idx, hex.as_bytes()).is_empty(), "no secret left in the index");
+    let o = run(ev(&idx, &["timeline", "--patient-id", &patient]));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--secret-file"), "{}", String::from_utf8_lossy(&o.stderr));
+    let after = ok(&run(ev(&idx, &["--json", "timeline", "--secret-file", file.to_str().unwrap(), "--patient-id", &patient])));
+    assert_eq!(after["patient"], before["patient"], "the same patient key");
+    assert_eq!(after["studies"], before["studies"]);
+    // Once only; never over an existing file.
+    let o = run(ev(&idx, &["repair", "--export-secret", dir.path().join("again.hex").to_str().unwrap()]));
+    assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
 fn source_paths_stay_out_of_the_logs() {
     const MARKER: &str = "MRN123456";
     let dir = tempfile::tempdir().unwrap();

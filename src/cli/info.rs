@@ -16,6 +16,11 @@ pub struct RepairArgs {
     /// longer match. Without it, such a repair stops before changing anything.
     #[arg(long)]
     pub new_secret: bool,
+    /// Move the patient-key secret stored in the index out to the new file FILE (mode 0600):
+    /// the index keeps only its fingerprint, patient keys stay the same, and commands that key
+    /// patient ids then need `--secret-file FILE` (or $ECHOVAULT_SECRET_FILE). Does nothing else.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["check", "new_secret"])]
+    pub export_secret: Option<std::path::PathBuf>,
     /// Kept for older scripts: a damaged database is now always salvaged first.
     #[arg(long, hide = true)]
     pub salvage: bool,
@@ -31,6 +36,9 @@ pub struct InfoArgs {
 
 pub fn run_repair(g: &Global, a: &RepairArgs) -> anyhow::Result<i32> {
     anyhow::ensure!(g.index.is_dir(), "no index at {}", g.index.display());
+    if let Some(file) = &a.export_secret {
+        return export_secret(g, file);
+    }
     let report = if a.check { echovault::repair::check_path(&g.index)? } else { echovault::repair::repair_path(&g.index, a.new_secret)? };
     if g.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -74,6 +82,27 @@ pub fn run_repair(g: &Global, a: &RepairArgs) -> anyhow::Result<i32> {
         println!("{}", if report.ok { "index is consistent" } else { "index has problems: run `echovault repair`" });
     }
     Ok(if report.ok { 0 } else { 1 })
+}
+
+/// `repair --export-secret FILE`.
+fn export_secret(g: &Global, file: &std::path::Path) -> anyhow::Result<i32> {
+    let opts = echovault::index::IndexOptions {
+        writer: Some("echovault repair --export-secret".into()),
+        passive_open: true,
+        ..Default::default()
+    };
+    Index::open(&g.index, opts)?.export_secret(file)?;
+    if g.json {
+        println!("{}", serde_json::json!({ "secret_file": file }));
+    } else {
+        println!(
+            "the patient-key secret of {} is now in {} and only its fingerprint in the index: pass --secret-file {} (or set ECHOVAULT_SECRET_FILE) to ingest, serve, and to timeline, search or eval with patient ids",
+            g.index.display(),
+            file.display(),
+            file.display()
+        );
+    }
+    Ok(0)
 }
 
 pub fn run(g: &Global) -> anyhow::Result<i32> {
