@@ -551,3 +551,168 @@ fn failures_of_the_walk_are_reported_as_they_come_and_count_as_done() {
     let ignored: Vec<&str> = s.ignored.iter().map(|p| p.rsplit('/').next().unwrap()).collect();
     assert!(ignored.contains(&"notes.md") && ignored.contains(&"manifest.jsonl"), "{ignored:?}");
 }
+
+// ---- The frame bound and LibTorch failures in the embed stage (issue 20) ----
+
+/// `echovault --json --index INDEX --model MODEL --device cpu ingest ARGS...` with one model.
+fn ingest_with(index: &Path, model: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_echovault"));
+    c.args(["--json", "--index", index.to_str().unwrap(), "--device", "cpu", "--model", model.to_str().unwrap(), "ingest"])
+        .args(args)
+        .args(["--progress", "none"])
+        .env_remove("ECHOVAULT_INDEX")
+        .env_remove("ECHOVAULT_MODEL");
+    c
+}
+
+/// (record extras, stored frame embeddings, video vector) of every video of a one-model index.
+fn videos_of(index: &Path) -> BTreeMap<String, (BTreeMap<String, String>, Vec<Vec<f32>>, Vec<f32>)> {
+    let index = Index::open(index, IndexOptions { passive_open: true, ..Default::default() }).unwrap();
+    let space = index.spaces()[0].id;
+    index
+        .items(Some(Kind::Video))
+        .unwrap()
+        .into_iter()
+        .map(|rec| {
+            let frames = index.get_frames(space, &rec.id).unwrap().unwrap();
+            let v = index.get_vector(space, Kind::Video, &rec.id).unwrap().unwrap();
+            (rec.source.clone(), (rec.extra.clone(), frames, v))
+        })
+        .collect()
+}
+
+/// `ingest --max-frames 4` of 10-frame cines thins them evenly and records it: a DICOM cine
+/// (NumberOfFrames known up front) keeps every 3rd frame (`sampling` 0::3: 0, 3, 6, 9); the
+/// phantom AVI, whose header counts ticks rather than frames, is thinned as its frames come,
+/// doubling the step (0::4: 0, 4, 8). Each records `frames_selected` 10 and `max_frames` 4, and
+/// its stored frames are the unbounded run's frames at those rows (same model, same frames); its
+/// video vector their mean. Without the flag (default 512) the cines are whole and record no bound.
+#[test]
+fn ingest_bounds_the_frames_of_a_video_evenly_and_records_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("export");
+    phantoms(&export, "1", &["--studies", "2:2", "--formats", "avi,dicom-jpeg"]);
+    let tiny = root().join("data-samples/echovault-tiny");
+    let e = export.to_str().unwrap();
+    let capped = dir.path().join("capped");
+    let o = ingest_with(&capped, &tiny, &[e, "--max-frames", "4"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let whole = dir.path().join("whole");
+    let o = ingest_with(&whole, &tiny, &[e]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (capped, whole) = (videos_of(&capped), videos_of(&whole));
+    assert_eq!(capped.len(), 2, "an AVI and a DICOM cine");
+    for (source, (extra, frames, v)) in &capped {
+        let step = if source.ends_with(".avi") { 4 } else { 3 };
+        let rows: Vec<usize> = (0..10).step_by(step).collect();
+        assert_eq!(extra.get("sampling").cloned(), Some(format!("0::{step}")), "{source}");
+        assert_eq!(extra.get("frames_selected").map(String::as_str), Some("10"), "{source}");
+        assert_eq!(extra.get("max_frames").map(String::as_str), Some("4"), "{source}");
+        assert_eq!(extra.get("embedded_frames").cloned(), Some(rows.len().to_string()), "{source}");
+        let (whole_extra, whole_frames, _) = &whole[source];
+        assert_eq!((whole_frames.len(), whole_extra.get("sampling").map(String::as_str)), (10, Some("0::1")), "{source}");
+        assert!(!whole_extra.contains_key("frames_selected") && !whole_extra.contains_key("max_frames"));
+        assert_eq!(frames.len(), rows.len());
+        for (f, &r) in frames.iter().zip(&rows) {
+            assert!(close(f, &whole_frames[r], 2e-3), "{source}: stored row is frame {r} (f16 storage)");
+        }
+        let picked: Vec<&Vec<f32>> = rows.iter().map(|&r| &whole_frames[r]).collect();
+        assert!(close(v, &mean_unit(&picked), 2e-3), "{source}: the video vector is the mean of its kept frames");
+    }
+}
+
+/// A real LibTorch allocation failure on CPU: the sample model's weights with a 1024 px input
+/// (ConvNeXt takes any size), so one forward pass of 12 frames needs about a gigabyte more than
+/// one of 3, ingested under a data-segment limit (`prlimit --data`). Limits are tried from low
+/// to high; at the first under which the run succeeds, the batch of 12 could not be allocated
+/// and was retried in halves (LibTorch's message in the warning), both videos were ingested,
+/// nothing panicked, and the vectors equal those of an unlimited run. Runs under lower limits
+/// end without a panic: a video LibTorch cannot embed even one frame at a time is a failure
+/// row quoting LibTorch (exit 3 when the other was ingested, 1 when none was).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_batch_libtorch_cannot_allocate_is_retried_in_halves_and_the_run_goes_on() {
+    if Command::new("prlimit").arg("--version").output().is_err() {
+        panic!("prlimit (util-linux) is needed on PATH");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny-1024");
+    std::fs::create_dir(&model).unwrap();
+    let tiny = root().join("data-samples/echovault-tiny");
+    for f in ["open_clip_model.safetensors", "tokenizer.json"] {
+        std::fs::copy(tiny.join(f), model.join(f)).unwrap();
+    }
+    let mut cfg: Value = serde_json::from_slice(&std::fs::read(tiny.join("open_clip_config.json")).unwrap()).unwrap();
+    cfg["model_cfg"]["vision_cfg"]["image_size"] = 1024.into();
+    std::fs::write(model.join("open_clip_config.json"), cfg.to_string()).unwrap();
+    let export = dir.path().join("export");
+    let o = Command::new(env!("CARGO_BIN_EXE_echovault"))
+        .args(["phantom", "--out", export.to_str().unwrap(), "--patients", "2", "--studies", "1:1", "--size", "64"])
+        .args(["--num-frames", "12", "--formats", "avi"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let args = [export.to_str().unwrap(), "--batch", "12", "--workers", "1"];
+    let reference = dir.path().join("reference");
+    let o = ingest_with(&reference, &model, &args).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let reference = videos_of(&reference);
+    assert_eq!(reference.len(), 2);
+
+    let mut limit_mb = 400.0f64;
+    let mut tried = Vec::new();
+    loop {
+        assert!(limit_mb < 8000.0, "no data limit up to 8 GB let the ingest through: {tried:?}");
+        let index = dir.path().join(format!("limited-{}", limit_mb as u64));
+        let c = ingest_with(&index, &model, &args);
+        let c = Command::new("prlimit")
+            .arg(format!("--data={}", (limit_mb * 1024.0 * 1024.0) as u64))
+            .arg("--")
+            .arg(c.get_program())
+            .args(c.get_args())
+            .env_remove("ECHOVAULT_INDEX")
+            .env_remove("ECHOVAULT_MODEL")
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&c.stderr).into_owned();
+        let code = c.status.code();
+        tried.push((limit_mb as u64, code));
+        if code == Some(0) {
+            assert!(!err.contains("panicked"), "{err}");
+            let s = json(&c);
+            assert_eq!((s["ingested"].as_u64(), s["failed"].as_array().unwrap().len()), (Some(2), 0), "{s}");
+            assert!(
+                err.contains("LibTorch failed on a batch of 12") && err.contains("retrying in batches of"),
+                "limit {limit_mb} MB: {err}"
+            );
+            assert!(err.contains("can't allocate memory") || err.contains("not enough memory"), "LibTorch's own message: {err}");
+            for (source, (_, _, v)) in videos_of(&index) {
+                assert!(close(&v, &reference[&source].2, 1e-4), "{source}: halved batches give the same vector");
+            }
+            break;
+        }
+        if matches!(code, Some(1 | 3)) {
+            // Ended by the program itself: never by a panic, and a video that failed names LibTorch.
+            assert!(!err.contains("panicked"), "limit {limit_mb} MB: {err}");
+            if let Ok(s) = serde_json::from_slice::<Value>(&c.stdout) {
+                for f in s["failed"].as_array().into_iter().flatten() {
+                    let reason = f["reason"].as_str().unwrap_or_default().to_lowercase();
+                    assert!(reason.contains("libtorch"), "{f}");
+                    assert!(!reason.contains("frame #"), "LibTorch's C++ stack trace left out: {f}");
+                }
+                // Exit 3: something was done (a video or the sidecar reports).
+                if code == Some(3) {
+                    assert!(s["ingested"].as_u64().unwrap() + s["reports"].as_u64().unwrap() > 0, "{s}");
+                }
+                assert_eq!(
+                    s["ingested"].as_u64().unwrap() as usize + s["failed"].as_array().unwrap().len(),
+                    2,
+                    "every video accounted for: {s}"
+                );
+            }
+        }
+        limit_mb *= 1.15;
+    }
+    eprintln!("data limits tried (MB, exit code): {tried:?}");
+}

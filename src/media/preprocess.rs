@@ -120,7 +120,11 @@ impl Preprocess {
             .f_to_kind(Kind::Uint8)?
             .f_permute([0, 2, 3, 1])?
             .f_contiguous()?;
-        let rgb = Vec::<u8>::try_from(x.f_reshape([-1])?)?;
+        let n = s * s * 3;
+        let mut rgb = Vec::new();
+        rgb.try_reserve_exact(n).map_err(|_| Error::Invalid(format!("out of memory: {n} bytes for a resized frame")))?;
+        rgb.resize(n, 0);
+        x.f_copy_data(&mut rgb, n)?;
         Frame::new(s, s, rgb).ok_or_else(|| Error::Invalid("resized frame has an unexpected size".into()))
     }
 
@@ -134,12 +138,12 @@ impl Preprocess {
         if let Some(f) = frames.iter().find(|f| f.width != s || f.height != s || f.rgb.len() != s * s * 3) {
             return Err(Error::Invalid(format!("a {}×{} frame where the tower takes {s}×{s}", f.width, f.height)));
         }
-        let mut buf = Vec::with_capacity(frames.len() * s * s * 3);
-        for f in frames {
-            buf.extend_from_slice(&f.rgb);
-        }
         let _guard = tch::no_grad_guard();
-        let x = Tensor::f_from_slice(&buf)?.f_reshape([frames.len() as i64, self.size, self.size, 3])?;
+        // The batch is assembled by LibTorch (whose allocations fail as errors, and the batch is
+        // then halved), not in a Rust buffer (whose failed allocation aborts the process).
+        let rows = frames.iter().map(|f| Tensor::f_from_slice(&f.rgb)).collect::<Result<Vec<_>, _>>()?;
+        let x = Tensor::f_stack(&rows, 0)?.f_reshape([frames.len() as i64, self.size, self.size, 3])?;
+        drop(rows);
         let x = match self.order {
             ChannelOrder::Rgb => x,
             ChannelOrder::Bgr => x.f_flip([3])?,
