@@ -107,6 +107,14 @@ fn a_secret_file_keeps_the_secret_out_of_the_index() {
     let o = run(&mut ev(&idx, &["ingest", data.to_str().unwrap()]));
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--secret-file"));
+    // inspect shows the key ingest stored: with the file, and null without it.
+    let dcm = std::fs::read_to_string(data.join("manifest.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(dcm.lines().next().unwrap()).unwrap();
+    let file = data.join(first["file"].as_str().unwrap());
+    let i = ok(&run(ev(&idx, &["--json", "inspect", "--secret-file", secret.to_str().unwrap(), file.to_str().unwrap()])));
+    assert_eq!(i["patient_key"].as_str(), Some(key.as_str()), "{i}");
+    let i = ok(&run(ev(&idx, &["--json", "inspect", file.to_str().unwrap()])));
+    assert!(i["patient_key"].is_null(), "{i}");
     // The flag wins over the environment.
     let o = run(ev(&idx, &["--json", "timeline", "--secret-file", secret.to_str().unwrap(), "--patient-id", &patient])
         .env("ECHOVAULT_SECRET_FILE", &wrong));

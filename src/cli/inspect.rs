@@ -66,6 +66,15 @@ fn inspect_dicom(g: &Global, a: &InspectArgs, wanted: &dyn Fn(usize) -> bool) ->
     }
     let secret =
         echovault::index::peek_secret(&g.index).with_context(|| format!("reading the patient-key secret of {}", g.index.display()))?;
+    // A secret kept outside the index: from --secret-file, checked against the index's fingerprint.
+    let secret = match (secret, &g.secret_file) {
+        (None, Some(file)) if g.index.is_dir() => {
+            let mut index = echovault::index::Index::open_reader(&g.index)?;
+            index.use_secret_file(file)?;
+            Some(*index.secret()?)
+        }
+        (s, _) => s,
+    };
     let patient_key = match (&info.patient_id, secret) {
         (Some(p), Some(s)) => Some(echovault::pseudonym::patient_key(&s, p.expose())),
         _ => None,
