@@ -778,27 +778,107 @@ fn mend_meta(db: &DB, path: &Path, has_version: bool, has_secret: bool, has_item
             out.meta.push(format!("the slot counter of space {} {} was lost: set to {n}", c.space.0, c.kind));
         }
     }
+    // Spaces with vectors whose record is lost, and the names the records that survive hold.
+    let mut lost: Vec<(SpaceId, usize)> = Vec::new();
+    let mut held: BTreeSet<String> = BTreeSet::new();
     for (space, dim) in dims {
         let mut key = store::KEY_SPACE_PREFIX.to_vec();
         key.extend_from_slice(&space.0.to_be_bytes());
-        if db.get_cf(cf_meta, &key).map_err(storage)?.is_none() {
-            let info = SpaceInfo { id: space, name: format!("recovered-{}", space.0), dim };
-            let val = bincode::serde::encode_to_vec(&info, bincode::config::standard())
-                .map_err(|e| crate::index::corrupt(path, "space record", e))?;
-            wb.put_cf(cf_meta, key, val);
-            out.meta.push(format!(
-                "the record of embedding space {} was lost: its vectors are kept as space `{}` (dim {dim}); the next ingest \
-                 fills a new space for its model",
-                space.0, info.name
-            ));
+        match db.get_cf(cf_meta, &key).map_err(storage)? {
+            Some(v) => {
+                if let Ok((info, _)) = bincode::serde::decode_from_slice::<SpaceInfo, _>(&v, bincode::config::standard()) {
+                    held.insert(info.name);
+                }
+            }
+            None => lost.push((space, dim)),
         }
     }
+    let probes = if lost.is_empty() { Vec::new() } else { probed_spaces(db, path)? };
+    let names = name_lost_spaces(&lost, &probes, &held);
+    for (space, dim) in lost {
+        let mut key = store::KEY_SPACE_PREFIX.to_vec();
+        key.extend_from_slice(&space.0.to_be_bytes());
+        let (name, line) = match names.get(&space) {
+            Some(name) => (
+                name.clone(),
+                format!(
+                    "the record of embedding space {} was lost: written again as space `{name}` (dim {dim}), the name its \
+                     model's probe in the ingest log holds; the next ingest with that model fills it again",
+                    space.0
+                ),
+            ),
+            None => (
+                format!("recovered-{}", space.0),
+                format!(
+                    "the record of embedding space {} was lost and no model probe in the ingest log names it alone: its \
+                     vectors are kept as space `recovered-{}` (dim {dim}); the next ingest fills a new space for its model",
+                    space.0, space.0
+                ),
+            ),
+        };
+        let info = SpaceInfo { id: space, name, dim };
+        let val = bincode::serde::encode_to_vec(&info, bincode::config::standard())
+            .map_err(|e| crate::index::corrupt(path, "space record", e))?;
+        wb.put_cf(cf_meta, key, val);
+        out.meta.push(line);
+    }
     db.write_opt(wb, &crate::index::synced()).map_err(storage)
+}
+
+/// The spaces the ingest log holds a model probe for ([`store::LOG_SPACE_PROBE`] + name → JSON
+/// whose `text` embedding has the space's dimension): name and dimension (0 where the probe
+/// does not say), in name order.
+fn probed_spaces(db: &DB, path: &Path) -> Result<Vec<(String, usize)>, IndexError> {
+    let storage = |source| IndexError::Storage { path: path.to_owned(), source };
+    let Some(cf) = db.cf_handle(store::CF_INGEST_LOG) else { return Ok(Vec::new()) };
+    let prefix = store::LOG_SPACE_PROBE.as_bytes();
+    let mut out = Vec::new();
+    for kv in db.iterator_cf_opt(cf, verified(), IteratorMode::From(prefix, Direction::Forward)) {
+        let (k, v) = match kv {
+            Ok(kv) => kv,
+            // A damaged ingest log: the probes read so far are all there is to go by.
+            Err(e) if e.kind() == rocksdb::ErrorKind::Corruption => break,
+            Err(e) => return Err(storage(e)),
+        };
+        let Some(name) = k.strip_prefix(prefix) else { break };
+        let dim = serde_json::from_slice::<serde_json::Value>(&v).ok().and_then(|j| j["text"].as_array().map(Vec::len)).unwrap_or(0);
+        out.push((String::from_utf8_lossy(name).into_owned(), dim));
+    }
+    Ok(out)
+}
+
+/// Names for spaces whose record is lost (`lost`: id and the dimension of its vectors) from the
+/// model probes (`probes`: name and dimension) that no surviving record (`held`) names: a lost
+/// space gets a probe's name where it is the only lost space of its dimension and that probe
+/// the only unclaimed one of it. Two models of one dimension cannot be told apart by their
+/// vectors: those spaces keep no name here.
+fn name_lost_spaces(lost: &[(SpaceId, usize)], probes: &[(String, usize)], held: &BTreeSet<String>) -> BTreeMap<SpaceId, String> {
+    let mut out = BTreeMap::new();
+    for (space, dim) in lost {
+        let same_dim = lost.iter().filter(|(_, d)| d == dim).count();
+        let candidates: Vec<&String> = probes.iter().filter(|(n, d)| d == dim && !held.contains(n)).map(|(n, _)| n).collect();
+        if same_dim == 1 && candidates.len() == 1 {
+            out.insert(*space, candidates[0].clone());
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lost_space_is_named_from_the_one_probe_of_its_dimension() {
+        let probes = vec![("a".to_owned(), 512), ("b".to_owned(), 64), ("c".to_owned(), 64), ("d".to_owned(), 32)];
+        let held: BTreeSet<String> = ["d".to_owned()].into();
+        let lost = [(SpaceId(1), 512), (SpaceId(2), 64), (SpaceId(3), 32)];
+        let names = name_lost_spaces(&lost, &probes, &held);
+        // 512: one probe; 64: two probes, no telling which; 32: its probe's space survived.
+        assert_eq!(names, BTreeMap::from([(SpaceId(1), "a".to_owned())]));
+        let lost = [(SpaceId(2), 64), (SpaceId(4), 64)];
+        assert!(name_lost_spaces(&lost, &probes, &BTreeSet::new()).is_empty());
+    }
 
     #[test]
     fn midpoints_of_byte_strings() {

@@ -53,6 +53,11 @@ pub const LOOKUP_VERSION: u32 = 1;
 /// `meta` key prefix of space records.
 pub const KEY_SPACE_PREFIX: &[u8] = b"space/";
 
+/// Ingest-log key prefix under which the engine keeps each space's model probe (the space's
+/// name follows; the value is JSON whose `text` embedding has the space's dimension). A
+/// salvage that finds a space's record in `meta` lost names it again from these.
+pub const LOG_SPACE_PROBE: &str = "model-probe:";
+
 /// Write-buffer size per column family: small, so tests and small archives stay light.
 const WRITE_BUFFER_BYTES: usize = 32 << 20;
 
