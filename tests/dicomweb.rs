@@ -3,8 +3,11 @@
 //! Orthanc's REST API are found by QIDO-RS (counts, paging with a small limit, date and modality
 //! filters) and retrieved by WADO-RS byte for byte; a stopped server, a missing instance, wrong
 //! credentials and a flaky link give errors naming the UIDs and the HTTP status, or are retried.
+//! `echovault ingest dicomweb:URL` indexes what a file ingest of the same files indexes, fetches
+//! only what is new on a rerun, and resumes after the server stopped mid-run.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
+mod common;
 #[path = "support/orthanc.rs"]
 mod orthanc;
 
@@ -290,4 +293,130 @@ fn retries_ride_over_error_statuses_and_cut_bodies() {
     assert_eq!(e.status(), Some(403), "{e}");
     assert!(!e.to_string().contains("attempts"), "{e}");
     assert_eq!(*proxy.connections.lock().unwrap() - before, 1);
+}
+
+/// The summary a `--json` ingest printed, with its exit code.
+fn ingest(index: &Path, source: &str, extra: &[&str]) -> (i32, serde_json::Value) {
+    let mut args = vec!["--json", "ingest", source, "--progress", "none"];
+    args.extend_from_slice(extra);
+    let out = common::command(index, &args).env_remove("ECHOVAULT_DICOMWEB_TOKEN").output().unwrap();
+    let code = out.status.code().unwrap_or(-1);
+    assert!(code == 0 || code == 3, "ingest {source}: exit {code}\n{}", String::from_utf8_lossy(&out.stderr));
+    (code, common::json(&out))
+}
+
+fn ids(summary: &serde_json::Value) -> BTreeSet<String> {
+    summary["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect()
+}
+
+fn search(index: &Path, text: &str) -> Vec<serde_json::Value> {
+    let out = common::echovault(index, &["--json", "search", "--text", text, "-k", "20", "--kind", "video"]);
+    assert!(out.status.success(), "search: {}", String::from_utf8_lossy(&out.stderr));
+    common::json(&out)["hits"].as_array().unwrap().clone()
+}
+
+#[test]
+fn ingest_over_dicomweb_equals_a_file_ingest_fetches_only_what_is_new_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (phantom_archive(dir.path(), 2, 70), phantom_archive(dir.path(), 2, 80), phantom_archive(dir.path(), 2, 90));
+    let mut orthanc = Orthanc::start();
+    for f in &a {
+        orthanc.upload(&f.file);
+    }
+    let proxy = FlakyProxy::start(orthanc.port);
+    let base = format!("http://127.0.0.1:{}/dicom-web", proxy.port);
+    let source = format!("dicomweb:{base}");
+
+    // The same US instances as files, in a folder of their own (the CT study is not one of them).
+    let files = dir.path().join("a-files");
+    std::fs::create_dir(&files).unwrap();
+    for (i, f) in us(&a).iter().enumerate() {
+        std::fs::copy(&f.file, files.join(format!("{i}.dcm"))).unwrap();
+    }
+    let (file_index, web_index) = (dir.path().join("files-index"), dir.path().join("web-index"));
+    let (code, by_file) = ingest(&file_index, files.to_str().unwrap(), &[]);
+    assert_eq!((code, by_file["ingested"].as_u64()), (0, Some(6)), "{by_file}");
+    let (code, by_web) = ingest(&web_index, &source, &["--workers", "2"]);
+    assert_eq!(code, 0, "{by_web}");
+    assert_eq!((by_web["found"].as_u64(), by_web["ingested"].as_u64()), (Some(6), Some(6)), "{by_web}");
+    assert_eq!(ids(&by_web), ids(&by_file), "the same content ids");
+    assert_eq!(proxy.retrievals.load(std::sync::atomic::Ordering::SeqCst), 6);
+
+    // The same hits with the same scores; DICOMweb hits carry the UIDs and the WADO-RS URL.
+    let by_sop: BTreeMap<&str, &Uploaded> = us(&a).into_iter().map(|f| (f.sop.as_str(), f)).collect();
+    for text in ["A PACEMAKER LEAD IS SEEN IN THE RIGHT HEART.", "SEVERELY REDUCED LEFT VENTRICULAR SYSTOLIC FUNCTION."] {
+        let (theirs, ours) = (search(&file_index, text), search(&web_index, text));
+        assert_eq!((theirs.len(), ours.len()), (6, 6));
+        // Keyed by id: the second instance is a copy of the first's pixels (a tie, in either order).
+        let scores = |hits: &[serde_json::Value]| -> BTreeMap<String, f64> {
+            hits.iter().map(|h| (h["id"].as_str().unwrap().to_owned(), h["score"].as_f64().unwrap())).collect()
+        };
+        let (f_scores, w_scores) = (scores(&theirs), scores(&ours));
+        assert_eq!(f_scores.keys().collect::<Vec<_>>(), w_scores.keys().collect::<Vec<_>>(), "{text}");
+        for (id, f) in &f_scores {
+            assert!((f - w_scores[id]).abs() < 1e-6, "{id}: {f} vs {}", w_scores[id]);
+        }
+        for w in &ours {
+            let f = theirs.iter().find(|f| f["id"] == w["id"]).unwrap();
+            assert_eq!((&f["study"], &f["series"], &f["sop"]), (&w["study"], &w["series"], &w["sop"]));
+            let u = by_sop[w["sop"].as_str().unwrap()];
+            assert_eq!(w["study"], u.study.as_str());
+            assert_eq!(w["series"], u.series.as_str());
+            assert_eq!(w["url"], format!("{base}/studies/{}/series/{}/instances/{}", u.study, u.series, u.sop));
+            assert!(f.get("url").is_none(), "a file's hit has no WADO-RS URL: {f}");
+        }
+    }
+
+    // More studies on the server: a rerun retrieves those alone.
+    for f in &b {
+        orthanc.upload(&f.file);
+    }
+    let before = proxy.retrievals.load(std::sync::atomic::Ordering::SeqCst);
+    let (code, again) = ingest(&web_index, &source, &["--workers", "2"]);
+    assert_eq!(code, 0, "{again}");
+    assert_eq!((again["found"].as_u64(), again["ingested"].as_u64(), again["skipped"].as_u64()), (Some(12), Some(6), Some(6)), "{again}");
+    assert_eq!(proxy.retrievals.load(std::sync::atomic::Ordering::SeqCst) - before, 6, "only the new instances were fetched");
+    assert_eq!(ids(&again), us(&b).iter().map(|f| echovault::ingest::content_id(&f.file).unwrap()).collect::<BTreeSet<_>>());
+
+    // Orthanc killed as the third retrieval of the next run arrives (one worker: the first two
+    // are in): those two are indexed, the rest fail naming their UIDs, exit 3 ...
+    for f in &c {
+        orthanc.upload(&f.file);
+    }
+    let pid = orthanc.pid().unwrap();
+    proxy.on_retrieval(3, move || {
+        Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    });
+    let (code, cut) = ingest(&web_index, &source, &["--workers", "1"]);
+    assert_eq!(code, 3, "{cut}");
+    assert_eq!(cut["ingested"].as_u64(), Some(2), "{cut}");
+    let failed = cut["failed"].as_array().unwrap();
+    assert!(!failed.is_empty());
+    // The walk lists every study again (known instances are skipped once listed): a study of
+    // any upload may be the one whose listing failed.
+    let all_us: Vec<&Uploaded> = [&a, &b, &c].into_iter().flat_map(|x| us(x)).collect();
+    for f in failed {
+        let (key, reason) = (f["path"].as_str().unwrap(), f["reason"].as_str().unwrap());
+        assert!(key.starts_with(&format!("{base}/studies")), "{f}");
+        // An instance's failure names its three UIDs; a study that could not be listed, its UID;
+        // the next page of studies, the search.
+        let named = all_us.iter().any(|u| {
+            (reason.contains(&u.sop) && reason.contains(&u.series) && reason.contains(&u.study))
+                || (key.ends_with(&u.study) && reason.contains(&u.study))
+        }) || (key == format!("{base}/studies") && reason.starts_with("study search"));
+        assert!(named, "{f}");
+        assert!(reason.contains("after 4 attempts"), "retried: {f}");
+    }
+    let errors = common::json(&common::echovault(&web_index, &["--json", "errors"]))["errors"].as_array().unwrap().len();
+    assert_eq!(errors, failed.len());
+
+    // ... and once Orthanc is back, the rerun fetches the rest and clears the errors.
+    orthanc.restart();
+    let (code, resumed) = ingest(&web_index, &source, &["--workers", "2"]);
+    assert_eq!(code, 0, "{resumed}");
+    assert_eq!((resumed["ingested"].as_u64(), resumed["skipped"].as_u64()), (Some(4), Some(14)), "{resumed}");
+    let errors = common::json(&common::echovault(&web_index, &["--json", "errors"]));
+    assert_eq!(errors["errors"].as_array().unwrap().len(), 0, "{errors}");
+    let info = common::json(&common::echovault(&web_index, &["--json", "info"]));
+    assert_eq!(info["counts"]["video"].as_u64(), Some(18), "{info}");
 }

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 pub struct IngestArgs {
     /// DICOM files (recognised by content), DICOMDIRs, videos, or directories (walked
     /// recursively, through their DICOMDIR when they have one; NAME.txt beside NAME.avi is its
-    /// report).
+    /// report). Or one DICOMweb server, alone: dicomweb:http://HOST:PORT/dicom-web (its US
+    /// studies, searched with QIDO-RS and retrieved with WADO-RS; credentials from
+    /// ECHOVAULT_DICOMWEB_USER + ECHOVAULT_DICOMWEB_PASSWORD, or ECHOVAULT_DICOMWEB_TOKEN).
     #[arg(required = true)]
     paths: Vec<PathBuf>,
     /// Reports by study id (for DICOM the StudyInstanceUID): a JSONL manifest
@@ -28,6 +30,9 @@ pub struct IngestArgs {
     /// report manifest's date of their study. Undated inputs are passed over.
     #[arg(long)]
     since: Option<echovault::index::StudyDate>,
+    /// Only studies dated on or before this day (YYYY-MM-DD); undated inputs are passed over.
+    #[arg(long)]
+    until: Option<echovault::index::StudyDate>,
     /// Decode workers (default: one per core).
     #[arg(long, default_value_t = 0)]
     workers: usize,
@@ -76,6 +81,7 @@ pub fn run(g: &Global, a: &IngestArgs) -> anyhow::Result<i32> {
         crop_regions: a.crop_region,
         workers: a.workers,
         since: a.since,
+        until: a.until,
         queue: a.queue,
         cancel: None,
     };
@@ -85,7 +91,19 @@ pub fn run(g: &Global, a: &IngestArgs) -> anyhow::Result<i32> {
         m => m,
     };
     let mut display = Display::new(mode, Duration::from_secs_f64(a.progress_every.max(0.1)));
-    let summary = ingest(&engine, &a.paths, &opts, |p| display.update(p))?;
+    let web: Vec<&str> = a.paths.iter().filter_map(|p| p.to_str()).filter(|p| echovault::dicomweb::is_dicomweb(p)).collect();
+    let summary = match web[..] {
+        [] => ingest(&engine, &a.paths, &opts, |p| display.update(p))?,
+        [source] if a.paths.len() == 1 => {
+            use echovault::dicomweb::{Client, ClientOptions, Credentials, StudyQuery};
+            // Retrieval waits on the network more than on the cores: at least 4 at once.
+            let workers = if a.workers == 0 { 4 } else { a.workers };
+            let client = Client::new(source.parse()?, Credentials::from_env()?, ClientOptions { workers, ..ClientOptions::default() });
+            let query = StudyQuery { since: a.since, until: a.until, ..StudyQuery::default() };
+            echovault::ingest::ingest_dicomweb(&engine, &client, query, &opts, |p| display.update(p))?
+        }
+        _ => anyhow::bail!("a dicomweb: source is ingested alone: one per run, without other paths"),
+    };
     display.finish();
     let secs = start.elapsed().as_secs_f64();
     let spaces: Vec<&str> = engine.embedders.iter().map(|e| e.space_name.as_str()).collect();

@@ -155,10 +155,13 @@ impl Client {
                     e
                 }
                 Err(ureq::Error::Transport(t)) => {
-                    let reason = match t.message() {
+                    let mut reason = match t.message() {
                         Some(m) => format!("{}: {m}", t.kind()),
                         None => t.kind().to_string(),
                     };
+                    if let Some(cause) = std::error::Error::source(&t) {
+                        reason.push_str(&format!(": {cause}"));
+                    }
                     DicomWebError::Transport { target: Box::new(target.clone()), url: shown.clone(), reason, attempts: attempt }
                 }
             };

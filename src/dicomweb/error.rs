@@ -130,6 +130,17 @@ impl DicomWebError {
         }
     }
 
+    /// The message without the URL (for a failure keyed by that URL): the UIDs, the status or
+    /// what went wrong, the attempts.
+    pub fn reason(&self) -> String {
+        match self {
+            DicomWebError::Status { target, status, attempts, .. } => format!("{target}: HTTP {status}{}", attempts_note(*attempts)),
+            DicomWebError::Transport { target, reason, attempts, .. } => format!("{target}: {reason}{}", attempts_note(*attempts)),
+            DicomWebError::Response { target, reason, .. } => format!("{target}: bad response: {reason}"),
+            DicomWebError::Source { .. } | DicomWebError::Credentials(_) => self.to_string(),
+        }
+    }
+
     /// The URL of the failed request.
     pub fn url(&self) -> Option<&str> {
         match self {
@@ -155,6 +166,7 @@ mod tests {
         assert!(s.contains("study 1.2, series 1.2.3, instance 1.2.3.4"), "{s}");
         assert!(s.contains("HTTP 503") && s.contains("after 4 attempts"), "{s}");
         assert_eq!(e.status(), Some(503));
+        assert_eq!(e.reason(), "study 1.2, series 1.2.3, instance 1.2.3.4: HTTP 503 after 4 attempts");
         let once = DicomWebError::Status { target: Box::new(Target::search()), url: "u".into(), status: 404, attempts: 1 };
         assert_eq!(once.to_string(), "DICOMweb study search: HTTP 404 from u");
     }

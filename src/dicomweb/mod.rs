@@ -94,6 +94,11 @@ impl Endpoint {
         format!("{}/studies", self.base)
     }
 
+    /// One study (its WADO-RS URL; a run's failure to list it is keyed by it).
+    pub fn study_url(&self, study: &str) -> String {
+        format!("{}/studies/{study}", self.base)
+    }
+
     /// QIDO-RS: the series of a study.
     pub fn series_url(&self, study: &str) -> String {
         format!("{}/studies/{study}/series", self.base)

@@ -303,7 +303,16 @@ impl Client {
     /// each study's series and instances. A study whose series or instances cannot be listed
     /// is one error (naming it) and the walk goes on; a failed page of studies ends it.
     pub fn walk(&self, query: StudyQuery) -> Walk {
-        Walk { client: self.clone(), query, pager: None, studies: VecDeque::new(), ready: VecDeque::new(), done: false }
+        Walk {
+            client: self.clone(),
+            query,
+            pager: None,
+            studies: VecDeque::new(),
+            ready: VecDeque::new(),
+            listed: Vec::new(),
+            done: false,
+            complete: false,
+        }
     }
 }
 
@@ -315,10 +324,25 @@ pub struct Walk {
     pager: Option<Pager>,
     studies: VecDeque<StudyRef>,
     ready: VecDeque<Result<InstanceRef, DicomWebError>>,
+    /// Studies whose series and instances were listed in full, not yet taken.
+    listed: Vec<String>,
     done: bool,
+    /// Every page of studies was read.
+    complete: bool,
 }
 
 impl Walk {
+    /// The studies listed in full (every series and instance) since the last call: a caller
+    /// that keeps failures by study can clear theirs.
+    pub fn take_listed(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.listed)
+    }
+
+    /// Whether the search went through every page of studies without an error.
+    pub fn complete(&self) -> bool {
+        self.complete
+    }
+
     fn expand(&mut self, study: &StudyRef) -> Result<(), DicomWebError> {
         let series = self.client.series(&study.study_uid, self.query.modality.as_deref())?;
         let mut seen = HashSet::new();
@@ -363,10 +387,13 @@ impl Iterator for Walk {
             }
             if let Some(study) = self.studies.pop_front() {
                 let before = self.ready.len();
-                if let Err(e) = self.expand(&study) {
-                    // Part of a study is not a study: none of its instances, one error.
-                    self.ready.truncate(before);
-                    self.ready.push_back(Err(e));
+                match self.expand(&study) {
+                    Ok(()) => self.listed.push(study.study_uid),
+                    Err(e) => {
+                        // Part of a study is not a study: none of its instances, one error.
+                        self.ready.truncate(before);
+                        self.ready.push_back(Err(e));
+                    }
                 }
                 continue;
             }
@@ -375,7 +402,10 @@ impl Iterator for Walk {
             }
             match self.next_studies() {
                 Ok(true) => {}
-                Ok(false) => self.done = true,
+                Ok(false) => {
+                    self.done = true;
+                    self.complete = true;
+                }
                 Err(e) => {
                     self.done = true;
                     return Some(Err(e));

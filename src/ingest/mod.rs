@@ -13,7 +13,7 @@ pub mod pipeline;
 pub(crate) mod reports;
 
 pub use discover::{discover, Discovered, Found, InputKind};
-pub use pipeline::{ingest, Progress};
+pub use pipeline::{ingest, ingest_dicomweb, Progress};
 pub use reports::{read_reports, ReportEntry};
 
 use crate::error::Error;
@@ -39,6 +39,8 @@ pub struct IngestOptions {
     /// Only studies dated on or after this day (`YYYY-MM-DD`); inputs without a study date
     /// (DICOM StudyDate, or the report manifest's date for a video's study) are passed over.
     pub since: Option<StudyDate>,
+    /// Only studies dated on or before this day; undated inputs are passed over likewise.
+    pub until: Option<StudyDate>,
     /// Videos each channel between stages holds at most (0: the default, 2).
     pub queue: usize,
     /// Set to stop the run early (`echovault serve` on SIGTERM): no new file is started, those
@@ -103,6 +105,12 @@ pub fn content_id(path: &Path) -> Result<String, Error> {
         h.update(&buf[..n]);
     }
     Ok(hex::encode(&h.finalize()[..16]))
+}
+
+/// Content id of bytes in memory (a DICOM instance retrieved over DICOMweb): the same as
+/// [`content_id`] of a file holding them.
+pub fn content_id_of(bytes: &[u8]) -> String {
+    hex::encode(&Sha256::digest(bytes)[..16])
 }
 
 /// Item id of a study's report.
@@ -171,8 +179,21 @@ fn decode_video(_: &pipeline::Ctx, path: &Path, _: &str, _: Gate) -> Result<Resu
 }
 
 /// A DICOM file passed over (no image, outside `--since`, a known instance): `Ok(Err(why))`.
-fn decode_dicom(ctx: &pipeline::Ctx, path: &Path, id: &str, opts: &IngestOptions, gate: Gate) -> Result<Result<Decoded, Pass>, Error> {
-    let cine = match DicomCine::open(path) {
+/// `fetched`: the file's bytes, retrieved over DICOMweb (`path` is then its WADO-RS URL).
+fn decode_dicom(
+    ctx: &pipeline::Ctx,
+    path: &Path,
+    id: &str,
+    opts: &IngestOptions,
+    gate: Gate,
+    fetched: Option<Vec<u8>>,
+) -> Result<Result<Decoded, Pass>, Error> {
+    let from_web = fetched.is_some();
+    let opened = match fetched {
+        Some(bytes) => DicomCine::from_bytes(bytes),
+        None => DicomCine::open(path),
+    };
+    let cine = match opened {
         Ok(c) => c,
         Err(e) if e.not_image => return Ok(Err(Pass::NotImage(e.message))),
         Err(e) => return Err(Error::media(path, e)),
@@ -212,6 +233,10 @@ fn decode_dicom(ctx: &pipeline::Ctx, path: &Path, id: &str, opts: &IngestOptions
     }
     if let Some(r) = &crop {
         extra.insert("crop".into(), format!("{},{},{},{}", r.x0, r.y0, r.x1, r.y1));
+    }
+    if from_web {
+        // What a DICOM viewer opens (also the item's source).
+        extra.insert("wado_url".into(), path.display().to_string());
     }
     Ok(Ok(Decoded {
         frames,

@@ -9,7 +9,10 @@
 //!
 //! - **feeder**: stats each discovered file; a file whose path, size and mtime the ingest log
 //!   records as done, and whose item holds a video vector in every configured space, is
-//!   skipped without being read.
+//!   skipped without being read. A DICOMweb source ([`ingest_dicomweb`]) is fed instead by its
+//!   search (QIDO-RS; instances whose SOPInstanceUID is indexed in every space are skipped
+//!   unfetched) and its retrievals (WADO-RS on the client's workers, at most that many
+//!   instances in memory): an instance is decoded from its bytes like a file.
 //! - **decode** (`workers` threads): content hash (the video's id); skip when indexed in every
 //!   space; DICOM header first (passes over non-images, `--since`, SOPInstanceUIDs already
 //!   indexed), then the sampled frames, streamed: each frame, as it is decoded, is cropped and
@@ -49,6 +52,7 @@ use super::{
     content_id, decode_dicom, decode_video, report_id, study_id, Decoded, Discovered, Failure, Gate, IngestOptions, IngestSummary,
     InputKind, Pass, ReportEntry,
 };
+use crate::dicomweb::{Client, DicomWebError, Endpoint, InstanceRef, StudyQuery, Target};
 use crate::engine::{mean_unit, Engine};
 use crate::error::Error;
 use crate::media::dicom::{DicomCine, UsRegion};
@@ -59,7 +63,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// What the stages other than embedding need: the index, the frame sampling, and per model its
@@ -89,27 +93,28 @@ impl Ctx<'_> {
     /// The frames the run's sampling and bound keep of a DICOM cine (each cropped to `crop`
     /// when given), resized as they are decoded.
     pub(crate) fn sample_dicom(&self, cine: &DicomCine, path: &Path, crop: Option<&UsRegion>) -> Result<VideoFrames, Error> {
-        crate::media::stream::sample_dicom(cine, path, &self.read, crop, |f| self.resize(path, &f))
+        crate::media::stream::sample_dicom(cine, path, &self.read, crop, |fs| self.resize(path, &fs))
     }
 
     /// The frames the run's sampling and bound keep of a video file, resized as they are
     /// decoded.
     #[cfg(feature = "video")]
     pub(crate) fn read_video(&self, path: &Path) -> Result<(crate::media::video::VideoInfo, VideoFrames), Error> {
-        crate::media::video::read_video_each(path, &self.read, |f| self.resize(path, &f))
+        crate::media::video::read_video_each(path, &self.read, |fs| self.resize(path, &fs))
     }
 
-    fn resize(&self, path: &Path, f: &Frame) -> Result<Resized, Error> {
-        self.resizers
-            .iter()
-            .map(|p| {
-                p.resize(f).map_err(|e| match e {
-                    Error::Invalid(reason) => Error::media(path, reason),
-                    Error::Torch(t) => Error::media(path, format!("resizing a frame: libtorch: {}", crate::model::batches::brief(&t))),
-                    other => other,
-                })
-            })
-            .collect()
+    /// Decoded frames → per frame, one resized frame per distinct input size.
+    fn resize(&self, path: &Path, frames: &[Frame]) -> Result<Vec<Resized>, Error> {
+        let mut out: Vec<Resized> = frames.iter().map(|_| Vec::with_capacity(self.resizers.len())).collect();
+        for p in &self.resizers {
+            let resized = p.resize_many(frames).map_err(|e| match e {
+                Error::Invalid(reason) => Error::media(path, reason),
+                Error::Torch(t) => Error::media(path, format!("resizing a frame: libtorch: {}", crate::model::batches::brief(&t))),
+                other => other,
+            })?;
+            out.iter_mut().zip(resized).for_each(|(o, r)| o.push(r));
+        }
+        Ok(out)
     }
 }
 
@@ -176,6 +181,9 @@ fn stamp(path: &Path) -> Option<(u64, u128)> {
 
 struct Job {
     input: Discovered,
+    /// A DICOM instance retrieved over DICOMweb: its bytes (the input's path is then its
+    /// WADO-RS URL, which is also its `source` and its `errors` key).
+    fetched: Option<Vec<u8>>,
 }
 
 /// A decoded video with what the models still lack.
@@ -230,7 +238,7 @@ pub fn ingest(
     engine: &Engine,
     paths: &[PathBuf],
     opts: &IngestOptions,
-    mut progress: impl FnMut(&Progress) + Send,
+    progress: impl FnMut(&Progress) + Send,
 ) -> Result<IngestSummary, Error> {
     let start = Instant::now();
     let found = super::discover(paths)?;
@@ -246,6 +254,46 @@ pub fn ingest(
     }
     summary.ignored = found.ignored.iter().map(|p| p.display().to_string()).collect();
     let reports = gather_reports(opts, &found.videos)?;
+    run(engine, Feed::Files(&found.videos), reports, summary, opts, start, progress)
+}
+
+/// Ingests the instances of a DICOMweb server (`ingest dicomweb:URL`): the studies `query`
+/// selects are listed (QIDO-RS), instances whose SOPInstanceUID is indexed already (in every
+/// space) are skipped without being fetched, the others are retrieved (WADO-RS, on the
+/// client's workers) and go through the same stages as files. An instance's `source` and
+/// `errors` key is its WADO-RS URL; a failed search or retrieval is a failure of the run (its
+/// reason names the UIDs and the HTTP status) and the run goes on.
+pub fn ingest_dicomweb(
+    engine: &Engine,
+    client: &Client,
+    query: StudyQuery,
+    opts: &IngestOptions,
+    progress: impl FnMut(&Progress) + Send,
+) -> Result<IngestSummary, Error> {
+    let start = Instant::now();
+    let reports = gather_reports(opts, &[])?;
+    run(engine, Feed::DicomWeb(client, query), reports, IngestSummary::default(), opts, start, progress)
+}
+
+/// Where the inputs of a run come from.
+enum Feed<'a> {
+    /// Files found by the walk.
+    Files(&'a [Discovered]),
+    /// The instances of a DICOMweb search.
+    DicomWeb(&'a Client, StudyQuery),
+}
+
+fn run(
+    engine: &Engine,
+    inputs: Feed,
+    reports: Vec<ReportJob>,
+    mut summary: IngestSummary,
+    opts: &IngestOptions,
+    start: Instant,
+    mut progress: impl FnMut(&Progress) + Send,
+) -> Result<IngestSummary, Error> {
+    // Inputs found so far: all of them for files; a DICOMweb search counts as it lists.
+    let found = AtomicUsize::new(summary.found);
     let dates: HashMap<String, StudyDate> = reports.iter().filter_map(|r| Some((r.entry.study.clone(), r.entry.date?))).collect();
     // Patients named by the report manifest, keyed at once: videos that carry no PatientID
     // (AVI, MP4) take their study's.
@@ -280,9 +328,9 @@ pub fn ingest(
     let read = ReadOptions { sampling: engine.sampling, max_frames: engine.max_frames, crop_regions: opts.crop_regions };
     let ctx = Ctx { index: &engine.index, sampling: engine.sampling, read, spaces, resizers };
     let gate = |study: &str, date: Option<StudyDate>, sop: Option<&str>| -> Option<Pass> {
-        if let Some(since) = opts.since {
+        if opts.since.is_some() || opts.until.is_some() {
             let date = date.or_else(|| facts.dates.get(study).copied());
-            if date.is_none_or(|d| d < since) {
+            if date.is_none_or(|d| opts.since.is_some_and(|s| d < s) || opts.until.is_some_and(|u| d > u)) {
                 return Some(Pass::OutsideSince);
             }
         }
@@ -295,11 +343,14 @@ pub fn ingest(
 
     let result = std::thread::scope(|s| -> Result<(), Error> {
         let (ctx, stop, gate, facts) = (&ctx, &stop, &gate, &facts);
+        let found = &found;
         let feeder = {
             let done_tx = done_tx.clone();
-            let videos = &found.videos;
             let cancel = opts.cancel.as_deref();
-            s.spawn(move || feed(ctx, videos, &todo_tx, &done_tx, stop, cancel))
+            s.spawn(move || match inputs {
+                Feed::Files(videos) => feed(ctx, videos, &todo_tx, &done_tx, stop, cancel),
+                Feed::DicomWeb(client, query) => feed_dicomweb(ctx, client, query, &todo_tx, &done_tx, stop, cancel, found),
+            })
         };
         let mut decoders = Vec::new();
         for _ in 0..workers {
@@ -309,7 +360,7 @@ pub fn ingest(
         drop((todo_rx, dec_tx));
         let summary = &mut summary;
         let writer = s.spawn(move || {
-            let r = write_stage(ctx, &done_rx, facts, summary, start, &mut progress);
+            let r = write_stage(ctx, &done_rx, facts, summary, found, start, &mut progress);
             if r.is_err() {
                 stop.store(true, Ordering::SeqCst);
             }
@@ -344,6 +395,7 @@ pub fn ingest(
         embedded
     });
     result?;
+    summary.found = found.load(Ordering::SeqCst);
     // Snapshot the graphs now, so the next open replays nothing.
     engine.index.checkpoint()?;
     Ok(summary)
@@ -411,11 +463,115 @@ fn feed(
                 continue;
             }
         }
-        if todo.send(Job { input: input.clone() }).is_err() {
+        if todo.send(Job { input: input.clone(), fetched: None }).is_err() {
             break;
         }
     }
     Ok(())
+}
+
+/// The feeder of a DICOMweb source: a thread walks the search (QIDO-RS) and passes over the
+/// instances indexed already; this one takes the retrieved instances (WADO-RS, on the
+/// client's workers: at most that many in memory) and feeds them to the decoders.
+#[allow(clippy::too_many_arguments)]
+fn feed_dicomweb(
+    ctx: &Ctx,
+    client: &Client,
+    query: StudyQuery,
+    todo: &Sender<Job>,
+    done: &Sender<Done>,
+    stop: &AtomicBool,
+    cancel: Option<&AtomicBool>,
+    found: &AtomicUsize,
+) -> Result<(), Error> {
+    let halted = || stop.load(Ordering::SeqCst) || cancel.is_some_and(|c| c.load(Ordering::SeqCst));
+    let endpoint = client.endpoint();
+    let as_input = |url: &str| Discovered { path: PathBuf::from(url), kind: InputKind::Dicom, report: None };
+    // Failures of earlier runs to list this source or one of its studies: cleared once listed.
+    let mut listing_errors: HashSet<String> =
+        ctx.index.errors()?.into_iter().map(|(key, _)| key).filter(|k| k.starts_with(endpoint.base()) && !k.contains("/series/")).collect();
+    let mut clear = |key: String| -> Result<(), Error> {
+        if listing_errors.remove(&key) {
+            let mut b = ctx.index.batch();
+            b.put_error(&key, None);
+            ctx.index.commit_with(b, Durability::Buffered)?;
+        }
+        Ok(())
+    };
+    let (refs_tx, refs_rx) = bounded::<InstanceRef>(client.options().workers.max(1));
+    let fetched = client.fetch(refs_rx.into_iter().map(Ok));
+    std::thread::scope(|s| -> Result<(), Error> {
+        let walker = s.spawn(move || -> Result<(), Error> {
+            let mut walk = client.walk(query);
+            let mut halted_early = false;
+            while let Some(r) = walk.next() {
+                if halted() {
+                    halted_early = true;
+                    break;
+                }
+                for study in walk.take_listed() {
+                    clear(endpoint.study_url(&study))?;
+                }
+                let sent = match r {
+                    Err(e) => done.send(Done::Failed(web_failure(endpoint, &e))).is_ok(),
+                    Ok(r) if known_instance(ctx, &r.sop_uid) => {
+                        found.fetch_add(1, Ordering::SeqCst);
+                        done.send(Done::Skipped { input: as_input(&r.url(endpoint)), id: None }).is_ok()
+                    }
+                    Ok(r) => {
+                        found.fetch_add(1, Ordering::SeqCst);
+                        refs_tx.send(r).is_ok()
+                    }
+                };
+                if !sent {
+                    halted_early = true;
+                    break;
+                }
+            }
+            if !halted_early {
+                for study in walk.take_listed() {
+                    clear(endpoint.study_url(&study))?;
+                }
+                if walk.complete() {
+                    clear(endpoint.studies_url())?;
+                }
+            }
+            // Dropping `refs_tx` ends the retrieval once it has fetched what was listed.
+            Ok(())
+        });
+        for r in fetched {
+            if halted() {
+                break;
+            }
+            let sent = match r {
+                Ok(i) => todo.send(Job { input: as_input(&i.url), fetched: Some(i.bytes) }).is_ok(),
+                Err(e) => done.send(Done::Failed(web_failure(endpoint, &e))).is_ok(),
+            };
+            if !sent {
+                break;
+            }
+        }
+        walker.join().unwrap_or_else(|_| Err(Error::Invalid("the DICOMweb search thread panicked".into())))
+    })
+}
+
+/// Whether the ingest log holds this SOPInstanceUID for an item indexed in every space.
+fn known_instance(ctx: &Ctx, sop_uid: &str) -> bool {
+    let known = ctx.index.get_log(&sop_key(sop_uid)).ok().flatten().and_then(|b| String::from_utf8(b).ok());
+    known.is_some_and(|id| indexed_everywhere(ctx, &id))
+}
+
+/// A failed search or retrieval, keyed by what failed — an instance by its WADO-RS URL (its
+/// source once ingested), a study that could not be listed by the study's URL, the search by
+/// the studies URL — so that the run that succeeds clears it; the reason names the UIDs and the
+/// HTTP status.
+fn web_failure(endpoint: &Endpoint, e: &DicomWebError) -> Failure {
+    let key = match e.target() {
+        Some(Target { study: Some(study), series: Some(series), sop: Some(sop) }) => endpoint.instance_url(study, series, sop),
+        Some(Target { study: Some(study), .. }) => endpoint.study_url(study),
+        _ => endpoint.studies_url(),
+    };
+    Failure { path: key, reason: e.reason() }
 }
 
 fn decode_stage(
@@ -432,7 +588,8 @@ fn decode_stage(
             break;
         }
         let path = job.input.path.clone();
-        let outcome = catch_unwind(AssertUnwindSafe(|| decode_job(ctx, opts, gate, &job.input)))
+        let Job { input, fetched } = job;
+        let outcome = catch_unwind(AssertUnwindSafe(|| decode_job(ctx, opts, gate, &input, fetched)))
             .unwrap_or_else(|_| Err(Error::media(&path, "the decoder panicked on this file")));
         let sent = match outcome {
             Ok(Step::Decoded(d)) => out.send(*d).is_ok(),
@@ -461,15 +618,18 @@ enum Step {
     Done(Done),
 }
 
-fn decode_job(ctx: &Ctx, opts: &IngestOptions, gate: Gate, input: &Discovered) -> Result<Step, Error> {
-    let id = content_id(&input.path)?;
+fn decode_job(ctx: &Ctx, opts: &IngestOptions, gate: Gate, input: &Discovered, fetched: Option<Vec<u8>>) -> Result<Step, Error> {
+    let id = match &fetched {
+        Some(bytes) => super::content_id_of(bytes),
+        None => content_id(&input.path)?,
+    };
     let needs = missing_spaces(ctx, &id)?;
     if needs.is_empty() {
         return Ok(Step::Done(Done::Skipped { input: input.clone(), id: Some(id) }));
     }
     let decoded = match input.kind {
         InputKind::Video => decode_video(ctx, &input.path, &id, gate)?,
-        InputKind::Dicom => decode_dicom(ctx, &input.path, &id, opts, gate)?,
+        InputKind::Dicom => decode_dicom(ctx, &input.path, &id, opts, gate, fetched)?,
     };
     match decoded {
         Ok(decoded) => Ok(Step::Decoded(Box::new(DecodedJob { input: input.clone(), id, decoded, needs }))),
@@ -653,6 +813,7 @@ fn write_stage(
     done: &Receiver<Done>,
     facts: &StudyFacts,
     summary: &mut IngestSummary,
+    found: &AtomicUsize,
     start: Instant,
     progress: &mut impl FnMut(&Progress),
 ) -> Result<(), Error> {
@@ -664,7 +825,7 @@ fn write_stage(
     // decode does not stand in for one that decodes.
     let mut written_sops: HashSet<String> = HashSet::new();
     let mut members: Option<Members> = None;
-    let mut p = Progress { found: summary.found, ..Progress::default() };
+    let mut p = Progress { found: found.load(Ordering::SeqCst), ..Progress::default() };
     // Failures of the walk (recorded already) are reported first, one by one, as any failure is:
     // a watcher lists them as they come.
     for f in summary.failed.clone() {
@@ -742,6 +903,7 @@ fn write_stage(
         if input_done {
             p.done += 1;
         }
+        p.found = found.load(Ordering::SeqCst).max(p.done);
         if synced_at.elapsed() >= SYNC_EVERY {
             index.sync()?;
             synced_at = Instant::now();

@@ -335,6 +335,7 @@ impl Jobs {
                 crop_regions: spec.crop_region,
                 workers: spec.workers,
                 since: spec.since,
+                until: None,
                 queue: spec.queue,
                 cancel: Some(cancel.clone()),
             };

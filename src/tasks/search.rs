@@ -226,14 +226,16 @@ pub enum QueryEcho {
     },
 }
 
-/// One hit. As JSON: `id`, `kind`, `score`, `source`, `study`, `patient`, `date`, `text`.
+/// One hit. As JSON: `id`, `kind`, `score`, `source`, `study`, `patient`, `date`, `text`; for
+/// a DICOM video also `series` and `sop` (its Series / SOP Instance UIDs), and for one ingested
+/// over DICOMweb `url`, its WADO-RS URL (what a DICOM viewer opens).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SearchHit(pub Hit);
 
 impl Serialize for SearchHit {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let (h, r) = (&self.0, &self.0.record);
-        let mut m = s.serialize_map(Some(8))?;
+        let mut m = s.serialize_map(None)?;
         m.serialize_entry("id", h.id.as_str())?;
         m.serialize_entry("kind", r.kind.as_str())?;
         m.serialize_entry("score", &h.score)?;
@@ -242,6 +244,11 @@ impl Serialize for SearchHit {
         m.serialize_entry("patient", &r.patient)?;
         m.serialize_entry("date", &r.date)?;
         m.serialize_entry("text", &r.text)?;
+        for (key, extra) in [("series", "series_uid"), ("sop", "sop_uid"), ("url", "wado_url")] {
+            if let Some(v) = r.extra.get(extra) {
+                m.serialize_entry(key, v)?;
+            }
+        }
         m.end()
     }
 }

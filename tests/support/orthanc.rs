@@ -9,6 +9,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -158,6 +159,11 @@ impl Orthanc {
         v["ID"].as_str().unwrap().to_owned()
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the server (its storage is kept).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -188,14 +194,21 @@ pub enum Fault {
     CutAfter(usize),
 }
 
+/// Something to do when the proxy has passed on a given number of WADO-RS retrievals.
+type Hook = (usize, Box<dyn FnOnce() + Send>);
+
 /// A loopback TCP proxy in front of a real server: each new connection takes the next fault
-/// from its queue; once the queue is empty, connections pass through untouched.
+/// from its queue; once the queue is empty, connections pass through untouched. It counts the
+/// WADO-RS instance retrievals it passes on (`GET …/instances/UID`).
 pub struct FlakyProxy {
     /// Its port on 127.0.0.1.
     pub port: u16,
     faults: Arc<Mutex<std::collections::VecDeque<Fault>>>,
     /// Connections accepted so far.
     pub connections: Arc<Mutex<usize>>,
+    /// Instance retrievals passed on so far.
+    pub retrievals: Arc<AtomicUsize>,
+    hook: Arc<Mutex<Option<Hook>>>,
 }
 
 impl FlakyProxy {
@@ -205,15 +218,24 @@ impl FlakyProxy {
         let port = listener.local_addr().unwrap().port();
         let faults = Arc::new(Mutex::new(std::collections::VecDeque::new()));
         let connections = Arc::new(Mutex::new(0));
-        let (f, n) = (faults.clone(), connections.clone());
+        let retrievals = Arc::new(AtomicUsize::new(0));
+        let hook: Arc<Mutex<Option<Hook>>> = Arc::new(Mutex::new(None));
+        let (f, n, r, h) = (faults.clone(), connections.clone(), retrievals.clone(), hook.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 *n.lock().unwrap() += 1;
                 let fault = f.lock().unwrap().pop_front();
-                std::thread::spawn(move || serve(client, upstream, fault));
+                let (r, h) = (r.clone(), h.clone());
+                std::thread::spawn(move || serve(client, upstream, fault, &r, &h));
             }
         });
-        FlakyProxy { port, faults, connections }
+        FlakyProxy { port, faults, connections, retrievals, hook }
+    }
+
+    /// Runs `f` when the `n`-th retrieval from now arrives, before passing that one on.
+    pub fn on_retrieval(&self, n: usize, f: impl FnOnce() + Send + 'static) {
+        let at = self.retrievals.load(Ordering::SeqCst) + n;
+        *self.hook.lock().unwrap() = Some((at, Box::new(f)));
     }
 
     /// Queues faults for the next connections.
@@ -240,7 +262,7 @@ fn read_head(s: &mut TcpStream) -> Vec<u8> {
     head
 }
 
-fn serve(mut client: TcpStream, upstream: u16, fault: Option<Fault>) {
+fn serve(mut client: TcpStream, upstream: u16, fault: Option<Fault>, retrievals: &AtomicUsize, hook: &Mutex<Option<Hook>>) {
     match fault {
         Some(Fault::Status(code)) => {
             read_head(&mut client);
@@ -272,14 +294,36 @@ fn serve(mut client: TcpStream, upstream: u16, fault: Option<Fault>) {
         None => {
             let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { return };
             let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-            let up = std::thread::spawn(move || {
-                std::io::copy(&mut c2, &mut s2).ok();
-                s2.shutdown(Shutdown::Write).ok();
+            std::thread::scope(|scope| {
+                scope.spawn(|| {
+                    // Requests, counted as they pass (a request head arrives in one read on
+                    // loopback).
+                    let mut buf = [0u8; 16 * 1024];
+                    loop {
+                        let n = match c2.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let chunk = &buf[..n];
+                        let found = chunk.windows(b"/instances/".len()).filter(|w| *w == b"/instances/").count();
+                        for _ in 0..found {
+                            let now = retrievals.fetch_add(1, Ordering::SeqCst) + 1;
+                            let mut h = hook.lock().unwrap();
+                            if h.as_ref().is_some_and(|(at, _)| now >= *at) {
+                                let (_, f) = h.take().unwrap();
+                                f();
+                            }
+                        }
+                        if s2.write_all(chunk).is_err() {
+                            break;
+                        }
+                    }
+                    s2.shutdown(Shutdown::Write).ok();
+                });
+                let (mut s, mut c) = (server, client);
+                std::io::copy(&mut s, &mut c).ok();
+                c.shutdown(Shutdown::Both).ok();
             });
-            let (mut s, mut c) = (server, client);
-            std::io::copy(&mut s, &mut c).ok();
-            c.shutdown(Shutdown::Both).ok();
-            up.join().ok();
         }
     }
 }
