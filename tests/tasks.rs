@@ -323,3 +323,106 @@ fn eval_zero_shot_reads_a_prompt_file_of_the_reference_schema() {
         }
     }
 }
+
+/// `eval … --dump-inputs` writes patient keys, never a manifest's raw ids (keyed with the
+/// index's secret as `timeline --patient-id` keys an MRN; a run's own secret without an index),
+/// and the dump still recomputes to the same table; an AUC row over fewer than 10 positives is
+/// marked; an empty transitions table names the window that would hold studies.
+#[test]
+fn eval_dumps_keep_patient_ids_out_and_thin_or_empty_tables_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let clips: Vec<std::path::PathBuf> =
+        ["a4c_normal_01.avi", "a4c_reduced_02.avi", "a4c_pacer_03.avi", "a4c_normal_04.mp4", "a4c_reduced_05.mp4"]
+            .iter()
+            .map(|f| root().join("data-samples/clips").join(f))
+            .collect();
+    // Three patients; the first two have two studies a year apart.
+    let rows = [
+        ("MRN-RAW-1111", "2020-01-10"),
+        ("MRN-RAW-1111", "2021-01-10"),
+        ("MRN-RAW-2222", "2020-03-01"),
+        ("MRN-RAW-2222", "2020-09-01"),
+        ("MRN-RAW-3333", "2020-05-05"),
+    ];
+    let manifest = dir.path().join("videos.jsonl");
+    let lines: Vec<String> = clips
+        .iter()
+        .zip(rows)
+        .enumerate()
+        .map(|(i, (f, (p, d)))| json!({"file": f, "patient": p, "study": format!("S{i}"), "date": d}).to_string())
+        .collect();
+    std::fs::write(&manifest, lines.join("\n")).unwrap();
+    let raw_ids = ["MRN-RAW-1111", "MRN-RAW-2222", "MRN-RAW-3333"];
+    let eval = |index: &std::path::Path, args: &[&str]| -> (Value, String) {
+        let dump = dir.path().join("dump.json");
+        let mut all = vec!["--json", "eval"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--resamples", "20", "--dump-inputs", dump.to_str().unwrap()]);
+        let o = common::echovault(index, &all);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        (common::json(&o), std::fs::read_to_string(&dump).unwrap())
+    };
+
+    // No index: keys of this run's own secret; pairs of one patient stay pairs of one patient.
+    let (v, text) = eval(&dir.path().join("no-index"), &["reid", "--manifest", manifest.to_str().unwrap()]);
+    for raw in raw_ids {
+        assert!(!text.contains(raw), "{raw} in the dump");
+    }
+    let dumped: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(dumped["patient_keys"], "this run");
+    let keys: Vec<&str> = dumped["patients"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    assert!(keys.iter().all(|k| k.starts_with("p-")), "{keys:?}");
+    assert!(keys[0] == keys[1] && keys[2] == keys[3] && keys[0] != keys[2] && keys[4] != keys[0] && keys[4] != keys[2], "{keys:?}");
+    // The numpy reference recomputes the same table from the keyed dump.
+    let dump = dir.path().join("dump.json");
+    let out =
+        Command::new(root().join(".venv/bin/python")).arg(root().join("tools/tasks/tasks_ref.py")).arg("eval").arg(&dump).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let theirs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (x, y) in v["rows"].as_array().unwrap().iter().zip(theirs["rows"].as_array().unwrap()) {
+        assert_eq!(x["n"], y["n"]);
+        match (x["value"].as_f64(), y["value"].as_f64()) {
+            (Some(p), Some(q)) => assert!((p - q).abs() <= 1e-9, "{x} vs {y}"),
+            (p, q) => assert_eq!(p.is_some(), q.is_some(), "{x} vs {y}"),
+        }
+    }
+    // Two same-patient pairs: the AUC row is marked, in JSON and in the Markdown.
+    let auc = &v["rows"][0];
+    assert_eq!(
+        (auc["metric"].as_str(), auc["positives"].as_u64(), auc["few_positives"].as_bool()),
+        (Some("AUC"), Some(2), Some(true)),
+        "{auc}"
+    );
+    assert!(v["rows"][1].get("few_positives").is_none(), "mean rows have no positives: {}", v["rows"][1]);
+    let md = v["markdown"].as_str().unwrap();
+    assert!(md.contains(&format!("| AUC | {} † |", auc["n"])) && md.contains("† fewer than 10 positives"), "{md}");
+
+    // With an index: keys of the index's secret, the keys search and timeline show.
+    let index = dir.path().join("idx");
+    let o = common::echovault(&index, &["ingest", root().join("data-samples/clips").to_str().unwrap(), "--progress", "none"]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let secret = *echovault::index::Index::open_reader(&index).unwrap().secret().unwrap();
+    let (_, text) = eval(&index, &["reid", "--manifest", manifest.to_str().unwrap()]);
+    let dumped: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(dumped["patient_keys"], "index");
+    let want: Vec<String> = rows.iter().map(|(p, _)| echovault::pseudonym::patient_key(&secret, p)).collect();
+    assert_eq!(dumped["patients"], json!(want));
+
+    // Transitions over the manifest's studies: an event 100 days after MRN-RAW-2222's first study
+    // (2020-03-01), the second 84 days later; within ±30 days nothing is scored.
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, json!({"patient": "MRN-RAW-2222", "date": "2020-06-09", "event": "valve replacement"}).to_string()).unwrap();
+    let studies = ["transitions", "--manifest", events.to_str().unwrap(), "--studies", manifest.to_str().unwrap()];
+    let (v, text) = eval(&index, &[&studies[..], &["--window", "30"]].concat());
+    for raw in raw_ids {
+        assert!(!text.contains(raw), "{raw} in the transitions dump");
+    }
+    assert_eq!(v["rows"][0]["n"], 0, "{v}");
+    let note = v["note"].as_str().unwrap();
+    // Needs the study before (100 days) and another (84 days after): ±100 days.
+    assert!(note.contains("±30 days") && note.contains("nearest lies 100 days away") && note.contains("--window"), "{note}");
+    assert!(v["markdown"].as_str().unwrap().contains(note));
+    let (v, _) = eval(&index, &[&studies[..], &["--window", "100"]].concat());
+    assert_eq!(v["rows"][0]["n"], 1, "the window the note named scores the event: {v}");
+    assert!(v["note"].is_null(), "{v}");
+}

@@ -163,8 +163,13 @@ pub struct EvalRetrievalRequest {
     pub dump_inputs: bool,
 }
 
+/// Below this many positives an AUC row is marked (`few_positives`, a footnote in the
+/// Markdown): its figure and interval rest on too few cases to mean much.
+pub const FEW_POSITIVES: usize = 10;
+
 /// One line of an evaluation table. As JSON: `task`, `metric`, `n`, the estimate's `value`,
-/// `lo`, `hi`, `resamples`, `undefined` (all `null` without one) and `paper`.
+/// `lo`, `hi`, `resamples`, `undefined` (all `null` without one), `paper`, and for a row that
+/// separates two classes (AUC) `positives` and `few_positives` (fewer than [`FEW_POSITIVES`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct EvalRow {
     /// What is measured.
@@ -177,12 +182,22 @@ pub struct EvalRow {
     pub est: Option<Estimate>,
     /// The paper's figure, where it reports one.
     pub paper: Option<&'static str>,
+    /// Positive cases of a row that separates two classes (AUC): labelled present, pairs of one
+    /// patient, studies after the event. `None` for other metrics.
+    pub positives: Option<usize>,
+}
+
+impl EvalRow {
+    /// A row with fewer than [`FEW_POSITIVES`] positive cases.
+    pub fn few_positives(&self) -> bool {
+        self.positives.is_some_and(|p| p < FEW_POSITIVES)
+    }
 }
 
 impl Serialize for EvalRow {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let e = self.est.as_ref();
-        let mut m = s.serialize_map(Some(9))?;
+        let mut m = s.serialize_map(None)?;
         m.serialize_entry("task", &self.task)?;
         m.serialize_entry("metric", &self.metric)?;
         m.serialize_entry("n", &self.n)?;
@@ -192,6 +207,10 @@ impl Serialize for EvalRow {
         m.serialize_entry("resamples", &e.map(|e| e.resamples))?;
         m.serialize_entry("undefined", &e.map(|e| e.undefined))?;
         m.serialize_entry("paper", &self.paper)?;
+        if let Some(p) = self.positives {
+            m.serialize_entry("positives", &p)?;
+            m.serialize_entry("few_positives", &self.few_positives())?;
+        }
         m.end()
     }
 }
@@ -255,8 +274,11 @@ pub struct EvalResult {
     pub rows: Vec<EvalRow>,
     /// Inputs that could not be used.
     pub failed: Vec<Failure>,
-    /// The table as Markdown, with a title line.
+    /// The table as Markdown, with a title line (and the note under it).
     pub markdown: String,
+    /// What a reader of an empty or thin table should know (e.g. which window would hold
+    /// studies); `null` when nothing needs saying.
+    pub note: Option<String>,
     /// What the evaluation reports beside its table.
     #[serde(flatten)]
     pub details: EvalDetails,
@@ -290,16 +312,23 @@ fn fmt_num(x: f64) -> String {
     }
 }
 
-/// The table as Markdown under `title`.
+/// The table as Markdown under `title`; a row with few positives is marked `†` after its `n`,
+/// with a footnote under the table.
 pub fn markdown(title: &str, rows: &[EvalRow]) -> String {
     let mut s = format!("{title}\n\n| task | metric | n | echovault | 95 % CI | paper |\n|---|---|---:|---:|---|---|\n");
     for l in rows {
+        let n = if l.few_positives() { format!("{} †", l.n) } else { l.n.to_string() };
         let (v, ci) = match &l.est {
             Some(e) if e.lo.is_finite() => (fmt_num(e.value), format!("{} – {}", fmt_num(e.lo), fmt_num(e.hi))),
             Some(e) => (fmt_num(e.value), "–".into()),
             None => ("–".into(), "–".into()),
         };
-        s.push_str(&format!("| {} | {} | {} | {v} | {ci} | {} |\n", l.task, l.metric, l.n, l.paper.unwrap_or("–")));
+        s.push_str(&format!("| {} | {} | {n} | {v} | {ci} | {} |\n", l.task, l.metric, l.paper.unwrap_or("–")));
+    }
+    let few: Vec<String> =
+        rows.iter().filter(|l| l.few_positives()).map(|l| format!("{} ({})", l.task, l.positives.unwrap_or(0))).collect();
+    if !few.is_empty() {
+        s.push_str(&format!("\n† fewer than {FEW_POSITIVES} positives: {} — the figure and its interval mean little.\n", few.join(", ")));
     }
     s
 }
@@ -331,11 +360,38 @@ fn finish(
     details: EvalDetails,
     inputs: Option<Value>,
     predictions: Vec<Prediction>,
+    note: Option<String>,
 ) -> EvalResult {
     let model = ctx.model().to_owned();
     let title = format!("echovault eval {eval} (model space `{model}`, {} bootstrap resamples, seed {})", boot.resamples, boot.seed);
-    let markdown = markdown(&title, &rows);
-    EvalResult { eval, model, rows, failed, markdown, details, inputs, predictions }
+    let mut markdown = markdown(&title, &rows);
+    if let Some(n) = &note {
+        markdown.push_str(&format!("\n{n}\n"));
+    }
+    EvalResult { eval, model, rows, failed, markdown, note, details, inputs, predictions }
+}
+
+/// Patient ids for `--dump-inputs`: a raw manifest id is never written, its pseudonymous key is
+/// (HMAC-SHA-256 with the index's secret, as `timeline --patient-id` keys an MRN; without an
+/// index, with a secret drawn for this run: the dump then tells only which rows share a
+/// patient, which is all a re-computation needs).
+struct DumpKeys {
+    secret: [u8; 32],
+    /// `index` or `this run`, written into the dump as `patient_keys`.
+    of: &'static str,
+}
+
+impl DumpKeys {
+    fn new(ctx: &TaskContext<'_>) -> Result<DumpKeys, Error> {
+        Ok(match ctx.index {
+            Some(index) => DumpKeys { secret: *index.secret()?, of: "index" },
+            None => DumpKeys { secret: rand::random(), of: "this run" },
+        })
+    }
+
+    fn key(&self, raw: &str) -> String {
+        crate::pseudonym::patient_key(&self.secret, raw)
+    }
 }
 
 /// The paper's figure for a zero-shot task, where it reports one.
@@ -522,6 +578,7 @@ pub fn eval_zero_shot(ctx: &TaskContext<'_>, req: &EvalZeroShotRequest) -> Resul
     for (name, t) in &tasks {
         let pairs = per_task.get(name).map(Vec::as_slice).unwrap_or_default();
         let n = pairs.len();
+        let positives = matches!(t, EmbeddedTask::Binary(..)).then(|| pairs.iter().filter(|p| p.1 == 1.0).count());
         let (metric, est) = match t {
             EmbeddedTask::Regression(..) => (
                 format!("MAE{}", file[name].unit.as_deref().map(|u| format!(" ({u})")).unwrap_or_default()),
@@ -545,7 +602,7 @@ pub fn eval_zero_shot(ctx: &TaskContext<'_>, req: &EvalZeroShotRequest) -> Resul
                 }),
             ),
         };
-        lines.push(EvalRow { task: name.clone(), metric, n, est, paper: paper_zero_shot(name) });
+        lines.push(EvalRow { task: name.clone(), metric, n, est, paper: paper_zero_shot(name), positives });
     }
     let details = EvalDetails::ZeroShot {
         manifest: req.manifest.display().to_string(),
@@ -553,7 +610,7 @@ pub fn eval_zero_shot(ctx: &TaskContext<'_>, req: &EvalZeroShotRequest) -> Resul
         frames: req.frames,
         inputs: rows.len(),
     };
-    Ok(finish("zero-shot", ctx, boot, lines, failed, details, inputs, predictions))
+    Ok(finish("zero-shot", ctx, boot, lines, failed, details, inputs, predictions, None))
 }
 
 /// Video vectors of a manifest's rows with their patient, study and date.
@@ -627,10 +684,14 @@ pub fn eval_reid(ctx: &TaskContext<'_>, req: &EvalReidRequest) -> Result<EvalRes
     let (l, failed) = labelled_videos(&m, &src);
     let boot = Boot { resamples: req.resamples, seed: req.seed };
     let p = reid_pairs(&l.vectors, &l.patients, &l.studies, req.max_pairs, boot.seed);
-    let inputs = req.dump_inputs.then(|| {
-        json!({ "op": "eval_reid", "vectors": l.vectors, "patients": l.patients, "studies": l.studies, "max_pairs": req.max_pairs,
-                "resamples": boot.resamples, "seed": boot.seed })
-    });
+    let inputs = if req.dump_inputs {
+        let keys = DumpKeys::new(ctx)?;
+        let patients: Vec<String> = l.patients.iter().map(|p| keys.key(p)).collect();
+        Some(json!({ "op": "eval_reid", "vectors": l.vectors, "patients": patients, "patient_keys": keys.of, "studies": l.studies,
+                     "max_pairs": req.max_pairs, "resamples": boot.resamples, "seed": boot.seed }))
+    } else {
+        None
+    };
     // AUC over the pairs of different studies: same patient (1) vs different patients (0).
     let scored: Vec<(f64, bool)> = p.same_patient.iter().map(|&s| (s, true)).chain(p.different.iter().map(|&s| (s, false))).collect();
     let est = boot.estimate(scored.len(), |idx| {
@@ -644,15 +705,16 @@ pub fn eval_reid(ctx: &TaskContext<'_>, req: &EvalReidRequest) -> Result<EvalRes
         n,
         est,
         paper: Some(paper),
+        positives: None,
     };
     let lines = vec![
-        row("same patient vs different patients", "AUC", scored.len(), est, "0.86"),
+        EvalRow { positives: Some(p.same_patient.len()), ..row("same patient vs different patients", "AUC", scored.len(), est, "0.86") },
         row("same study", "mean cosine", p.same_study.len(), boot.mean(&p.same_study), "0.87"),
         row("same patient, other study", "mean cosine", p.same_patient.len(), boot.mean(&p.same_patient), "0.64"),
         row("different patients", "mean cosine", p.different.len(), boot.mean(&p.different), "0.40"),
     ];
     let details = EvalDetails::Reid { manifest: req.manifest.display().to_string(), videos: l.vectors.len(), sampled_pairs: p.sampled };
-    Ok(finish("reid", ctx, boot, lines, failed, details, inputs, Vec::new()))
+    Ok(finish("reid", ctx, boot, lines, failed, details, inputs, Vec::new(), None))
 }
 
 /// A study's patient, date and video vectors.
@@ -727,11 +789,19 @@ pub fn eval_transitions(ctx: &TaskContext<'_>, req: &EvalTransitionsRequest) -> 
     }
     let scored = transition_scores(&visits, &events, req.window);
     let boot = Boot { resamples: req.resamples, seed: req.seed };
-    let inputs = req.dump_inputs.then(|| {
-        json!({ "op": "eval_transitions", "visits": visits.iter().map(|v| json!({ "patient": v.patient, "day": v.day, "vector": v.vector })).collect::<Vec<_>>(),
-                "events": events.iter().map(|e| json!({ "patient": e.patient, "day": e.day, "kind": e.kind })).collect::<Vec<_>>(),
-                "window": req.window, "resamples": boot.resamples, "seed": boot.seed })
-    });
+    let inputs = if req.dump_inputs {
+        // The index's studies carry keys already (and the events were keyed to match them);
+        // a studies manifest's and its events' raw ids are keyed here.
+        let keys = if from_index { None } else { Some(DumpKeys::new(ctx)?) };
+        let key = |p: &str| keys.as_ref().map_or_else(|| p.to_owned(), |k| k.key(p));
+        Some(json!({ "op": "eval_transitions",
+                "visits": visits.iter().map(|v| json!({ "patient": key(&v.patient), "day": v.day, "vector": v.vector })).collect::<Vec<_>>(),
+                "events": events.iter().map(|e| json!({ "patient": key(&e.patient), "day": e.day, "kind": e.kind })).collect::<Vec<_>>(),
+                "patient_keys": keys.as_ref().map_or("index", |k| k.of),
+                "window": req.window, "resamples": boot.resamples, "seed": boot.seed }))
+    } else {
+        None
+    };
     let kinds: BTreeSet<String> = events.iter().map(|e| e.kind.clone()).collect();
     let mut groups: Vec<(String, Option<String>)> = kinds.iter().map(|k| (k.clone(), Some(k.clone()))).collect();
     if kinds.len() > 1 {
@@ -747,9 +817,11 @@ pub fn eval_transitions(ctx: &TaskContext<'_>, req: &EvalTransitionsRequest) -> 
             auc(&before, &after)
         });
         let paper = kind.as_deref().and_then(paper_transition);
-        lines.push(EvalRow { task: label, metric: "AUC before vs after".into(), n: s.len(), est, paper });
+        let positives = Some(s.iter().filter(|x| x.1).count());
+        lines.push(EvalRow { task: label, metric: "AUC before vs after".into(), n: s.len(), est, paper, positives });
     }
     let used = scored.iter().map(|s| s.event).collect::<BTreeSet<_>>().len();
+    let note = scored.is_empty().then(|| pairs::window_hint(&visits, &events, req.window));
     let details = EvalDetails::Transitions {
         manifest: req.manifest.display().to_string(),
         events: events.len(),
@@ -757,7 +829,7 @@ pub fn eval_transitions(ctx: &TaskContext<'_>, req: &EvalTransitionsRequest) -> 
         studies: visits.len(),
         window_days: req.window,
     };
-    Ok(finish("transitions", ctx, boot, lines, failed, details, inputs, Vec::new()))
+    Ok(finish("transitions", ctx, boot, lines, failed, details, inputs, Vec::new(), note))
 }
 
 /// Retrieval between indexed videos and their studies' reports.
@@ -822,6 +894,7 @@ pub fn eval_retrieval(ctx: &TaskContext<'_>, req: &EvalRetrievalRequest) -> Resu
         n,
         est: boot.estimate(n, |idx| pairs::mcmrr(&ranks, idx)),
         paper: Some("206 (of 21,484)"),
+        positives: None,
     }];
     for (dir, rk) in [("video → report", &ranks.video_to_report), ("report → video", &ranks.report_to_video)] {
         lines.push(EvalRow {
@@ -830,6 +903,7 @@ pub fn eval_retrieval(ctx: &TaskContext<'_>, req: &EvalRetrievalRequest) -> Resu
             n,
             est: boot.estimate(n, |idx| mean(&idx.iter().map(|&i| rk[i] as f64).collect::<Vec<_>>())),
             paper: None,
+            positives: None,
         });
         for k in [1, 5, 10] {
             lines.push(EvalRow {
@@ -838,11 +912,12 @@ pub fn eval_retrieval(ctx: &TaskContext<'_>, req: &EvalRetrievalRequest) -> Resu
                 n,
                 est: boot.estimate(n, |idx| recall_at(&idx.iter().map(|&i| rk[i]).collect::<Vec<_>>(), k)),
                 paper: None,
+                positives: None,
             });
         }
     }
     let details = EvalDetails::Retrieval { videos: ranks.videos, reports: ranks.reports };
-    Ok(finish("retrieval", ctx, boot, lines, failed, details, inputs, Vec::new()))
+    Ok(finish("retrieval", ctx, boot, lines, failed, details, inputs, Vec::new(), None))
 }
 
 #[cfg(test)]
@@ -862,17 +937,47 @@ mod tests {
     #[test]
     fn rows_serialise_their_estimate_flat_and_null_without_one() {
         let est = Estimate { value: 0.5, lo: 0.25, hi: 0.75, resamples: 10, undefined: 1 };
-        let with =
-            serde_json::to_value(EvalRow { task: "t".into(), metric: "AUC".into(), n: 3, est: Some(est), paper: Some("0.9") }).unwrap();
+        let with = serde_json::to_value(EvalRow {
+            task: "t".into(),
+            metric: "AUC".into(),
+            n: 3,
+            est: Some(est),
+            paper: Some("0.9"),
+            positives: None,
+        })
+        .unwrap();
         assert_eq!(
             with,
             json!({ "task": "t", "metric": "AUC", "n": 3, "value": 0.5, "lo": 0.25, "hi": 0.75, "resamples": 10, "undefined": 1, "paper": "0.9" })
         );
-        let without = serde_json::to_value(EvalRow { task: "t".into(), metric: "m".into(), n: 0, est: None, paper: None }).unwrap();
+        let without =
+            serde_json::to_value(EvalRow { task: "t".into(), metric: "m".into(), n: 0, est: None, paper: None, positives: None }).unwrap();
         assert_eq!(
             without,
             json!({ "task": "t", "metric": "m", "n": 0, "value": null, "lo": null, "hi": null, "resamples": null, "undefined": null, "paper": null })
         );
+    }
+
+    #[test]
+    fn a_row_with_few_positives_is_marked_in_json_and_markdown() {
+        let est = Estimate { value: 0.9, lo: 0.7, hi: 1.0, resamples: 10, undefined: 0 };
+        let row = |task: &str, positives| EvalRow {
+            task: task.into(),
+            metric: "AUC".into(),
+            n: 40,
+            est: Some(est.clone()),
+            paper: None,
+            positives,
+        };
+        let rows = [row("pacemaker", Some(9)), row("valve", Some(10)), row("ef", None)];
+        let v: Vec<Value> = rows.iter().map(|r| serde_json::to_value(r).unwrap()).collect();
+        assert_eq!((v[0]["positives"].as_u64(), v[0]["few_positives"].as_bool()), (Some(9), Some(true)));
+        assert_eq!(v[1]["few_positives"], false);
+        assert!(v[2].get("few_positives").is_none(), "{}", v[2]);
+        let md = markdown("t", &rows);
+        assert!(md.contains("| pacemaker | AUC | 40 † |") && md.contains("| valve | AUC | 40 |"), "{md}");
+        assert!(md.contains("† fewer than 10 positives: pacemaker (9)"), "{md}");
+        assert!(!markdown("t", &rows[1..]).contains('†'));
     }
 
     #[test]

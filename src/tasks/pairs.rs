@@ -4,6 +4,7 @@
 
 use super::metrics::SplitMix64;
 use serde::Serialize;
+use std::collections::HashMap;
 
 /// Dot product in f64.
 pub fn sim(a: &[f32], b: &[f32]) -> f64 {
@@ -129,6 +130,57 @@ pub fn transition_scores(visits: &[Visit], events: &[Event], window: i64) -> Vec
     out
 }
 
+/// The smallest window (days either side) under which `ev` is scored by
+/// [`transition_scores`]: a study of its patient before it and another; `None` when no window
+/// would do. `days` are the patient's study days.
+fn window_needed(days: &[i64], ev: &Event) -> Option<i64> {
+    let mut by_distance: Vec<i64> = days.to_vec();
+    by_distance.sort_by_key(|d| ((d - ev.day).abs(), *d));
+    // Widening only adds studies, and the earliest of them only moves earlier: the first
+    // distance that scores the event is the answer.
+    let mut earliest = i64::MAX;
+    for (n, d) in by_distance.iter().enumerate() {
+        earliest = earliest.min(*d);
+        if n >= 1 && earliest < ev.day {
+            return Some((d - ev.day).abs());
+        }
+    }
+    None
+}
+
+/// Why [`transition_scores`] scored nothing under `window`, and which window would score
+/// something: a line for the reader of an empty table.
+pub fn window_hint(visits: &[Visit], events: &[Event], window: i64) -> String {
+    if events.is_empty() {
+        return "no event was read: nothing to score".into();
+    }
+    let mut days: HashMap<&str, Vec<i64>> = HashMap::new();
+    for v in visits {
+        days.entry(v.patient.as_str()).or_default().push(v.day);
+    }
+    let with_studies = events.iter().filter(|e| days.contains_key(e.patient.as_str())).count();
+    if with_studies == 0 {
+        return format!(
+            "none of the {} events' patients has a study among the {} studies: the events' patient ids must match the studies'",
+            events.len(),
+            visits.len()
+        );
+    }
+    let needed: Vec<i64> = events.iter().filter_map(|e| window_needed(days.get(e.patient.as_str())?, e)).collect();
+    match needed.iter().min() {
+        None => format!(
+            "no event's patient has a study before the event and another study ({with_studies} of {} events have studies): no window would score one",
+            events.len()
+        ),
+        Some(&w) => format!(
+            "no study within ±{window} days of any event date (an event needs a study before it and another); the nearest lies {w} days away — \
+             widen --window to at least {w} (it would score {} of {} events)",
+            needed.iter().filter(|&&n| n <= w).count(),
+            events.len()
+        ),
+    }
+}
+
 /// One row of a patient's timeline.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TimelineRow {
@@ -222,6 +274,24 @@ mod tests {
 
     fn v(a: f32) -> Vec<f32> {
         vec![a.cos(), a.sin()]
+    }
+
+    #[test]
+    fn the_window_hint_names_the_smallest_window_that_scores_an_event() {
+        let visit = |p: &str, day: i64| Visit { patient: p.into(), day, vector: v(day as f32) };
+        let event = |p: &str, day: i64| Event { patient: p.into(), day, kind: "surgery".into() };
+        // a: studies 300 days before and 420 after; b: 250 before and 260 before (both before).
+        let visits = vec![visit("a", 700), visit("a", 1420), visit("b", 750), visit("b", 740), visit("c", 5000)];
+        let events = vec![event("a", 1000), event("b", 1000), event("d", 1000)];
+        let hint = window_hint(&visits, &events, 200);
+        assert!(hint.contains("±200") && hint.contains("nearest lies 260 days away") && hint.contains("score 1 of 3"), "{hint}");
+        // The smallest window that scores, by brute force over transition_scores.
+        let first = (0..2000).find(|&w| !transition_scores(&visits, &events, w).is_empty()).unwrap();
+        assert_eq!(first, 260);
+        // Patients without studies, or with one study only.
+        assert!(window_hint(&visits, &[event("d", 1)], 200).contains("must match"));
+        assert!(window_hint(&visits, &[event("c", 6000)], 200).contains("no window would score"));
+        assert!(window_hint(&visits, &[], 200).contains("no event"));
     }
 
     #[test]
