@@ -478,6 +478,25 @@ fn zero_shot_reads_a_prompt_file_of_the_reference_schema() {
     let out = json(&echovault(&index, &["--json", "zero-shot", clip.to_str().unwrap(), "--task", "pacemaker"]));
     let p = &out["results"][0]["readings"]["pacemaker"];
     assert_eq!(p["present"].as_bool(), Some(p["score"].as_f64().unwrap() > 0.298), "{p}");
+    // Text output: values to one decimal with their unit, scores to three, present/absent where
+    // the task has a threshold; JSON keeps every digit.
+    let tasks = ["--task", "ejection_fraction,pulmonary_artery_pressure,pacemaker,tavr"];
+    let all = json(&echovault(&index, &[&["--json", "zero-shot", clip.to_str().unwrap()][..], &tasks].concat()));
+    let r = &all["results"][0]["readings"];
+    let text = String::from_utf8(echovault(&index, &[&["zero-shot", clip.to_str().unwrap()][..], &tasks].concat()).stdout).unwrap();
+    let value = |t: &str| r[t]["value"].as_f64().unwrap();
+    let score = |t: &str| r[t]["score"].as_f64().unwrap();
+    assert!(value("ejection_fraction").fract() != 0.0 && format!("{}", value("ejection_fraction")).len() > 4, "full precision: {r}");
+    let present = if r["pacemaker"]["present"] == true { "present" } else { "absent" };
+    for want in [
+        format!("ejection_fraction={:.1} %", value("ejection_fraction")),
+        format!("pulmonary_artery_pressure={:.1} mmHg", value("pulmonary_artery_pressure")),
+        format!("pacemaker={:.3} ({present})", score("pacemaker")),
+        format!("tavr={:.3}", score("tavr")),
+    ] {
+        assert!(text.split_whitespace().collect::<Vec<_>>().join(" ").contains(&want), "{want} in {text}");
+    }
+    assert!(r["tavr"].get("present").is_none() && !text.contains(&format!("tavr={:.3} (", score("tavr"))), "no threshold: {text}");
     // A misspelt field names its task and field.
     let bad = tmp.path().join("bad.json");
     std::fs::write(&bad, r#"{"tavr": {"mode": "binary", "label_source": ["A TAVR IS SEEN."]}}"#).unwrap();
@@ -749,8 +768,8 @@ fn a_video_cut_short_records_and_warns_how_many_frames_it_lost() {
     assert_eq!(cut["frames_announced"], whole["frames_announced"], "the header is in the first half: {cut:?}");
     let (decoded, announced) = (count(&cut, "frames_decoded"), count(&cut, "frames_announced"));
     assert!(decoded > 0 && decoded + 1 < announced, "{cut:?}");
-    assert!(stderr.contains(&format!("{decoded} frames decoded, the container announces {announced}")), "{stderr}");
-    assert_eq!(stderr.matches("the container announces").count(), 1, "the whole file is not warned about: {stderr}");
+    assert!(stderr.contains(&format!("decoded {decoded} frames where its container announces {announced}")), "{stderr}");
+    assert_eq!(stderr.matches("container announces").count(), 1, "the whole file is not warned about: {stderr}");
 }
 
 /// `echovault --index INDEX --device cpu ARGS...` in `cwd` (no --model, none in the environment).
@@ -869,8 +888,27 @@ fn hits_show_patient_date_and_study_and_an_mrn_is_keyed_from_flag_env_or_stdin()
     assert_eq!(ids(&json(&out)), ids(&by_key));
     let timeline_by_key = json(&echovault(&index, &["timeline", "--patient", &key, "--json"]));
     assert_eq!(timeline_by_key["patient"], key.as_str());
+    // timeline needs a patient: it falls back to ECHOVAULT_PATIENT_ID and says so (not the id).
     let mut c = common::command(&index, &["timeline", "--json"]);
     let from_env = c.env("ECHOVAULT_PATIENT_ID", &mrn).output().unwrap();
+    assert!(String::from_utf8_lossy(&from_env.stderr).contains("ECHOVAULT_PATIENT_ID"), "{}", String::from_utf8_lossy(&from_env.stderr));
+    // search reads it only when asked (`--patient-id env`): a value left in the environment
+    // does not filter a plain search.
+    let mut c = common::command(&index, &["search", "--text", "heart", "-k", "10", "--json"]);
+    let unasked = c.env("ECHOVAULT_PATIENT_ID", &mrn).output().unwrap();
+    assert_eq!(ids(&json(&unasked)).len(), hits.len(), "{}", String::from_utf8_lossy(&unasked.stderr));
+    assert!(!String::from_utf8_lossy(&unasked.stderr).contains("ECHOVAULT_PATIENT_ID"));
+    let mut c = common::command(&index, &["search", "--text", "heart", "--patient-id", "env", "--json"]);
+    let asked = c.env("ECHOVAULT_PATIENT_ID", &mrn).output().unwrap();
+    assert_eq!(ids(&json(&asked)), ids(&by_key));
+    let mut c = common::command(&index, &["search", "--text", "heart", "--patient-id", "env"]);
+    let unset = c.env_remove("ECHOVAULT_PATIENT_ID").output().unwrap();
+    assert_eq!(unset.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&unset.stderr).contains("ECHOVAULT_PATIENT_ID is not set"),
+        "{}",
+        String::from_utf8_lossy(&unset.stderr)
+    );
     let mut c = common::command(&index, &["search", "--text", "heart", "--patient-id", "-", "--json"]);
     c.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
     let mut child = c.spawn().unwrap();
@@ -878,10 +916,43 @@ fn hits_show_patient_date_and_study_and_an_mrn_is_keyed_from_flag_env_or_stdin()
     let from_stdin = child.wait_with_output().unwrap();
     assert_eq!(json(&from_env), timeline_by_key);
     assert_eq!(ids(&json(&from_stdin)), ids(&by_key));
-    for o in [&out, &from_env, &from_stdin] {
+    for o in [&out, &from_env, &from_stdin, &asked] {
         let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
         assert!(!all.contains(&mrn), "the MRN is never printed: {all}");
     }
     // Neither a key nor an id: a usage error.
     assert_eq!(echovault(&index, &["timeline"]).status.code(), Some(2));
+}
+
+#[test]
+fn phantom_refuses_a_non_empty_out_unless_forced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("ph");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("notes.txt"), "mine").unwrap();
+    let args = |extra: &[&'static str]| -> Vec<String> {
+        let mut v: Vec<String> = ["phantom", "--out", out.to_str().unwrap(), "--patients", "1", "--studies", "1:1", "--size", "32"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(["--num-frames", "2", "--formats", "dicom-native"].iter().chain(extra).map(|s| s.to_string()));
+        v
+    };
+    let run = |a: &[String]| echovault(&tmp.path().join("unused-index"), &a.iter().map(String::as_str).collect::<Vec<_>>());
+    let o = run(&args(&[]));
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("is not empty") && err.contains("--force") && err.contains(out.to_str().unwrap()), "{err}");
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1, "nothing written");
+    let o = run(&args(&["--force"]));
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.join("manifest.jsonl").is_file() && out.join("notes.txt").is_file());
+    // A new directory, or an empty one, needs no --force.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let o = echovault(
+        &tmp.path().join("unused-index"),
+        &["phantom", "--out", empty.to_str().unwrap(), "--patients", "1", "--studies", "1:1", "--size", "32", "--num-frames", "2"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
 }

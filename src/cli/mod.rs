@@ -332,12 +332,27 @@ impl std::fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
-/// `--patient-id`: as given, else $ECHOVAULT_PATIENT_ID, or for `-` the first line of stdin.
-/// The value is never printed: errors say what is wrong, not what was read.
-pub fn patient_id_arg(arg: Option<&str>) -> anyhow::Result<Option<String>> {
-    let env = std::env::var("ECHOVAULT_PATIENT_ID").ok().filter(|v| !v.is_empty());
-    let raw = match arg.or(env.as_deref()) {
+/// The environment variable a patient's own id (MRN) may be passed in: out of shell history and
+/// `ps`. `timeline` falls back to it (saying so); `search` reads it only when asked
+/// (`--patient-id env`), so that a value left in the environment never filters a search
+/// silently.
+pub const PATIENT_ID_ENV: &str = "ECHOVAULT_PATIENT_ID";
+
+/// `--patient-id`: as given; `-` the first line of stdin; `env` $ECHOVAULT_PATIENT_ID. Without
+/// the flag: $ECHOVAULT_PATIENT_ID when `env_fallback` (a note on stderr says so, without the
+/// id), else none. The value is never printed: errors say what is wrong, not what was read.
+pub fn patient_id_arg(arg: Option<&str>, env_fallback: bool) -> anyhow::Result<Option<String>> {
+    let env = || std::env::var(PATIENT_ID_ENV).ok().filter(|v| !v.trim().is_empty());
+    let raw = match arg {
+        None if env_fallback => match env() {
+            Some(v) => {
+                print_note(&format!("the patient is ${PATIENT_ID_ENV}'s (keyed, never shown); --patient or --patient-id overrides it"));
+                v
+            }
+            None => return Ok(None),
+        },
         None => return Ok(None),
+        Some("env") => env().with_context(|| format!("--patient-id env: ${PATIENT_ID_ENV} is not set (or empty)"))?,
         Some("-") => {
             let mut line = String::new();
             std::io::stdin().read_line(&mut line).context("--patient-id -: reading the patient id from stdin")?;
@@ -346,7 +361,7 @@ pub fn patient_id_arg(arg: Option<&str>) -> anyhow::Result<Option<String>> {
         Some(s) => s.to_owned(),
     };
     let id = raw.trim();
-    anyhow::ensure!(!id.is_empty(), "--patient-id: empty (give the id, `-` with the id on stdin, or ECHOVAULT_PATIENT_ID)");
+    anyhow::ensure!(!id.is_empty(), "--patient-id: empty (give the id, `-` with the id on stdin, or `env` for ${PATIENT_ID_ENV})");
     Ok(Some(id.to_owned()))
 }
 
@@ -599,6 +614,13 @@ fn report_error(e: &anyhow::Error, json: bool) {
 #[allow(clippy::print_stderr)]
 fn print_error(msg: &str) {
     eprintln!("error: {msg}");
+}
+
+/// A note the user must see whatever the log filter says (e.g. that a value came from the
+/// environment), on stderr.
+#[allow(clippy::print_stderr)]
+pub fn print_note(msg: &str) {
+    eprintln!("note: {msg}");
 }
 
 /// Opens the engine as the index's writer (ingest, the server), with a readable context on

@@ -3,14 +3,18 @@
 use super::Global;
 use clap::Args;
 use echovault::phantom::{generate, Format, PhantomOptions};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
 pub struct PhantomArgs {
     /// Output directory: dicom/, avi/, manifest.jsonl (the truth per video), reports.jsonl
-    /// (for `ingest --reports`), events.jsonl.
+    /// (for `ingest --reports`), events.jsonl. It must be new or empty, unless --force.
     #[arg(long)]
     out: PathBuf,
+    /// Write into a non-empty --out: same-named files are replaced, other files stay (an
+    /// ingest of the folder would take them too).
+    #[arg(long)]
+    force: bool,
     /// Number of patients.
     #[arg(long, default_value_t = 20)]
     patients: usize,
@@ -58,6 +62,9 @@ pub fn run(g: &Global, a: &PhantomArgs) -> anyhow::Result<i32> {
     }
     anyhow::ensure!(a.size % 2 == 0, "--size must be even (H.264 needs even sides)");
     anyhow::ensure!(a.fps > 0.0, "--fps must be positive");
+    if !a.force {
+        refuse_non_empty(&a.out)?;
+    }
     let opts = PhantomOptions {
         out: a.out.clone(),
         patients: a.patients,
@@ -87,4 +94,21 @@ pub fn run(g: &Global, a: &PhantomArgs) -> anyhow::Result<i32> {
         );
     }
     Ok(0)
+}
+
+/// Refuses an existing --out that holds anything: phantoms written among other files would
+/// mix with them (an older manifest's truth, another run's videos an ingest would take too).
+fn refuse_non_empty(out: &Path) -> anyhow::Result<()> {
+    let entries = match std::fs::read_dir(out) {
+        Ok(d) => d.count(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => anyhow::bail!("--out {}: not a directory", out.display()),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("--out {}", out.display()))),
+    };
+    anyhow::ensure!(
+        entries == 0,
+        "--out {} is not empty ({entries} entries): phantoms would mix with what is there — choose a new directory, or pass --force to write into it",
+        out.display()
+    );
+    Ok(())
 }

@@ -30,9 +30,9 @@ pub struct SearchArgs {
     #[arg(long, conflicts_with = "patient_id")]
     patient: Option<String>,
     /// Only this patient, by their own id (MRN), keyed with the index's secret and never printed;
-    /// `-` reads it from stdin (keeps it out of shell history and `ps`). Also taken from
-    /// $ECHOVAULT_PATIENT_ID when no --patient is given.
-    #[arg(long, value_name = "MRN|-")]
+    /// `-` reads it from stdin, `env` from $ECHOVAULT_PATIENT_ID (either keeps it out of shell
+    /// history and `ps`). Search never reads $ECHOVAULT_PATIENT_ID unasked.
+    #[arg(long, value_name = "MRN|-|env")]
     patient_id: Option<String>,
     /// Only this study id.
     #[arg(long)]
@@ -80,7 +80,7 @@ impl SearchArgs {
 pub fn run(g: &Global, a: &SearchArgs) -> anyhow::Result<i32> {
     anyhow::ensure!(g.index.is_dir(), "no index at {} (run `echovault ingest` first, or pass --index DIR)", g.index.display());
     anyhow::ensure!(a.k > 0, "-k must be at least 1");
-    let patient_id = if a.patient.is_some() { None } else { super::patient_id_arg(a.patient_id.as_deref())? };
+    let patient_id = super::patient_id_arg(a.patient_id.as_deref(), false)?;
     let engine = open_reader_engine(g)?;
     let patient = match patient_id {
         Some(mrn) => Some(echovault::pseudonym::patient_key(engine.index.secret()?, &mrn)),

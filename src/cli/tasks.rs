@@ -13,7 +13,6 @@ use echovault::media::FrameSampling;
 use echovault::tasks::context::{pick, Failure, Prefer, TaskContext};
 use echovault::tasks::eval::{self, EvalResult};
 use echovault::tasks::metrics::{BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED};
-use echovault::tasks::prompts;
 use echovault::tasks::readings::{self, ZeroShotRequest, ZeroShotResult};
 use echovault::tasks::reid::{self, ReidRequest, ReidResult};
 use echovault::tasks::timeline::{self, TimelineRequest, TimelineResult};
@@ -138,13 +137,14 @@ fn zero_shot_frames(g: &Global, own: Option<FrameSampling>) -> FrameSampling {
     own.or(g.frames_given).unwrap_or(FrameSampling::ZERO_SHOT)
 }
 
+/// One reading as text, to the precision it means something at: a value (EF, pressure) to one
+/// decimal, a score (a cosine) to three; a task with a threshold says present or absent. JSON
+/// keeps full precision.
 fn reading_text(task: &str, r: &Reading, unit: Option<&str>) -> String {
     match r {
-        Reading::Binary { score, present: Some(p) } => format!("{task}={score:.4} ({})", if *p { "present" } else { "absent" }),
-        Reading::Binary { score, present: None } => format!("{task}={score:.4}"),
-        Reading::Regression { value } => {
-            format!("{task}={}{}", prompts::format_value(*value), unit.map(|u| format!(" {u}")).unwrap_or_default())
-        }
+        Reading::Binary { score, present: Some(p) } => format!("{task}={score:.3} ({})", if *p { "present" } else { "absent" }),
+        Reading::Binary { score, present: None } => format!("{task}={score:.3}"),
+        Reading::Regression { value } => format!("{task}={value:.1}{}", unit.map(|u| format!(" {u}")).unwrap_or_default()),
         Reading::Categorical { class, .. } => format!("{task}={class}"),
     }
 }
@@ -282,9 +282,9 @@ pub struct TimelineArgs {
     #[arg(long)]
     patient: Option<String>,
     /// The patient's own id (MRN): pseudonymised with the index's secret, never printed; `-`
-    /// reads it from stdin (keeps it out of shell history and `ps`). Also taken from
-    /// $ECHOVAULT_PATIENT_ID when neither flag is given.
-    #[arg(long, value_name = "MRN|-")]
+    /// reads it from stdin, `env` from $ECHOVAULT_PATIENT_ID (either keeps it out of shell
+    /// history and `ps`). With neither flag, $ECHOVAULT_PATIENT_ID is used (a note says so).
+    #[arg(long, value_name = "MRN|-|env")]
     patient_id: Option<String>,
     /// An event date (YYYY-MM-DD): compare the studies in the window around it with the
     /// earliest of them. Without it each study is compared with the previous one.
@@ -319,7 +319,7 @@ pub fn run_timeline(g: &Global, a: &TimelineArgs) -> anyhow::Result<i32> {
         None => None,
     };
     // --patient wins over an ECHOVAULT_PATIENT_ID left in the environment.
-    let patient_id = if a.patient.is_some() { None } else { super::patient_id_arg(a.patient_id.as_deref())? };
+    let patient_id = if a.patient.is_some() { None } else { super::patient_id_arg(a.patient_id.as_deref(), true)? };
     if a.patient.is_none() && patient_id.is_none() {
         return Err(super::UsageError("timeline needs --patient KEY or --patient-id MRN (or ECHOVAULT_PATIENT_ID)".into()).into());
     }
