@@ -606,7 +606,7 @@ pub fn embed_video(model: &Clip, preprocess: &Preprocess, path: &Path, opts: &Re
         Error::Torch(t) => Error::media(path, format!("libtorch: {}", crate::model::batches::brief(&t))),
         other => other,
     };
-    let (info, sampled) = crate::media::read_cine(path, opts, |f| preprocess.resize(&f).map_err(named))?;
+    let (info, sampled) = crate::media::read_cine(path, opts, |fs| preprocess.resize_many(&fs).map_err(named))?;
     if sampled.capped() {
         tracing::debug!(
             "{}: {} of its {} selected frames embedded (--max-frames {}; frames {})",

@@ -38,14 +38,14 @@ pub struct CineInfo {
 
 /// Decodes the frames `opts` selects from a DICOM cine (recognised by content, whatever the
 /// file name) or else a video file through FFmpeg, handing each kept frame to `each` as soon as
-/// it is decoded: the one decoding path of every command that takes a video (`search --video`,
+/// a few are decoded: the one decoding path of every command that takes a video (`search --video`,
 /// `embed --video`, the server's uploads), as `ingest` reads them — the same frame bound
 /// (`max_frames`, thinned evenly) and, with `crop_regions`, the same crop of a DICOM cine to its
 /// ultrasound region. A selection that keeps no frame is an error.
 pub fn read_cine<T>(
     path: &std::path::Path,
     opts: &ReadOptions,
-    each: impl FnMut(Frame) -> Result<T, crate::Error>,
+    each: impl FnMut(Vec<Frame>) -> Result<Vec<T>, crate::Error>,
 ) -> Result<(CineInfo, Sampled<T>), crate::Error> {
     if dicom::is_dicom(path) {
         let cine = dicom::DicomCine::open(path).map_err(|e| crate::Error::media(path, e))?;
@@ -64,13 +64,6 @@ pub fn read_cine<T>(
         let _ = (opts, each);
         Err(crate::Error::media(path, "this echovault was built without the `video` feature (FFmpeg)"))
     }
-}
-
-/// [`read_cine`] keeping the decoded frames themselves, every one `sampling` selects (no
-/// bound, no crop).
-pub fn read_sampled(path: &std::path::Path, sampling: FrameSampling) -> Result<(CineInfo, Vec<Frame>), crate::Error> {
-    let (info, s) = read_cine(path, &ReadOptions { sampling, max_frames: 0, crop_regions: false }, Ok)?;
-    Ok((info, s.items))
 }
 
 /// Decodes a DICOM cine (recognised by content) or a video file, keeping frame `i` when

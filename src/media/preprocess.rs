@@ -99,19 +99,37 @@ impl Preprocess {
     /// in f32, so keeping them as bytes loses nothing: streaming decoders keep this (4× smaller
     /// than f32, and at model resolution) instead of the decoded frame.
     pub fn resize(&self, frame: &Frame) -> Result<Frame, Error> {
-        let (w, h) = (frame.width, frame.height);
-        if w == 0 || h == 0 || frame.rgb.len() != w * h * 3 {
-            return Err(Error::Invalid(format!("frame has zero size or a wrong byte count ({w}×{h}, {} bytes)", frame.rgb.len())));
+        Ok(self.resize_many(std::slice::from_ref(frame))?.remove(0))
+    }
+
+    /// [`Preprocess::resize`] of several frames of one size in one pass (each frame's result is
+    /// the same as alone: the resize is per image). One LibTorch call per op for the group, not
+    /// per frame: on a busy machine LibTorch's thread pool made per-frame calls several times
+    /// slower.
+    pub fn resize_many(&self, frames: &[Frame]) -> Result<Vec<Frame>, Error> {
+        let Some(first) = frames.first() else { return Ok(Vec::new()) };
+        let (w, h) = (first.width, first.height);
+        if let Some(f) = frames.iter().find(|f| f.width == 0 || f.height == 0 || f.rgb.len() != f.width * f.height * 3) {
+            return Err(Error::Invalid(format!(
+                "frame has zero size or a wrong byte count ({}×{}, {} bytes)",
+                f.width,
+                f.height,
+                f.rgb.len()
+            )));
+        }
+        if let Some(f) = frames.iter().find(|f| (f.width, f.height) != (w, h)) {
+            return Err(Error::Invalid(format!("frames change size within a cine ({w}×{h} then {}×{})", f.width, f.height)));
         }
         let (x0, y0, cw, ch) = crop_box(w, h);
         let s = usize::try_from(self.size).map_err(|_| Error::Invalid(format!("image size {}", self.size)))?;
-        let cropped = frame.crop(x0, y0, cw, ch).ok_or_else(|| Error::Invalid(format!("crop of a {w}×{h} frame")))?;
+        let crop = |f: &Frame| f.crop(x0, y0, cw, ch).ok_or_else(|| Error::Invalid(format!("crop of a {w}×{h} frame")));
         if (cw, ch) == (s, s) {
-            return Ok(cropped);
+            return frames.iter().map(crop).collect();
         }
         let _guard = tch::no_grad_guard();
-        let x = Tensor::f_from_slice(&cropped.rgb)?
-            .f_reshape([1, ch as i64, cw as i64, 3])?
+        let rows = frames.iter().map(|f| Ok(Tensor::f_from_slice(&crop(f)?.rgb)?)).collect::<Result<Vec<_>, Error>>()?;
+        let x = Tensor::f_stack(&rows, 0)?
+            .f_reshape([frames.len() as i64, ch as i64, cw as i64, 3])?
             .f_permute([0, 3, 1, 2])?
             .f_to_kind(Kind::Float)?
             .f_upsample_bicubic2d([self.size, self.size], false, None, None)?
@@ -120,12 +138,17 @@ impl Preprocess {
             .f_to_kind(Kind::Uint8)?
             .f_permute([0, 2, 3, 1])?
             .f_contiguous()?;
+        drop(rows);
         let n = s * s * 3;
-        let mut rgb = Vec::new();
-        rgb.try_reserve_exact(n).map_err(|_| Error::Invalid(format!("out of memory: {n} bytes for a resized frame")))?;
-        rgb.resize(n, 0);
-        x.f_copy_data(&mut rgb, n)?;
-        Frame::new(s, s, rgb).ok_or_else(|| Error::Invalid("resized frame has an unexpected size".into()))
+        (0..frames.len())
+            .map(|i| {
+                let mut rgb = Vec::new();
+                rgb.try_reserve_exact(n).map_err(|_| Error::Invalid(format!("out of memory: {n} bytes for a resized frame")))?;
+                rgb.resize(n, 0);
+                x.f_get(i as i64)?.f_copy_data(&mut rgb, n)?;
+                Frame::new(s, s, rgb).ok_or_else(|| Error::Invalid("resized frame has an unexpected size".into()))
+            })
+            .collect()
     }
 
     /// Frames already at the tower's size (from [`Preprocess::resize`]) → `[N, 3, size, size]`
@@ -167,7 +190,7 @@ impl Preprocess {
         if let Some(f) = frames.iter().find(|f| f.width != w || f.height != h) {
             return Err(Error::Invalid(format!("frames change size within a cine ({w}×{h} then {}×{})", f.width, f.height)));
         }
-        let resized = frames.iter().map(|f| self.resize(f)).collect::<Result<Vec<_>, _>>()?;
+        let resized = self.resize_many(frames)?;
         self.normalise(&resized.iter().collect::<Vec<_>>())
     }
 }

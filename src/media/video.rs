@@ -3,7 +3,7 @@
 //! [`read_video_each`] hands each kept frame to the caller as it is decoded.
 
 use crate::error::Error;
-use crate::media::stream::{Keeper, ReadOptions, Sampled};
+use crate::media::stream::{Keeper, Pending, ReadOptions, Sampled};
 use crate::media::{Frame, FrameSampling};
 use std::cell::RefCell;
 use std::path::Path;
@@ -71,32 +71,31 @@ pub fn read_video(path: &Path, sampling: FrameSampling) -> Result<(VideoInfo, Ve
     Ok((info, s.items))
 }
 
-/// Decodes `path` frame by frame, passing each frame `opts` keeps through `each` as soon as it
-/// is decoded; at most `opts.max_frames` results are kept, the selection thinned evenly (up
+/// Decodes `path` frame by frame, passing the frames `opts` keeps through `each` a group at a
+/// time as they are decoded ([`crate::media::stream::GROUP`]); at most `opts.max_frames` results are kept, the selection thinned evenly (up
 /// front from the frame count the container announces, and further as frames come should it
 /// hold more). A selection that keeps no frame is an error.
 pub fn read_video_each<T>(
     path: &Path,
     opts: &ReadOptions,
-    mut each: impl FnMut(Frame) -> Result<T, Error>,
+    mut each: impl FnMut(Vec<Frame>) -> Result<Vec<T>, Error>,
 ) -> Result<(VideoInfo, Sampled<T>), Error> {
     let mut d = open(path)?;
     // The selection is thinned up front only from a frame count the container wrote; a count
     // converted from ticks (AVI) may be off, so such a video is thinned as its frames come.
     let expected = d.announced.and_then(|(n, exact)| exact.then_some(n));
     let keeper = RefCell::new(Keeper::new(opts, expected));
+    let mut pending = Pending::new();
     let info = decode(
         path,
         &mut d,
         |i| keeper.borrow_mut().wants(i),
         |i| keeper.borrow().done_after(i),
-        |_, f| {
-            let item = each(f)?;
-            keeper.borrow_mut().keep(item);
-            Ok(())
-        },
+        |i, f| pending.push(i, f, &mut keeper.borrow_mut(), &mut each),
     )?;
-    let s = keeper.into_inner().finish();
+    let mut keeper = keeper.into_inner();
+    pending.flush(&mut keeper, &mut each)?;
+    let s = keeper.finish();
     if s.items.is_empty() {
         return Err(Error::media(path, format!("the frame sampling selects none of its {} frames", info.frames)));
     }

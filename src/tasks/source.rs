@@ -97,6 +97,14 @@ impl<'a> VideoSource<'a> {
         }
     }
 
+    /// A file's frames that `sampling` selects, decoded and embedded as ingest does (frame by
+    /// frame at the model's input size, at most the default frame bound, thinned evenly).
+    fn embed_file(&self, path: &Path, sampling: FrameSampling) -> Result<crate::engine::VideoEmbedding, Error> {
+        let read = crate::media::ReadOptions::new(sampling);
+        let e = self.embedder;
+        Ok(crate::engine::embed_video(&e.model, &e.preprocess, path, &read, e.frame_batch)?.embedding)
+    }
+
     /// Frame embeddings of an indexed video.
     pub fn frames_of_item(&self, rec: &ItemRecord) -> Result<Embedded, Error> {
         let frames = self.stored_frames(rec)?.ok_or_else(|| {
@@ -115,9 +123,7 @@ impl<'a> VideoSource<'a> {
                 return Ok(Embedded { record: Some(rec), frames });
             }
         }
-        let s = self.zero_shot_frames;
-        let frames = crate::media::read_frames(path, |i| s.selects(i))?;
-        let e = self.embedder.embed_frames(&frames).map_err(|e| Error::media(path, e.to_string()))?;
+        let e = self.embed_file(path, self.zero_shot_frames)?;
         Ok(Embedded { record: None, frames: e.frames })
     }
 
@@ -132,9 +138,7 @@ impl<'a> VideoSource<'a> {
                 return Ok((Some(rec), v));
             }
         }
-        let s = self.video_frames;
-        let frames = crate::media::read_frames(path, |i| s.selects(i))?;
-        let e = self.embedder.embed_frames(&frames).map_err(|e| Error::media(path, e.to_string()))?;
+        let e = self.embed_file(path, self.video_frames)?;
         Ok((None, e.video))
     }
 
