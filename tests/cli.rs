@@ -956,3 +956,33 @@ fn phantom_refuses_a_non_empty_out_unless_forced() {
     );
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// A FIFO in an export (opening one blocks until something writes to it) and a device named on
+/// the command line are failure rows, never read: the run ends; no reason repeats its input.
+#[cfg(unix)]
+#[test]
+fn a_fifo_or_a_device_is_a_failure_row_and_never_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let export = tmp.path().join("export");
+    std::fs::create_dir(&export).unwrap();
+    std::fs::copy(clips().join("a4c_normal_04.mp4"), export.join("a.mp4")).unwrap();
+    let fifo = export.join("pipe.avi");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let index = tmp.path().join("idx");
+    let out = echovault_within(&index, &["ingest", export.to_str().unwrap(), "/dev/null", "--json", "--progress", "none"], 120);
+    let v = json(&out);
+    assert_eq!(out.status.code(), Some(3), "{v}");
+    assert_eq!(v["ingested"], 1, "{v}");
+    let failed = v["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 2, "{v}");
+    for f in failed {
+        let (path, reason) = (f["path"].as_str().unwrap(), f["reason"].as_str().unwrap());
+        assert!(reason.contains("not a regular file") && !reason.contains(path), "{f}");
+    }
+    // Text output and `errors`: `path: reason`, the path once.
+    let text = String::from_utf8(echovault_within(&index, &["ingest", "/dev/null"], 60).stdout).unwrap();
+    let line = text.lines().find(|l| l.contains("failed: /dev/null")).unwrap();
+    assert_eq!(line.matches("/dev/null").count(), 1, "{line}");
+    let errors = String::from_utf8(echovault(&index, &["errors"]).stdout).unwrap();
+    assert_eq!(errors.matches(fifo.to_str().unwrap()).count(), 1, "{errors}");
+}

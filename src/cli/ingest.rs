@@ -1,5 +1,6 @@
 //! `echovault ingest PATH...` and `echovault errors`.
 
+use super::output::reason_for;
 use super::{open_engine, DeviceOpts, FramesOpts, Global, Groups, ImageOpts, IndexOpts, ModelOpts, SpaceOpts};
 use clap::{Args, ValueEnum};
 use echovault::ingest::{ingest, IngestOptions, Progress};
@@ -109,6 +110,14 @@ pub fn run(g: &Global, a: &IngestArgs) -> anyhow::Result<i32> {
     let spaces: Vec<&str> = engine.embedders.iter().map(|e| e.space_name.as_str()).collect();
     if g.json {
         let mut v = serde_json::to_value(&summary)?;
+        for rows in ["failed", "not_images"] {
+            if let Some(a) = v.get_mut(rows).and_then(serde_json::Value::as_array_mut) {
+                for f in a {
+                    let (path, reason) = (f["path"].as_str().unwrap_or_default(), f["reason"].as_str().unwrap_or_default());
+                    f["reason"] = serde_json::json!(reason_for(path, reason));
+                }
+            }
+        }
         v["seconds"] = serde_json::json!(secs);
         v["videos_per_s"] = serde_json::json!(summary.ingested as f64 / secs.max(1e-9));
         v["space"] = serde_json::json!(engine.space_name);
@@ -132,10 +141,10 @@ pub fn run(g: &Global, a: &IngestArgs) -> anyhow::Result<i32> {
             summary.ingested as f64 / secs.max(1e-9)
         );
         for f in &summary.failed {
-            println!("  failed: {}: {}", f.path, f.reason);
+            println!("  failed: {}: {}", f.path, reason_for(&f.path, &f.reason));
         }
         for f in &summary.not_images {
-            println!("  passed over: {}: {}", f.path, f.reason);
+            println!("  passed over: {}: {}", f.path, reason_for(&f.path, &f.reason));
         }
     }
     let succeeded = summary.ingested + summary.skipped + summary.duplicates + summary.reports > 0;
@@ -234,14 +243,15 @@ pub fn run_errors(g: &Global, _: &ErrorsArgs) -> anyhow::Result<i32> {
     let index = echovault::index::Index::open_reader(&g.index)?;
     let errors = index.errors()?;
     if g.json {
-        let list: Vec<_> = errors.iter().map(|(path, reason)| serde_json::json!({ "path": path, "reason": reason })).collect();
+        let list: Vec<_> =
+            errors.iter().map(|(path, reason)| serde_json::json!({ "path": path, "reason": reason_for(path, reason) })).collect();
         println!("{}", serde_json::json!({ "errors": list }));
     } else if errors.is_empty() {
         println!("no failed inputs recorded in {}", g.index.display());
     } else {
         println!("{} failed inputs in {}:", errors.len(), g.index.display());
         for (path, reason) in &errors {
-            println!("  {path}: {reason}");
+            println!("  {path}: {}", reason_for(path, reason));
         }
     }
     Ok(0)

@@ -22,6 +22,15 @@ pub fn without_paths(mut v: serde_json::Value, with_paths: bool) -> serde_json::
     v
 }
 
+/// A failure's reason as printed beside its input: a reason that starts by naming the input
+/// again (`{path}: …`) loses that prefix, so a row reads `path: reason`, never `path: path: …`.
+pub fn reason_for<'a>(input: &str, reason: &'a str) -> &'a str {
+    match reason.strip_prefix(input).and_then(|r| r.strip_prefix(": ")) {
+        Some(rest) if !rest.is_empty() => rest,
+        _ => reason,
+    }
+}
+
 /// One hit as a text line: rank, score, kind, id, then patient key, study date and study (so
 /// `timeline --patient KEY` and `search --study ID` can follow), then its source.
 pub fn hit_line(rank: usize, h: &Hit) -> String {

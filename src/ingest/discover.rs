@@ -89,6 +89,8 @@ pub fn discover(paths: &[PathBuf]) -> Result<Found, Error> {
         let meta = std::fs::metadata(p).map_err(|e| Error::io(p, e))?;
         if meta.is_dir() {
             walk(p, &mut found);
+        } else if !meta.is_file() {
+            found.fail(p.clone(), NOT_REGULAR.into());
         } else if is_dicomdir(p) {
             read_dicomdir(p, &mut found);
         } else if is_dicom(p) {
@@ -104,6 +106,10 @@ pub fn discover(paths: &[PathBuf]) -> Result<Found, Error> {
     found.ignored.retain(|p| !reports.contains(p));
     Ok(found)
 }
+
+/// Why a FIFO, socket or device is never read: opening a FIFO blocks until something writes
+/// to it (an ingest would hang), and a device is no file of an export.
+const NOT_REGULAR: &str = "not a regular file (a FIFO, socket or device): not read";
 
 fn is_dicomdir(p: &Path) -> bool {
     p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.eq_ignore_ascii_case("DICOMDIR"))
@@ -154,6 +160,8 @@ fn walk(dir: &Path, found: &mut Found) {
         };
         if meta.is_dir() {
             walk(&p, found);
+        } else if !meta.is_file() {
+            found.fail(p, NOT_REGULAR.into());
         } else if is_dicomdir(&p) {
             // Unreadable (its folder is walked instead): reported when it was read.
         } else if is_video_path(&p) {
