@@ -565,8 +565,11 @@ fn ingest_with(index: &Path, model: &Path, args: &[&str]) -> Command {
     c
 }
 
-/// (record extras, stored frame embeddings, video vector) of every video of a one-model index.
-fn videos_of(index: &Path) -> BTreeMap<String, (BTreeMap<String, String>, Vec<Vec<f32>>, Vec<f32>)> {
+/// A video's record extras, stored frame embeddings and video vector.
+type Stored = (BTreeMap<String, String>, Vec<Vec<f32>>, Vec<f32>);
+
+/// What a one-model index stores of each video, by source.
+fn videos_of(index: &Path) -> BTreeMap<String, Stored> {
     let index = Index::open(index, IndexOptions { passive_open: true, ..Default::default() }).unwrap();
     let space = index.spaces()[0].id;
     index
@@ -714,5 +717,4 @@ fn a_batch_libtorch_cannot_allocate_is_retried_in_halves_and_the_run_goes_on() {
         }
         limit_mb *= 1.15;
     }
-    eprintln!("data limits tried (MB, exit code): {tried:?}");
 }
