@@ -216,6 +216,13 @@ pub fn apply(index: &Index, a: &Audit) -> Result<(), Error> {
 pub fn check_path(path: &Path) -> Result<RepairReport, Error> {
     let mut report = RepairReport::empty(true);
     match echovault_index::check_storage(path) {
+        Err(IndexError::Damaged { detail, .. }) if detail.starts_with("the write-ahead log was cut") => {
+            report.problems.push(format!(
+                "{detail}: their ingest-log entries went with them, so the next ingest embeds those inputs again; `repair` \
+                 records the loss and checks the rest"
+            ));
+            return Ok(report.settle());
+        }
         Err(IndexError::Damaged { detail, .. }) => {
             report.problems.push(format!("the database does not open ({detail}): `repair` rebuilds it from its files"));
             return Ok(report.settle());
@@ -237,10 +244,30 @@ pub fn check_path(path: &Path) -> Result<RepairReport, Error> {
 /// `repair` of the index at `path`: salvages its storage where it is damaged (a lost patient-key
 /// secret is refused unless `new_secret`), opens it as the writer, rebuilds what is derivable,
 /// forgets what was lost so the next ingest embeds it again, then checks the result.
+///
+/// Inputs whose batches a damaged or cut write-ahead log lost leave no ingest-log entry to
+/// find: their `file:` keys are read from the log's bytes before the salvage replays it, and
+/// those the salvaged log lacks are listed too (a cut's lost tail is gone with its names: the
+/// salvage says how many updates it rolled back, and the next ingest embeds them, unlisted).
 pub fn repair_path(path: &Path, new_secret: bool) -> Result<RepairReport, Error> {
+    let in_wal = echovault_index::wal_keys(path, LOG_FILE.as_bytes())?;
     let salvage = echovault_index::salvage(path, new_secret)?;
     let index = Index::open(path, IndexOptions { writer: Some("echovault repair".into()), ..IndexOptions::default() })?;
     let mut report = crate::info::repair(&index, false)?;
+    if salvage.wal_damaged.is_some() || salvage.rolled_back.is_some() || salvage.rocksdb_repair.is_some() {
+        let mut lost = 0usize;
+        let mut listed: BTreeSet<String> = report.reingest.iter().cloned().collect();
+        for key in &in_wal {
+            if index.get_log(key)?.is_none() {
+                lost += 1;
+                listed.insert(key[LOG_FILE.len()..].to_owned());
+            }
+        }
+        if lost > 0 {
+            tracing::warn!("{lost} inputs were lost with the write-ahead log's damaged records: the next ingest embeds them again");
+        }
+        report.reingest = listed.into_iter().collect();
+    }
     report.salvage = (!salvage.clean()).then_some(salvage);
     Ok(report)
 }

@@ -108,6 +108,9 @@ enum Harm {
     Delete(&'static str),
     /// 8 bytes flipped in the middle of the write-ahead log (nothing flushed yet).
     Wal,
+    /// The write-ahead log cut (nothing flushed yet) at the start of the record that holds its
+    /// middle byte (`true`: at a record boundary), or in the middle of that record.
+    WalCut(bool),
     /// 8 bytes flipped in the middle of the MANIFEST.
     Manifest,
     /// The OPTIONS file deleted (RocksDB does not need it to open).
@@ -139,14 +142,17 @@ fn harm(index: &Path, h: Harm) {
         }
         Harm::Delete(cf) => std::fs::remove_file(table(cf)).unwrap(),
         Harm::Wal => {
-            let wal = std::fs::read_dir(index)
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .filter(|p| p.extension().is_some_and(|e| e == "log"))
-                .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-                .unwrap();
+            let wal = wal_of(index);
             let len = std::fs::metadata(&wal).unwrap().len() as usize;
             flip(&wal, len / 2, 8);
+        }
+        Harm::WalCut(boundary) => {
+            let wal = wal_of(index);
+            let len = std::fs::metadata(&wal).unwrap().len() as usize;
+            let records = wal_records(&std::fs::read(&wal).unwrap());
+            let &(start, end) = records.iter().find(|(s, e)| *s <= len / 2 && len / 2 < *e).unwrap();
+            let at = if boundary { start } else { (start + end) / 2 };
+            std::fs::OpenOptions::new().write(true).open(&wal).unwrap().set_len(at as u64).unwrap();
         }
         Harm::Manifest => {
             let m = named("MANIFEST-");
@@ -155,6 +161,43 @@ fn harm(index: &Path, h: Harm) {
         }
         Harm::Options => std::fs::remove_file(named("OPTIONS-")).unwrap(),
     }
+}
+
+/// The index's write-ahead log (the largest, where there are several).
+fn wal_of(index: &Path) -> PathBuf {
+    std::fs::read_dir(index)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap()
+}
+
+/// Where each logical record (one committed batch) of a write-ahead log starts and ends, from
+/// its physical records' headers (RocksDB's log format: 32 KiB blocks; checksum, 2-byte length,
+/// type; type 1 a whole record, 2 to 4 its first, middle and last fragments).
+fn wal_records(b: &[u8]) -> Vec<(usize, usize)> {
+    const BLOCK: usize = 32 * 1024;
+    let mut out = Vec::new();
+    let mut start = None;
+    let mut pos = 0;
+    while pos + 7 <= b.len() {
+        if BLOCK - pos % BLOCK < 7 {
+            pos += BLOCK - pos % BLOCK; // a block's padding
+            continue;
+        }
+        let len = usize::from(u16::from_le_bytes([b[pos + 4], b[pos + 5]]));
+        let kind = b[pos + 6];
+        assert!((1..=4).contains(&kind), "record type {kind} at {pos}: not the log format this test reads");
+        if kind == 1 || kind == 2 {
+            start = Some(pos);
+        }
+        pos += 7 + len;
+        if kind == 1 || kind == 4 {
+            out.push((start.take().unwrap(), pos));
+        }
+    }
+    out
 }
 
 /// Copies the index directory `from` to `to` (files and folders).
@@ -193,7 +236,7 @@ fn each_damage_is_reported_repaired_and_restored_by_a_re_ingest() {
             eprintln!("`{cf}` has no table file in the sample index: not truncated or deleted");
         }
     }
-    cases.extend([Harm::Wal, Harm::Manifest, Harm::Options]);
+    cases.extend([Harm::Wal, Harm::WalCut(true), Harm::WalCut(false), Harm::Manifest, Harm::Options]);
     // ECHOVAULT_DAMAGE_CASES=meta,Wal runs only the cases whose debug name contains one of them
     // (while working on one; the suite runs them all).
     if let Ok(only) = std::env::var("ECHOVAULT_DAMAGE_CASES") {
@@ -202,7 +245,7 @@ fn each_damage_is_reported_repaired_and_restored_by_a_re_ingest() {
     let t0 = std::time::Instant::now();
     for (n, h) in cases.iter().copied().enumerate() {
         let index = tmp.path().join(format!("case{n}"));
-        copy_dir(if matches!(h, Harm::Wal) { &fresh } else { &compacted }, &index);
+        copy_dir(if matches!(h, Harm::Wal | Harm::WalCut(_)) { &fresh } else { &compacted }, &index);
         harm(&index, h);
         let check = echovault(&index, &["repair", "--check"]);
         let text = String::from_utf8_lossy(&check.stdout).into_owned();
@@ -210,6 +253,15 @@ fn each_damage_is_reported_repaired_and_restored_by_a_re_ingest() {
             assert_eq!(code(&check), 0, "{h:?}: {text}");
         } else {
             assert_eq!(code(&check), 1, "{h:?}: the check passed over the damage: {text}");
+        }
+        if let Harm::WalCut(_) = h {
+            // Cut at a record boundary or in a record, the log replays quietly up to the cut:
+            // the writer's sequence mark says committed batches were lost, and every command
+            // stops at the damage.
+            assert!(text.contains("the write-ahead log was cut") && text.contains("rolled back"), "{h:?}: {text}");
+            let info = echovault(&index, &["info"]);
+            let err = String::from_utf8_lossy(&info.stderr);
+            assert!(code(&info) != 0 && err.contains("the write-ahead log was cut") && err.contains("echovault repair"), "{h:?}: {err}");
         }
         if let Harm::Truncate(cf) | Harm::Delete(cf) = h {
             // The check names the column family, the file's key range and what it held.
@@ -256,10 +308,11 @@ fn each_damage_is_reported_repaired_and_restored_by_a_re_ingest() {
         assert!(summary["reports"].as_u64().unwrap() >= reports, "{h:?}: listed reports not embedded again: {summary} {report}");
         let lost = lost - reports as usize;
         let ingested = summary["ingested"].as_u64().unwrap();
-        if matches!(h, Harm::Wal) {
-            // Batches after the damaged record are gone with their ingest-log entries: the
-            // repair cannot list them by name (it says how many writes were rolled back).
-            assert!(ingested >= lost as u64, "{h:?}: {summary} {report}");
+        if let Harm::WalCut(_) = h {
+            // The batches after the cut are gone with their ingest-log entries and names: the
+            // repair says how many updates were rolled back; the re-ingest embeds them too.
+            assert!(report["salvage"]["rolled_back"].as_str().is_some_and(|r| r.contains("rolled back")), "{h:?}: {report}");
+            assert!(ingested > lost as u64, "{h:?}: nothing was rolled back? {summary} {report}");
         } else {
             assert_eq!(ingested, lost as u64, "{h:?}: not exactly the listed inputs: {summary} {report}");
         }

@@ -86,6 +86,10 @@ pub struct Salvage {
     /// only in the write-ahead log is lost with it: RocksDB's repair keeps only the default
     /// column family's).
     pub rocksdb_repair: Option<String>,
+    /// Committed batches the write-ahead log no longer held (it was cut: at a record boundary,
+    /// or in a record), as the sequence mark the writer keeps beside it says; their ingest-log
+    /// entries went with them, so the next ingest embeds those inputs again.
+    pub rolled_back: Option<String>,
     /// Files RocksDB's repair set aside under `lost/` (their contents are gone).
     pub set_aside: Vec<String>,
     /// Table files that failed their check once the database opened.
@@ -102,6 +106,7 @@ impl Salvage {
     /// True when nothing was damaged at the storage level.
     pub fn clean(&self) -> bool {
         self.wal_damaged.is_none()
+            && self.rolled_back.is_none()
             && self.rocksdb_repair.is_none()
             && self.set_aside.is_empty()
             && self.damaged.is_empty()
@@ -321,6 +326,86 @@ pub fn table_files(path: &Path) -> Result<Vec<(String, String)>, IndexError> {
     Ok(out)
 }
 
+/// The keys starting with `prefix` that the write-ahead-log files of the index at `path` put,
+/// read leniently (no checksum verified, a damaged record read as far as its bytes go): what a
+/// damaged or cut log held, found before a salvage replays (and then deletes) it. The caller
+/// compares them with what survived: e.g. the ingest log's `file:` entries of batches a
+/// damaged record lost, whose inputs the next ingest embeds again. Keys that are not UTF-8 are
+/// left out.
+pub fn wal_keys(path: &Path, prefix: &[u8]) -> Result<BTreeSet<String>, IndexError> {
+    let mut logs: Vec<std::path::PathBuf> = match std::fs::read_dir(path) {
+        Ok(d) => d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "log")).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+        Err(source) => return Err(IndexError::Io { path: path.to_owned(), source }),
+    };
+    logs.sort();
+    let mut out = BTreeSet::new();
+    for log in logs {
+        let bytes = std::fs::read(&log).map_err(|source| IndexError::Io { path: log.clone(), source })?;
+        keys_in(&wal_payload(&bytes), prefix, &mut out);
+    }
+    Ok(out)
+}
+
+/// RocksDB's write-ahead-log block size.
+const WAL_BLOCK: usize = 32 * 1024;
+
+/// The records' payloads of a write-ahead log, their headers (checksum, length, type, and the
+/// log number of a recyclable record) dropped, in order; where a header does not fit its
+/// block (damaged), the rest of that block is kept as it is.
+fn wal_payload(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    for block in bytes.chunks(WAL_BLOCK) {
+        let mut pos = 0;
+        while pos + 7 <= block.len() {
+            let len = usize::from(u16::from_le_bytes([block[pos + 4], block[pos + 5]]));
+            let kind = block[pos + 6];
+            if kind == 0 && len == 0 {
+                break; // the block's zero padding
+            }
+            // Recyclable records (types 5 to 8 and 11, 131) carry a 4-byte log number more.
+            let header = if matches!(kind, 5..=8 | 11 | 131) { 11 } else { 7 };
+            if pos + header + len > block.len() {
+                out.extend_from_slice(&block[pos..]);
+                break;
+            }
+            out.extend_from_slice(&block[pos + header..pos + header + len]);
+            pos += header + len;
+        }
+    }
+    out
+}
+
+/// Adds to `out` each key in `payload` that starts with `prefix` and is stored as a write
+/// batch stores a key: its length as a varint right before it.
+fn keys_in(payload: &[u8], prefix: &[u8], out: &mut BTreeSet<String>) {
+    if prefix.is_empty() {
+        return;
+    }
+    let mut from = 0;
+    while let Some(at) = payload[from..].windows(prefix.len()).position(|w| w == prefix).map(|i| from + i) {
+        from = at + 1;
+        // A one- or two-byte varint length before the key.
+        let one = at.checked_sub(1).map(|i| payload[i]).filter(|b| b & 0x80 == 0).map(usize::from);
+        let two = at
+            .checked_sub(2)
+            .map(|i| (payload[i], payload[i + 1]))
+            .filter(|(a, b)| a & 0x80 != 0 && b & 0x80 == 0 && *b != 0)
+            .map(|(a, b)| usize::from(a & 0x7f) | usize::from(b) << 7);
+        for len in [one, two].into_iter().flatten() {
+            if len < prefix.len() || at + len > payload.len() {
+                continue;
+            }
+            if let Ok(k) = std::str::from_utf8(&payload[at..at + len]) {
+                if !k.chars().any(char::is_control) {
+                    out.insert(k.to_owned());
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// What [`survivors`] handed on and what it could not.
 #[derive(Default)]
 struct Tally {
@@ -495,6 +580,7 @@ pub fn salvage(path: &Path, new_secret: bool) -> Result<Salvage, IndexError> {
     let mut out = Salvage::default();
     let before = set_aside(path);
     let mark = read_mark(path);
+    let sequence = store::read_sequence_mark(path);
     let mut db = match store::open_for_salvage(path, false) {
         Ok(db) => db,
         Err(IndexError::Damaged { detail, .. }) => match store::open_for_salvage(path, true) {
@@ -520,6 +606,14 @@ pub fn salvage(path: &Path, new_secret: bool) -> Result<Salvage, IndexError> {
         Err(e) => return Err(e),
     };
     out.set_aside = set_aside(path).difference(&before).cloned().collect();
+    if out.rocksdb_repair.is_none() {
+        // (After RocksDB's repair the sequence number comes from the tables, whose compacted
+        // entries carry none: no measure of what the log lost; that repair says it is lost.)
+        out.rolled_back = store::rolled_back(&db, sequence);
+        if let Some(r) = &out.rolled_back {
+            tracing::warn!("{r}");
+        }
+    }
     let storage = |source| IndexError::Storage { path: path.to_owned(), source };
     if let Some(m) = mark.as_ref().filter(|m| m.phase == Phase::Swap) {
         // An interrupted salvage had copied every survivor into its staging column families:
@@ -618,7 +712,7 @@ pub fn salvage(path: &Path, new_secret: bool) -> Result<Salvage, IndexError> {
         }
     }
     mend_meta(&db, path, version.is_some(), has_secret, has_items, &mut out)?;
-    let rebuilt = !damaged_cfs.is_empty() || out.rocksdb_repair.is_some() || out.wal_damaged.is_some();
+    let rebuilt = !damaged_cfs.is_empty() || out.rocksdb_repair.is_some() || out.wal_damaged.is_some() || out.rolled_back.is_some();
     finish(&db, path, rebuilt, out)
 }
 
@@ -719,6 +813,8 @@ fn finish(db: &DB, path: &Path, rebuilt: bool, out: Salvage) -> Result<Salvage, 
         db.delete_cf(cf, store::KEY_LOOKUP_VERSION).map_err(storage)?;
     }
     db.flush_wal(true).map_err(storage)?;
+    // What the log lost is reported (and acknowledged): the index is what it holds now.
+    store::write_sequence_mark(path, db.latest_sequence_number())?;
     match std::fs::remove_file(path.join(store::SALVAGE_MARK)) {
         Ok(()) => {
             std::fs::File::open(path).and_then(|d| d.sync_all()).map_err(|source| IndexError::Io { path: path.to_owned(), source })?
@@ -878,6 +974,36 @@ mod tests {
         assert_eq!(names, BTreeMap::from([(SpaceId(1), "a".to_owned())]));
         let lost = [(SpaceId(2), 64), (SpaceId(4), 64)];
         assert!(name_lost_spaces(&lost, &probes, &BTreeSet::new()).is_empty());
+    }
+
+    #[test]
+    fn keys_are_read_from_a_write_ahead_log_with_or_without_their_checksums() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = rocksdb::Options::default();
+        o.create_if_missing(true);
+        o.create_missing_column_families(true);
+        let db = DB::open_cf(&o, dir.path(), ["log"]).unwrap();
+        let cf = db.cf_handle("log").unwrap();
+        // Long values: the records cross the log's 32 KiB blocks.
+        for i in 0..40 {
+            let mut wb = WriteBatch::default();
+            wb.put_cf(cf, format!("file:/export/clip{i:03}.avi"), vec![b'x'; 3000 + i]);
+            wb.put_cf(cf, format!("other:{i}"), b"y");
+            db.write(wb).unwrap();
+        }
+        drop(db);
+        let want: BTreeSet<String> = (0..40).map(|i| format!("file:/export/clip{i:03}.avi")).collect();
+        assert_eq!(wal_keys(dir.path(), b"file:").unwrap(), want);
+        // Bytes flipped in the values of a record: its key is still read.
+        let log = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "log"));
+        let log = log.unwrap();
+        let mut b = std::fs::read(&log).unwrap();
+        let at = b.windows(18).position(|w| w == b"file:/export/clip0".as_slice()).unwrap() + 200;
+        for x in &mut b[at..at + 8] {
+            *x ^= 0x5a;
+        }
+        std::fs::write(&log, b).unwrap();
+        assert_eq!(wal_keys(dir.path(), b"file:").unwrap(), want);
     }
 
     #[test]

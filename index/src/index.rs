@@ -239,6 +239,8 @@ pub struct Index {
     pub(crate) loads: Vec<GraphLoad>,
     /// Set on a reader (after `db`: its directory outlives the secondary instance).
     pub(crate) reader: Option<crate::reader::ReaderState>,
+    /// The writer's record of its last committed sequence number (see `store::SequenceMark`).
+    sequence: Option<store::SequenceMark>,
 }
 
 impl std::fmt::Debug for Index {
@@ -392,8 +394,19 @@ impl Index {
                 None
             }
         };
+        let sequence = match store::SequenceMark::open(&path) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(error = %e, "no sequence mark: a cut write-ahead log would go unreported");
+                None
+            }
+        };
         let mut index = Index::assemble(path, db, secret, None, holder);
         index.options = options;
+        if let Some(m) = &sequence {
+            m.note(index.db.latest_sequence_number());
+        }
+        index.sequence = sequence;
         if index.read_lookups_ready()? {
             index.lookups.store(true, Ordering::Release);
         } else if !index.options.passive_open {
@@ -425,6 +438,7 @@ impl Index {
             secret,
             loads: Vec::new(),
             reader,
+            sequence: None,
         }
     }
 
@@ -1226,6 +1240,9 @@ impl Index {
             writer.poisoned.extend(inserts.keys().copied());
             writer.next_slot = new_counters;
             return Err(self.storage(e));
+        }
+        if let Some(m) = &self.sequence {
+            m.note(self.db.latest_sequence_number());
         }
         writer.next_slot = new_counters;
         // Reveal first, then kill: a vector put twice in one batch kills its own first slot.

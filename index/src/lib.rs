@@ -42,7 +42,7 @@ mod snapshot;
 mod store;
 mod walk;
 
-pub use damage::{check_storage, salvage, table_files, DamagedTable, Rewritten, Salvage};
+pub use damage::{check_storage, salvage, table_files, wal_keys, DamagedTable, Rewritten, Salvage};
 pub use date::{DateError, StudyDate};
 pub use error::IndexError;
 pub use ids::{ItemId, Kind, Slot, SpaceId};

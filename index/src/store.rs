@@ -169,6 +169,80 @@ pub(crate) fn preflight_files(path: &Path) -> Result<Presence, IndexError> {
     }
 }
 
+/// The file beside the database that records the sequence number of the last committed batch
+/// (see [`SequenceMark`]): an open whose database ends before it lost committed batches.
+pub(crate) const SEQUENCE_MARK: &str = "echovault-sequence";
+
+/// `SEQUENCE_MARK`'s check word (the sequence number XOR it follows the number): a torn or
+/// foreign file reads as no mark.
+const SEQUENCE_CHECK: u64 = u64::from_be_bytes(*b"echovaul");
+
+/// The writer's handle on [`SEQUENCE_MARK`]: after each commit the database's latest sequence
+/// number is written over it (16 bytes at offset 0, not synced: a mark lost in a power cut
+/// only misses a report, a mark ahead of the write-ahead log is exactly what it reports).
+/// RocksDB's recovery drops a write-ahead log's tail quietly where the log is cut (at a record
+/// boundary, or in a record: a kill's torn last record looks the same), so without it an open
+/// would answer from an index that silently lost committed batches.
+#[derive(Debug)]
+pub(crate) struct SequenceMark {
+    file: std::fs::File,
+}
+
+impl SequenceMark {
+    /// Opens (creating) the mark of the index at `path`.
+    pub(crate) fn open(path: &Path) -> std::io::Result<SequenceMark> {
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path.join(SEQUENCE_MARK))?;
+        Ok(SequenceMark { file })
+    }
+
+    /// Records `seq` as the last committed sequence number (a failure is logged: the commit
+    /// stands, only a later report of a cut log could be missed).
+    pub(crate) fn note(&self, seq: u64) {
+        use std::os::unix::fs::FileExt;
+        if let Err(e) = self.file.write_all_at(&mark_bytes(seq), 0) {
+            tracing::warn!(error = %e, "the index's sequence mark was not written: a cut write-ahead log could go unreported");
+        }
+    }
+}
+
+fn mark_bytes(seq: u64) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&seq.to_le_bytes());
+    b[8..].copy_from_slice(&(seq ^ SEQUENCE_CHECK).to_le_bytes());
+    b
+}
+
+/// The last committed sequence number [`SequenceMark`] recorded for the index at `path`;
+/// `None` where there is no mark (an index from before it) or it does not read back whole.
+pub(crate) fn read_sequence_mark(path: &Path) -> Option<u64> {
+    let b = std::fs::read(path.join(SEQUENCE_MARK)).ok()?;
+    let seq = u64::from_le_bytes(b.get(..8)?.try_into().ok()?);
+    let check = u64::from_le_bytes(b.get(8..16)?.try_into().ok()?);
+    (check == seq ^ SEQUENCE_CHECK).then_some(seq)
+}
+
+/// Writes `seq` as the mark, synced (a salvage: what it ends with is the index now).
+pub(crate) fn write_sequence_mark(path: &Path, seq: u64) -> Result<(), IndexError> {
+    let io = |source| IndexError::Io { path: path.join(SEQUENCE_MARK), source };
+    let mark = SequenceMark::open(path).map_err(io)?;
+    use std::os::unix::fs::FileExt;
+    mark.file.write_all_at(&mark_bytes(seq), 0).map_err(io)?;
+    mark.file.sync_all().map_err(io)
+}
+
+/// What an open of `db` lost, when its latest sequence number is behind `mark` (read before
+/// the open): the write-ahead log ended before batches that had been committed.
+pub(crate) fn rolled_back(db: &DB, mark: Option<u64>) -> Option<String> {
+    let (now, mark) = (db.latest_sequence_number(), mark?);
+    (now < mark).then(|| {
+        format!(
+            "the write-ahead log was cut: the last {} committed updates (sequence numbers {} to {mark}) were rolled back",
+            mark - now,
+            now + 1
+        )
+    })
+}
+
 /// The error of a failed open: [`IndexError::Busy`] for a LOCK another process holds,
 /// [`IndexError::Damaged`] for corruption or a missing database file, else
 /// [`IndexError::Storage`].
@@ -235,6 +309,13 @@ fn first_bad_file(db: &DB, path: &Path) -> Result<Option<String>, IndexError> {
 /// its writer record; a damaged one is [`IndexError::Damaged`], and nothing is created over it.
 pub fn open_db(path: &Path) -> Result<DB, IndexError> {
     let create = preflight(path)? == Presence::Empty;
+    let mark = if create {
+        // A mark without a database is left over from one that is gone.
+        let _ = std::fs::remove_file(path.join(SEQUENCE_MARK));
+        None
+    } else {
+        read_sequence_mark(path)
+    };
     let cfs = COLUMN_FAMILIES.iter().map(|n| ColumnFamilyDescriptor::new(*n, options(false)));
     let db = DB::open_cf_descriptors(&options(create), path, cfs).map_err(|e| {
         // Creating in a place that cannot hold it (a missing parent, no permission) is a
@@ -246,6 +327,9 @@ pub fn open_db(path: &Path) -> Result<DB, IndexError> {
         }
     })?;
     check_files(&db, path)?;
+    if let Some(detail) = rolled_back(&db, mark) {
+        return Err(IndexError::Damaged { path: path.to_owned(), detail });
+    }
     Ok(db)
 }
 
@@ -309,7 +393,14 @@ pub(crate) fn open_read_only_unchecked(path: &Path, cfs: &[&str], log_dir: &Path
     // RocksDB's own look at the table files (sizes) stops the open at the first bad one; every
     // read still verifies its blocks' checksums.
     o.set_paranoid_checks(false);
-    DB::open_cf_for_read_only(&o, path, cfs.iter().copied(), false).map_err(|e| open_error(path, e))
+    // The mark before the open: a writer commits on meanwhile, and what it committed before the
+    // mark was read is in the log this open replays.
+    let mark = read_sequence_mark(path);
+    let db = DB::open_cf_for_read_only(&o, path, cfs.iter().copied(), false).map_err(|e| open_error(path, e))?;
+    if let Some(detail) = rolled_back(&db, mark) {
+        return Err(IndexError::Damaged { path: path.to_owned(), detail });
+    }
+    Ok(db)
 }
 
 /// A temporary directory for the files a read of the index needs beside it (outside it).

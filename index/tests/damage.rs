@@ -343,6 +343,79 @@ fn a_damaged_write_ahead_log_fails_the_open_instead_of_rolling_back_silently() {
     assert!(n > 0 && n < 40, "{n}");
 }
 
+/// Where each committed batch's record ends in a write-ahead log (RocksDB's log format: 32 KiB
+/// blocks of records with a 7-byte header: checksum, 2-byte length, type 1 whole, 2 to 4 the
+/// first, middle and last fragments).
+fn record_ends(b: &[u8]) -> Vec<usize> {
+    const BLOCK: usize = 32 * 1024;
+    let (mut out, mut pos) = (Vec::new(), 0);
+    while pos + 7 <= b.len() {
+        if BLOCK - pos % BLOCK < 7 {
+            pos += BLOCK - pos % BLOCK;
+            continue;
+        }
+        let (len, kind) = (usize::from(u16::from_le_bytes([b[pos + 4], b[pos + 5]])), b[pos + 6]);
+        assert!((1..=4).contains(&kind), "record type {kind}: not the log format this test reads");
+        pos += 7 + len;
+        if kind == 1 || kind == 4 {
+            out.push(pos);
+        }
+    }
+    out
+}
+
+/// A write-ahead log cut at a record boundary (or inside a record) replays quietly up to the
+/// cut; the sequence mark the writer keeps says committed batches were lost: every open fails
+/// as damaged, saying so; the salvage reports what was rolled back and acknowledges it; a
+/// writer that closes normally (or is reopened) is never taken for a cut one.
+#[test]
+fn a_cut_write_ahead_log_is_reported_not_silently_rolled_back() {
+    for in_a_record in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = StdRng::seed_from_u64(9);
+        for round in 0..2 {
+            // Two writer sessions: a reopen after a clean close reports nothing.
+            let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+            let space = index.ensure_space("s", D).unwrap();
+            for i in 0..20 {
+                let mut b = index.batch();
+                let id = format!("w{round}-{i}");
+                b.put_item(ItemRecord::new(id.as_str(), Kind::Video, "x"));
+                b.put_vector(space, id.as_str(), Kind::Video, unit(&mut rng));
+                index.commit(b).unwrap();
+            }
+        }
+        assert_eq!(Index::open_reader(dir.path()).unwrap().items(None).unwrap().len(), 40);
+        let wal = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+            .unwrap();
+        let ends = record_ends(&std::fs::read(&wal).unwrap());
+        // The last 5 batches cut off: at the end of the 6th record from the end, or 10 bytes
+        // into the 5th.
+        let at = ends[ends.len() - 6] + if in_a_record { 10 } else { 0 };
+        std::fs::OpenOptions::new().write(true).open(&wal).unwrap().set_len(at as u64).unwrap();
+        for e in [
+            Index::open_reader(dir.path()).unwrap_err(),
+            check_storage(dir.path()).unwrap_err(),
+            Index::open(dir.path(), IndexOptions::default()).unwrap_err(),
+            // Still damaged after a writer's open replayed the log (and deleted it).
+            Index::open(dir.path(), IndexOptions::default()).unwrap_err(),
+        ] {
+            let IndexError::Damaged { detail, .. } = &e else { panic!("{e}") };
+            assert!(detail.contains("the write-ahead log was cut") && detail.contains("rolled back"), "{in_a_record}: {detail}");
+        }
+        let s = salvage_and_repair(dir.path(), false);
+        assert!(s.rolled_back.as_deref().is_some_and(|r| r.contains("committed updates")), "{s:?}");
+        assert!(!s.clean());
+        let n = Index::open_reader(dir.path()).unwrap().items(None).unwrap().len();
+        assert_eq!(n, 35, "{in_a_record}: the batches before the cut are kept");
+        assert!(salvage(dir.path(), false).unwrap().clean(), "the loss is recorded once");
+    }
+}
+
 #[test]
 fn a_salvage_of_an_index_that_opens_keeps_everything() {
     // The last batches live only in the write-ahead log (RocksDB does not flush on close), as
