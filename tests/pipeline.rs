@@ -698,7 +698,8 @@ fn a_batch_libtorch_cannot_allocate_is_retried_in_halves_and_the_run_goes_on() {
         if matches!(code, Some(1 | 3)) {
             // Ended by the program itself: never by a panic, and a video that failed names LibTorch.
             assert!(!err.contains("panicked"), "limit {limit_mb} MB: {err}");
-            if let Ok(s) = serde_json::from_slice::<Value>(&c.stdout) {
+            let summary = serde_json::from_slice::<Value>(&c.stdout).ok().filter(|s| s.get("ingested").is_some());
+            if let Some(s) = summary {
                 for f in s["failed"].as_array().into_iter().flatten() {
                     let reason = f["reason"].as_str().unwrap_or_default().to_lowercase();
                     assert!(reason.contains("libtorch"), "{f}");
@@ -708,11 +709,9 @@ fn a_batch_libtorch_cannot_allocate_is_retried_in_halves_and_the_run_goes_on() {
                 if code == Some(3) {
                     assert!(s["ingested"].as_u64().unwrap() + s["reports"].as_u64().unwrap() > 0, "{s}");
                 }
-                assert_eq!(
-                    s["ingested"].as_u64().unwrap() as usize + s["failed"].as_array().unwrap().len(),
-                    2,
-                    "every video accounted for: {s}"
-                );
+                let failed_videos =
+                    s["failed"].as_array().unwrap().iter().filter(|f| f["path"].as_str().unwrap().ends_with(".avi")).count();
+                assert_eq!(s["ingested"].as_u64().unwrap() as usize + failed_videos, 2, "every video accounted for: {s}");
             }
         }
         limit_mb *= 1.15;

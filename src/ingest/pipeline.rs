@@ -775,11 +775,15 @@ fn embed_reports(engine: &Engine, reports: Vec<ReportJob>, done: &Sender<Done>) 
                 Ok(vectors) => members.into_iter().zip(vectors).for_each(|(g, v)| spaces[g].push((i, v))),
                 // One report the tokenizer refuses fails alone: the others of the group are
                 // embedded one by one.
-                Err(Error::Tokenizer { .. }) => {
+                // LibTorch failing on the group (out of memory) likewise: one by one.
+                Err(Error::Tokenizer { .. } | Error::Torch(_)) => {
                     for g in members {
                         match e.embed_texts(&[group[g].0.entry.text.as_str()]) {
                             Ok(mut v) => spaces[g].push((i, v.remove(0))),
                             Err(err @ Error::Tokenizer { .. }) => failed[g] = Some(format!("{}: {err}", e.space_name)),
+                            Err(Error::Torch(t)) => {
+                                failed[g] = Some(format!("{}: libtorch: {}", e.space_name, crate::model::batches::brief(&t)))
+                            }
                             Err(other) => return Err(other),
                         }
                     }
