@@ -44,6 +44,7 @@ const SAMPLE_MODEL: &str = "data-samples/echovault-tiny";
 #[derive(Parser, Debug)]
 #[command(
     name = "echovault",
+    bin_name = "echovault",
     version,
     about = "Search echocardiograms by meaning (EchoCLIP embeddings in an embedded index)",
     after_help = "The index, model, device and frame options may also come before the subcommand \
@@ -508,17 +509,15 @@ impl Command {
     }
 }
 
-/// Parses the command line, runs it, returns the exit code.
+/// Parses the command line, runs it, returns the exit code (the engine binary,
+/// `src/bin/echovault-engine.rs`, which links LibTorch: every command).
 pub fn run() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => return usage_error(&e),
     };
     let g = Global::resolve(&cli.top, &cli.out, &cli.command.groups());
-    init_logging(g.verbose);
-    if !matches!(cli.command, Command::Serve(_)) {
-        quiet_on_closed_pipe();
-    }
+    start(&g, &cli.command);
     let result = match &cli.command {
         Command::Ingest(a) => ingest::run(&g, a),
         Command::Search(a) => search::run(&g, a),
@@ -537,6 +536,47 @@ pub fn run() -> i32 {
         Command::Eval(a) => tasks::run_eval(&g, a),
         Command::Serve(a) => serve::run(&g, a),
     };
+    exit_code(result, &g)
+}
+
+/// The front binary (`echovault`, `src/main.rs`), which does not link LibTorch: parses the
+/// command line (so `--help`, `--version` and usage errors never load it), runs the commands
+/// that load no model itself, and calls `engine` for every other one (it `exec`s the engine
+/// binary with the same arguments). A command added here must reach no LibTorch code:
+/// tests/startup.rs checks that the front binary has no LibTorch library among its NEEDED
+/// entries. Used only by the front binary; the engine's copy of this module leaves it unused.
+#[allow(dead_code)]
+pub fn run_front(engine: impl FnOnce() -> i32) -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => return usage_error(&e),
+    };
+    if !matches!(cli.command, Command::Errors(_) | Command::Info(_) | Command::Repair(_) | Command::Inspect(_) | Command::Phantom(_)) {
+        return engine();
+    }
+    let g = Global::resolve(&cli.top, &cli.out, &cli.command.groups());
+    start(&g, &cli.command);
+    let result = match &cli.command {
+        Command::Errors(a) => ingest::run_errors(&g, a),
+        Command::Info(_) => info::run(&g),
+        Command::Repair(a) => info::run_repair(&g, a),
+        Command::Inspect(a) => inspect::run(&g, a),
+        Command::Phantom(a) => phantom::run(&g, a),
+        _ => return engine(),
+    };
+    exit_code(result, &g)
+}
+
+/// Logging, and the default SIGPIPE action for every command but `serve`.
+fn start(g: &Global, command: &Command) {
+    init_logging(g.verbose);
+    if !matches!(command, Command::Serve(_)) {
+        quiet_on_closed_pipe();
+    }
+}
+
+/// A command's outcome as the exit code, its error reported (2 for a [`UsageError`], else 1).
+fn exit_code(result: anyhow::Result<i32>, g: &Global) -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
