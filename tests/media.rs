@@ -202,3 +202,33 @@ fn crop_region_applies_to_the_decoding_path_of_every_command() {
     assert!(max_diff(&with, &want) <= 1e-6, "embed --video --crop-region embeds the region");
     assert!(max_diff(&cli(&[]), &want) > 1e-3, "without the flag the whole frame is embedded");
 }
+
+/// `search --video --crop-region` embeds a DICOM cine as `ingest --crop-region` stored it: the
+/// file finds itself with cosine 1; without the flag (whole frames) it does not.
+#[test]
+fn search_video_with_crop_region_finds_the_cine_ingest_cropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = dir.path().join("index");
+    let file = root().join("tests/fixtures/streaming/phantom-64-region.dcm");
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_echovault"))
+            .args(["--json", "--index", index.to_str().unwrap(), "--device", "cpu"])
+            .args(["--model", root().join("data-samples/echovault-tiny").to_str().unwrap()])
+            .args(args)
+            .env_remove("ECHOVAULT_MODEL")
+            .env_remove("ECHOVAULT_INDEX")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let s = run(&["ingest", file.to_str().unwrap(), "--crop-region", "--progress", "none"]);
+    assert_eq!(s["ingested"], 1, "{s}");
+    let score = |extra: &[&str]| {
+        let mut args = vec!["search", "--video", file.to_str().unwrap(), "-k", "1"];
+        args.extend_from_slice(extra);
+        run(&args)["hits"][0]["score"].as_f64().unwrap()
+    };
+    assert!(score(&["--crop-region"]) > 0.99999, "the cropped cine finds itself");
+    assert!(score(&[]) < 0.9999, "whole frames are another embedding");
+}

@@ -17,6 +17,9 @@ pub struct SearchArgs {
     /// A video file to find similar items for.
     #[arg(long)]
     video: Option<PathBuf>,
+    /// Crop a DICOM --video's frames to its ultrasound region, as `ingest --crop-region` does.
+    #[arg(long, requires = "video")]
+    crop_region: bool,
     /// An indexed item (video, report or study id) to find similar items for.
     #[arg(long = "id", alias = "like", value_name = "ID")]
     like: Option<String>,
@@ -81,7 +84,8 @@ pub fn run(g: &Global, a: &SearchArgs) -> anyhow::Result<i32> {
     anyhow::ensure!(g.index.is_dir(), "no index at {} (run `echovault ingest` first, or pass --index DIR)", g.index.display());
     anyhow::ensure!(a.k > 0, "-k must be at least 1");
     let patient_id = super::patient_id_arg(a.patient_id.as_deref(), false)?;
-    let engine = open_reader_engine(g)?;
+    let mut engine = open_reader_engine(g)?;
+    engine.crop_regions = a.crop_region;
     let patient = match patient_id {
         Some(mrn) => Some(echovault::pseudonym::patient_key(engine.index.secret()?, &mrn)),
         None => a.patient.clone(),
