@@ -157,6 +157,10 @@ fn qido_finds_and_wado_retrieves_what_orthanc_holds() {
         let expected: BTreeSet<&str> = us_files.iter().filter(|f| f.study == *study).map(|f| f.series.as_str()).collect();
         assert_eq!(series.iter().map(|s| s.series_uid.as_str()).collect::<BTreeSet<_>>(), expected, "study {study}");
         series_count += series.len();
+        // One search for the whole study lists the same instances.
+        let whole: BTreeSet<String> = c.study_instances(study, Some("US")).unwrap().unwrap().into_iter().map(|i| i.sop_uid).collect();
+        let expected: BTreeSet<String> = us_files.iter().filter(|f| f.study == *study).map(|f| f.sop.clone()).collect();
+        assert_eq!(whole, expected, "study {study}");
         for s in &series {
             assert_eq!(s.modality.as_deref(), Some("US"));
             for i in c.instances(study, &s.series_uid).unwrap() {

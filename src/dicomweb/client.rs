@@ -107,14 +107,15 @@ impl Client {
         &self.options
     }
 
-    /// GET `url?query` with `Accept: accept`, its 2xx answer handed to `read`; retried as the
-    /// policy says.
+    /// GET `url?query` with `Accept: accept` (and `Accept-Encoding: identity` unless
+    /// `compressed`), its 2xx answer handed to `read`; retried as the policy says.
     pub(crate) fn get<T>(
         &self,
         target: &Target,
         url: &str,
         query: &[(&str, String)],
         accept: &str,
+        compressed: bool,
         mut read: impl FnMut(ureq::Response) -> Result<T, BodyError>,
     ) -> Result<T, DicomWebError> {
         let shown = shown_url(url, query);
@@ -123,6 +124,9 @@ impl Client {
         loop {
             attempt += 1;
             let mut req = self.agent.get(url).set("Accept", accept);
+            if !compressed {
+                req = req.set("Accept-Encoding", "identity");
+            }
             for (k, v) in query {
                 req = req.query(k, v);
             }
@@ -176,7 +180,7 @@ impl Client {
 
     /// The JSON array a QIDO-RS search answers (an empty body or 204: none).
     pub(crate) fn qido(&self, target: &Target, url: &str, query: &[(&str, String)]) -> Result<Vec<serde_json::Value>, DicomWebError> {
-        self.get(target, url, query, "application/dicom+json, application/json", |resp| {
+        self.get(target, url, query, "application/dicom+json, application/json", true, |resp| {
             if resp.status() == 204 {
                 return Ok(Vec::new());
             }

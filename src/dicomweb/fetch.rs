@@ -17,6 +17,10 @@ use std::thread::JoinHandle;
 /// it supports itself, and a server's decompression would only multiply the bytes sent).
 const ACCEPT_AS_STORED: &str = "multipart/related; type=\"application/dicom\"; transfer-syntax=*";
 /// For servers that refuse `transfer-syntax=*` (406): their default transfer syntax.
+///
+/// Instances are asked for uncompressed in transit (`Accept-Encoding: identity`): their pixel
+/// data is mostly compressed already (JPEG, JPEG 2000, video), and deflating it again cost
+/// both ends CPU for little (measured: tools/bench-dicomweb, BENCHMARKS.md).
 const ACCEPT_DEFAULT: &str = "multipart/related; type=\"application/dicom\"";
 
 /// A retrieved instance: a DICOM Part 10 file in memory and where it came from.
@@ -92,8 +96,8 @@ impl Client {
         let target = instance.target();
         let url = instance.url(&self.endpoint);
         let max = self.options.max_instance_bytes;
-        let bytes = match self.get(&target, &url, &[], ACCEPT_AS_STORED, |resp| read_instance(resp, max)) {
-            Err(e) if e.status() == Some(406) => self.get(&target, &url, &[], ACCEPT_DEFAULT, |resp| read_instance(resp, max))?,
+        let bytes = match self.get(&target, &url, &[], ACCEPT_AS_STORED, false, |resp| read_instance(resp, max)) {
+            Err(e) if e.status() == Some(406) => self.get(&target, &url, &[], ACCEPT_DEFAULT, false, |resp| read_instance(resp, max))?,
             r => r?,
         };
         Ok(FetchedInstance {

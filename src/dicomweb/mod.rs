@@ -104,6 +104,11 @@ impl Endpoint {
         format!("{}/studies/{study}/series", self.base)
     }
 
+    /// QIDO-RS: the instances of a study (all its series).
+    pub fn study_instances_url(&self, study: &str) -> String {
+        format!("{}/studies/{study}/instances", self.base)
+    }
+
     /// QIDO-RS: the instances of a series.
     pub fn instances_url(&self, study: &str, series: &str) -> String {
         format!("{}/studies/{study}/series/{series}/instances", self.base)

@@ -299,8 +299,35 @@ impl Client {
         Ok(out)
     }
 
+    /// QIDO-RS: the instances of a study in one (paged) search, those of `modality` (or
+    /// without one) if given; `None` when the server leaves out an instance's
+    /// SeriesInstanceUID (the caller then asks series by series).
+    pub fn study_instances(&self, study_uid: &str, modality: Option<&str>) -> Result<Option<Vec<InstanceRef>>, DicomWebError> {
+        let target = Target::study(study_uid);
+        let url = self.endpoint.study_instances_url(study_uid);
+        let found = Pager::new(target.clone(), url.clone(), Vec::new(), self.options.page_size).all(self)?;
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for i in &found {
+            if i.get(tag::SERIES_INSTANCE_UID).is_none() {
+                return Ok(None);
+            }
+            let series_uid = uid(i, tag::SERIES_INSTANCE_UID, "SeriesInstanceUID", &target, &url)?;
+            let sop_uid = uid(i, tag::SOP_INSTANCE_UID, "SOPInstanceUID", &target, &url)?;
+            let wanted = match (modality, first_string(i, tag::MODALITY)) {
+                (Some(want), Some(have)) => have.eq_ignore_ascii_case(want),
+                _ => true,
+            };
+            if wanted && seen.insert(sop_uid.clone()) {
+                out.push(InstanceRef { study_uid: study_uid.to_owned(), series_uid, sop_uid });
+            }
+        }
+        Ok(Some(out))
+    }
+
     /// Every instance of the studies matching `query`, lazily: studies page by page, then
-    /// each study's series and instances. A study whose series or instances cannot be listed
+    /// each study's instances (one search per study; series by series where the server does
+    /// not name an instance's series). A study whose series or instances cannot be listed
     /// is one error (naming it) and the walk goes on; a failed page of studies ends it.
     pub fn walk(&self, query: StudyQuery) -> Walk {
         Walk {
@@ -344,6 +371,10 @@ impl Walk {
     }
 
     fn expand(&mut self, study: &StudyRef) -> Result<(), DicomWebError> {
+        if let Some(instances) = self.client.study_instances(&study.study_uid, self.query.modality.as_deref())? {
+            self.ready.extend(instances.into_iter().map(Ok));
+            return Ok(());
+        }
         let series = self.client.series(&study.study_uid, self.query.modality.as_deref())?;
         let mut seen = HashSet::new();
         for s in series {
