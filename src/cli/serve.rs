@@ -40,6 +40,10 @@ pub struct ServeArgs {
     /// off by default).
     #[arg(long)]
     show_paths: bool,
+    /// Crop uploaded DICOM cines (search by video file) to their ultrasound region, as
+    /// `ingest --crop-region` does; ingest jobs take their own `crop_region` field.
+    #[arg(long)]
+    crop_region: bool,
     /// Prompt file for zero-shot requests that name none, the viewer's readings among them
     /// (default: the built-in prompts).
     #[arg(long, value_name = "FILE")]
@@ -100,7 +104,8 @@ pub fn run(g: &Global, a: &ServeArgs) -> anyhow::Result<i32> {
     }
     // Refuse an exposed address before minutes of model loading.
     config.check()?;
-    let engine = open_engine(g)?;
+    let mut engine = open_engine(g)?;
+    engine.crop_regions = a.crop_region;
     let space = engine.space_name.clone();
     echovault::serve::serve(engine, config, |addr| {
         // One parseable line on stdout: scripts and tests learn the port from it.
