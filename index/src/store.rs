@@ -394,13 +394,23 @@ pub(crate) fn open_read_only_unchecked(path: &Path, cfs: &[&str], log_dir: &Path
     // read still verifies its blocks' checksums.
     o.set_paranoid_checks(false);
     // The mark before the open: a writer commits on meanwhile, and what it committed before the
-    // mark was read is in the log this open replays.
-    let mark = read_sequence_mark(path);
-    let db = DB::open_cf_for_read_only(&o, path, cfs.iter().copied(), false).map_err(|e| open_error(path, e))?;
-    if let Some(detail) = rolled_back(&db, mark) {
-        return Err(IndexError::Damaged { path: path.to_owned(), detail });
+    // mark was read is in the log this open replays — unless a flush moved it into a table and
+    // deleted the log between this open's MANIFEST read and its look for logs: a database behind
+    // its mark is looked at again before it counts as cut.
+    let mut looks = 0;
+    loop {
+        let mark = read_sequence_mark(path);
+        let db = DB::open_cf_for_read_only(&o, path, cfs.iter().copied(), false).map_err(|e| open_error(path, e))?;
+        match rolled_back(&db, mark) {
+            None => return Ok(db),
+            Some(_) if looks < GATE_RETRIES => {
+                looks += 1;
+                drop(db);
+                std::thread::sleep(GATE_RETRY_PAUSE);
+            }
+            Some(detail) => return Err(IndexError::Damaged { path: path.to_owned(), detail }),
+        }
     }
-    Ok(db)
 }
 
 /// A temporary directory for the files a read of the index needs beside it (outside it).
