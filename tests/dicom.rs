@@ -269,15 +269,300 @@ fn bad_input_is_a_typed_error_naming_the_reason() {
     assert!(!open_bytes(tmp.path(), "bare.dcm", &bare).unwrap_err().is_empty());
 }
 
+/// pydicom on a DICOM file holding a video stream: `meta PATH` prints its structure as JSON
+/// (and writes the fragments, concatenated, to PATH.stream); `wrap TEMPLATE STREAM TS FRAGMENTS
+/// OUT` puts STREAM into TEMPLATE's pixel data (split into FRAGMENTS fragments) under TS.
+const VIDEO_PY: &str = r#"
+import json, sys
+import pydicom
+from pydicom.encaps import encapsulate, generate_fragments
+from pydicom.uid import UID
+cmd = sys.argv[1]
+if cmd == "meta":
+    d = pydicom.dcmread(sys.argv[2])
+    items = list(generate_fragments(d.PixelData))
+    # pydicom 3 lists the basic offset table item first.
+    bot, frags = items[0], items[1:]
+    open(sys.argv[2] + ".stream", "wb").write(b"".join(frags))
+    print(json.dumps({"transfer_syntax": str(d.file_meta.TransferSyntaxUID), "frames": int(d.NumberOfFrames),
+        "photometric": d.PhotometricInterpretation, "rows": d.Rows, "cols": d.Columns,
+        "samples": d.SamplesPerPixel, "bot_len": len(bot), "fragments": len(frags)}))
+elif cmd == "wrap":
+    template, stream, ts, n, out = sys.argv[2:7]
+    d = pydicom.dcmread(template)
+    data = open(stream, "rb").read()
+    if len(data) % 2:
+        data += b"\0"
+    d.PixelData = encapsulate([data], fragments_per_frame=int(n), has_bot=False)
+    d["PixelData"].VR = "OB"
+    d.file_meta.TransferSyntaxUID = UID(ts)
+    d.save_as(out, enforce_file_format=True)
+"#;
+
+fn video_py(args: &[&str]) -> String {
+    let out = Command::new(root().join(".venv/bin/python")).arg("-c").arg(VIDEO_PY).args(args).output().unwrap();
+    assert!(out.status.success(), "pydicom {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `ffmpeg` decoding `path` (a bare stream or a container, found by content) to rgb24, frame by
+/// frame.
+fn ffmpeg_frames(path: &Path, w: usize, h: usize) -> Vec<Vec<u8>> {
+    let out = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-i", path.to_str().unwrap(), "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+        .output()
+        .expect("ffmpeg on PATH (tools/setup installs it)");
+    assert!(out.status.success(), "ffmpeg: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout.len() % (w * h * 3), 0);
+    out.stdout.chunks(w * h * 3).map(<[u8]>::to_vec).collect()
+}
+
+/// `echovault phantom` into `out` with `extra` options (2 patients, 1 study each, 64 px, 12 frames).
+fn phantom(out: &Path, extra: &[&str]) {
+    let mut args =
+        vec!["phantom", "--out", out.to_str().unwrap(), "--patients", "2", "--studies", "1:1", "--size", "64", "--num-frames", "12"];
+    args.extend_from_slice(extra);
+    let o = echovault(&out.with_extension("no-index"), &args);
+    assert!(o.status.success(), "phantom: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn dicoms(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = walk(dir).into_iter().filter(|p| p.extension().is_some_and(|e| e == "dcm")).collect();
+    v.sort();
+    v
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Every frame of `path` through DicomCine, in order, then a few out of order.
+fn our_frames(path: &Path) -> Vec<Vec<u8>> {
+    let cine = DicomCine::open(path).unwrap();
+    let n = cine.info().frames;
+    let frames: Vec<Vec<u8>> = (0..n).map(|i| cine.frame(i).unwrap().rgb).collect();
+    for i in [n - 1, 2, 0, n / 2] {
+        assert_eq!(cine.frame(i).unwrap().rgb, frames[i], "frame {i} asked out of order");
+    }
+    frames
+}
+
 #[test]
-fn encapsulated_video_is_a_clear_unsupported_error() {
-    // The JPEG cine relabelled as H.264: the error names the transfer syntax.
+fn h264_phantom_dicom_frames_equal_ffmpeg_decoding_its_stream() {
     let tmp = tempfile::tempdir().unwrap();
-    let relabelled = tmp.path().join("relabelled.dcm");
-    py(&["set-ts", file("examples_ybr_color.dcm").to_str().unwrap(), relabelled.to_str().unwrap(), "1.2.840.10008.1.2.4.102"]);
-    let bytes = std::fs::read(&relabelled).unwrap();
-    let e = open_bytes(tmp.path(), "h264.dcm", &bytes).unwrap_err();
-    assert!(e.contains("unsupported transfer syntax") && e.contains("1.2.840.10008.1.2.4.102") && e.contains("H.264"), "{e}");
+    let out = tmp.path().join("h264");
+    phantom(&out, &["--formats", "dicom-jpeg", "--dicom-codec", "h264"]);
+    let files = dicoms(&out);
+    assert_eq!(files.len(), 2);
+    for path in &files {
+        // The structure as pydicom reads it.
+        let meta: serde_json::Value = serde_json::from_str(&video_py(&["meta", path.to_str().unwrap()])).unwrap();
+        assert_eq!(meta["transfer_syntax"], "1.2.840.10008.1.2.4.102", "{meta}");
+        assert_eq!((meta["frames"].as_u64(), meta["rows"].as_u64(), meta["cols"].as_u64()), (Some(12), Some(64), Some(64)), "{meta}");
+        assert_eq!((meta["photometric"].as_str(), meta["samples"].as_u64()), (Some("YBR_PARTIAL_420"), Some(3)), "{meta}");
+        assert_eq!((meta["bot_len"].as_u64(), meta["fragments"].as_u64()), (Some(0), Some(1)), "empty offset table, one fragment: {meta}");
+        let stream = PathBuf::from(format!("{}.stream", path.display()));
+        // An H.264 Annex B elementary stream: a start code first.
+        let head = std::fs::read(&stream).unwrap();
+        assert!(head.starts_with(&[0, 0, 0, 1]) || head.starts_with(&[0, 0, 1]), "{:?}", &head[..8]);
+        let reference = ffmpeg_frames(&stream, 64, 64);
+        assert_eq!(reference.len(), 12);
+        let ours = our_frames(path);
+        assert!(ours == reference, "{}: frames differ from ffmpeg's decoding of the extracted stream", path.display());
+        // The frames are the phantom's, not noise: close to the JPEG export's frame 0 below.
+        std::fs::remove_file(&stream).unwrap();
+    }
+    // The same phantoms as JPEG: the H.264 frames are close to them (both lossy).
+    let jpeg = tmp.path().join("jpeg");
+    phantom(&jpeg, &["--formats", "dicom-jpeg", "--dicom-codec", "jpeg"]);
+    for (h, j) in files.iter().zip(dicoms(&jpeg)) {
+        let (a, b) = (DicomCine::open(h).unwrap(), DicomCine::open(&j).unwrap());
+        let (fa, fb) = (a.frame(5).unwrap().rgb, b.frame(5).unwrap().rgb);
+        let mean = fa.iter().zip(&fb).map(|(x, y)| f64::from(x.abs_diff(*y))).sum::<f64>() / fa.len() as f64;
+        assert!(mean < 6.0, "{}: mean |Δ| {mean} against the JPEG export", h.display());
+    }
+}
+
+#[test]
+fn h264_frames_follow_the_sampling_and_frame_bound_of_files() {
+    use echovault::media::{read_cine, FrameSampling, ReadOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("h264");
+    phantom(&out, &["--formats", "dicom-h264"]);
+    let path = &dicoms(&out)[0];
+    let all = our_frames(path);
+    // Every 2nd frame from 1, at most 3 kept: the step widens to 4 (frames 1, 5, 9).
+    let opts = ReadOptions { sampling: "1:12:2".parse::<FrameSampling>().unwrap(), max_frames: 3, crop_regions: false };
+    let (info, sampled) = read_cine(path, &opts, |fs| Ok(fs.into_iter().map(|f| f.rgb).collect())).unwrap();
+    assert_eq!((info.frames, info.width, info.height), (12, 64, 64));
+    assert!(info.fps.is_some_and(|f| (f - 30.0).abs() < 1e-3), "{:?}", info.fps);
+    let rows: Vec<usize> = (0..sampled.items.len()).map(|r| sampled.sampling.frame_of_row(r)).collect();
+    assert_eq!(rows, vec![1, 5, 9], "{:?}", sampled.sampling);
+    for (r, f) in rows.iter().zip(&sampled.items) {
+        assert!(f == &all[*r], "frame {r}");
+    }
+}
+
+/// Wraps `stream` into a copy of `template` under `ts`, split into `fragments` fragments, and
+/// checks our frames against ffmpeg's decoding of `stream`.
+fn wrapped_equals_ffmpeg(template: &Path, stream: &Path, ts: &str, fragments: usize, frames: usize) {
+    let wrapped = stream.with_extension(format!("{fragments}.dcm"));
+    video_py(&["wrap", template.to_str().unwrap(), stream.to_str().unwrap(), ts, &fragments.to_string(), wrapped.to_str().unwrap()]);
+    let reference = ffmpeg_frames(stream, 64, 64);
+    assert_eq!(reference.len(), frames, "{}", stream.display());
+    let cine = DicomCine::open(&wrapped).unwrap_or_else(|e| panic!("{ts} {}: {e}", stream.display()));
+    assert_eq!(cine.info().transfer_syntax, ts);
+    let ours = our_frames(&wrapped);
+    assert!(ours == reference, "{ts} {} in {fragments} fragments: frames differ from ffmpeg", stream.display());
+}
+
+#[test]
+fn mpeg2_hevc_and_wrapped_h264_streams_equal_ffmpeg() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("h264");
+    phantom(&out, &["--formats", "dicom-h264"]);
+    let template = &dicoms(&out)[0];
+    video_py(&["meta", template.to_str().unwrap()]);
+    let h264 = PathBuf::from(format!("{}.stream", template.display()));
+    // The same H.264 stream in three fragments (the fragmentable variant).
+    wrapped_equals_ffmpeg(template, &h264, "1.2.840.10008.1.2.4.102.1", 3, 12);
+    // The H.264 stream inside an MP4 (moov at the end: FFmpeg needs to seek) and an MPEG-2
+    // transport stream, as some writers store it.
+    let ffmpeg = |args: &[&str]| {
+        let o = Command::new("ffmpeg").args(["-loglevel", "error", "-y"]).args(args).output().expect("ffmpeg on PATH");
+        assert!(o.status.success(), "ffmpeg {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    let h = h264.to_str().unwrap();
+    let mp4 = tmp.path().join("h264.mp4");
+    ffmpeg(&["-i", h, "-c", "copy", mp4.to_str().unwrap()]);
+    wrapped_equals_ffmpeg(template, &mp4, "1.2.840.10008.1.2.4.102", 1, 12);
+    // MPEG-2 video (MP@ML) and HEVC Main, encoded here from the H.264 frames.
+    let m2v = tmp.path().join("s.m2v");
+    ffmpeg(&["-r", "30", "-i", h, "-c:v", "mpeg2video", "-q:v", "3", "-f", "mpeg2video", m2v.to_str().unwrap()]);
+    wrapped_equals_ffmpeg(template, &m2v, "1.2.840.10008.1.2.4.100", 2, 12);
+    let hevc = tmp.path().join("s.hevc");
+    ffmpeg(&[
+        "-r",
+        "30",
+        "-i",
+        h,
+        "-c:v",
+        "libx265",
+        "-x265-params",
+        "log-level=error",
+        "-pix_fmt",
+        "yuv420p",
+        "-f",
+        "hevc",
+        hevc.to_str().unwrap(),
+    ]);
+    wrapped_equals_ffmpeg(template, &hevc, "1.2.840.10008.1.2.4.107", 1, 12);
+}
+
+#[test]
+fn a_damaged_video_stream_is_a_clear_error_and_a_failure_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("h264");
+    phantom(&out, &["--formats", "dicom-h264"]);
+    let good = &dicoms(&out)[0];
+    video_py(&["meta", good.to_str().unwrap()]);
+    let stream = std::fs::read(format!("{}.stream", good.display())).unwrap();
+    let export = tmp.path().join("export");
+    std::fs::create_dir_all(&export).unwrap();
+    // Cut to a third: decodes some frames, then ends before NumberOfFrames.
+    let cut = tmp.path().join("cut.h264");
+    std::fs::write(&cut, &stream[..stream.len() / 3]).unwrap();
+    video_py(&[
+        "wrap",
+        good.to_str().unwrap(),
+        cut.to_str().unwrap(),
+        "1.2.840.10008.1.2.4.102",
+        "1",
+        export.join("cut.dcm").to_str().unwrap(),
+    ]);
+    let cine = DicomCine::open(&export.join("cut.dcm")).unwrap();
+    let e = (0..12).find_map(|i| cine.frame(i).err()).expect("a cut stream cannot give 12 frames").to_string();
+    assert!(e.contains("ends after") && e.contains("NumberOfFrames is 12"), "{e}");
+    // Not a video stream at all.
+    let noise = tmp.path().join("noise.bin");
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let bytes: Vec<u8> = (0..4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    std::fs::write(&noise, bytes).unwrap();
+    video_py(&[
+        "wrap",
+        good.to_str().unwrap(),
+        noise.to_str().unwrap(),
+        "1.2.840.10008.1.2.4.102",
+        "1",
+        export.join("noise.dcm").to_str().unwrap(),
+    ]);
+    let e = DicomCine::open(&export.join("noise.dcm")).unwrap().frame(0).unwrap_err().to_string();
+    assert!(e.contains("frame 0") && (e.contains("FFmpeg") || e.contains("decoding")), "{e}");
+    // Ingest: two failure rows naming the reasons, exit 3, no panic; the good file ingested.
+    std::fs::copy(good, export.join("good.dcm")).unwrap();
+    let index = tmp.path().join("index");
+    let o = echovault(&index, &["ingest", export.to_str().unwrap(), "--json"]);
+    let v = json(&o);
+    assert_eq!(o.status.code(), Some(3), "{v}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("panick"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(v["ingested"], 1, "{v}");
+    let failed = v["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 2, "{v}");
+    let reason = |name: &str| {
+        failed.iter().find(|f| f["path"].as_str().unwrap().ends_with(name)).unwrap_or_else(|| panic!("{name}: {v}"))["reason"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert!(reason("cut.dcm").contains("ends after"), "{v}");
+    assert!(reason("noise.dcm").contains("frame 0"), "{v}");
+}
+
+#[test]
+fn an_h264_export_ingests_like_the_jpeg_export_of_the_same_phantoms() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut summaries = Vec::new();
+    let mut files = Vec::new();
+    for codec in ["jpeg", "h264"] {
+        let out = tmp.path().join(codec);
+        phantom(&out, &["--formats", "dicom-jpeg", "--dicom-codec", codec, "--seed", "7"]);
+        let index = tmp.path().join(format!("index-{codec}"));
+        let o = echovault(&index, &["ingest", out.to_str().unwrap(), "--json"]);
+        assert!(o.status.success(), "{codec}: {}", String::from_utf8_lossy(&o.stderr));
+        let v = json(&o);
+        summaries.push((v["ingested"].as_u64(), v["failed"].as_array().map(Vec::len), v["found"].as_u64(), v["frames"].as_u64()));
+        files.push(dicoms(&out));
+    }
+    assert_eq!(summaries[0], summaries[1], "same counts");
+    assert_eq!((summaries[0].0, summaries[0].3), (Some(2), Some(24)), "2 videos of 12 frames");
+    // Embeddings of the same phantom close (cosine), not equal: both codecs are lossy.
+    let embed = |p: &Path| -> Vec<f64> {
+        let o = echovault(&tmp.path().join("none"), &["embed", "--video", p.to_str().unwrap(), "--json"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        json(&o)["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    };
+    for (j, h) in files[0].iter().zip(&files[1]) {
+        let (a, b) = (embed(j), embed(h));
+        let dot: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        let cos = dot / (a.iter().map(|x| x * x).sum::<f64>().sqrt() * b.iter().map(|x| x * x).sum::<f64>().sqrt());
+        assert!(cos > 0.98 && cos < 1.0 - 1e-7, "{} vs {}: cosine {cos}", j.display(), h.display());
+    }
 }
 
 #[test]

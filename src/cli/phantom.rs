@@ -2,7 +2,7 @@
 
 use super::Global;
 use clap::Args;
-use echovault::phantom::{generate, Format, PhantomOptions};
+use echovault::phantom::{generate, DicomCodec, Format, PhantomOptions};
 use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
@@ -34,9 +34,14 @@ pub struct PhantomArgs {
     /// Frames per second.
     #[arg(long, default_value_t = 30.0)]
     fps: f64,
-    /// Output formats, used in turn: dicom-jpeg, dicom-native, avi.
+    /// Output formats, used in turn: dicom-jpeg, dicom-native, dicom-h264, avi.
     #[arg(long, value_delimiter = ',', default_value = "dicom-jpeg,avi,dicom-native")]
     formats: Vec<Format>,
+    /// Pixel encoding of every DICOM video (overrides the dicom-* formats; the phantoms stay the
+    /// same): jpeg (baseline, lossy), native (RGB), h264 (an FFmpeg-encoded H.264 stream,
+    /// transfer syntax 1.2.840.10008.1.2.4.102).
+    #[arg(long, value_parser = parse_dicom_codec)]
+    dicom_codec: Option<DicomCodec>,
     /// Fraction of patients with a pacemaker lead.
     #[arg(long, default_value_t = 0.25)]
     pacemaker: f64,
@@ -74,6 +79,7 @@ pub fn run(g: &Global, a: &PhantomArgs) -> anyhow::Result<i32> {
         frames: a.frames,
         fps: a.fps,
         formats: a.formats.clone(),
+        dicom_codec: a.dicom_codec,
         pacemaker: a.pacemaker,
         mitraclip: a.mitraclip,
         valve: a.valve,
@@ -94,6 +100,15 @@ pub fn run(g: &Global, a: &PhantomArgs) -> anyhow::Result<i32> {
         );
     }
     Ok(0)
+}
+
+fn parse_dicom_codec(s: &str) -> Result<DicomCodec, String> {
+    match s {
+        "jpeg" => Ok(DicomCodec::Jpeg),
+        "native" => Ok(DicomCodec::Native),
+        "h264" => Ok(DicomCodec::H264),
+        _ => Err(format!("unknown DICOM codec {s:?}: jpeg, native or h264")),
+    }
 }
 
 /// Refuses an existing --out that holds anything: phantoms written among other files would

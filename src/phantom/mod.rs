@@ -12,6 +12,7 @@ mod draw;
 mod write;
 
 pub use draw::{dilation, render, wall_factor, Anatomy, Devices, Scene};
+pub use write::DicomCodec;
 
 use crate::error::Error;
 use rand::rngs::StdRng;
@@ -28,8 +29,31 @@ pub enum Format {
     DicomJpeg,
     /// DICOM US multi-frame, native explicit-VR little-endian RGB.
     DicomNative,
+    /// DICOM US multi-frame, an H.264 stream (transfer syntax 1.2.840.10008.1.2.4.102).
+    DicomH264,
     /// AVI, H.264 through FFmpeg, with a sidecar `.txt` report.
     Avi,
+}
+
+impl Format {
+    /// The DICOM codec of a DICOM format (`None` for AVI).
+    pub fn dicom_codec(self) -> Option<DicomCodec> {
+        match self {
+            Format::DicomJpeg => Some(DicomCodec::Jpeg),
+            Format::DicomNative => Some(DicomCodec::Native),
+            Format::DicomH264 => Some(DicomCodec::H264),
+            Format::Avi => None,
+        }
+    }
+
+    /// The DICOM format written with `codec`.
+    pub fn of_codec(codec: DicomCodec) -> Format {
+        match codec {
+            DicomCodec::Jpeg => Format::DicomJpeg,
+            DicomCodec::Native => Format::DicomNative,
+            DicomCodec::H264 => Format::DicomH264,
+        }
+    }
 }
 
 impl std::str::FromStr for Format {
@@ -38,8 +62,9 @@ impl std::str::FromStr for Format {
         match s {
             "dicom-jpeg" => Ok(Format::DicomJpeg),
             "dicom-native" => Ok(Format::DicomNative),
+            "dicom-h264" => Ok(Format::DicomH264),
             "avi" => Ok(Format::Avi),
-            _ => Err(format!("unknown format {s:?}: dicom-jpeg, dicom-native or avi")),
+            _ => Err(format!("unknown format {s:?}: dicom-jpeg, dicom-native, dicom-h264 or avi")),
         }
     }
 }
@@ -61,6 +86,9 @@ pub struct PhantomOptions {
     pub fps: f64,
     /// Formats, used in turn.
     pub formats: Vec<Format>,
+    /// When set, every DICOM format in `formats` is written with this codec instead (the same
+    /// phantoms, another pixel encoding: `--dicom-codec`).
+    pub dicom_codec: Option<DicomCodec>,
     /// Fraction of patients with a pacemaker lead.
     pub pacemaker: f64,
     /// Fraction of patients with a MitraClip.
@@ -86,6 +114,7 @@ impl Default for PhantomOptions {
             frames: 32,
             fps: 30.0,
             formats: vec![Format::DicomJpeg, Format::Avi, Format::DicomNative],
+            dicom_codec: None,
             pacemaker: 0.25,
             mitraclip: 0.15,
             valve: 0.0,
@@ -222,7 +251,10 @@ pub fn generate(opts: &PhantomOptions) -> Result<PhantomSummary, Error> {
             }
             let ef = (ef_base + rng.random_range(-3.0..3.0)).clamp(10.0, 80.0).round();
             let heart_rate = (hr_base + rng.random_range(-6.0..6.0)).round();
-            let format = opts.formats[n_video % opts.formats.len()];
+            let format = match (opts.formats[n_video % opts.formats.len()], opts.dicom_codec) {
+                (f, Some(codec)) if f != Format::Avi => Format::of_codec(codec),
+                (f, _) => f,
+            };
             n_video += 1;
             let scene = Scene {
                 anatomy: anatomy.clone(),
@@ -239,7 +271,9 @@ pub fn generate(opts: &PhantomOptions) -> Result<PhantomSummary, Error> {
             let stem = format!("{patient}-S{}", s + 1);
             let (file, study) = match format {
                 Format::Avi => (format!("avi/{stem}.avi"), stem.clone()),
-                Format::DicomJpeg | Format::DicomNative => (format!("dicom/{patient}/S{}/IM0001.dcm", s + 1), study_uid.clone()),
+                Format::DicomJpeg | Format::DicomNative | Format::DicomH264 => {
+                    (format!("dicom/{patient}/S{}/IM0001.dcm", s + 1), study_uid.clone())
+                }
             };
             let path = opts.out.join(&file);
             if let Some(dir) = path.parent() {
@@ -251,7 +285,7 @@ pub fn generate(opts: &PhantomOptions) -> Result<PhantomSummary, Error> {
                     write::avi(&path, &frames, opts.fps)?;
                     std::fs::write(path.with_extension("txt"), format!("{report}\n")).map_err(|e| Error::io(&path, e))?;
                 }
-                Format::DicomJpeg | Format::DicomNative => {
+                Format::DicomJpeg | Format::DicomNative | Format::DicomH264 => {
                     let meta = write::DicomMeta {
                         patient: &patient,
                         study_uid: &study_uid,
@@ -261,7 +295,8 @@ pub fn generate(opts: &PhantomOptions) -> Result<PhantomSummary, Error> {
                         fps: opts.fps,
                         heart_rate,
                     };
-                    write::dicom(&path, &frames, &meta, format == Format::DicomJpeg)?;
+                    let codec = format.dicom_codec().unwrap_or(DicomCodec::Native);
+                    write::dicom(&path, &frames, &meta, codec)?;
                 }
             }
             let mut dev = Vec::new();

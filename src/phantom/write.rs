@@ -1,5 +1,6 @@
 //! Writing phantom cines: DICOM US multi-frame (dicom-rs; JPEG baseline through the `image`
-//! crate's encoder, or native RGB) and AVI (H.264 through FFmpeg / video-rs).
+//! crate's encoder, native RGB, or an H.264 stream through FFmpeg / video-rs) and AVI (H.264
+//! through FFmpeg / video-rs).
 
 use crate::error::Error;
 use crate::media::Frame;
@@ -13,6 +14,20 @@ use std::path::Path;
 const US_MULTIFRAME: &str = "1.2.840.10008.5.1.4.1.1.3.1";
 const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
 const JPEG_BASELINE: &str = "1.2.840.10008.1.2.4.50";
+/// MPEG-4 AVC/H.264 High Profile / Level 4.1.
+const H264_HIGH_41: &str = "1.2.840.10008.1.2.4.102";
+
+/// How a DICOM phantom's pixel data is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DicomCodec {
+    /// JPEG baseline (lossy), YBR_FULL, one fragment per frame with a basic offset table.
+    Jpeg,
+    /// Native explicit-VR little-endian RGB.
+    Native,
+    /// An H.264 elementary stream (Annex B, x264 through FFmpeg) as one fragment, transfer
+    /// syntax 1.2.840.10008.1.2.4.102, YBR_PARTIAL_420, empty basic offset table.
+    H264,
+}
 
 /// What the DICOM header says.
 #[derive(Debug)]
@@ -35,9 +50,8 @@ fn put_u16(obj: &mut InMemDicomObject, tag: Tag, v: u16) {
     obj.put(DataElement::new(tag, VR::US, PrimitiveValue::from(v)));
 }
 
-/// Writes a US multi-frame DICOM file: JPEG baseline (YBR_FULL, one fragment per frame, with a
-/// basic offset table) when `jpeg`, else native RGB.
-pub fn dicom(path: &Path, frames: &[Frame], m: &DicomMeta<'_>, jpeg: bool) -> Result<(), Error> {
+/// Writes a US multi-frame DICOM file with its pixel data stored as `codec` says.
+pub fn dicom(path: &Path, frames: &[Frame], m: &DicomMeta<'_>, codec: DicomCodec) -> Result<(), Error> {
     let first = frames.first().ok_or_else(|| Error::media(path, "no frames to write"))?;
     let (w, h) = (first.width, first.height);
     let mut obj = InMemDicomObject::new_empty();
@@ -64,7 +78,12 @@ pub fn dicom(path: &Path, frames: &[Frame], m: &DicomMeta<'_>, jpeg: bool) -> Re
     put_str(&mut obj, tags::HEART_RATE, VR::IS, &format!("{:.0}", m.heart_rate));
     obj.put(DataElement::new(tags::FRAME_INCREMENT_POINTER, VR::AT, PrimitiveValue::Tags(vec![tags::FRAME_TIME].into())));
     put_u16(&mut obj, tags::SAMPLES_PER_PIXEL, 3);
-    put_str(&mut obj, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, if jpeg { "YBR_FULL" } else { "RGB" });
+    let photometric = match codec {
+        DicomCodec::Jpeg => "YBR_FULL",
+        DicomCodec::Native => "RGB",
+        DicomCodec::H264 => "YBR_PARTIAL_420",
+    };
+    put_str(&mut obj, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, photometric);
     put_u16(&mut obj, tags::PLANAR_CONFIGURATION, 0);
     put_u16(&mut obj, tags::ROWS, h as u16);
     put_u16(&mut obj, tags::COLUMNS, w as u16);
@@ -87,7 +106,19 @@ pub fn dicom(path: &Path, frames: &[Frame], m: &DicomMeta<'_>, jpeg: bool) -> Re
         DataElement::new(tags::PHYSICAL_DELTA_Y, VR::FD, PrimitiveValue::from(15.0 / h as f64)),
     ]);
     obj.put(DataElement::new(tags::SEQUENCE_OF_ULTRASOUND_REGIONS, VR::SQ, dicom_core::value::DataSetSequence::from(vec![region])));
-    let ts = if jpeg {
+    let ts = if codec == DicomCodec::H264 {
+        put_str(&mut obj, tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "01");
+        put_str(&mut obj, tags::LOSSY_IMAGE_COMPRESSION_METHOD, VR::CS, "ISO_14496_10");
+        let mut stream = h264_stream(path, frames, m.fps)?;
+        if stream.len() % 2 == 1 {
+            stream.push(0); // fragments have even length; a trailing zero byte is stream padding
+        }
+        if stream.len() > u32::MAX as usize - 1 {
+            return Err(Error::media(path, format!("the H.264 stream of {} bytes does not fit one fragment", stream.len())));
+        }
+        obj.put(DataElement::new(tags::PIXEL_DATA, VR::OB, Value::PixelSequence(PixelFragmentSequence::new(vec![], vec![stream]))));
+        H264_HIGH_41
+    } else if codec == DicomCodec::Jpeg {
         put_str(&mut obj, tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "01");
         put_str(&mut obj, tags::LOSSY_IMAGE_COMPRESSION_METHOD, VR::CS, "ISO_10918_1");
         let mut fragments = Vec::with_capacity(frames.len());
@@ -129,6 +160,40 @@ pub fn dicom(path: &Path, frames: &[Frame], m: &DicomMeta<'_>, jpeg: bool) -> Re
         )
         .map_err(|e| Error::media(path, format!("DICOM header: {e}")))?;
     file.write_to_file(path).map_err(|e| Error::media(path, format!("cannot write DICOM: {e}")))
+}
+
+/// `frames` as an H.264 elementary stream (Annex B: parameter sets in band), encoded through
+/// FFmpeg (x264, yuv420p) into a temporary file beside `path` and read back.
+#[cfg(feature = "video")]
+fn h264_stream(path: &Path, frames: &[Frame], fps: f64) -> Result<Vec<u8>, Error> {
+    use video_rs::encode::{EncoderBuilder, Settings};
+    use video_rs::time::Time;
+    let first = frames.first().ok_or_else(|| Error::media(path, "no frames to write"))?;
+    let _ = video_rs::init();
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new().prefix(".phantom-").suffix(".h264").tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
+    let settings = Settings::preset_h264_yuv420p(first.width, first.height, false);
+    let mut enc = EncoderBuilder::new(tmp.path(), settings)
+        .with_format("h264")
+        .build()
+        .map_err(|e| Error::media(path, format!("cannot create an H.264 stream: {e}")))?;
+    let step = Time::from_nth_of_a_second(fps.round().max(1.0) as usize);
+    let mut at = Time::zero();
+    for (i, f) in frames.iter().enumerate() {
+        let arr = video_rs::Frame::from_shape_vec((f.height, f.width, 3), f.rgb.clone())
+            .map_err(|e| Error::media(path, format!("frame {i}: {e}")))?;
+        enc.encode(&arr, at).map_err(|e| Error::media(path, format!("encoding frame {i} failed: {e}")))?;
+        at = at.aligned_with(step).add();
+    }
+    enc.finish().map_err(|e| Error::media(path, format!("finishing the H.264 stream failed: {e}")))?;
+    drop(enc);
+    std::fs::read(tmp.path()).map_err(|e| Error::io(tmp.path(), e))
+}
+
+/// Without FFmpeg (`--no-default-features`), H.264 DICOM output is refused.
+#[cfg(not(feature = "video"))]
+fn h264_stream(path: &Path, _frames: &[Frame], _fps: f64) -> Result<Vec<u8>, Error> {
+    Err(Error::media(path, "this build has no video support (feature `video`): write JPEG or native DICOM instead"))
 }
 
 /// Writes an H.264 AVI through FFmpeg.

@@ -7,6 +7,7 @@
 
 pub mod codec;
 pub mod pixels;
+mod video;
 
 use super::Frame;
 use codec::{Codec, MAX_FRAME_BYTES};
@@ -279,6 +280,8 @@ enum Pixels {
     /// Compressed fragments as (offset of the value in the source, length), and each frame's
     /// fragment range; fragments are read when their frame is decoded.
     Fragments { fragments: Vec<(u64, u64)>, frames: Vec<Range<usize>>, codec: Codec },
+    /// An MPEG-2, H.264 or HEVC stream: the fragments concatenated, decoded through FFmpeg.
+    Video(Box<video::VideoFrames>),
 }
 
 /// An opened DICOM cine: metadata plus frame-by-frame decoding.
@@ -499,14 +502,14 @@ impl DicomCine {
                     None => Self::load_pixels(&source, &info, &layout, codec)?,
                 }
             }
-            Codec::Jpeg | Codec::Jpeg2000 | Codec::Rle => Self::scan_fragments(&source, size, &head, &info, codec)?,
+            Codec::Jpeg | Codec::Jpeg2000 | Codec::Rle | Codec::Video => Self::scan_fragments(&source, size, &head, &info, codec)?,
             _ => Self::load_pixels(&source, &info, &layout, codec)?,
         };
         drop(head);
         let have = match &pixels {
             Pixels::Source { len, .. } => Some(*len),
             Pixels::Memory(v) => Some(v.len() as u64),
-            Pixels::Fragments { .. } => None,
+            Pixels::Fragments { .. } | Pixels::Video(_) => None,
         };
         if let Some(have) = have {
             let need = native_bytes(&layout, info.frames)?;
@@ -558,6 +561,15 @@ impl DicomCine {
         }
         let (bot, fragments) = items.split_first().ok_or("encapsulated pixel data without a basic offset table item")?;
         let fragments = fragments.to_vec();
+        if codec == Codec::Video {
+            // One stream for the whole cine: frames do not map to fragments (any offset table
+            // is not used).
+            let v = video::VideoFrames::new(fragments);
+            if v.len() == 0 {
+                return Err("the encapsulated video stream is empty".into());
+            }
+            return Ok(Pixels::Video(Box::new(v)));
+        }
         let mut offsets = Vec::new();
         if bot.1 > 0 {
             if bot.1 % 4 != 0 || bot.1 / 4 > MAX_FRAMES as u64 {
@@ -639,6 +651,9 @@ impl DicomCine {
         let frames = frames as usize;
         let ph_text = text(obj, tags::PHOTOMETRIC_INTERPRETATION).unwrap_or_else(|| "MONOCHROME2".into());
         let photometric = match ph_text.as_str() {
+            // FFmpeg decodes video streams to RGB whatever their chroma format (MPEG-2 and
+            // H.264 are YBR_PARTIAL_420 in DICOM, MONOCHROME2 allowed for HEVC).
+            _ if codec == Some(Codec::Video) => Photometric::Rgb,
             "MONOCHROME2" => Photometric::Monochrome2,
             "MONOCHROME1" => Photometric::Monochrome1,
             "RGB" => Photometric::Rgb,
@@ -652,16 +667,18 @@ impl DicomCine {
             other => return Err(format!("photometric interpretation '{other}' is not supported").into()),
         };
         let window = float(obj, tags::WINDOW_CENTER).zip(float(obj, tags::WINDOW_WIDTH));
+        let video = codec == Some(Codec::Video);
         let layout = Layout {
             rows,
             cols,
-            samples,
-            bits_allocated,
-            bits_stored,
-            signed: int(obj, tags::PIXEL_REPRESENTATION) == Some(1),
-            planar: int(obj, tags::PLANAR_CONFIGURATION) == Some(1),
+            // Video frames come out of FFmpeg as 8-bit interleaved RGB.
+            samples: if video { 3 } else { samples },
+            bits_allocated: if video { 8 } else { bits_allocated },
+            bits_stored: if video { 8 } else { bits_stored },
+            signed: !video && int(obj, tags::PIXEL_REPRESENTATION) == Some(1),
+            planar: !video && int(obj, tags::PLANAR_CONFIGURATION) == Some(1),
             photometric,
-            window,
+            window: window.filter(|_| !video),
         };
         layout.validate()?;
         let frame_bytes = layout.native_frame_bytes().unwrap_or(usize::MAX);
@@ -701,9 +718,6 @@ impl DicomCine {
             burned_in_annotation: text(obj, tags::BURNED_IN_ANNOTATION),
             regions: regions(obj),
         };
-        if codec == Codec::Video {
-            return Err(format!("unsupported transfer syntax ({ts_name}, {ts}): encapsulated video streams are not decoded yet").into());
-        }
         Ok((info, layout, codec))
     }
 
@@ -753,6 +767,7 @@ impl DicomCine {
                     Codec::NativeLittle | Codec::NativeBig | Codec::Video => Err("not a compressed frame".into()),
                 }
             }
+            Pixels::Video(v) => v.frame(&self.source, i, self.info.frames, l.rows, l.cols),
         }
         .map_err(|e| DicomError(format!("frame {i}: {e}")))?;
         Frame::new(l.cols, l.rows, rgb).ok_or_else(|| DicomError(format!("frame {i}: decoded to the wrong size")))

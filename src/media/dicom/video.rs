@@ -1,0 +1,178 @@
+//! Encapsulated video pixel data (MPEG-2, MPEG-4 AVC/H.264, HEVC/H.265: transfer syntaxes
+//! 1.2.840.10008.1.2.4.100–.108 and their fragmentable `.1` variants) decoded through FFmpeg with
+//! video-rs, the decoder of AVI and MP4 files.
+//!
+//! The fragments, concatenated, are the video bit stream (PS3.5 §8.2.5–8.2.8: one stream for the
+//! whole cine, frames do not map to fragments, the basic offset table is empty). The stream is
+//! copied into an anonymous in-memory file (`memfd_create`: never on disk, gone with the process)
+//! that FFmpeg opens as `/proc/self/fd/N`, so its format is found by content — an elementary
+//! stream (what the standard describes and what scanners write), or an MPEG-2 program or
+//! transport stream or MP4 that some writers wrap it in, seekable as FFmpeg needs for MP4.
+//! Frames are decoded forward from the last one asked for; asking for an earlier frame starts
+//! again from the stream's first frame.
+
+use super::Source;
+use std::sync::Mutex;
+
+/// The encapsulated stream of one cine and, once a frame was asked for, where decoding stands.
+pub(super) struct VideoFrames {
+    /// (offset in the source, length) of every fragment, in order.
+    fragments: Vec<(u64, u64)>,
+    cursor: Mutex<Option<imp::Cursor>>,
+}
+
+impl VideoFrames {
+    pub(super) fn new(fragments: Vec<(u64, u64)>) -> Self {
+        VideoFrames { fragments, cursor: Mutex::new(None) }
+    }
+
+    /// Bytes of the stream.
+    pub(super) fn len(&self) -> u64 {
+        self.fragments.iter().map(|(_, l)| l).sum()
+    }
+
+    /// Frame `i` (of `frames`, NumberOfFrames) as 8-bit RGB of `cols × rows`.
+    pub(super) fn frame(&self, source: &Source, i: usize, frames: usize, rows: usize, cols: usize) -> Result<Vec<u8>, String> {
+        let mut cursor = self.cursor.lock().unwrap_or_else(|poisoned| {
+            // A panic while decoding left the decoder in an unknown state: start again.
+            let mut c = poisoned.into_inner();
+            *c = None;
+            c
+        });
+        imp::frame(&mut cursor, source, &self.fragments, i, frames, rows, cols)
+    }
+}
+
+#[cfg(not(feature = "video"))]
+mod imp {
+    use super::Source;
+
+    pub(super) struct Cursor;
+
+    pub(super) fn frame(
+        _: &mut Option<Cursor>,
+        _: &Source,
+        _: &[(u64, u64)],
+        _: usize,
+        _: usize,
+        _: usize,
+        _: usize,
+    ) -> Result<Vec<u8>, String> {
+        Err("encapsulated video is decoded through FFmpeg, and this build has no video support (feature `video`)".into())
+    }
+}
+
+#[cfg(feature = "video")]
+mod imp {
+    use super::Source;
+    use std::fs::File;
+    use std::io::Write;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::path::PathBuf;
+
+    /// A decoder over the stream, positioned before frame `next`.
+    pub(super) struct Cursor {
+        /// The in-memory copy of the stream (kept open: FFmpeg reads it by its /proc path).
+        file: File,
+        decoder: video_rs::Decoder,
+        next: usize,
+    }
+
+    fn init() {
+        static INIT: std::sync::Once = std::sync::Once::new();
+        INIT.call_once(|| {
+            // Only fails when FFmpeg itself cannot initialise; opening then reports the error.
+            let _ = video_rs::init();
+        });
+    }
+
+    /// An anonymous in-memory file (a temporary file, unlinked at once, where memfd is missing).
+    #[allow(unsafe_code)]
+    fn anonymous_file() -> Result<File, String> {
+        // SAFETY: memfd_create takes a NUL-terminated name and flags; it returns a new file
+        // descriptor that nothing else owns (or -1), which OwnedFd then owns and closes.
+        let fd = unsafe { libc::memfd_create(c"echovault-dicom-video".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd >= 0 {
+            // SAFETY: `fd` is a valid descriptor owned by no one else (see above).
+            return Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+        tempfile::tempfile().map_err(|e| format!("cannot create a temporary file for the video stream: {e}"))
+    }
+
+    fn open(file: &File) -> Result<video_rs::Decoder, String> {
+        init();
+        let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        video_rs::Decoder::new(path).map_err(|e| format!("the encapsulated video stream cannot be opened by FFmpeg: {e}"))
+    }
+
+    /// Copies the fragments into a new anonymous file.
+    fn copy_stream(source: &Source, fragments: &[(u64, u64)]) -> Result<File, String> {
+        let mut file = anonymous_file()?;
+        let mut buf = Vec::new();
+        for (n, &(off, len)) in fragments.iter().enumerate() {
+            let mut at = 0u64;
+            while at < len {
+                let chunk = (len - at).min(1 << 20) as usize;
+                buf.resize(chunk, 0);
+                source.read_at(off + at, &mut buf).map_err(|e| format!("reading video fragment {n}: {e}"))?;
+                file.write_all(&buf).map_err(|e| format!("copying the video stream: {e}"))?;
+                at += chunk as u64;
+            }
+        }
+        file.flush().map_err(|e| format!("copying the video stream: {e}"))?;
+        Ok(file)
+    }
+
+    pub(super) fn frame(
+        cursor: &mut Option<Cursor>,
+        source: &Source,
+        fragments: &[(u64, u64)],
+        i: usize,
+        frames: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Vec<u8>, String> {
+        if cursor.as_ref().is_some_and(|c| c.next > i) {
+            // Backwards: a new decoder over the same copy.
+            let c = cursor.take().ok_or("no decoder")?;
+            let decoder = open(&c.file)?;
+            *cursor = Some(Cursor { file: c.file, decoder, next: 0 });
+        }
+        let c = match cursor {
+            Some(c) => c,
+            None => {
+                let file = copy_stream(source, fragments)?;
+                let decoder = open(&file)?;
+                let (w, h) = decoder.size();
+                if (w as usize, h as usize) != (cols, rows) {
+                    return Err(format!("the video stream's frames are {w}×{h}, the header says {cols}×{rows}"));
+                }
+                cursor.insert(Cursor { file, decoder, next: 0 })
+            }
+        };
+        loop {
+            let at = c.next;
+            match c.decoder.decode() {
+                Ok((_, frame)) => {
+                    c.next += 1;
+                    if at < i {
+                        continue;
+                    }
+                    let shape = frame.shape().to_vec();
+                    if shape != [rows, cols, 3] {
+                        return Err(format!("video frame {at} decoded to {shape:?}, the header says {cols}×{rows} RGB"));
+                    }
+                    return Ok(frame.as_slice().map(<[u8]>::to_vec).unwrap_or_else(|| frame.iter().copied().collect()));
+                }
+                Err(video_rs::Error::ReadExhausted | video_rs::Error::DecodeExhausted) => {
+                    *cursor = None;
+                    return Err(format!("the video stream ends after {at} frames, NumberOfFrames is {frames} (a stream cut short?)"));
+                }
+                Err(e) => {
+                    *cursor = None;
+                    return Err(format!("decoding video frame {at} failed: {e}"));
+                }
+            }
+        }
+    }
+}
