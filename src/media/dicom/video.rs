@@ -47,7 +47,8 @@ impl VideoFrames {
 mod imp {
     use super::Source;
 
-    pub(super) struct Cursor;
+    /// Never made: without FFmpeg there is no decoder.
+    pub(super) enum Cursor {}
 
     pub(super) fn frame(
         _: &mut Option<Cursor>,
