@@ -44,6 +44,8 @@ pub struct EngineConfig {
     /// Frames embedded per video at most (`--max-frames`; 0: no bound): a cine whose sampling
     /// selects more is thinned evenly (see [`crate::media::sampling`]).
     pub max_frames: usize,
+    /// `--mask`: what is blanked outside the ultrasound image before preprocessing.
+    pub mask: crate::media::MaskMode,
     /// `--template-vocab`: an EchoCLIP-R vocabulary for the models that need one (see
     /// [`template_vocab_for`]).
     pub template_vocab: Option<TemplateVocabArg>,
@@ -240,6 +242,9 @@ pub struct Engine {
     /// Whether DICOM frames are cropped to their ultrasound region (`--crop-region`), in
     /// ingest and in every command that embeds a file.
     pub crop_regions: bool,
+    /// What is blanked outside the ultrasound image before preprocessing (`--mask`), in ingest
+    /// and in every command that embeds a file.
+    pub mask: crate::media::MaskMode,
 }
 
 impl std::ops::Deref for Engine {
@@ -307,7 +312,7 @@ impl Engine {
             }
             embedders.push(e);
         }
-        Ok(Engine { index, embedders, sampling: cfg.sampling, max_frames: cfg.max_frames, crop_regions: false })
+        Ok(Engine { index, embedders, sampling: cfg.sampling, max_frames: cfg.max_frames, crop_regions: false, mask: cfg.mask })
     }
 }
 
@@ -625,7 +630,7 @@ pub fn embed_video(model: &Clip, preprocess: &Preprocess, path: &Path, opts: &Re
 impl Engine {
     /// How this engine reads a video file's frames: its sampling, frame bound and crop.
     pub fn read_options(&self) -> ReadOptions {
-        ReadOptions { sampling: self.sampling, max_frames: self.max_frames, crop_regions: self.crop_regions }
+        ReadOptions { sampling: self.sampling, max_frames: self.max_frames, crop_regions: self.crop_regions, mask: self.mask }
     }
 
     /// Decodes a DICOM cine or a video file (as ingest does: [`crate::media::read_cine`], with

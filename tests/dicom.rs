@@ -401,7 +401,7 @@ fn h264_frames_follow_the_sampling_and_frame_bound_of_files() {
     let path = &dicoms(&out)[0];
     let all = our_frames(path);
     // Every 2nd frame from 1, at most 3 kept: the step widens to 4 (frames 1, 5, 9).
-    let opts = ReadOptions { sampling: "1:12:2".parse::<FrameSampling>().unwrap(), max_frames: 3, crop_regions: false };
+    let opts = ReadOptions { sampling: "1:12:2".parse::<FrameSampling>().unwrap(), max_frames: 3, crop_regions: false, mask: echovault::media::MaskMode::Off };
     let (info, sampled) = read_cine(path, &opts, |fs| Ok(fs.into_iter().map(|f| f.rgb).collect())).unwrap();
     assert_eq!((info.frames, info.width, info.height), (12, 64, 64));
     assert!(info.fps.is_some_and(|f| (f - 30.0).abs() < 1e-3), "{:?}", info.fps);

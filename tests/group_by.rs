@@ -297,6 +297,7 @@ fn cli_search_groups_by_patient_and_study() {
         sampling: echovault::media::FrameSampling::ALL,
         frame_batch: 8,
         max_frames: echovault::media::DEFAULT_MAX_FRAMES,
+        mask: echovault::media::MaskMode::Off,
         template_vocab: None,
     };
     let mut rng = StdRng::seed_from_u64(5);

@@ -102,7 +102,7 @@ fn tiny() -> (echovault::model::Clip, echovault::media::Preprocess) {
 }
 
 fn read(sampling: FrameSampling, max_frames: usize, crop_regions: bool) -> echovault::media::ReadOptions {
-    echovault::media::ReadOptions { sampling, max_frames, crop_regions }
+    echovault::media::ReadOptions { sampling, max_frames, crop_regions, mask: echovault::media::MaskMode::Off }
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {

@@ -467,6 +467,7 @@ fn engine(idx: &Path, model: &Path) -> echovault::engine::Engine {
         sampling: echovault::media::FrameSampling::ALL,
         frame_batch: 8,
         max_frames: echovault::media::DEFAULT_MAX_FRAMES,
+        mask: echovault::media::MaskMode::Off,
         template_vocab: None,
     })
     .unwrap()

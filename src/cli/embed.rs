@@ -150,7 +150,8 @@ fn embed_video(
     a: &EmbedArgs,
     out: &mut serde_json::Value,
 ) -> anyhow::Result<()> {
-    let read = echovault::media::ReadOptions { sampling: cfg.sampling, max_frames: cfg.max_frames, crop_regions: a.crop_region };
+    let read =
+        echovault::media::ReadOptions { sampling: cfg.sampling, max_frames: cfg.max_frames, crop_regions: a.crop_region, mask: cfg.mask };
     let e = echovault::engine::embed_video(model, preprocess, p, &read, cfg.frame_batch)?;
     out["embedding"] = json!(e.embedding.video);
     out["frames_embedded"] = json!(e.embedding.frames.len());

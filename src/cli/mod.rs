@@ -173,6 +173,11 @@ pub struct ImageOpts {
     /// (0: no bound) [default: 512].
     #[arg(long, value_name = "N")]
     pub max_frames: Option<usize>,
+    /// Blank every pixel outside the ultrasound image before preprocessing (burned-in text,
+    /// the ECG trace): outside-region (the DICOM ultrasound regions; auto where a file has
+    /// none), auto (the sector found from motion), off [default: off].
+    #[arg(long, value_name = "MODE")]
+    pub mask: Option<echovault::media::MaskMode>,
 }
 
 /// Which frames of a video are embedded.
@@ -249,6 +254,8 @@ pub struct Global {
     pub batch: usize,
     /// Frames embedded per video at most (0: no bound).
     pub max_frames: usize,
+    /// `--mask`.
+    pub mask: echovault::media::MaskMode,
     pub json: bool,
     pub verbose: u8,
     /// Whether the command takes an index (and so may load the model that filled it).
@@ -281,6 +288,7 @@ impl Global {
             frames_given,
             batch: sub.image.and_then(|o| o.batch).or(top.image.batch).unwrap_or(DEFAULT_FRAME_BATCH),
             max_frames: sub.image.and_then(|o| o.max_frames).or(top.image.max_frames).unwrap_or(echovault::media::DEFAULT_MAX_FRAMES),
+            mask: sub.image.and_then(|o| o.mask).or(top.image.mask).unwrap_or_default(),
             json: out.json,
             verbose: out.verbose,
             uses_index: sub.index.is_some(),
@@ -316,6 +324,7 @@ impl Global {
             sampling: self.sampling,
             frame_batch: self.batch,
             max_frames: self.max_frames,
+            mask: self.mask,
             template_vocab: self.template_vocab.clone(),
         })
     }

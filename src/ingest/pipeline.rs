@@ -325,7 +325,7 @@ fn run(
         };
         spaces.push((e.space, k));
     }
-    let read = ReadOptions { sampling: engine.sampling, max_frames: engine.max_frames, crop_regions: opts.crop_regions };
+    let read = ReadOptions { sampling: engine.sampling, max_frames: engine.max_frames, crop_regions: opts.crop_regions, mask: engine.mask };
     let ctx = Ctx { index: &engine.index, sampling: engine.sampling, read, spaces, resizers };
     let gate = |study: &str, date: Option<StudyDate>, sop: Option<&str>| -> Option<Pass> {
         if opts.since.is_some() || opts.until.is_some() {

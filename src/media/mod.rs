@@ -4,6 +4,7 @@
 pub mod dicom;
 mod frame;
 pub mod image;
+pub mod mask;
 pub mod preprocess;
 pub mod sampling;
 pub mod stream;
@@ -11,6 +12,7 @@ pub mod stream;
 pub mod video;
 
 pub use frame::Frame;
+pub use mask::{Mask, MaskMode};
 pub use preprocess::{ChannelOrder, Preprocess};
 pub use sampling::{FrameSampling, DEFAULT_MAX_FRAMES};
 pub use stream::{ReadOptions, Sampled};
@@ -41,7 +43,8 @@ pub struct CineInfo {
 /// a few are decoded: the one decoding path of every command that takes a video (`search --video`,
 /// `embed --video`, the server's uploads), as `ingest` reads them — the same frame bound
 /// (`max_frames`, thinned evenly) and, with `crop_regions`, the same crop of a DICOM cine to its
-/// ultrasound region. A selection that keeps no frame is an error.
+/// ultrasound region. With `mask`, every pixel outside the ultrasound image is set to 0 first
+/// (see [`mask`]). A selection that keeps no frame is an error.
 pub fn read_cine<T>(
     path: &std::path::Path,
     opts: &ReadOptions,
@@ -50,13 +53,29 @@ pub fn read_cine<T>(
     if dicom::is_dicom(path) {
         let cine = dicom::DicomCine::open(path).map_err(|e| crate::Error::media(path, e))?;
         let crop = stream::crop_of(&cine, opts);
-        let sampled = stream::sample_dicom(&cine, path, opts, crop.as_ref(), each)?;
         let info = cine.info();
+        let m = match dicom_mask(&cine, path, opts.mask)? {
+            // The mask is cut as the frames are.
+            Some(m) => match crop.as_ref() {
+                Some(r) => {
+                    let (x, y, w, h) = r.rect(info.rows, info.cols);
+                    Some(m.crop(x, y, w, h).ok_or_else(|| crate::Error::media(path, "the ultrasound region lies outside the image"))?)
+                }
+                None => Some(m),
+            },
+            None => None,
+        };
+        let sampled = stream::sample_dicom(&cine, path, opts, crop.as_ref(), masked(path, m, each))?;
         return Ok((CineInfo { frames: info.frames, width: info.cols, height: info.rows, fps: info.fps }, sampled));
     }
     #[cfg(feature = "video")]
     {
-        let (v, sampled) = video::read_video_each(path, opts, each)?;
+        let m = match opts.mask {
+            MaskMode::Off => None,
+            // A video file has no ultrasound regions.
+            MaskMode::OutsideRegion | MaskMode::Auto => Some(video_mask(path)?),
+        };
+        let (v, sampled) = video::read_video_each(path, opts, masked(path, m, each))?;
         Ok((CineInfo { frames: v.frames, width: v.width, height: v.height, fps: Some(v.fps) }, sampled))
     }
     #[cfg(not(feature = "video"))]
@@ -64,6 +83,64 @@ pub fn read_cine<T>(
         let _ = (opts, each);
         Err(crate::Error::media(path, "this echovault was built without the `video` feature (FFmpeg)"))
     }
+}
+
+/// `each` after `m` (when given) has blanked every frame.
+fn masked<T>(
+    path: &std::path::Path,
+    m: Option<Mask>,
+    mut each: impl FnMut(Vec<Frame>) -> Result<Vec<T>, crate::Error>,
+) -> impl FnMut(Vec<Frame>) -> Result<Vec<T>, crate::Error> {
+    let path = path.to_owned();
+    move |mut frames: Vec<Frame>| {
+        if let Some(m) = &m {
+            for f in &mut frames {
+                m.apply(f).map_err(|e| crate::Error::media(&path, e))?;
+            }
+        }
+        each(frames)
+    }
+}
+
+/// The mask of a DICOM cine at its full size: its 2D ultrasound regions for `outside-region`
+/// (the moving sector where it has none), the moving sector for `auto`.
+fn dicom_mask(cine: &dicom::DicomCine, path: &std::path::Path, mode: MaskMode) -> Result<Option<Mask>, crate::Error> {
+    let info = cine.info();
+    if mode == MaskMode::Off {
+        return Ok(None);
+    }
+    if mode == MaskMode::OutsideRegion {
+        if let Some(m) = Mask::from_regions(&info.regions, info.rows, info.cols) {
+            return Ok(Some(m));
+        }
+        tracing::debug!("--mask outside-region: a DICOM cine without a 2D ultrasound region inside its image, masked by motion");
+    }
+    let mut motion = mask::Motion::new(info.cols, info.rows);
+    for i in 0..info.frames.min(mask::AUTO_FRAMES) {
+        let f = cine.frame(i).map_err(|e| crate::Error::media(path, e))?;
+        motion.add(&f).map_err(|e| crate::Error::media(path, e))?;
+    }
+    motion.sector().map(Some).map_err(|e| crate::Error::media(path, e))
+}
+
+/// The moving sector of a video file, from its first [`mask::AUTO_FRAMES`] frames (a first,
+/// short decode).
+#[cfg(feature = "video")]
+fn video_mask(path: &std::path::Path) -> Result<Mask, crate::Error> {
+    let first = ReadOptions {
+        sampling: FrameSampling { start: 0, end: Some(mask::AUTO_FRAMES), step: 1 },
+        max_frames: 0,
+        crop_regions: false,
+        mask: MaskMode::Off,
+    };
+    let mut motion: Option<mask::Motion> = None;
+    video::read_video_each(path, &first, |frames| {
+        for f in &frames {
+            motion.get_or_insert_with(|| mask::Motion::new(f.width, f.height)).add(f).map_err(|e| crate::Error::media(path, e))?;
+        }
+        Ok(vec![(); frames.len()])
+    })?;
+    motion.ok_or_else(|| crate::Error::media(path, "no frame decoded"))?.sector().map_err(|e| crate::Error::media(path, e))
 }
 
 /// Decodes a DICOM cine (recognised by content) or a video file, keeping frame `i` when

@@ -24,12 +24,14 @@ pub struct ReadOptions {
     /// Crop DICOM frames to their ultrasound region where one is present and lies inside the
     /// image (`--crop-region`; videos have no regions).
     pub crop_regions: bool,
+    /// What is blanked before the transform (`--mask`; see [`crate::media::mask`]).
+    pub mask: crate::media::MaskMode,
 }
 
 impl ReadOptions {
     /// `sampling` with the default bound and no crop.
     pub fn new(sampling: FrameSampling) -> Self {
-        ReadOptions { sampling, max_frames: DEFAULT_MAX_FRAMES, crop_regions: false }
+        ReadOptions { sampling, max_frames: DEFAULT_MAX_FRAMES, crop_regions: false, mask: crate::media::MaskMode::Off }
     }
 }
 
@@ -214,7 +216,7 @@ mod tests {
 
     #[test]
     fn a_known_length_is_thinned_once_an_unknown_one_as_it_comes() {
-        let opts = ReadOptions { sampling: FrameSampling::ALL, max_frames: 8, crop_regions: false };
+        let opts = ReadOptions { sampling: FrameSampling::ALL, max_frames: 8, crop_regions: false, mask: crate::media::MaskMode::Off };
         let known = keep_all(&opts, Some(20), 20);
         assert_eq!(known.items, vec![0, 3, 6, 9, 12, 15, 18]);
         assert_eq!((known.selected, known.capped(), known.sampling.step), (20, true, 3));
@@ -249,7 +251,11 @@ mod tests {
             pending.flush(&mut k, &mut each).unwrap();
             assert_eq!(k.finish().items, keep_all(&opts, expected, n).items, "{expected:?} of {n}");
         }
-        let zs = keep_all(&ReadOptions { sampling: FrameSampling::ZERO_SHOT, max_frames: 0, crop_regions: false }, None, 100);
+        let zs = keep_all(
+            &ReadOptions { sampling: FrameSampling::ZERO_SHOT, max_frames: 0, crop_regions: false, mask: crate::media::MaskMode::Off },
+            None,
+            100,
+        );
         assert_eq!(zs.items, (0..40).step_by(2).collect::<Vec<_>>());
     }
 }

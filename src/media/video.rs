@@ -66,7 +66,7 @@ fn init() {
 
 /// Decodes `path`, keeping the frames `sampling` selects (every one: no bound).
 pub fn read_video(path: &Path, sampling: FrameSampling) -> Result<(VideoInfo, Vec<Frame>), Error> {
-    let opts = ReadOptions { sampling, max_frames: 0, crop_regions: false };
+    let opts = ReadOptions { sampling, max_frames: 0, crop_regions: false, mask: crate::media::MaskMode::Off };
     let (info, s) = read_video_each(path, &opts, Ok)?;
     Ok((info, s.items))
 }
