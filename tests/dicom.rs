@@ -137,6 +137,27 @@ fn lossless_compressed_frames_equal_pydicom() {
 }
 
 #[test]
+fn jpeg_ls_frames_equal_pydicom() {
+    // Decoded through FFmpeg's JPEG-LS decoder; pydicom's through libjpeg (pylibjpeg). Lossless
+    // files and near-lossless ones (the codestream defines the result) must be identical.
+    for name in [
+        "emri_small_jpeg_ls_lossless.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "JPEGLSNearLossless_08.dcm",
+        "JPEGLSNearLossless_16.dcm",
+        "SC_rgb_jls_lossy_line.dcm",
+    ] {
+        let (n, mean, max) = compare(name, 10);
+        assert!(n >= 1);
+        assert_eq!(max, 0, "{name}: mean {mean}");
+    }
+    // Sample-interleaved colour: FFmpeg 5.1 gives black for it, so it is refused, naming why.
+    let cine = DicomCine::open(file("SC_rgb_jls_lossy_sample.dcm")).unwrap();
+    let e = cine.frame(0).unwrap_err().to_string();
+    assert!(e.contains("JPEG-LS colour by sample") && e.contains("not decoded"), "{e}");
+}
+
+#[test]
 fn lossy_jpeg_frames_are_within_tolerance_of_pydicom() {
     for (name, frames) in [
         ("examples_ybr_color.dcm", 30),
@@ -401,7 +422,12 @@ fn h264_frames_follow_the_sampling_and_frame_bound_of_files() {
     let path = &dicoms(&out)[0];
     let all = our_frames(path);
     // Every 2nd frame from 1, at most 3 kept: the step widens to 4 (frames 1, 5, 9).
-    let opts = ReadOptions { sampling: "1:12:2".parse::<FrameSampling>().unwrap(), max_frames: 3, crop_regions: false, mask: echovault::media::MaskMode::Off };
+    let opts = ReadOptions {
+        sampling: "1:12:2".parse::<FrameSampling>().unwrap(),
+        max_frames: 3,
+        crop_regions: false,
+        mask: echovault::media::MaskMode::Off,
+    };
     let (info, sampled) = read_cine(path, &opts, |fs| Ok(fs.into_iter().map(|f| f.rgb).collect())).unwrap();
     assert_eq!((info.frames, info.width, info.height), (12, 64, 64));
     assert!(info.fps.is_some_and(|f| (f - 30.0).abs() < 1e-3), "{:?}", info.fps);

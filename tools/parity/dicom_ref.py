@@ -68,6 +68,12 @@ FILES = [
     ("emri_small_big_endian.dcm", "data"),
     ("RG1_UNCR.dcm", "data"),                 # MONOCHROME1
     ("vlut_04.dcm", "data"),                  # 8-bit MONOCHROME2
+    ("MR_small_jpeg_ls_lossless.dcm", "wheel"),  # JPEG-LS lossless, signed 16-bit
+    ("JPEGLSNearLossless_08.dcm", "wheel"),   # JPEG-LS near-lossless, 8-bit
+    ("JPEGLSNearLossless_16.dcm", "wheel"),   # JPEG-LS near-lossless, 16-bit
+    ("SC_rgb_jls_lossy_line.dcm", "wheel"),   # JPEG-LS near-lossless RGB, line interleaved
+    ("SC_rgb_jls_lossy_sample.dcm", "wheel"), # JPEG-LS near-lossless RGB, sample interleaved
+    ("emri_small_jpeg_ls_lossless.dcm", "data"),  # JPEG-LS lossless, 12-bit, 10 frames
     ("test-SR.dcm", "wheel"),                 # a structured report (no image)
 ]
 

@@ -17,6 +17,8 @@ pub enum Codec {
     Jpeg2000,
     /// RLE Lossless.
     Rle,
+    /// JPEG-LS, lossless or near-lossless (ISO 14495-1), decoded through FFmpeg.
+    JpegLs,
     /// MPEG-2, MPEG-4 AVC/H.264 or HEVC/H.265 video streams.
     Video,
 }
@@ -33,8 +35,8 @@ pub fn transfer_syntax(uid: &str) -> (&'static str, Option<Codec>) {
         "1.2.840.10008.1.2.4.51" => ("JPEG Extended (Process 2 & 4)", Some(Jpeg)),
         "1.2.840.10008.1.2.4.57" => ("JPEG Lossless, Non-Hierarchical (Process 14)", Some(Jpeg)),
         "1.2.840.10008.1.2.4.70" => ("JPEG Lossless, Non-Hierarchical, First-Order Prediction", Some(Jpeg)),
-        "1.2.840.10008.1.2.4.80" => ("JPEG-LS Lossless", None),
-        "1.2.840.10008.1.2.4.81" => ("JPEG-LS Lossy (Near-Lossless)", None),
+        "1.2.840.10008.1.2.4.80" => ("JPEG-LS Lossless", Some(JpegLs)),
+        "1.2.840.10008.1.2.4.81" => ("JPEG-LS Lossy (Near-Lossless)", Some(JpegLs)),
         "1.2.840.10008.1.2.4.90" => ("JPEG 2000 Image Compression (Lossless Only)", Some(Jpeg2000)),
         "1.2.840.10008.1.2.4.91" => ("JPEG 2000 Image Compression", Some(Jpeg2000)),
         "1.2.840.10008.1.2.4.201" => ("High-Throughput JPEG 2000 (Lossless Only)", None),
@@ -103,7 +105,7 @@ pub fn frame_fragments(
     }
     // No table and more fragments than frames: a frame starts where a codestream starts.
     let starts_frame = |f: &[u8]| match codec {
-        Codec::Jpeg => f.starts_with(&[0xff, 0xd8]),
+        Codec::Jpeg | Codec::JpegLs => f.starts_with(&[0xff, 0xd8]),
         Codec::Jpeg2000 => f.starts_with(&[0xff, 0x4f, 0xff, 0x51]) || f.get(4..8) == Some(b"jP  "),
         _ => false,
     };
@@ -330,7 +332,8 @@ mod tests {
     #[test]
     fn transfer_syntax_names() {
         assert_eq!(transfer_syntax("1.2.840.10008.1.2.4.50"), ("JPEG Baseline (Process 1)", Some(Codec::Jpeg)));
-        assert_eq!(transfer_syntax("1.2.840.10008.1.2.4.80").1, None);
+        assert_eq!(transfer_syntax("1.2.840.10008.1.2.4.80").1, Some(Codec::JpegLs));
+        assert_eq!(transfer_syntax("1.2.840.10008.1.2.4.201").1, None);
         assert_eq!(transfer_syntax("1.2.3").0, "unknown");
     }
 }

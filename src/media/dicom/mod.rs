@@ -502,7 +502,9 @@ impl DicomCine {
                     None => Self::load_pixels(&source, &info, &layout, codec)?,
                 }
             }
-            Codec::Jpeg | Codec::Jpeg2000 | Codec::Rle | Codec::Video => Self::scan_fragments(&source, size, &head, &info, codec)?,
+            Codec::Jpeg | Codec::Jpeg2000 | Codec::JpegLs | Codec::Rle | Codec::Video => {
+                Self::scan_fragments(&source, size, &head, &info, codec)?
+            }
             _ => Self::load_pixels(&source, &info, &layout, codec)?,
         };
         drop(head);
@@ -759,6 +761,7 @@ impl DicomCine {
                 match codec {
                     Codec::Jpeg => codec::decode_jpeg(data, l).map(codec::Decoded::into_rgb),
                     Codec::Jpeg2000 => codec::decode_jpeg2000(data, l).map(codec::Decoded::into_rgb),
+                    Codec::JpegLs => video::decode_jpegls(data, l).map(codec::Decoded::into_rgb),
                     Codec::Rle => pixels::rle_decode(data, l).and_then(|b| {
                         let mut inter = l.clone();
                         inter.planar = false;

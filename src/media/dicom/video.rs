@@ -11,8 +11,51 @@
 //! Frames are decoded forward from the last one asked for; asking for an earlier frame starts
 //! again from the stream's first frame.
 
+use super::codec::Decoded;
+use super::pixels::Layout;
 use super::Source;
 use std::sync::Mutex;
+
+/// Decodes one JPEG-LS frame (lossless or near-lossless) with FFmpeg's decoder, to the
+/// samples it holds (8 or 16 bits, grey or RGB).
+pub(super) fn decode_jpegls(data: &[u8], layout: &Layout) -> Result<Decoded, String> {
+    let (components, near, ilv) = jpegls_scan(data).ok_or("JPEG-LS: no start-of-scan header")?;
+    // FFmpeg 5.1 decodes a sample-interleaved near-lossless colour stream to black without an
+    // error (pydicom's SC_rgb_jls_lossy_sample.dcm); only what was checked against pydicom is
+    // decoded: one component, or three interleaved by line.
+    if components > 1 && ilv != 1 {
+        let how = if ilv == 2 { "by sample" } else { "not interleaved" };
+        return Err(format!(
+            "JPEG-LS colour {how} (NEAR {near}) is not decoded: FFmpeg's decoder, checked against pydicom, is only right for grey or line-interleaved colour"
+        ));
+    }
+    imp::decode_jpegls(data, layout)
+}
+
+/// (components in the first scan, NEAR, ILV) from a JPEG-LS codestream's first SOS segment.
+fn jpegls_scan(data: &[u8]) -> Option<(usize, u8, u8)> {
+    let mut at = 2; // after SOI
+    while at + 4 <= data.len() {
+        if data[at] != 0xff {
+            return None;
+        }
+        let marker = data[at + 1];
+        if marker == 0xff {
+            at += 1; // fill byte
+            continue;
+        }
+        let len = usize::from(u16::from_be_bytes([data[at + 2], data[at + 3]]));
+        if marker == 0xda {
+            let seg = data.get(at + 4..at + 2 + len)?;
+            let ns = usize::from(*seg.first()?);
+            let near = *seg.get(1 + 2 * ns)?;
+            let ilv = *seg.get(2 + 2 * ns)?;
+            return Some((ns, near, ilv));
+        }
+        at += 2 + len;
+    }
+    None
+}
 
 /// The encapsulated stream of one cine and, once a frame was asked for, where decoding stands.
 pub(super) struct VideoFrames {
@@ -50,6 +93,10 @@ mod imp {
     /// Never made: without FFmpeg there is no decoder.
     pub(super) enum Cursor {}
 
+    pub(super) fn decode_jpegls(_: &[u8], _: &super::Layout) -> Result<super::Decoded, String> {
+        Err("JPEG-LS is decoded through FFmpeg, and this build has no video support (feature `video`)".into())
+    }
+
     pub(super) fn frame(
         _: &mut Option<Cursor>,
         _: &Source,
@@ -70,6 +117,57 @@ mod imp {
     use std::io::Write;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::path::PathBuf;
+
+    use super::{Decoded, Layout};
+
+    /// One JPEG-LS codestream through FFmpeg's decoder, read back as samples (no colour or
+    /// bit-depth conversion: the layout's own rules map them to RGB, as for other codecs).
+    pub(super) fn decode_jpegls(data: &[u8], layout: &Layout) -> Result<Decoded, String> {
+        use ff::format::Pixel;
+        use video_rs::ffmpeg as ff;
+        init();
+        let codec = ff::codec::decoder::find(ff::codec::Id::JPEGLS).ok_or("this FFmpeg has no JPEG-LS decoder")?;
+        let mut dec = ff::codec::Context::new_with_codec(codec).decoder().video().map_err(|e| format!("JPEG-LS decoder: {e}"))?;
+        dec.send_packet(&ff::Packet::copy(data)).map_err(|e| format!("JPEG-LS: {e}"))?;
+        dec.send_eof().map_err(|e| format!("JPEG-LS: {e}"))?;
+        let mut f = ff::frame::Video::empty();
+        dec.receive_frame(&mut f).map_err(|e| format!("JPEG-LS: {e}"))?;
+        let (w, h) = (f.width() as usize, f.height() as usize);
+        if (w, h) != (layout.cols, layout.rows) {
+            return Err(format!("JPEG-LS frame is {w}×{h}, the header says {}×{}", layout.cols, layout.rows));
+        }
+        let (channels, bytes) = match f.format() {
+            Pixel::GRAY8 => (1, 1),
+            Pixel::GRAY16LE => (1, 2),
+            Pixel::RGB24 => (3, 1),
+            other => return Err(format!("JPEG-LS decoded to pixel format {other:?}, which echovault does not read")),
+        };
+        if channels != layout.samples {
+            return Err(format!("JPEG-LS stream has {channels} components, the header says {}", layout.samples));
+        }
+        let (stride, plane) = (f.stride(0), f.data(0));
+        let mut samples = Vec::with_capacity(w * h * channels);
+        for y in 0..h {
+            let row = plane.get(y * stride..y * stride + w * channels * bytes).ok_or("JPEG-LS frame smaller than its size")?;
+            if bytes == 1 {
+                samples.extend(row.iter().map(|&b| i64::from(b)));
+            } else {
+                samples.extend(row.chunks_exact(2).map(|c| i64::from(u16::from_le_bytes([c[0], c[1]]))));
+            }
+        }
+        let mut out = layout.clone();
+        out.planar = false;
+        if out.signed && channels == 1 {
+            // Lossless codecs keep two's-complement bit patterns: sign-extend.
+            let bits = out.bits_stored;
+            samples.iter_mut().for_each(|v| {
+                if (*v >> (bits - 1)) & 1 == 1 {
+                    *v -= 1 << bits;
+                }
+            });
+        }
+        Ok(Decoded { samples, layout: out, rgb: None })
+    }
 
     /// A decoder over the stream, positioned before frame `next`.
     pub(super) struct Cursor {
