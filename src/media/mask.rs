@@ -7,12 +7,18 @@
 //!   (SequenceOfUltrasoundRegions, RegionSpatialFormat 1, those lying inside the image). A file
 //!   without such a region (any video file, a DICOM without regions) falls back to `auto`.
 //! - **`auto`**: the sector found from motion. Over the first [`AUTO_FRAMES`] frames, each
-//!   pixel's luma range (max − min) is taken; pixels whose range exceeds [`AUTO_THRESHOLD`]
-//!   "move". The moving set is opened (eroded, then dilated, by a (2·[`OPEN_RADIUS`]+1)² square),
-//!   which removes lines thinner than that (an ECG sweep cursor, a moving timer digit) and
-//!   isolated compression noise; the largest 8-connected component of what remains is the
-//!   sector; its convex hull, filled, is the mask (a sector is a convex cone, and the hull fills
-//!   the cavities where blood barely changes). The opening cuts the sector's sharpest corner (the
+//!   pixel's luma minimum and maximum are taken; a pixel "moves" when its range exceeds
+//!   [`AUTO_THRESHOLD`], and is "lit" when its maximum exceeds [`LIT_THRESHOLD`]. Moving or lit
+//!   pixels are opened (eroded, then dilated, by a (2·[`OPEN_RADIUS`]+1)² square), which removes
+//!   every line thinner than that — burned-in text strokes, the ECG trace and its sweep cursor —
+//!   and isolated compression noise. Of the 8-connected components that remain, the one holding
+//!   the most moving pixels is the sector, with every other holding at least
+//!   [`PART_OF_LARGEST`] as many (a sector cut in two by a dark band); a component without
+//!   motion (a solid logo) is never part of it. The convex hull of the sector's pixels, filled, is
+//!   the mask (a sector is a convex cone; the hull fills the cavities where blood is dark and
+//!   still). Lit pixels count because compressed video (H.264) keeps still speckle still: motion
+//!   alone finds only where the heart moves. The opening cuts the sector's sharpest corner (the
+//!   apex, a few pixels). The opening cuts the sector's sharpest corner (the
 //!   apex, a few pixels); the hull never reaches outside the moving component, so a still
 //!   annotation next to the sector stays blank. A cine in which nothing moves (a still image,
 //!   one frame) has no sector: an error, never an unmasked frame.
@@ -28,8 +34,12 @@ use crate::media::Frame;
 pub const AUTO_FRAMES: usize = 32;
 /// Luma range (0–255) above which a pixel counts as moving.
 pub const AUTO_THRESHOLD: u8 = 6;
+/// Luma maximum (0–255) above which a pixel counts as lit.
+pub const LIT_THRESHOLD: u8 = 8;
 /// Radius of the square opening that drops thin moving lines before the largest component.
 pub const OPEN_RADIUS: usize = 2;
+/// Components kept beside the largest: those at least this share of its size.
+pub const PART_OF_LARGEST: f64 = 0.05;
 /// The sector must cover at least this share of the image (else: no sector found).
 const MIN_SHARE: f64 = 0.01;
 
@@ -170,8 +180,9 @@ impl Motion {
             return Err(format!("--mask auto finds the sector from motion and needs 2 frames or more, this cine has {}", self.frames));
         }
         let moving: Vec<bool> = self.min.iter().zip(&self.max).map(|(lo, hi)| hi.saturating_sub(*lo) > AUTO_THRESHOLD).collect();
-        let opened = dilate(&erode(&moving, w, h, OPEN_RADIUS), w, h, OPEN_RADIUS);
-        let component = largest_component(&opened, w, h);
+        let candidate: Vec<bool> = self.max.iter().zip(&moving).map(|(hi, m)| *m || *hi > LIT_THRESHOLD).collect();
+        let opened = dilate(&erode(&candidate, w, h, OPEN_RADIUS), w, h, OPEN_RADIUS);
+        let component = sector_components(&opened, &moving, w, h);
         if (component.len() as f64) < MIN_SHARE * (w * h) as f64 {
             return Err(format!(
                 "--mask auto found no moving sector ({} of {} pixels move across {} frames): a still image? (--mask off to embed it unmasked)",
@@ -212,10 +223,11 @@ fn filter(m: &[bool], w: usize, h: usize, r: usize, all: bool) -> Vec<bool> {
     pass(&pass(m, true), false)
 }
 
-/// The pixels (x, y) of the largest 8-connected set component.
-fn largest_component(m: &[bool], w: usize, h: usize) -> Vec<(usize, usize)> {
+/// The pixels (x, y) of the 8-connected set component holding the most `moving` pixels and of
+/// every other holding at least [`PART_OF_LARGEST`] as many.
+fn sector_components(m: &[bool], moving: &[bool], w: usize, h: usize) -> Vec<(usize, usize)> {
     let mut seen = vec![false; w * h];
-    let mut best: Vec<(usize, usize)> = Vec::new();
+    let mut all: Vec<(usize, Vec<(usize, usize)>)> = Vec::new();
     let mut stack = Vec::new();
     for start in 0..w * h {
         if !m[start] || seen[start] {
@@ -237,11 +249,11 @@ fn largest_component(m: &[bool], w: usize, h: usize) -> Vec<(usize, usize)> {
                 }
             }
         }
-        if comp.len() > best.len() {
-            best = comp;
-        }
+        let motion = comp.iter().filter(|&&(x, y)| moving[y * w + x]).count();
+        all.push((motion, comp));
     }
-    best
+    let most = all.iter().map(|c| c.0).max().unwrap_or(0);
+    all.into_iter().filter(|c| c.0 > 0 && c.0 as f64 >= PART_OF_LARGEST * most as f64).flat_map(|c| c.1).collect()
 }
 
 /// The convex hull of `pixels` (their centres), filled: a pixel is kept when its centre lies in
