@@ -609,7 +609,8 @@ pub fn salvage(path: &Path, new_secret: bool) -> Result<Salvage, IndexError> {
     if out.rocksdb_repair.is_none() {
         // (After RocksDB's repair the sequence number comes from the tables, whose compacted
         // entries carry none: no measure of what the log lost; that repair says it is lost.)
-        out.rolled_back = store::rolled_back(&db, sequence);
+        // A loss of buffered commits only (never synced) is a warning, as at an open.
+        out.rolled_back = store::cut_or_warn(store::rolled_back(&db, sequence));
         if let Some(r) = &out.rolled_back {
             tracing::warn!("{r}");
         }

@@ -404,6 +404,8 @@ impl Index {
         let mut index = Index::assemble(path, db, secret, None, holder);
         index.options = options;
         if let Some(m) = &sequence {
+            // The committed number only: the synced one stands until the next sync (a database
+            // behind a lost buffered tail is at it or past it, else the open failed).
             m.note(index.db.latest_sequence_number());
         }
         index.sequence = sequence;
@@ -1242,7 +1244,11 @@ impl Index {
             return Err(self.storage(e));
         }
         if let Some(m) = &self.sequence {
-            m.note(self.db.latest_sequence_number());
+            // A synced commit synced every batch before it too.
+            match durability {
+                Durability::Synced => m.note_both(self.db.latest_sequence_number()),
+                Durability::Buffered => m.note(self.db.latest_sequence_number()),
+            }
         }
         writer.next_slot = new_counters;
         // Reveal first, then kill: a vector put twice in one batch kills its own first slot.
@@ -1278,7 +1284,13 @@ impl Index {
     /// Syncs every buffered commit to disk.
     pub fn sync(&self) -> Result<(), IndexError> {
         self.writable("a sync")?;
-        self.db.flush_wal(true).map_err(|e| self.storage(e))
+        // Every batch up to this number was written to the log before the sync starts.
+        let seq = self.db.latest_sequence_number();
+        self.db.flush_wal(true).map_err(|e| self.storage(e))?;
+        if let Some(m) = &self.sequence {
+            m.note_synced(seq);
+        }
+        Ok(())
     }
 
     fn slot_of(&self, c: Collection, item: &ItemId) -> Result<Option<Slot>, IndexError> {

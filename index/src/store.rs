@@ -169,20 +169,29 @@ pub(crate) fn preflight_files(path: &Path) -> Result<Presence, IndexError> {
     }
 }
 
-/// The file beside the database that records the sequence number of the last committed batch
-/// (see [`SequenceMark`]): an open whose database ends before it lost committed batches.
+/// The file beside the database that records the sequence numbers of the last committed and
+/// the last synced batch (see [`SequenceMark`]): an open whose database ends before the synced
+/// one lost batches that had reached the disk.
 pub(crate) const SEQUENCE_MARK: &str = "echovault-sequence";
 
-/// `SEQUENCE_MARK`'s check word (the sequence number XOR it follows the number): a torn or
-/// foreign file reads as no mark.
+/// `SEQUENCE_MARK`'s check words (each number XOR its word follows the number): a torn or
+/// foreign file reads as no mark; a mark of 16 bytes (from before the synced number) has only
+/// the committed one.
 const SEQUENCE_CHECK: u64 = u64::from_be_bytes(*b"echovaul");
+const SYNCED_CHECK: u64 = u64::from_be_bytes(*b"evsynced");
 
-/// The writer's handle on [`SEQUENCE_MARK`]: after each commit the database's latest sequence
-/// number is written over it (16 bytes at offset 0, not synced: a mark lost in a power cut
-/// only misses a report, a mark ahead of the write-ahead log is exactly what it reports).
+/// The writer's handle on [`SEQUENCE_MARK`], two numbers, neither write synced:
+/// - bytes 0..16, after each commit: the database's latest sequence number (committed);
+/// - bytes 16..32, after the write-ahead log is synced (a synced commit, [`crate::Index::sync`],
+///   a salvage): the latest sequence number the sync covers (synced).
+///
 /// RocksDB's recovery drops a write-ahead log's tail quietly where the log is cut (at a record
 /// boundary, or in a record: a kill's torn last record looks the same), so without it an open
-/// would answer from an index that silently lost committed batches.
+/// would answer from an index that silently lost committed batches. A database that ends
+/// before the synced number lost what had reached the disk: damaged. One that ends between
+/// the two lost only buffered commits, which a power cut may take (a warning; a rerun of the
+/// ingest redoes them): the mark's page can reach the disk before the log's tail does. A mark
+/// lost in a power cut only misses a report.
 #[derive(Debug)]
 pub(crate) struct SequenceMark {
     file: std::fs::File,
@@ -196,32 +205,68 @@ impl SequenceMark {
     }
 
     /// Records `seq` as the last committed sequence number (a failure is logged: the commit
-    /// stands, only a later report of a cut log could be missed).
+    /// stands, only a later report of a lost tail could be missed).
     pub(crate) fn note(&self, seq: u64) {
+        self.write(0, &number_bytes(seq, SEQUENCE_CHECK));
+    }
+
+    /// Records `seq` as the last synced sequence number (every batch up to it is on disk).
+    pub(crate) fn note_synced(&self, seq: u64) {
+        self.write(16, &number_bytes(seq, SYNCED_CHECK));
+    }
+
+    /// Records `seq` as both the last committed and the last synced sequence number (after a
+    /// synced commit).
+    pub(crate) fn note_both(&self, seq: u64) {
+        self.write(0, &mark_bytes(seq));
+    }
+
+    fn write(&self, at: u64, bytes: &[u8]) {
         use std::os::unix::fs::FileExt;
-        if let Err(e) = self.file.write_all_at(&mark_bytes(seq), 0) {
+        if let Err(e) = self.file.write_all_at(bytes, at) {
             tracing::warn!(error = %e, "the index's sequence mark was not written: a cut write-ahead log could go unreported");
         }
     }
 }
 
-fn mark_bytes(seq: u64) -> [u8; 16] {
+fn number_bytes(seq: u64, check: u64) -> [u8; 16] {
     let mut b = [0u8; 16];
     b[..8].copy_from_slice(&seq.to_le_bytes());
-    b[8..].copy_from_slice(&(seq ^ SEQUENCE_CHECK).to_le_bytes());
+    b[8..].copy_from_slice(&(seq ^ check).to_le_bytes());
     b
 }
 
-/// The last committed sequence number [`SequenceMark`] recorded for the index at `path`;
-/// `None` where there is no mark (an index from before it) or it does not read back whole.
-pub(crate) fn read_sequence_mark(path: &Path) -> Option<u64> {
-    let b = std::fs::read(path.join(SEQUENCE_MARK)).ok()?;
-    let seq = u64::from_le_bytes(b.get(..8)?.try_into().ok()?);
-    let check = u64::from_le_bytes(b.get(8..16)?.try_into().ok()?);
-    (check == seq ^ SEQUENCE_CHECK).then_some(seq)
+/// The whole mark: `seq` committed and synced.
+fn mark_bytes(seq: u64) -> [u8; 32] {
+    let mut b = [0u8; 32];
+    b[..16].copy_from_slice(&number_bytes(seq, SEQUENCE_CHECK));
+    b[16..].copy_from_slice(&number_bytes(seq, SYNCED_CHECK));
+    b
 }
 
-/// Writes `seq` as the mark, synced (a salvage: what it ends with is the index now).
+/// What [`SequenceMark`] recorded: each number `None` where it is not there or does not read
+/// back whole.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Sequence {
+    pub(crate) committed: Option<u64>,
+    pub(crate) synced: Option<u64>,
+}
+
+fn read_number(b: &[u8], at: usize, check: u64) -> Option<u64> {
+    let seq = u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?);
+    let word = u64::from_le_bytes(b.get(at + 8..at + 16)?.try_into().ok()?);
+    (word == seq ^ check).then_some(seq)
+}
+
+/// The sequence numbers [`SequenceMark`] recorded for the index at `path` (none where there is
+/// no mark: an index from before it).
+pub(crate) fn read_sequence_mark(path: &Path) -> Sequence {
+    let Ok(b) = std::fs::read(path.join(SEQUENCE_MARK)) else { return Sequence::default() };
+    Sequence { committed: read_number(&b, 0, SEQUENCE_CHECK), synced: read_number(&b, 16, SYNCED_CHECK) }
+}
+
+/// Writes `seq` as the mark, committed and synced, synced (a salvage: what it ends with is the
+/// index now).
 pub(crate) fn write_sequence_mark(path: &Path, seq: u64) -> Result<(), IndexError> {
     let io = |source| IndexError::Io { path: path.join(SEQUENCE_MARK), source };
     let mark = SequenceMark::open(path).map_err(io)?;
@@ -230,17 +275,54 @@ pub(crate) fn write_sequence_mark(path: &Path, seq: u64) -> Result<(), IndexErro
     mark.file.sync_all().map_err(io)
 }
 
+/// What an open of a database lost, judged from its latest sequence number and the mark read
+/// before the open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Rollback {
+    /// The database ends before the synced number: batches on disk were lost (damaged).
+    Cut(String),
+    /// It ends between the synced and the committed number: only buffered commits, not yet
+    /// synced, were lost (a power cut may do that; a warning).
+    Unsynced(String),
+}
+
 /// What an open of `db` lost, when its latest sequence number is behind `mark` (read before
-/// the open): the write-ahead log ended before batches that had been committed.
-pub(crate) fn rolled_back(db: &DB, mark: Option<u64>) -> Option<String> {
-    let (now, mark) = (db.latest_sequence_number(), mark?);
-    (now < mark).then(|| {
-        format!(
-            "the write-ahead log was cut: the last {} committed updates (sequence numbers {} to {mark}) were rolled back",
-            mark - now,
+/// the open): [`Rollback::Cut`] behind the synced number, [`Rollback::Unsynced`] behind only
+/// the committed one.
+pub(crate) fn rolled_back(db: &DB, mark: Sequence) -> Option<Rollback> {
+    rollback_of(db.latest_sequence_number(), mark)
+}
+
+pub(crate) fn rollback_of(now: u64, mark: Sequence) -> Option<Rollback> {
+    let committed = mark.committed.unwrap_or(0).max(mark.synced.unwrap_or(0));
+    if let Some(synced) = mark.synced.filter(|&s| now < s) {
+        let buffered = if committed > synced { format!(", and {} buffered after them", committed - synced) } else { String::new() };
+        return Some(Rollback::Cut(format!(
+            "the write-ahead log was cut: the last {} committed updates synced to disk (sequence numbers {} to {synced}) were rolled back{buffered}",
+            synced - now,
             now + 1
-        )
+        )));
+    }
+    (now < committed).then(|| {
+        Rollback::Unsynced(format!(
+            "the last {} committed updates (sequence numbers {} to {committed}) had not been synced to disk and were lost (a power cut or system crash); \
+             what was synced is whole, and a rerun of the ingest redoes the rest",
+            committed - now,
+            now + 1
+        ))
     })
+}
+
+/// The damage in what an open lost ([`Rollback::Cut`]); a loss of buffered commits only is
+/// logged as a warning and is no damage.
+pub(crate) fn cut_or_warn(rollback: Option<Rollback>) -> Option<String> {
+    match rollback? {
+        Rollback::Cut(detail) => Some(detail),
+        Rollback::Unsynced(detail) => {
+            tracing::warn!("{detail}");
+            None
+        }
+    }
 }
 
 /// The error of a failed open: [`IndexError::Busy`] for a LOCK another process holds,
@@ -312,7 +394,7 @@ pub fn open_db(path: &Path) -> Result<DB, IndexError> {
     let mark = if create {
         // A mark without a database is left over from one that is gone.
         let _ = std::fs::remove_file(path.join(SEQUENCE_MARK));
-        None
+        Sequence::default()
     } else {
         read_sequence_mark(path)
     };
@@ -327,7 +409,7 @@ pub fn open_db(path: &Path) -> Result<DB, IndexError> {
         }
     })?;
     check_files(&db, path)?;
-    if let Some(detail) = rolled_back(&db, mark) {
+    if let Some(detail) = cut_or_warn(rolled_back(&db, mark)) {
         return Err(IndexError::Damaged { path: path.to_owned(), detail });
     }
     Ok(db)
@@ -401,15 +483,17 @@ pub(crate) fn open_read_only_unchecked(path: &Path, cfs: &[&str], log_dir: &Path
     loop {
         let mark = read_sequence_mark(path);
         let db = DB::open_cf_for_read_only(&o, path, cfs.iter().copied(), false).map_err(|e| open_error(path, e))?;
-        match rolled_back(&db, mark) {
-            None => return Ok(db),
-            Some(_) if looks < GATE_RETRIES => {
-                looks += 1;
-                drop(db);
-                std::thread::sleep(GATE_RETRY_PAUSE);
-            }
-            Some(detail) => return Err(IndexError::Damaged { path: path.to_owned(), detail }),
+        let rollback = rolled_back(&db, mark);
+        if rollback.is_some() && looks < GATE_RETRIES {
+            looks += 1;
+            drop(db);
+            std::thread::sleep(GATE_RETRY_PAUSE);
+            continue;
         }
+        return match cut_or_warn(rollback) {
+            None => Ok(db),
+            Some(detail) => Err(IndexError::Damaged { path: path.to_owned(), detail }),
+        };
     }
 }
 
@@ -478,4 +562,42 @@ pub(crate) fn open_for_salvage(path: &Path, skip_damaged_wal: bool) -> Result<DB
 /// Options for a column family re-created by a salvage.
 pub(crate) fn column_family_options() -> Options {
     options(false)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+
+    /// Behind the synced number is damage; behind only the committed one (buffered commits a
+    /// power cut took) is a warning; a mark from before the synced number (16 bytes) has only
+    /// the committed one, and a torn synced half reads as none.
+    #[test]
+    fn a_database_is_cut_only_behind_the_synced_number() {
+        let mark = |committed, synced| Sequence { committed, synced };
+        assert_eq!(rollback_of(10, mark(Some(10), Some(10))), None);
+        assert_eq!(rollback_of(12, mark(Some(10), Some(8))), None);
+        let Some(Rollback::Unsynced(w)) = rollback_of(8, mark(Some(10), Some(8))) else { panic!() };
+        assert!(w.contains("the last 2 committed updates (sequence numbers 9 to 10) had not been synced"), "{w}");
+        let Some(Rollback::Cut(d)) = rollback_of(5, mark(Some(10), Some(8))) else { panic!() };
+        assert!(d.contains("was cut") && d.contains("last 3 committed updates synced") && d.contains("2 buffered after them"), "{d}");
+        assert!(matches!(rollback_of(5, mark(Some(10), None)), Some(Rollback::Unsynced(_))));
+        assert!(matches!(rollback_of(5, mark(None, Some(6))), Some(Rollback::Cut(_))));
+
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_sequence_mark(dir.path()), Sequence::default());
+        std::fs::write(dir.path().join(SEQUENCE_MARK), number_bytes(7, SEQUENCE_CHECK)).unwrap();
+        assert_eq!(read_sequence_mark(dir.path()), mark(Some(7), None), "a mark of 16 bytes");
+        let m = SequenceMark::open(dir.path()).unwrap();
+        m.note_synced(6);
+        assert_eq!(read_sequence_mark(dir.path()), mark(Some(7), Some(6)));
+        m.note(9);
+        assert_eq!(read_sequence_mark(dir.path()), mark(Some(9), Some(6)));
+        m.note_both(11);
+        assert_eq!(read_sequence_mark(dir.path()), mark(Some(11), Some(11)));
+        let mut b = std::fs::read(dir.path().join(SEQUENCE_MARK)).unwrap();
+        b[20] ^= 1;
+        std::fs::write(dir.path().join(SEQUENCE_MARK), &b).unwrap();
+        assert_eq!(read_sequence_mark(dir.path()), mark(Some(11), None), "a torn synced number");
+    }
 }

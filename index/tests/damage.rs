@@ -8,7 +8,7 @@
 // The matrix prints what each damage cost (`--nocapture`).
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
-use echovault_index::{check_storage, salvage, Index, IndexError, IndexOptions, ItemRecord, Kind, Query, StudyDate};
+use echovault_index::{check_storage, salvage, Durability, Index, IndexError, IndexOptions, ItemRecord, Kind, Query, StudyDate};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -413,6 +413,59 @@ fn a_cut_write_ahead_log_is_reported_not_silently_rolled_back() {
         let n = Index::open_reader(dir.path()).unwrap().items(None).unwrap().len();
         assert_eq!(n, 35, "{in_a_record}: the batches before the cut are kept");
         assert!(salvage(dir.path(), false).unwrap().clean(), "the loss is recorded once");
+    }
+}
+
+/// Ingest commits are buffered and synced once a second: a power cut may take the log's tail
+/// after the last sync while the sequence mark's page (written after every commit) reached the
+/// disk. Losing only buffered commits is no damage: every open works (a warning) and a rerun
+/// redoes them; losing a synced one still is.
+#[test]
+fn a_lost_buffered_tail_is_no_damage_a_lost_synced_batch_is() {
+    // (batches cut off the log's end, of which the last 5 were never synced)
+    for lost in [5, 3, 8] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = StdRng::seed_from_u64(10);
+        {
+            let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+            let space = index.ensure_space("s", D).unwrap();
+            for i in 0..25 {
+                if i == 20 {
+                    index.sync().unwrap();
+                }
+                let mut b = index.batch();
+                let id = format!("b{i}");
+                b.put_item(ItemRecord::new(id.as_str(), Kind::Video, "x"));
+                b.put_vector(space, id.as_str(), Kind::Video, unit(&mut rng));
+                index.commit_with(b, Durability::Buffered).unwrap();
+            }
+        }
+        let wal = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+            .unwrap();
+        let ends = record_ends(&std::fs::read(&wal).unwrap());
+        std::fs::OpenOptions::new().write(true).open(&wal).unwrap().set_len(ends[ends.len() - 1 - lost] as u64).unwrap();
+        if lost <= 5 {
+            assert_eq!(Index::open_reader(dir.path()).unwrap().items(None).unwrap().len(), 25 - lost);
+            check_storage(dir.path()).unwrap();
+            assert_eq!(Index::open(dir.path(), IndexOptions::default()).unwrap().items(None).unwrap().len(), 25 - lost);
+            assert!(salvage(dir.path(), false).unwrap().clean(), "{lost}: nothing synced was lost");
+        } else {
+            for e in [
+                Index::open_reader(dir.path()).unwrap_err(),
+                check_storage(dir.path()).unwrap_err(),
+                Index::open(dir.path(), IndexOptions::default()).unwrap_err(),
+            ] {
+                let IndexError::Damaged { detail, .. } = &e else { panic!("{e}") };
+                assert!(detail.contains("the write-ahead log was cut") && detail.contains("buffered after them"), "{detail}");
+            }
+            let s = salvage_and_repair(dir.path(), false);
+            assert!(s.rolled_back.as_deref().is_some_and(|r| r.contains("committed updates synced to disk")), "{s:?}");
+            assert_eq!(Index::open_reader(dir.path()).unwrap().items(None).unwrap().len(), 17);
+        }
     }
 }
 
