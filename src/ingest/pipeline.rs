@@ -93,14 +93,14 @@ impl Ctx<'_> {
     /// The frames the run's sampling and bound keep of a DICOM cine (each cropped to `crop`
     /// when given), resized as they are decoded.
     pub(crate) fn sample_dicom(&self, cine: &DicomCine, path: &Path, crop: Option<&UsRegion>) -> Result<VideoFrames, Error> {
-        crate::media::stream::sample_dicom(cine, path, &self.read, crop, |fs| self.resize(path, &fs))
+        crate::media::sample_dicom(cine, path, &self.read, crop, |fs| self.resize(path, &fs))
     }
 
     /// The frames the run's sampling and bound keep of a video file, resized as they are
     /// decoded.
     #[cfg(feature = "video")]
     pub(crate) fn read_video(&self, path: &Path) -> Result<(crate::media::video::VideoInfo, VideoFrames), Error> {
-        crate::media::video::read_video_each(path, &self.read, |fs| self.resize(path, &fs))
+        crate::media::read_video(path, &self.read, |fs| self.resize(path, &fs))
     }
 
     /// Decoded frames → per frame, one resized frame per distinct input size.

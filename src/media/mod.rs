@@ -53,29 +53,13 @@ pub fn read_cine<T>(
     if dicom::is_dicom(path) {
         let cine = dicom::DicomCine::open(path).map_err(|e| crate::Error::media(path, e))?;
         let crop = stream::crop_of(&cine, opts);
+        let sampled = sample_dicom(&cine, path, opts, crop.as_ref(), each)?;
         let info = cine.info();
-        let m = match dicom_mask(&cine, path, opts.mask)? {
-            // The mask is cut as the frames are.
-            Some(m) => match crop.as_ref() {
-                Some(r) => {
-                    let (x, y, w, h) = r.rect(info.rows, info.cols);
-                    Some(m.crop(x, y, w, h).ok_or_else(|| crate::Error::media(path, "the ultrasound region lies outside the image"))?)
-                }
-                None => Some(m),
-            },
-            None => None,
-        };
-        let sampled = stream::sample_dicom(&cine, path, opts, crop.as_ref(), masked(path, m, each))?;
         return Ok((CineInfo { frames: info.frames, width: info.cols, height: info.rows, fps: info.fps }, sampled));
     }
     #[cfg(feature = "video")]
     {
-        let m = match opts.mask {
-            MaskMode::Off => None,
-            // A video file has no ultrasound regions.
-            MaskMode::OutsideRegion | MaskMode::Auto => Some(video_mask(path)?),
-        };
-        let (v, sampled) = video::read_video_each(path, opts, masked(path, m, each))?;
+        let (v, sampled) = read_video(path, opts, each)?;
         Ok((CineInfo { frames: v.frames, width: v.width, height: v.height, fps: Some(v.fps) }, sampled))
     }
     #[cfg(not(feature = "video"))]
@@ -83,6 +67,44 @@ pub fn read_cine<T>(
         let _ = (opts, each);
         Err(crate::Error::media(path, "this echovault was built without the `video` feature (FFmpeg)"))
     }
+}
+
+/// [`stream::sample_dicom`] with `opts.mask` applied to every frame before `each` (the mask cut
+/// to `crop` as the frames are).
+pub fn sample_dicom<T>(
+    cine: &dicom::DicomCine,
+    path: &std::path::Path,
+    opts: &ReadOptions,
+    crop: Option<&dicom::UsRegion>,
+    each: impl FnMut(Vec<Frame>) -> Result<Vec<T>, crate::Error>,
+) -> Result<Sampled<T>, crate::Error> {
+    let info = cine.info();
+    let m = match dicom_mask(cine, path, opts.mask)? {
+        Some(m) => match crop {
+            Some(r) => {
+                let (x, y, w, h) = r.rect(info.rows, info.cols);
+                Some(m.crop(x, y, w, h).ok_or_else(|| crate::Error::media(path, "the ultrasound region lies outside the image"))?)
+            }
+            None => Some(m),
+        },
+        None => None,
+    };
+    stream::sample_dicom(cine, path, opts, crop, masked(path, m, each))
+}
+
+/// [`video::read_video_each`] with `opts.mask` applied to every frame before `each` (a video
+/// file has no ultrasound regions: `outside-region` is `auto`).
+#[cfg(feature = "video")]
+pub fn read_video<T>(
+    path: &std::path::Path,
+    opts: &ReadOptions,
+    each: impl FnMut(Vec<Frame>) -> Result<Vec<T>, crate::Error>,
+) -> Result<(video::VideoInfo, Sampled<T>), crate::Error> {
+    let m = match opts.mask {
+        MaskMode::Off => None,
+        MaskMode::OutsideRegion | MaskMode::Auto => Some(video_mask(path)?),
+    };
+    video::read_video_each(path, opts, masked(path, m, each))
 }
 
 /// `each` after `m` (when given) has blanked every frame.

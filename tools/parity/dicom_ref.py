@@ -74,6 +74,7 @@ FILES = [
     ("SC_rgb_jls_lossy_line.dcm", "wheel"),   # JPEG-LS near-lossless RGB, line interleaved
     ("SC_rgb_jls_lossy_sample.dcm", "wheel"), # JPEG-LS near-lossless RGB, sample interleaved
     ("emri_small_jpeg_ls_lossless.dcm", "data"),  # JPEG-LS lossless, 12-bit, 10 frames
+    ("JPGExtended.dcm", "wheel"),             # JPEG extended 12-bit lossy, MONOCHROME2
     ("test-SR.dcm", "wheel"),                 # a structured report (no image)
 ]
 

@@ -759,7 +759,13 @@ impl DicomCine {
                 }
                 let data = data.as_slice();
                 match codec {
-                    Codec::Jpeg => codec::decode_jpeg(data, l).map(codec::Decoded::into_rgb),
+                    Codec::Jpeg => match codec::decode_jpeg(data, l) {
+                        // jpeg-decoder reads 8-bit lossy and any lossless JPEG; 12-bit lossy
+                        // goes to FFmpeg.
+                        Err(_) if video::jpeg_precision(data) == Some(12) => video::decode_jpeg12(data, l),
+                        r => r,
+                    }
+                    .map(codec::Decoded::into_rgb),
                     Codec::Jpeg2000 => codec::decode_jpeg2000(data, l).map(codec::Decoded::into_rgb),
                     Codec::JpegLs => video::decode_jpegls(data, l).map(codec::Decoded::into_rgb),
                     Codec::Rle => pixels::rle_decode(data, l).and_then(|b| {

@@ -1,6 +1,7 @@
-//! Encapsulated video pixel data (MPEG-2, MPEG-4 AVC/H.264, HEVC/H.265: transfer syntaxes
-//! 1.2.840.10008.1.2.4.100–.108 and their fragmentable `.1` variants) decoded through FFmpeg with
-//! video-rs, the decoder of AVI and MP4 files.
+//! DICOM codecs decoded through FFmpeg (video-rs and its `ffmpeg` re-export): JPEG-LS and
+//! 12-bit lossy JPEG frames, and encapsulated video pixel data (MPEG-2, MPEG-4 AVC/H.264,
+//! HEVC/H.265: transfer syntaxes 1.2.840.10008.1.2.4.100–.108 and their fragmentable `.1`
+//! variants) decoded with video-rs, the decoder of AVI and MP4 files.
 //!
 //! The fragments, concatenated, are the video bit stream (PS3.5 §8.2.5–8.2.8: one stream for the
 //! whole cine, frames do not map to fragments, the basic offset table is empty). The stream is
@@ -29,7 +30,52 @@ pub(super) fn decode_jpegls(data: &[u8], layout: &Layout) -> Result<Decoded, Str
             "JPEG-LS colour {how} (NEAR {near}) is not decoded: FFmpeg's decoder, checked against pydicom, is only right for grey or line-interleaved colour"
         ));
     }
-    imp::decode_jpegls(data, layout)
+    imp::decode_still(Still::JpegLs, data, layout)
+}
+
+/// Decodes one 12-bit lossy JPEG frame (ISO 10918-1 extended, which jpeg-decoder does not
+/// read) with FFmpeg's JPEG decoder, to its 12-bit samples.
+pub(super) fn decode_jpeg12(data: &[u8], layout: &Layout) -> Result<Decoded, String> {
+    imp::decode_still(Still::Jpeg12, data, layout)
+}
+
+/// Still-image codecs decoded through FFmpeg.
+#[derive(Clone, Copy, Debug)]
+enum Still {
+    JpegLs,
+    Jpeg12,
+}
+
+impl Still {
+    fn name(self) -> &'static str {
+        match self {
+            Still::JpegLs => "JPEG-LS",
+            Still::Jpeg12 => "12-bit JPEG",
+        }
+    }
+}
+
+/// The sample precision of a JPEG codestream's frame header (SOFn), if found.
+pub(super) fn jpeg_precision(data: &[u8]) -> Option<u8> {
+    let mut at = 2;
+    while at + 4 < data.len() {
+        if data[at] != 0xff {
+            return None;
+        }
+        let marker = data[at + 1];
+        if marker == 0xff {
+            at += 1;
+            continue;
+        }
+        if matches!(marker, 0xc0..=0xc3 | 0xc5..=0xc7 | 0xc9..=0xcb | 0xcd..=0xcf) {
+            return data.get(at + 4).copied();
+        }
+        if marker == 0xda {
+            return None;
+        }
+        at += 2 + usize::from(u16::from_be_bytes([data[at + 2], data[at + 3]]));
+    }
+    None
 }
 
 /// (components in the first scan, NEAR, ILV) from a JPEG-LS codestream's first SOS segment.
@@ -93,8 +139,8 @@ mod imp {
     /// Never made: without FFmpeg there is no decoder.
     pub(super) enum Cursor {}
 
-    pub(super) fn decode_jpegls(_: &[u8], _: &super::Layout) -> Result<super::Decoded, String> {
-        Err("JPEG-LS is decoded through FFmpeg, and this build has no video support (feature `video`)".into())
+    pub(super) fn decode_still(what: super::Still, _: &[u8], _: &super::Layout) -> Result<super::Decoded, String> {
+        Err(format!("{} is decoded through FFmpeg, and this build has no video support (feature `video`)", what.name()))
     }
 
     pub(super) fn frame(
@@ -118,42 +164,53 @@ mod imp {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::path::PathBuf;
 
-    use super::{Decoded, Layout};
+    use super::{Decoded, Layout, Still};
 
-    /// One JPEG-LS codestream through FFmpeg's decoder, read back as samples (no colour or
+    /// One still codestream through FFmpeg's decoder, read back as samples (no colour or
     /// bit-depth conversion: the layout's own rules map them to RGB, as for other codecs).
-    pub(super) fn decode_jpegls(data: &[u8], layout: &Layout) -> Result<Decoded, String> {
+    pub(super) fn decode_still(what: Still, data: &[u8], layout: &Layout) -> Result<Decoded, String> {
         use ff::format::Pixel;
         use video_rs::ffmpeg as ff;
         init();
-        let codec = ff::codec::decoder::find(ff::codec::Id::JPEGLS).ok_or("this FFmpeg has no JPEG-LS decoder")?;
-        let mut dec = ff::codec::Context::new_with_codec(codec).decoder().video().map_err(|e| format!("JPEG-LS decoder: {e}"))?;
-        dec.send_packet(&ff::Packet::copy(data)).map_err(|e| format!("JPEG-LS: {e}"))?;
-        dec.send_eof().map_err(|e| format!("JPEG-LS: {e}"))?;
+        let name = what.name();
+        let id = match what {
+            Still::JpegLs => ff::codec::Id::JPEGLS,
+            Still::Jpeg12 => ff::codec::Id::MJPEG,
+        };
+        let codec = ff::codec::decoder::find(id).ok_or_else(|| format!("this FFmpeg has no {name} decoder"))?;
+        let mut dec = ff::codec::Context::new_with_codec(codec).decoder().video().map_err(|e| format!("{name} decoder: {e}"))?;
+        dec.send_packet(&ff::Packet::copy(data)).map_err(|e| format!("{name}: {e}"))?;
+        dec.send_eof().map_err(|e| format!("{name}: {e}"))?;
         let mut f = ff::frame::Video::empty();
-        dec.receive_frame(&mut f).map_err(|e| format!("JPEG-LS: {e}"))?;
+        dec.receive_frame(&mut f).map_err(|e| format!("{name}: {e}"))?;
         let (w, h) = (f.width() as usize, f.height() as usize);
         if (w, h) != (layout.cols, layout.rows) {
-            return Err(format!("JPEG-LS frame is {w}×{h}, the header says {}×{}", layout.cols, layout.rows));
+            return Err(format!("{name} frame is {w}×{h}, the header says {}×{}", layout.cols, layout.rows));
         }
         let (channels, bytes) = match f.format() {
             Pixel::GRAY8 => (1, 1),
             Pixel::GRAY16LE => (1, 2),
             Pixel::RGB24 => (3, 1),
-            other => return Err(format!("JPEG-LS decoded to pixel format {other:?}, which echovault does not read")),
+            Pixel::GRAY12LE => (1, 2),
+            other => return Err(format!("{name} decoded to pixel format {other:?}, which echovault does not read")),
         };
         if channels != layout.samples {
-            return Err(format!("JPEG-LS stream has {channels} components, the header says {}", layout.samples));
+            return Err(format!("{name} stream has {channels} components, the header says {}", layout.samples));
         }
         let (stride, plane) = (f.stride(0), f.data(0));
         let mut samples = Vec::with_capacity(w * h * channels);
         for y in 0..h {
-            let row = plane.get(y * stride..y * stride + w * channels * bytes).ok_or("JPEG-LS frame smaller than its size")?;
+            let row =
+                plane.get(y * stride..y * stride + w * channels * bytes).ok_or_else(|| format!("{name} frame smaller than its size"))?;
             if bytes == 1 {
                 samples.extend(row.iter().map(|&b| i64::from(b)));
             } else {
                 samples.extend(row.chunks_exact(2).map(|c| i64::from(u16::from_le_bytes([c[0], c[1]]))));
             }
+        }
+        if matches!(what, Still::Jpeg12) && f.format() == Pixel::GRAY16LE {
+            // FFmpeg's JPEG decoder returns 12-bit samples in the high bits of 16.
+            samples.iter_mut().for_each(|v| *v >>= 4);
         }
         let mut out = layout.clone();
         out.planar = false;
