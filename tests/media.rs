@@ -232,3 +232,31 @@ fn search_video_with_crop_region_finds_the_cine_ingest_cropped() {
     assert!(score(&["--crop-region"]) > 0.99999, "the cropped cine finds itself");
     assert!(score(&[]) < 0.9999, "whole frames are another embedding");
 }
+
+/// An AVI whose header counts ticks (video-rs writes a 1/600 s time base) is measured at its
+/// frames' own spacing: FFmpeg guesses 120 fps for an 8-frame 30 fps phantom, which took its
+/// 141 ticks for 28 frames and warned of a file cut short that was whole.
+#[test]
+fn short_phantom_avis_announce_the_frames_they_hold() {
+    let tmp = tempfile::tempdir().unwrap();
+    for frames in [4usize, 8, 13, 32] {
+        let out = tmp.path().join(format!("n{frames}"));
+        let status = Command::new(env!("CARGO_BIN_EXE_echovault"))
+            .args(["phantom", "--out", out.to_str().unwrap(), "--patients", "1", "--studies", "1:1", "--formats", "avi"])
+            .args(["--num-frames", &frames.to_string()])
+            .output()
+            .unwrap();
+        assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+        let avi = std::fs::read_dir(out.join("avi"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "avi"))
+            .unwrap();
+        let (info, _) = read_video(&avi, FrameSampling::ALL).unwrap();
+        assert_eq!(info.frames, frames);
+        assert!(!info.announced_exact, "video-rs's AVI header counts ticks");
+        let announced = info.announced.unwrap();
+        assert!(announced.abs_diff(frames) <= 1, "{frames} frames announced as {announced}");
+        assert_eq!(info.frame_count_mismatch(), None, "{frames} frames");
+    }
+}

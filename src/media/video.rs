@@ -121,6 +121,10 @@ struct Opened {
     fps: f64,
     /// Frames announced, and whether as a count written (see [`VideoInfo::announced`]).
     announced: Option<(usize, bool)>,
+    /// For an AVI: the seconds its header's ticks span, so the count is taken again from the
+    /// frames' own spacing once two have decoded (FFmpeg's frame-rate guess, which
+    /// `announced` used, is unreliable there: 120 or 600 fps for short 30 fps phantom AVIs).
+    span_secs: Option<f64>,
 }
 
 fn open(path: &Path) -> Result<Opened, Error> {
@@ -133,8 +137,14 @@ fn open(path: &Path) -> Result<Opened, Error> {
     let size = decoder.size();
     let fps = f64::from(decoder.frame_rate());
     let time_base = decoder.duration().map(|d| d.into_parts().1).map(|tb| (tb.numerator(), tb.denominator())).unwrap_or((0, 0));
-    let announced = decoder.frames().ok().and_then(|n| announced_frames(path, n, time_base, fps));
-    Ok(Opened { decoder, size, fps, announced })
+    let count = decoder.frames().ok();
+    let announced = count.and_then(|n| announced_frames(path, n, time_base, fps));
+    let avi = path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("avi"));
+    let span_secs = match (announced, count) {
+        (Some(_), Some(n)) if avi && time_base.0 > 0 && time_base.1 > 0 => Some(n as f64 * f64::from(time_base.0) / f64::from(time_base.1)),
+        _ => None,
+    };
+    Ok(Opened { decoder, size, fps, announced, span_secs })
 }
 
 /// Decodes every frame (codecs need them all), handing frame `i` to `take` when `want(i)`,
@@ -148,9 +158,13 @@ fn decode(
 ) -> Result<VideoInfo, Error> {
     let mut n = 0usize;
     let mut to_end = false;
+    let mut first_two = [None; 2];
     loop {
         match d.decoder.decode() {
-            Ok((_, frame)) => {
+            Ok((time, frame)) => {
+                if n < 2 {
+                    first_two[n] = Some(time.as_secs_f64());
+                }
                 if want(n) {
                     let shape = frame.shape().to_vec();
                     let rgb = frame.as_slice().map(<[u8]>::to_vec).unwrap_or_else(|| frame.iter().copied().collect());
@@ -175,11 +189,34 @@ fn decode(
         return Err(Error::media(path, "no decodable frames"));
     }
     let (announced, announced_exact) = match d.announced {
-        Some((n, exact)) => (Some(n), exact),
+        Some((count, exact)) => match ticks_as_frames(d.span_secs, first_two) {
+            // One tick per frame: the header's count is a frame count as written.
+            Some(frames) => (
+                Some(frames),
+                d.span_secs.is_some_and(|span| (span / frames.max(1) as f64 - tick_of(first_two)).abs() < 1e-9 && frames == count),
+            ),
+            None => (Some(count), exact),
+        },
         None => (None, true),
     };
     let (w, h) = d.size;
     Ok(VideoInfo { frames: n, width: w as usize, height: h as usize, fps: d.fps, announced, announced_exact, to_end })
+}
+
+/// Seconds between the first two decoded frames (0 without both).
+fn tick_of(first_two: [Option<f64>; 2]) -> f64 {
+    match first_two {
+        [Some(a), Some(b)] => b - a,
+        _ => 0.0,
+    }
+}
+
+/// Frames in `span_secs` at the spacing of the first two decoded frames (`None` without both,
+/// or when they are not increasing).
+fn ticks_as_frames(span_secs: Option<f64>, first_two: [Option<f64>; 2]) -> Option<usize> {
+    let (span, a, b) = (span_secs?, first_two[0]?, first_two[1]?);
+    let step = b - a;
+    (step > 0.0 && span.is_finite()).then(|| (span / step).round() as usize)
 }
 
 #[cfg(test)]
@@ -196,6 +233,12 @@ mod tests {
         // MP4 counts samples, whatever its time base.
         assert_eq!(announced_frames(Path::new("a.mp4"), 24, (1, 15360), 25.0), Some((24, true)));
         assert_eq!(announced_frames(avi, 0, (1, 25), 25.0), None);
+        // Ticks taken again at the frames' own spacing: an 8-frame 30 fps AVI whose header says
+        // 141 ticks of 1/600 s (FFmpeg guessed 120 fps for it: 28 frames, a false alarm).
+        assert_eq!(ticks_as_frames(Some(141.0 / 600.0), [Some(0.0), Some(20.0 / 600.0)]), Some(7));
+        assert_eq!(ticks_as_frames(Some(621.0 / 600.0), [Some(0.0), Some(1.0 / 30.0)]), Some(31));
+        assert_eq!(ticks_as_frames(Some(1.0), [Some(0.0), None]), None);
+        assert_eq!(ticks_as_frames(Some(1.0), [Some(0.1), Some(0.1)]), None);
         let info = |frames, announced, announced_exact, to_end| VideoInfo {
             frames,
             width: 1,
