@@ -79,7 +79,8 @@ fn read_instance(resp: ureq::Response, max_bytes: u64) -> Result<Vec<u8>, BodyEr
                 return Err(BodyError::Malformed(format!("the part is '{ct}', not application/dicom")));
             }
         }
-        if parts.next_part(max_bytes).map_err(body_error)?.is_some() {
+        // Only the next boundary line is read: a second part is refused before its body is.
+        if !parts.at_close().map_err(body_error)? {
             return Err(BodyError::Malformed("the answer for one instance holds more than one part".into()));
         }
         part.body
@@ -143,7 +144,18 @@ impl Client {
             let (client, job_rx, out_tx, stop) = (self.clone(), job_rx.clone(), out_tx.clone(), stop.clone());
             threads.push(std::thread::spawn(move || {
                 for r in job_rx {
-                    if stop.load(Ordering::Relaxed) || out_tx.send(client.retrieve(&r)).is_err() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    // A panic while reading one answer fails that instance, not the worker.
+                    let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| client.retrieve(&r))).unwrap_or_else(|_| {
+                        Err(DicomWebError::Response {
+                            target: Box::new(r.target()),
+                            url: r.url(&client.endpoint),
+                            reason: "reading the answer panicked (a bug in echovault: please report it)".into(),
+                        })
+                    });
+                    if out_tx.send(got).is_err() {
                         break;
                     }
                 }

@@ -11,6 +11,8 @@ use std::io::{self, Read};
 const CHUNK: usize = 64 * 1024;
 /// The most header bytes a part may have (a WADO-RS part has two or three short lines).
 const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// The most bytes reserved for a part before they arrive.
+const MAX_RESERVE: usize = 1 << 20;
 /// The most bytes before the first delimiter (the preamble, empty in practice).
 const MAX_PREAMBLE_BYTES: usize = 64 * 1024;
 
@@ -219,7 +221,9 @@ impl<R: Read> MultipartReader<R> {
         if !self.available().starts_with(b"\r\n") {
             return malformed("a boundary line is not followed by a line break");
         }
-        let headers = String::from_utf8_lossy(&self.available()[2..headers_end]).into_owned();
+        // `headers_end` is 0 for a part with no headers (the boundary line's break is the
+        // first half of the "\r\n\r\n").
+        let headers = String::from_utf8_lossy(self.available().get(2..headers_end).unwrap_or_default()).into_owned();
         self.pos += headers_end + 4;
         let (mut content_type, mut content_length) = (None, None);
         for line in headers.split("\r\n").filter(|l| !l.is_empty()) {
@@ -243,6 +247,25 @@ impl<R: Read> MultipartReader<R> {
         Ok(Some(Part { content_type, body }))
     }
 
+    /// Whether the close delimiter comes next (nothing more after the part read last). Only
+    /// the delimiter is read: a further part's body is not.
+    pub fn at_close(&mut self) -> Result<bool, MultipartError> {
+        if self.state == State::Start {
+            self.skip_preamble()?;
+        }
+        if self.state == State::Done {
+            return Ok(true);
+        }
+        let d = self.delimiter.len();
+        if !self.want(d + 2)? {
+            return Err(self.cut_short("inside a boundary line"));
+        }
+        if self.available()[..d] != self.delimiter[..] {
+            return malformed("a part's body is not followed by the boundary");
+        }
+        Ok(&self.available()[d..d + 2] == b"--")
+    }
+
     fn skip_preamble(&mut self) -> Result<(), MultipartError> {
         let mut from = 0;
         loop {
@@ -261,10 +284,14 @@ impl<R: Read> MultipartReader<R> {
         }
     }
 
-    /// `n` bytes of body, straight from the reader into their buffer.
+    /// `n` bytes of body, straight from the reader into their buffer. The buffer grows as
+    /// bytes arrive: a `Content-Length` alone (the server's word) reserves at most
+    /// [`MAX_RESERVE`].
     fn read_exact_body(&mut self, n: usize) -> Result<Vec<u8>, MultipartError> {
         let buffered = self.available().len().min(n);
-        let mut body = Vec::with_capacity(n);
+        let mut body = Vec::new();
+        body.try_reserve(n.min(MAX_RESERVE))
+            .map_err(|e| MultipartError::Io(io::Error::new(io::ErrorKind::OutOfMemory, format!("a part of {n} bytes: {e}"))))?;
         body.extend_from_slice(&self.available()[..buffered]);
         self.pos += buffered;
         if body.len() < n {
@@ -286,8 +313,11 @@ impl<R: Read> MultipartReader<R> {
                 if end as u64 > max_bytes {
                     return malformed(format!("a part of {end} bytes is over the limit of {max_bytes} bytes"));
                 }
-                let body = self.available()[..end].to_vec();
-                self.pos += end;
+                // The body is the front of the buffer: split it off rather than copy it.
+                let rest = self.buf.split_off(self.pos + end);
+                let mut body = std::mem::replace(&mut self.buf, rest);
+                body.drain(..self.pos);
+                self.pos = 0;
                 return Ok(body);
             }
             from = self.available().len().saturating_sub(self.delimiter.len() - 1);
@@ -373,6 +403,47 @@ mod tests {
                     assert_eq!(got[0].content_type.as_deref(), Some("application/dicom"));
                 }
             }
+        }
+    }
+
+    #[test]
+    fn parts_without_headers_survive_any_read_size() {
+        // `--b\r\n\r\n<body>`: no header lines at all (RFC 2046 allows it).
+        let data = b"--b\r\n\r\nfirst\r\n--b\r\nContent-Type: application/dicom\r\n\r\nsecond\r\n--b\r\n\r\n\r\n--b--\r\n";
+        for step in [1, 2, 3, 7, 4096] {
+            let got = parts(data, "b", step, 100).unwrap();
+            assert_eq!(got.len(), 3, "step {step}");
+            assert_eq!((got[0].content_type.as_deref(), &got[0].body[..]), (None, &b"first"[..]));
+            assert_eq!((got[1].content_type.as_deref(), &got[1].body[..]), (Some("application/dicom"), &b"second"[..]));
+            assert_eq!((got[2].content_type.as_deref(), &got[2].body[..]), (None, &b""[..]));
+        }
+    }
+
+    #[test]
+    fn at_close_tells_a_second_part_without_reading_it() {
+        let b = "q";
+        let one = body(b, &[(b"abc", true)], "");
+        let mut r = MultipartReader::new(Trickle { data: &one, step: 2 }, b);
+        r.next_part(100).unwrap().unwrap();
+        assert!(r.at_close().unwrap());
+        // A second part far over the limit: at_close answers from its boundary line alone.
+        let big = vec![7u8; 1 << 20];
+        let two = body(b, &[(b"abc", false), (&big, false)], "");
+        let mut r = MultipartReader::new(Trickle { data: &two, step: 4096 }, b);
+        r.next_part(100).unwrap().unwrap();
+        assert!(!r.at_close().unwrap());
+        assert!(r.buf.len() < 3 * 4096, "read {} bytes ahead", r.buf.len());
+    }
+
+    #[test]
+    fn a_huge_content_length_reserves_little() {
+        // 2^62 bytes announced: reserving them up front aborts the process.
+        let b = "z";
+        let data = b"--z\r\nContent-Length: 4611686018427387904\r\n\r\nshort".to_vec();
+        let mut r = MultipartReader::new(Trickle { data: &data, step: 3 }, b);
+        match r.next_part(u64::MAX) {
+            Err(MultipartError::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}"),
+            other => panic!("{other:?}"),
         }
     }
 

@@ -370,10 +370,11 @@ fn run(
         });
         // Embedding runs on this thread, which owns the models.
         let embedded = embed_stage(engine, ctx, &dec_rx, &done_tx, reports, opts.cancel.as_deref());
-        drop((dec_rx, done_tx));
+        // Halt before the queues close, so no stage takes their closing for a failure of its own.
         if embedded.is_err() {
             stop.store(true, Ordering::SeqCst);
         }
+        drop((dec_rx, done_tx));
         let mut stage_error = None;
         let mut join = |name: &str, h: std::thread::ScopedJoinHandle<'_, Result<(), Error>>| match h.join() {
             Ok(Ok(())) => {}
@@ -524,6 +525,9 @@ fn feed_dicomweb(
                     }
                 };
                 if !sent {
+                    if !halted() {
+                        return Err(stopped_taking());
+                    }
                     halted_early = true;
                     break;
                 }
@@ -548,6 +552,9 @@ fn feed_dicomweb(
                 Err(e) => done.send(Done::Failed(web_failure(endpoint, &e))).is_ok(),
             };
             if !sent {
+                if !halted() {
+                    return Err(stopped_taking());
+                }
                 break;
             }
         }
@@ -555,10 +562,31 @@ fn feed_dicomweb(
     })
 }
 
+/// A send of the DICOMweb feed failed though the run was not halted: a later stage ended
+/// early, and the instances not yet handed over would be left out without a word.
+fn stopped_taking() -> Error {
+    Error::Invalid("the ingest pipeline stopped taking DICOMweb instances before the search ended: the rest were not ingested".into())
+}
+
 /// Whether the ingest log holds this SOPInstanceUID for an item indexed in every space.
 fn known_instance(ctx: &Ctx, sop_uid: &str) -> bool {
     let known = ctx.index.get_log(&sop_key(sop_uid)).ok().flatten().and_then(|b| String::from_utf8(b).ok());
-    known.is_some_and(|id| indexed_everywhere(ctx, &id))
+    known.is_some_and(|id| id.as_bytes() == NOT_IMAGE || indexed_everywhere(ctx, &id))
+}
+
+/// What the ingest log holds for a DICOMweb instance that is not an image (a structured
+/// report, say): a rerun does not retrieve it again.
+const NOT_IMAGE: &[u8] = b"not-image";
+
+/// Logs the instance at this WADO-RS URL (`…/instances/{SOPInstanceUID}`) as not an image.
+fn remember_not_image(ctx: &Ctx, url: &Path) -> Result<(), Error> {
+    let Some((_, sop)) = url.to_str().and_then(|u| u.rsplit_once("/instances/")) else {
+        return Ok(());
+    };
+    let mut b = ctx.index.batch();
+    b.put_log(&sop_key(sop), Some(NOT_IMAGE));
+    ctx.index.commit_with(b, Durability::Buffered)?;
+    Ok(())
 }
 
 /// A failed search or retrieval, keyed by what failed — an instance by its WADO-RS URL (its
@@ -627,6 +655,7 @@ fn decode_job(ctx: &Ctx, opts: &IngestOptions, gate: Gate, input: &Discovered, f
     if needs.is_empty() {
         return Ok(Step::Done(Done::Skipped { input: input.clone(), id: Some(id) }));
     }
+    let over_dicomweb = fetched.is_some();
     let decoded = match input.kind {
         InputKind::Video => decode_video(ctx, &input.path, &id, gate)?,
         InputKind::Dicom => decode_dicom(ctx, &input.path, &id, opts, gate, fetched)?,
@@ -635,6 +664,9 @@ fn decode_job(ctx: &Ctx, opts: &IngestOptions, gate: Gate, input: &Discovered, f
         Ok(decoded) => Ok(Step::Decoded(Box::new(DecodedJob { input: input.clone(), id, decoded, needs }))),
         Err(Pass::NotImage(reason)) => {
             tracing::debug!(file = %input.path.display(), "passed over: {reason}");
+            if over_dicomweb {
+                remember_not_image(ctx, &input.path)?;
+            }
             Ok(Step::Done(Done::NotImage(Failure { path: input.path.display().to_string(), reason })))
         }
         Err(Pass::OutsideSince) => Ok(Step::Done(Done::OutsideSince)),
