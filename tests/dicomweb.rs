@@ -301,12 +301,19 @@ fn retries_ride_over_error_statuses_and_cut_bodies() {
 
 /// The summary a `--json` ingest printed, with its exit code.
 fn ingest(index: &Path, source: &str, extra: &[&str]) -> (i32, serde_json::Value) {
+    let (code, summary, _) = ingest_logged(index, source, extra);
+    (code, summary)
+}
+
+/// [`ingest`] at the default log level, with what it wrote on stderr.
+fn ingest_logged(index: &Path, source: &str, extra: &[&str]) -> (i32, serde_json::Value, String) {
     let mut args = vec!["--json", "ingest", source, "--progress", "none"];
     args.extend_from_slice(extra);
-    let out = common::command(index, &args).env_remove("ECHOVAULT_DICOMWEB_TOKEN").output().unwrap();
+    let out = common::command(index, &args).env_remove("ECHOVAULT_DICOMWEB_TOKEN").env_remove("ECHOVAULT_LOG").output().unwrap();
     let code = out.status.code().unwrap_or(-1);
-    assert!(code == 0 || code == 3, "ingest {source}: exit {code}\n{}", String::from_utf8_lossy(&out.stderr));
-    (code, common::json(&out))
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(code == 0 || code == 3, "ingest {source}: exit {code}\n{stderr}");
+    (code, common::json(&out), stderr)
 }
 
 fn ids(summary: &serde_json::Value) -> BTreeSet<String> {
@@ -314,9 +321,17 @@ fn ids(summary: &serde_json::Value) -> BTreeSet<String> {
 }
 
 fn search(index: &Path, text: &str) -> Vec<serde_json::Value> {
-    let out = common::echovault(index, &["--json", "search", "--text", text, "-k", "20", "--kind", "video"]);
+    let out = common::echovault(index, &["--json", "search", "--text", text, "-k", "20", "--kind", "video", "--with-paths"]);
     assert!(out.status.success(), "search: {}", String::from_utf8_lossy(&out.stderr));
-    common::json(&out)["hits"].as_array().unwrap().clone()
+    let hits = common::json(&out)["hits"].as_array().unwrap().clone();
+    // Without --with-paths a hit's WADO-RS URL goes with its source (the same string).
+    let out = common::echovault(index, &["--json", "search", "--text", text, "-k", "20", "--kind", "video"]);
+    let hidden = common::json(&out)["hits"].as_array().unwrap().clone();
+    assert_eq!(hidden.len(), hits.len());
+    for h in &hidden {
+        assert!(h.get("source").is_none() && h.get("url").is_none(), "{h}");
+    }
+    hits
 }
 
 #[test]
@@ -391,8 +406,16 @@ fn ingest_over_dicomweb_equals_a_file_ingest_fetches_only_what_is_new_and_resume
     proxy.on_retrieval(3, move || {
         Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
     });
-    let (code, cut) = ingest(&web_index, &source, &["--workers", "1"]);
+    let (code, cut, log) = ingest_logged(&web_index, &source, &["--workers", "1"]);
     assert_eq!(code, 3, "{cut}");
+    // The retries are logged at the default level without a UID or URL (they may be shared):
+    // those are in the failure rows (stdout, the index's errors) and at debug.
+    assert!(log.contains("trying again"), "{log}");
+    let uids = [&a, &b, &c].into_iter().flatten().flat_map(|u| [&u.study, &u.series, &u.sop]);
+    for uid in uids {
+        assert!(!log.contains(uid.as_str()), "stderr names {uid}:\n{log}");
+    }
+    assert!(!log.contains("/studies"), "stderr shows a URL:\n{log}");
     assert_eq!(cut["ingested"].as_u64(), Some(2), "{cut}");
     let failed = cut["failed"].as_array().unwrap();
     assert!(!failed.is_empty());

@@ -4,12 +4,15 @@ use echovault::index::Hit;
 use echovault::tasks::search::HitGroup;
 
 /// Removes every `source` field (an ingested file's path: PACS paths often carry patient names
-/// or MRNs) from a `--json` answer, unless the user asked for them.
+/// or MRNs) from a `--json` answer, unless the user asked for them; with it a DICOMweb item's
+/// `url` / `wado_url` (its source, the same string).
 pub fn without_paths(mut v: serde_json::Value, with_paths: bool) -> serde_json::Value {
     fn strip(v: &mut serde_json::Value) {
         match v {
             serde_json::Value::Object(o) => {
-                o.remove("source");
+                for key in ["source", "url", "wado_url"] {
+                    o.remove(key);
+                }
                 o.values_mut().for_each(strip);
             }
             serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
@@ -56,4 +59,19 @@ pub fn hit_line(rank: usize, h: &Hit) -> String {
 /// A group's heading line: rank, best score, what it is, how many hits follow.
 pub fn group_header(rank: usize, g: &HitGroup) -> String {
     format!("{:>3}. {:+.4}  {} {}  ({} hits)", rank, g.best(), g.by, g.key, g.hits.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dicomweb_hits_url_goes_with_its_source() {
+        let url = "http://pacs/dicom-web/studies/1.2/series/1.2.3/instances/1.2.3.4";
+        let v = serde_json::json!({"hits": [{"id": "a", "source": url, "url": url, "sop": "1.2.3.4"}], "records": [{"extra": {"wado_url": url}}]});
+        let hidden = without_paths(v.clone(), false).to_string();
+        assert!(!hidden.contains("dicom-web"), "{hidden}");
+        assert!(hidden.contains("\"sop\":\"1.2.3.4\""), "{hidden}");
+        assert_eq!(without_paths(v.clone(), true), v);
+    }
 }

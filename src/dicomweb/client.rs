@@ -50,7 +50,8 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Time a read of the response may wait for bytes.
     pub read_timeout: Duration,
-    /// The largest instance accepted (bytes); larger ones are an error for that instance.
+    /// The largest instance accepted (bytes; default 1 GiB); larger ones are an error for that
+    /// instance. Each retrieval in flight may hold up to about twice this much.
     pub max_instance_bytes: u64,
 }
 
@@ -62,7 +63,7 @@ impl Default for ClientOptions {
             retry: RetryPolicy::default(),
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(120),
-            max_instance_bytes: 4 << 30,
+            max_instance_bytes: 1 << 30,
         }
     }
 }
@@ -173,7 +174,9 @@ impl Client {
                 return Err(failure);
             }
             let wait = policy.delay(attempt);
-            tracing::warn!("{failure}; trying again in {:.1} s", wait.as_secs_f64());
+            // UIDs and URLs (with StudyDate ranges) at debug only: warn lines may be shared.
+            tracing::debug!("{failure}");
+            tracing::warn!("{} (attempt {attempt} of {}); trying again in {:.1} s", failure.brief(), policy.attempts, wait.as_secs_f64());
             std::thread::sleep(wait);
         }
     }

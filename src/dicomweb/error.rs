@@ -39,6 +39,19 @@ impl Target {
     }
 }
 
+impl Target {
+    /// What kind of object it is, without its UIDs: "study search", "study", "series",
+    /// "instance".
+    pub fn kind(&self) -> &'static str {
+        match (&self.study, &self.series, &self.sop) {
+            (_, _, Some(_)) => "instance",
+            (_, Some(_), None) => "series",
+            (Some(_), None, None) => "study",
+            (None, None, None) => "study search",
+        }
+    }
+}
+
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let parts: Vec<String> = [("study", &self.study), ("series", &self.series), ("instance", &self.sop)]
@@ -141,6 +154,18 @@ impl DicomWebError {
         }
     }
 
+    /// What failed without the UIDs, the URL or the server's words (for logs at warn/info,
+    /// which may be shared): what kind of object, the HTTP status or the kind of failure.
+    pub fn brief(&self) -> String {
+        let kind = self.target().map_or("source", Target::kind);
+        match self {
+            DicomWebError::Status { status, .. } => format!("DICOMweb {kind}: HTTP {status}"),
+            DicomWebError::Transport { .. } => format!("DICOMweb {kind}: no answer or a broken connection"),
+            DicomWebError::Response { .. } => format!("DICOMweb {kind}: bad response"),
+            DicomWebError::Source { .. } | DicomWebError::Credentials(_) => self.to_string(),
+        }
+    }
+
     /// The URL of the failed request.
     pub fn url(&self) -> Option<&str> {
         match self {
@@ -169,5 +194,14 @@ mod tests {
         assert_eq!(e.reason(), "study 1.2, series 1.2.3, instance 1.2.3.4: HTTP 503 after 4 attempts");
         let once = DicomWebError::Status { target: Box::new(Target::search()), url: "u".into(), status: 404, attempts: 1 };
         assert_eq!(once.to_string(), "DICOMweb study search: HTTP 404 from u");
+        // For logs: no UID, no URL.
+        assert_eq!(e.brief(), "DICOMweb instance: HTTP 503");
+        let cut = DicomWebError::Transport {
+            target: Box::new(Target::study("1.2")),
+            url: "http://h/studies/1.2".into(),
+            reason: "reset by 1.2".into(),
+            attempts: 1,
+        };
+        assert_eq!(cut.brief(), "DICOMweb study: no answer or a broken connection");
     }
 }

@@ -178,9 +178,10 @@ impl Pager {
         if page.is_empty() && self.offset > 0 && !self.limit_from_zero {
             page = self.ask(client, self.offset + self.page_size)?;
             if !page.is_empty() {
+                tracing::debug!("{}: 'limit' counts from the first match", self.url);
                 tracing::info!(
-                    "{}: the server counts 'limit' from the first match, not from 'offset' (Orthanc 1.10 does so with ModalitiesInStudy); paging accordingly",
-                    self.url
+                    "the server counts 'limit' of a {} from the first match, not from 'offset' (Orthanc 1.10 does so with ModalitiesInStudy); paging accordingly",
+                    self.target.kind()
                 );
                 self.limit_from_zero = true;
             }
@@ -229,7 +230,8 @@ impl Client {
         let mut pager = self.studies_pager(query, true);
         match pager.next_page(self) {
             Err(e) if e.status() == Some(400) && query.modality.is_some() => {
-                tracing::warn!("{e}: searching without ModalitiesInStudy and filtering the studies here");
+                tracing::debug!("{e}");
+                tracing::warn!("{}: searching without ModalitiesInStudy and filtering the studies here", e.brief());
                 let mut pager = self.studies_pager(query, false);
                 let page = pager.next_page(self)?;
                 Ok((pager, page))
@@ -305,7 +307,9 @@ impl Client {
     pub fn study_instances(&self, study_uid: &str, modality: Option<&str>) -> Result<Option<Vec<InstanceRef>>, DicomWebError> {
         let target = Target::study(study_uid);
         let url = self.endpoint.study_instances_url(study_uid);
-        let found = Pager::new(target.clone(), url.clone(), Vec::new(), self.options.page_size).all(self)?;
+        // Modality is a series attribute: a study-wide instance search returns it only if asked.
+        let params = vec![("includefield", tag::MODALITY.to_owned())];
+        let found = Pager::new(target.clone(), url.clone(), params, self.options.page_size).all(self)?;
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for i in &found {

@@ -69,14 +69,31 @@ pub fn may_see_paths(st: &AppState, headers: &axum::http::HeaderMap) -> bool {
     st.config.show_paths || authorised_headers(st, headers)
 }
 
-/// Removes every `source` field of an answer (hits, records) the client may not see.
+/// Removes every `source` field of an answer (hits, records) the client may not see, and a
+/// DICOMweb item's `url` / `wado_url` (the same string as its source).
 pub fn hide_paths(v: &mut serde_json::Value) {
     match v {
         serde_json::Value::Object(o) => {
-            o.remove("source");
+            for key in ["source", "url", "wado_url"] {
+                o.remove(key);
+            }
             o.values_mut().for_each(hide_paths);
         }
         serde_json::Value::Array(a) => a.iter_mut().for_each(hide_paths),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod hide_paths_tests {
+    use super::hide_paths;
+
+    #[test]
+    fn a_dicomweb_items_url_is_hidden_with_its_source() {
+        let url = "http://pacs/dicom-web/studies/1.2/series/1.2.3/instances/1.2.3.4";
+        let mut v =
+            serde_json::json!({"hits": [{"id": "a", "source": url, "url": url, "sop": "1.2.3.4"}], "record": {"extra": {"wado_url": url}}});
+        hide_paths(&mut v);
+        assert_eq!(v, serde_json::json!({"hits": [{"id": "a", "sop": "1.2.3.4"}], "record": {"extra": {}}}));
     }
 }
