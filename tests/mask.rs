@@ -193,3 +193,34 @@ fn mask_off_embeds_as_before_and_auto_differs() {
     let bad = run(&["--mask", "sector"]);
     assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
 }
+
+/// `ingest --mask auto` stores what `search --video --mask auto` embeds, for a DICOM cine and a
+/// video file alike: each finds itself with cosine 1 only with the same mask.
+#[test]
+fn ingest_and_search_mask_alike() {
+    let tmp = tempfile::tempdir().unwrap();
+    let truth = phantoms(tmp.path(), &["--formats", "avi,dicom-native", "--patients", "2"]);
+    let index = tmp.path().join("index");
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_echovault"))
+            .args(["--json", "--index", index.to_str().unwrap(), "--device", "cpu"])
+            .args(["--model", root().join("data-samples/echovault-tiny").to_str().unwrap()])
+            .args(args)
+            .env_remove("ECHOVAULT_MODEL")
+            .env_remove("ECHOVAULT_INDEX")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let files: Vec<String> = truth.iter().map(|t| tmp.path().join(&t.file).to_str().unwrap().to_owned()).collect();
+    let mut args = vec!["ingest", "--mask", "auto", "--progress", "none"];
+    args.extend(files.iter().map(String::as_str));
+    assert_eq!(run(&args)["ingested"], 2);
+    for f in &files {
+        let score = |mask: &str| run(&["search", "--video", f, "-k", "1", "--mask", mask])["hits"][0]["score"].as_f64().unwrap();
+        let (auto, off) = (score("auto"), score("off"));
+        assert!(auto > 0.99999, "{f}: the masked cine finds itself ({auto})");
+        assert!(off < auto - 1e-6, "{f}: unmasked frames are another embedding ({off} vs {auto})");
+    }
+}
