@@ -472,7 +472,8 @@ impl Index {
     }
 
     /// Moves the stored patient-key secret out of the index: writes it to the new file `file`
-    /// (mode 0600, synced; an existing file is refused), then replaces it in `meta` by its
+    /// (mode 0600, synced; an existing file is refused unless it holds this secret already, as
+    /// an export cut short between the file and `meta` leaves it), then replaces it in `meta` by its
     /// fingerprint (one synced write). Patient keys stay the same; from then on commands that
     /// key patient ids need the file. Refused for a reader and for an index whose secret is
     /// already outside.
@@ -487,7 +488,13 @@ impl Index {
             });
         };
         crate::secret::check_outside(&self.path, file)?;
-        crate::secret::write_secret_file(file, &secret)?;
+        if std::fs::symlink_metadata(file).is_ok() && crate::secret::read_secret_file(file).is_ok_and(|s| s == secret) {
+            // An earlier export wrote the file (synced) and stopped before `meta` changed: the
+            // file is this secret already, so the export goes on from there.
+            tracing::info!(file = %file.display(), "the secret file already holds this index's secret (an earlier export was cut short): kept");
+        } else {
+            crate::secret::write_secret_file(file, &secret)?;
+        }
         let fingerprint = crate::secret::fingerprint(&secret);
         let cf_meta = self.cf(CF_META)?;
         let mut wb = WriteBatch::default();

@@ -47,8 +47,16 @@ fn file_error(file: &Path, detail: impl Into<String>) -> IndexError {
     IndexError::SecretFile { file: file.to_owned(), detail: detail.into() }
 }
 
-/// Reads the secret in `file` (64 hex digits).
+/// Reads the secret in `file` (64 hex digits). A file that its group or others may read or
+/// write is used with a warning (see [`loose_mode`]).
 pub fn read_secret_file(file: &Path) -> Result<[u8; 32], IndexError> {
+    if let Some(mode) = loose_mode(file) {
+        tracing::warn!(
+            file = %file.display(),
+            mode = format!("{mode:04o}"),
+            "the patient-key secret file is open to its group or others: anyone who reads it can link patient keys to patient ids; run `chmod 600` on it"
+        );
+    }
     let text = std::fs::read_to_string(file).map_err(|e| file_error(file, e.to_string()))?;
     let hex = text.trim();
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -59,6 +67,24 @@ pub fn read_secret_file(file: &Path) -> Result<[u8; 32], IndexError> {
         *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|e| file_error(file, e.to_string()))?;
     }
     Ok(out)
+}
+
+/// The permission bits of `file` when its group or others have any (`mode & 0o077`), else
+/// `None` (also where it cannot be looked at: the read then says why). A warning, not a
+/// refusal: who may read the file is its owner's call (a service group may share it on
+/// purpose), and refusing would lock out an index whose patient keys need it.
+pub(crate) fn loose_mode(file: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(file).ok()?.permissions().mode() & 0o7777;
+        (mode & 0o077 != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        None
+    }
 }
 
 /// Writes `secret` to the new file `file` (refused when it exists), readable by its owner only,
@@ -154,5 +180,22 @@ mod tests {
         assert_ne!(a, [1; 32]);
         assert_ne!(a, fingerprint(&[2; 32]));
         assert_eq!(a, fingerprint(&[1; 32]));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_secret_file_open_to_group_or_others_is_named() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.hex");
+        write_secret_file(&file, &[7; 32]).unwrap();
+        assert_eq!(loose_mode(&file), None, "written owner-only");
+        for (mode, loose) in [(0o644, Some(0o644)), (0o640, Some(0o640)), (0o602, Some(0o602)), (0o400, None), (0o600, None)] {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(loose_mode(&file), loose, "{mode:o}");
+            // Still read (a warning, not a refusal).
+            assert_eq!(read_secret_file(&file).unwrap(), [7; 32]);
+        }
+        assert_eq!(loose_mode(&dir.path().join("absent")), None);
     }
 }

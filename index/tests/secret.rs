@@ -142,3 +142,30 @@ fn export_is_refused_over_an_existing_file_and_by_readers() {
     let mut reader = Index::open_reader(&idx).unwrap();
     assert!(matches!(reader.export_secret(&dir.path().join("new.hex")), Err(IndexError::ReadOnly { .. })));
 }
+
+/// An export cut short after the file was written and before `meta` changed leaves the file
+/// while the index still stores the secret: the retry accepts that file (it holds this
+/// secret) and finishes, keys unchanged; a file with any other secret is still refused.
+#[test]
+fn an_export_cut_short_after_the_file_is_finished_by_a_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (idx, file) = (dir.path().join("idx"), dir.path().join("secret.hex"));
+    let mut index = Index::open(&idx, IndexOptions::default()).unwrap();
+    let secret = *index.secret().unwrap();
+    put_one(&index);
+    let other = dir.path().join("other.hex");
+    std::fs::write(&other, format!("{}\n", hex(&[0xcd; 32]))).unwrap();
+    assert!(matches!(index.export_secret(&other), Err(IndexError::SecretFile { .. })));
+    assert!(!index.secret_is_outside());
+    // What the cut-short export left: the file, owner-only, the index unchanged.
+    std::fs::write(&file, format!("{}\n", hex(&secret))).unwrap();
+    #[cfg(unix)]
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    index.export_secret(&file).unwrap();
+    assert!(index.secret_is_outside());
+    assert_eq!(read_secret_file(&file).unwrap(), secret);
+    drop(index);
+    assert_absent(&idx, &secret);
+    let index = Index::open(&idx, with_file(&file)).unwrap();
+    assert_eq!(index.secret().unwrap(), &secret, "patient keys stay the same");
+}
