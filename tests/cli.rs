@@ -986,3 +986,23 @@ fn a_fifo_or_a_device_is_a_failure_row_and_never_read() {
     let errors = String::from_utf8(echovault(&index, &["errors"]).stdout).unwrap();
     assert_eq!(errors.matches(fifo.to_str().unwrap()).count(), 1, "{errors}");
 }
+
+/// `--max-frames` bounds the frames a task reads from a video file as it bounds ingest's: a
+/// zero-shot of an unindexed 24-frame clip reads 2 frames with `--max-frames 2`, all 24 without.
+#[test]
+fn max_frames_bounds_the_files_a_task_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let index = tmp.path().join("unused");
+    let prompts = root().join("data-samples/phantom-prompts.json");
+    let clip = clips().join("a4c_normal_01.avi");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--json", "zero-shot", clip.to_str().unwrap(), "--prompts", prompts.to_str().unwrap(), "--frames", "all"];
+        args.extend_from_slice(extra);
+        let out = echovault(&index, &args);
+        assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+        json(&out)["results"][0]["frames"].as_u64().unwrap()
+    };
+    assert_eq!(run(&[]), 24);
+    assert_eq!(run(&["--max-frames", "2"]), 2);
+    assert_eq!(run(&["--max-frames", "8"]), 8);
+}

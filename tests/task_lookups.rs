@@ -73,7 +73,12 @@ fn timeline_lookup_and_transitions_read_only_their_records() {
         Embedder::load(&common::root().join("data-samples/echovault-tiny"), None, tch::Device::Cpu, ChannelOrder::Bgr, 8).unwrap();
     embedder.space = space;
     embedder.space_name = "echovault-tiny".into();
-    let ctx = TaskContext { embedder: &embedder, index: Some(&index), video_frames: FrameSampling::ALL };
+    let ctx = TaskContext {
+        embedder: &embedder,
+        index: Some(&index),
+        video_frames: FrameSampling::ALL,
+        read: echovault::media::ReadOptions::new(FrameSampling::ALL),
+    };
 
     // Timeline of patient 7: its studies in date order, each against the previous one.
     let before = index.records_decoded();

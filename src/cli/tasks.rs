@@ -54,10 +54,15 @@ impl Loaded {
     /// The model this command uses (and its space), the index when there is one.
     fn context(&self, g: &Global) -> TaskContext<'_> {
         match self {
-            Loaded::Engine(e, i) => TaskContext { video_frames: g.sampling, ..TaskContext::of_engine(e, *i) },
-            Loaded::Bare(e) => TaskContext { embedder: e, index: None, video_frames: g.sampling },
+            Loaded::Engine(e, i) => TaskContext { video_frames: g.sampling, read: read_options(g), ..TaskContext::of_engine(e, *i) },
+            Loaded::Bare(e) => TaskContext { embedder: e, index: None, video_frames: g.sampling, read: read_options(g) },
         }
     }
+}
+
+/// How the task reads video files: `--max-frames` and `--mask` as ingest reads them.
+fn read_options(g: &Global) -> echovault::media::ReadOptions {
+    echovault::media::ReadOptions { max_frames: g.max_frames, mask: g.mask, ..echovault::media::ReadOptions::new(g.sampling) }
 }
 
 fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {

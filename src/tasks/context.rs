@@ -36,6 +36,8 @@ pub struct TaskContext<'a> {
     pub index: Option<&'a Index>,
     /// Frames a video embedding of an unindexed file averages (the ingest default: all).
     pub video_frames: FrameSampling,
+    /// How files are read besides their sampling: frame bound (`--max-frames`) and mask.
+    pub read: crate::media::ReadOptions,
 }
 
 impl<'a> TaskContext<'a> {
@@ -43,7 +45,7 @@ impl<'a> TaskContext<'a> {
     /// range) and its index.
     pub fn of_engine(engine: &'a Engine, model: usize) -> TaskContext<'a> {
         let embedder = engine.embedders.get(model).unwrap_or(&engine.embedders[0]);
-        TaskContext { embedder, index: Some(&engine.index), video_frames: engine.sampling }
+        TaskContext { embedder, index: Some(&engine.index), video_frames: engine.sampling, read: engine.read_options() }
     }
 
     /// The index, for tasks that need one.
@@ -53,7 +55,7 @@ impl<'a> TaskContext<'a> {
 
     /// Embeddings of videos by file or id, zero-shot readings taking the frames `zero_shot`.
     pub fn source(&self, zero_shot: FrameSampling) -> VideoSource<'a> {
-        VideoSource::new(self.embedder, self.index, zero_shot, self.video_frames)
+        VideoSource { read: self.read, ..VideoSource::new(self.embedder, self.index, zero_shot, self.video_frames) }
     }
 
     /// The name of the model's space.

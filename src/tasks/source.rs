@@ -20,6 +20,9 @@ pub struct VideoSource<'a> {
     pub zero_shot_frames: FrameSampling,
     /// Frames a video embedding of an unindexed file averages (the ingest default: all).
     pub video_frames: FrameSampling,
+    /// Frame bound, crop and mask for files (their sampling is `zero_shot_frames` or
+    /// `video_frames`); the default bound, no crop, no mask unless set.
+    pub read: crate::media::ReadOptions,
 }
 
 /// A video's embeddings and where they came from.
@@ -38,7 +41,7 @@ fn canonical(p: &Path) -> PathBuf {
 impl<'a> VideoSource<'a> {
     /// A source over `embedder` and, optionally, an index.
     pub fn new(embedder: &'a Embedder, index: Option<&'a Index>, zero_shot_frames: FrameSampling, video_frames: FrameSampling) -> Self {
-        VideoSource { embedder, index, zero_shot_frames, video_frames }
+        VideoSource { embedder, index, zero_shot_frames, video_frames, read: crate::media::ReadOptions::new(video_frames) }
     }
 
     /// The indexed video ingested from `path`, if any: the record of the file's content id
@@ -98,9 +101,9 @@ impl<'a> VideoSource<'a> {
     }
 
     /// A file's frames that `sampling` selects, decoded and embedded as ingest does (frame by
-    /// frame at the model's input size, at most the default frame bound, thinned evenly).
+    /// frame at the model's input size, at most `read.max_frames` frames, thinned evenly).
     fn embed_file(&self, path: &Path, sampling: FrameSampling) -> Result<crate::engine::VideoEmbedding, Error> {
-        let read = crate::media::ReadOptions::new(sampling);
+        let read = crate::media::ReadOptions { sampling, ..self.read };
         let e = self.embedder;
         Ok(crate::engine::embed_video(&e.model, &e.preprocess, path, &read, e.frame_batch)?.embedding)
     }
