@@ -447,3 +447,55 @@ fn ingest_over_dicomweb_equals_a_file_ingest_fetches_only_what_is_new_and_resume
     let info = common::json(&common::echovault(&web_index, &["--json", "info"]));
     assert_eq!(info["counts"]["video"].as_u64(), Some(18), "{info}");
 }
+
+#[test]
+fn a_ct_series_of_a_us_study_is_left_out_and_a_non_image_is_fetched_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = phantom_archive(dir.path(), 1, 60);
+    let first = files[0].clone();
+    let out = first.file.parent().unwrap();
+    // In the first US study: a CT series (Modality is a series attribute, which a study-wide
+    // instance search returns only when asked) and an instance with no Rows (not an image).
+    let ct = out.join("ct-series.dcm");
+    patched(
+        &first.file,
+        &ct,
+        &[
+            (first.sop.as_bytes(), sibling(&first.sop, 6).as_bytes()),
+            (first.series.as_bytes(), sibling(&first.series, 3).as_bytes()),
+            (b"\x08\x00\x60\x00CS\x02\x00US", b"\x08\x00\x60\x00CS\x02\x00CT"),
+        ],
+    );
+    let no_image = out.join("no-rows.dcm");
+    // Rows (0028,0010) US renamed (0028,000F): no Rows, so not an image.
+    patched(
+        &first.file,
+        &no_image,
+        &[(first.sop.as_bytes(), sibling(&first.sop, 7).as_bytes()), (b"\x28\x00\x10\x00US", b"\x28\x00\x0f\x00US")],
+    );
+    let orthanc = Orthanc::start();
+    for f in files.iter().map(|f| &f.file).chain([&ct, &no_image]) {
+        orthanc.upload(f);
+    }
+    let c = client(&orthanc.dicomweb(), 100, 1, 1);
+    let listed = c.study_instances(&first.study, Some("US")).unwrap().expect("Orthanc names each instance's series");
+    let sops: BTreeSet<&str> = listed.iter().map(|r| r.sop_uid.as_str()).collect();
+    assert!(!sops.contains(sibling(&first.sop, 6).as_str()), "the CT series is left out: {sops:?}");
+    assert!(sops.contains(sibling(&first.sop, 7).as_str()) && sops.contains(first.sop.as_str()), "{sops:?}");
+
+    let proxy = FlakyProxy::start(orthanc.port);
+    let source = format!("dicomweb:http://127.0.0.1:{}/dicom-web", proxy.port);
+    let index = dir.path().join("index");
+    let (code, first_run) = ingest(&index, &source, &[]);
+    assert_eq!(code, 0, "{first_run}");
+    let not_images = first_run["not_images"].as_array().unwrap();
+    assert_eq!(not_images.len(), 1, "{first_run}");
+    assert!(not_images[0]["path"].as_str().unwrap().ends_with(&sibling(&first.sop, 7)), "{first_run}");
+    let fetched = proxy.retrievals.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(fetched as u64, first_run["found"].as_u64().unwrap(), "{first_run}");
+    // The rerun retrieves nothing: the non-image is remembered like the videos.
+    let (code, again) = ingest(&index, &source, &[]);
+    assert_eq!(code, 0, "{again}");
+    assert_eq!(proxy.retrievals.load(std::sync::atomic::Ordering::SeqCst), fetched, "{again}");
+    assert_eq!(again["skipped"].as_u64(), first_run["found"].as_u64(), "{again}");
+}
