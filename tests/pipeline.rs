@@ -632,7 +632,8 @@ fn ingest_bounds_the_frames_of_a_video_evenly_and_records_it() {
 /// and was retried in halves (LibTorch's message in the warning), both videos were ingested,
 /// nothing panicked, and the vectors equal those of an unlimited run. Runs under lower limits
 /// end without a panic: a video LibTorch cannot embed even one frame at a time is a failure
-/// row quoting LibTorch (exit 3 when the other was ingested, 1 when none was).
+/// row quoting LibTorch (exit 3 when the other was ingested, 1 when none was); no run under
+/// any limit ends by a signal or another exit code.
 #[cfg(target_os = "linux")]
 #[test]
 fn a_batch_libtorch_cannot_allocate_is_retried_in_halves_and_the_run_goes_on() {
@@ -682,6 +683,10 @@ fn a_batch_libtorch_cannot_allocate_is_retried_in_halves_and_the_run_goes_on() {
         let err = String::from_utf8_lossy(&c.stderr).into_owned();
         let code = c.status.code();
         tried.push((limit_mb as u64, code));
+        // Under every limit the program ends the run itself: never by a signal (an abort, a
+        // segfault: `code` is then None) nor with another code, which the loop would otherwise
+        // step over to the next limit.
+        assert!(matches!(code, Some(0 | 1 | 3)), "limit {limit_mb:.0} MB: ended by {} (tried {tried:?}): {err}", c.status);
         if code == Some(0) {
             assert!(!err.contains("panicked"), "{err}");
             let s = json(&c);
