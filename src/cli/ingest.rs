@@ -1,7 +1,7 @@
 //! `echovault ingest PATH...` and `echovault errors`.
 
 use super::output::reason_for;
-use super::{open_engine, DeviceOpts, FramesOpts, Global, Groups, ImageOpts, IndexOpts, ModelOpts, SpaceOpts};
+use super::{open_engine, AllOpts, Global, Groups, IndexOpts};
 use clap::{Args, ValueEnum};
 use echovault::ingest::{ingest, IngestOptions, Progress};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -47,22 +47,12 @@ pub struct IngestArgs {
     #[arg(long, default_value_t = 10.0)]
     progress_every: f64,
     #[command(flatten)]
-    pub index: IndexOpts,
-    #[command(flatten)]
-    pub space: SpaceOpts,
-    #[command(flatten)]
-    pub model: ModelOpts,
-    #[command(flatten)]
-    pub device: DeviceOpts,
-    #[command(flatten)]
-    pub image: ImageOpts,
-    #[command(flatten)]
-    pub frames_opts: FramesOpts,
+    pub opts: AllOpts,
 }
 
 impl IngestArgs {
     pub fn groups(&self) -> Groups<'_> {
-        Groups::all(&self.index, &self.space, &self.model, &self.device, &self.image, &self.frames_opts)
+        self.opts.groups()
     }
 }
 

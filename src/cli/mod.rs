@@ -55,29 +55,45 @@ const SAMPLE_MODEL: &str = "data-samples/echovault-tiny";
 )]
 struct Cli {
     #[command(flatten)]
-    top: TopOpts,
+    top: AllOpts,
     #[command(flatten)]
     out: OutputOpts,
     #[command(subcommand)]
     command: Command,
 }
 
-/// Options accepted before the subcommand, for every subcommand that uses them (scripts write
-/// `echovault --index IDX --model DIR --device cpu search ...`).
+/// Every option group. Accepted before the subcommand, for every subcommand that uses them
+/// (scripts write `echovault --index IDX --model DIR --device cpu search ...`), and flattened
+/// whole by the subcommands that embed videos into, or query, an index (ingest, search, serve,
+/// reid).
 #[derive(Args, Debug, Clone, Default)]
-struct TopOpts {
+pub struct AllOpts {
     #[command(flatten)]
-    index: IndexOpts,
+    pub index: IndexOpts,
     #[command(flatten)]
-    space: SpaceOpts,
+    pub space: SpaceOpts,
     #[command(flatten)]
-    model: ModelOpts,
+    pub model: ModelOpts,
     #[command(flatten)]
-    device: DeviceOpts,
+    pub device: DeviceOpts,
     #[command(flatten)]
-    image: ImageOpts,
+    pub image: ImageOpts,
     #[command(flatten)]
-    frames: FramesOpts,
+    pub frames: FramesOpts,
+}
+
+impl AllOpts {
+    /// All six groups, as a subcommand that flattens them takes them.
+    pub fn groups(&self) -> Groups<'_> {
+        Groups {
+            index: Some(&self.index),
+            space: Some(&self.space),
+            model: Some(&self.model),
+            device: Some(&self.device),
+            image: Some(&self.image),
+            frames: Some(&self.frames),
+        }
+    }
 }
 
 /// Output options of every subcommand.
@@ -92,7 +108,7 @@ pub struct OutputOpts {
 }
 
 // Option groups. Each subcommand flattens the groups it uses, so its --help lists only those;
-// the same groups are accepted before the subcommand (`TopOpts`). A new flag goes into the
+// the same groups are accepted before the subcommand (`AllOpts`). A new flag goes into the
 // group of every command that uses it, or into one subcommand's own Args when only it does.
 
 /// The index (commands that read or write one).
@@ -210,28 +226,6 @@ pub struct Groups<'a> {
     pub frames: Option<&'a FramesOpts>,
 }
 
-impl<'a> Groups<'a> {
-    /// Index, space, model, device, image and frame options: a command that embeds videos
-    /// into (or queries) an index.
-    pub fn all(
-        index: &'a IndexOpts,
-        space: &'a SpaceOpts,
-        model: &'a ModelOpts,
-        device: &'a DeviceOpts,
-        image: &'a ImageOpts,
-        frames: &'a FramesOpts,
-    ) -> Self {
-        Groups {
-            index: Some(index),
-            space: Some(space),
-            model: Some(model),
-            device: Some(device),
-            image: Some(image),
-            frames: Some(frames),
-        }
-    }
-}
-
 /// The settings a subcommand runs with: its own options over those given before it, over the
 /// environment, over the defaults.
 #[derive(Debug, Clone)]
@@ -263,7 +257,7 @@ pub struct Global {
 }
 
 impl Global {
-    fn resolve(top: &TopOpts, out: &OutputOpts, sub: &Groups<'_>) -> Global {
+    fn resolve(top: &AllOpts, out: &OutputOpts, sub: &Groups<'_>) -> Global {
         let index = sub.index.and_then(|o| o.index.clone()).or_else(|| top.index.index.clone());
         let index = index.or_else(|| std::env::var_os("ECHOVAULT_INDEX").filter(|v| !v.is_empty()).map(PathBuf::from));
         let mut model = sub.model.map(|o| o.model.clone()).unwrap_or_default();

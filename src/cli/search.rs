@@ -2,7 +2,7 @@
 //! [`SearchRequest`], runs [`echovault::tasks::search::search`], renders its answer.
 
 use super::output::{group_header, hit_line, without_paths};
-use super::{open_reader_engine, positive, DeviceOpts, FramesOpts, Global, Groups, ImageOpts, IndexOpts, ModelOpts, SpaceOpts};
+use super::{open_reader_engine, positive, AllOpts, Global, Groups};
 use clap::{ArgGroup, Args};
 use echovault::index::{Kind, StudyDate};
 use echovault::tasks::search::{search, GroupBy, SearchRequest, SearchResponse, VideoQuery};
@@ -61,22 +61,12 @@ pub struct SearchArgs {
     #[arg(long)]
     with_paths: bool,
     #[command(flatten)]
-    pub index: IndexOpts,
-    #[command(flatten)]
-    pub space: SpaceOpts,
-    #[command(flatten)]
-    pub model: ModelOpts,
-    #[command(flatten)]
-    pub device: DeviceOpts,
-    #[command(flatten)]
-    pub image: ImageOpts,
-    #[command(flatten)]
-    pub frames_opts: FramesOpts,
+    pub opts: AllOpts,
 }
 
 impl SearchArgs {
     pub fn groups(&self) -> Groups<'_> {
-        Groups::all(&self.index, &self.space, &self.model, &self.device, &self.image, &self.frames_opts)
+        self.opts.groups()
     }
 }
 

@@ -2,7 +2,7 @@
 //! engine as `ingest` does (the server writes: ingest jobs), and hands both to
 //! [`echovault::serve::serve`]. The web viewer is at `http://ADDR/`.
 
-use super::{open_engine, DeviceOpts, FramesOpts, Global, Groups, ImageOpts, IndexOpts, ModelOpts, SpaceOpts};
+use super::{open_engine, AllOpts, Global, Groups};
 use anyhow::Context;
 use clap::Args;
 use echovault::serve::{
@@ -56,22 +56,12 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 2)]
     thumb_threads: usize,
     #[command(flatten)]
-    pub index: IndexOpts,
-    #[command(flatten)]
-    pub space: SpaceOpts,
-    #[command(flatten)]
-    pub model: ModelOpts,
-    #[command(flatten)]
-    pub device: DeviceOpts,
-    #[command(flatten)]
-    pub image: ImageOpts,
-    #[command(flatten)]
-    pub frames_opts: FramesOpts,
+    pub opts: AllOpts,
 }
 
 impl ServeArgs {
     pub fn groups(&self) -> Groups<'_> {
-        Groups::all(&self.index, &self.space, &self.model, &self.device, &self.image, &self.frames_opts)
+        self.opts.groups()
     }
 }
 

@@ -2,9 +2,7 @@
 //! transitions, retrieval). Parses the flags into the requests of [`echovault::tasks`], picks the
 //! model, renders what the library returns as text or JSON.
 
-use super::{
-    open_engine, open_reader_engine, positive, DeviceOpts, FramesOpts, Global, Groups, ImageOpts, IndexOpts, ModelOpts, SpaceOpts,
-};
+use super::{open_engine, open_reader_engine, positive, AllOpts, DeviceOpts, Global, Groups, ImageOpts, IndexOpts, ModelOpts, SpaceOpts};
 use anyhow::Context;
 use clap::{ArgGroup, Args, Subcommand};
 use echovault::engine::{Embedder, Engine};
@@ -223,22 +221,12 @@ pub struct ReidArgs {
     #[arg(long)]
     same_date: bool,
     #[command(flatten)]
-    pub index: IndexOpts,
-    #[command(flatten)]
-    pub space: SpaceOpts,
-    #[command(flatten)]
-    pub model: ModelOpts,
-    #[command(flatten)]
-    pub device: DeviceOpts,
-    #[command(flatten)]
-    pub image: ImageOpts,
-    #[command(flatten)]
-    pub frames_opts: FramesOpts,
+    pub opts: AllOpts,
 }
 
 impl ReidArgs {
     pub fn groups(&self) -> Groups<'_> {
-        Groups::all(&self.index, &self.space, &self.model, &self.device, &self.image, &self.frames_opts)
+        self.opts.groups()
     }
 }
 
