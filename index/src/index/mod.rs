@@ -1,0 +1,382 @@
+//! [`Index`]: the handle, its public types and the small helpers every part shares. The work is
+//! split by concern:
+//!
+//! - `open`: opening (format check, creation, graph snapshots, replay, rebuild);
+//! - `commit`: embedding spaces and atomic batches;
+//! - `query`: reads (records, vectors, logs, counts) and search (graph or exact);
+//! - `maintenance`: checkpoints, rebuilds, repair, verification,
+//!   compaction, moving the secret out.
+//!
+//! The one place where external item ids and internal slots are mapped to each other.
+
+mod commit;
+mod maintenance;
+mod open;
+mod query;
+
+pub(crate) use open::check_format;
+
+use crate::codec::{Collection, Encoding};
+use crate::error::IndexError;
+use crate::graph::{Graph, SlotMeta};
+use crate::ids::{ItemId, Kind, Slot, SpaceId};
+use crate::record::ItemRecord;
+use crate::secret::SecretState;
+use crate::store::{self, CF_ERRORS, CF_INGEST_LOG};
+use rocksdb::{WriteOptions, DB};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+
+/// Searches whose filtered candidate set is at most this large are answered exactly (brute
+/// force over the candidates' vectors, from memory): cheap at this size, and recall stays 1.0
+/// where a filtered graph walk would lose neighbours.
+pub const EXACT_SEARCH_MAX_CANDIDATES: usize = 4096;
+/// ... or when scoring them costs at most this many multiply-adds (candidates × dimension:
+/// 80k candidates at 50-d, 8k at 512-d): exact scoring reads the in-memory vectors, which is
+/// faster than a filtered walk up to about there (`evindex bench --filters`).
+pub const EXACT_SEARCH_MAX_WORK: usize = 1 << 22;
+/// Default HNSW search breadth.
+pub const DEFAULT_EF_SEARCH: usize = 96;
+/// Upper bound of the search breadth: a larger `ef` is clamped to it (the result count `k` is not).
+pub const MAX_EF_SEARCH: usize = 4096;
+
+/// Vector storage format for new writes.
+pub type VectorEncoding = Encoding;
+
+/// How to open an index.
+#[derive(Clone, Debug, Default)]
+pub struct IndexOptions {
+    /// Encoding of vectors written from now on (reads handle both).
+    pub encoding: VectorEncoding,
+    /// Rebuild every graph from the stored vectors instead of loading its snapshot (then store
+    /// a fresh snapshot). For measurements and for distrust; `repair` does the same and more.
+    pub ignore_snapshots: bool,
+    /// Write nothing while opening: a graph rebuilt because its snapshot was missing, stale or
+    /// corrupt stays in memory (see [`Index::graph_loads`]) instead of being re-snapshotted.
+    /// For tests and tools that look at an index no other process writes; commands that only
+    /// read use [`Index::open_reader`], which works beside a writer.
+    pub passive_open: bool,
+    /// Who writes (e.g. `echovault ingest`), for the writer record that a second writer's
+    /// [`IndexError::Busy`] quotes; `None`: the program's file name.
+    pub writer: Option<String>,
+    /// The patient-key secret is kept in this file, outside the index (see
+    /// [`Index::use_secret_file`]). A new index then stores only its fingerprint, and the file
+    /// is written with a new secret when it does not exist. `None`: a new index stores its
+    /// secret; an index whose secret is outside opens without it ([`Index::secret`] is then an
+    /// error).
+    pub secret_file: Option<PathBuf>,
+}
+
+/// A registered embedding space.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpaceInfo {
+    /// Id used in keys.
+    pub id: SpaceId,
+    /// Name, e.g. `echoclip`.
+    pub name: String,
+    /// Vector dimension.
+    pub dim: usize,
+}
+
+/// Item and vector counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// Items per kind.
+    pub items: BTreeMap<String, usize>,
+    /// Live vectors per `space/kind`.
+    pub vectors: BTreeMap<String, usize>,
+    /// Recorded ingest errors.
+    pub errors: usize,
+}
+
+/// A set of changes committed atomically by [`Index::commit`].
+#[derive(Debug, Default)]
+pub struct Batch {
+    items: Vec<ItemRecord>,
+    vectors: Vec<(SpaceId, ItemId, Kind, Vec<f32>)>,
+    deletes: Vec<ItemId>,
+    frames: Vec<(SpaceId, ItemId, Vec<Vec<f32>>)>,
+    raw: Vec<RawWrite>,
+}
+
+/// A put (`Some`) or delete (`None`) of one key in a named column family.
+type RawWrite = (&'static str, Vec<u8>, Option<Vec<u8>>);
+
+impl Batch {
+    /// Inserts or replaces an item's metadata.
+    pub fn put_item(&mut self, record: ItemRecord) {
+        self.items.push(record);
+    }
+
+    /// Inserts or replaces the vector of `item` in `space` (normalised on commit).
+    pub fn put_vector(&mut self, space: SpaceId, item: impl Into<ItemId>, kind: Kind, v: Vec<f32>) {
+        self.vectors.push((space, item.into(), kind, v));
+    }
+
+    /// Deletes an item and all its vectors. Deletes apply after the batch's puts: an item both
+    /// put and deleted in one batch ends up deleted.
+    pub fn delete_item(&mut self, item: impl Into<ItemId>) {
+        self.deletes.push(item.into());
+    }
+
+    /// Stores the per-frame embeddings of `item` in `space` (as f16; replaces earlier ones). The
+    /// item must exist or be put in the same batch; deleting it drops them.
+    pub fn put_frames(&mut self, space: SpaceId, item: impl Into<ItemId>, frames: Vec<Vec<f32>>) {
+        self.frames.push((space, item.into(), frames));
+    }
+
+    /// Writes (`Some`) or removes (`None`) one ingest-log entry. Keys and values belong to the
+    /// caller (the ingest pipeline); they commit atomically with the rest of the batch.
+    pub fn put_log(&mut self, key: &str, value: Option<&[u8]>) {
+        self.raw.push((CF_INGEST_LOG, key.as_bytes().to_vec(), value.map(<[u8]>::to_vec)));
+    }
+
+    /// Records an ingest error for `input` (a path); `None` clears it.
+    pub fn put_error(&mut self, input: &str, message: Option<&str>) {
+        self.raw.push((CF_ERRORS, input.as_bytes().to_vec(), message.map(|m| m.as_bytes().to_vec())));
+    }
+
+    /// True when the batch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty() && self.vectors.is_empty() && self.deletes.is_empty() && self.frames.is_empty() && self.raw.is_empty()
+    }
+}
+
+/// How one collection's graph came up when the index opened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GraphLoad {
+    /// `space/kind`.
+    pub collection: String,
+    /// `snapshot` (loaded, then `replayed` newer vectors inserted) or `rebuilt`.
+    pub how: &'static str,
+    /// Why the graph was rebuilt (missing, stale or corrupt snapshot), if it was.
+    pub reason: Option<String>,
+    /// Vectors written after the snapshot and inserted on open.
+    pub replayed: usize,
+    /// Live vectors.
+    pub live: usize,
+    /// Milliseconds spent.
+    pub millis: u64,
+}
+
+/// What [`Index::verify`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Verification {
+    /// Stored vectors per `space/kind` (live and tombstoned).
+    pub stored: BTreeMap<String, usize>,
+    /// Live vectors per `space/kind`.
+    pub live: BTreeMap<String, usize>,
+    /// Every inconsistency, one line each; empty when the index is sound.
+    pub problems: Vec<String>,
+    /// Table files that failed their checksums (also among `problems`).
+    pub damaged: Vec<crate::DamagedTable>,
+}
+
+impl Verification {
+    /// True when nothing is wrong.
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Snapshot bookkeeping in `graph`: one header per collection.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SnapshotHeader {
+    covered: u32,
+    nodes: u64,
+    bytes: u64,
+    chunks: u32,
+    sha256: [u8; 32],
+}
+
+/// Snapshot chunk size: well under RocksDB's comfortable value sizes.
+const SNAPSHOT_CHUNK: usize = 4 << 20;
+
+/// A graph is re-snapshotted once this many vectors were inserted since its last snapshot
+/// (bounded replay work on open): an eighth of its size, at least 4096, at most 65536.
+fn snapshot_due(g: &Graph) -> bool {
+    g.pending >= (g.live() / 8).clamp(4096, 65536)
+}
+
+/// A graph is rebuilt (tombstones dropped) instead of snapshotted once it holds more dead nodes
+/// than live ones.
+fn rebuild_due(g: &Graph) -> bool {
+    let dead = g.nodes().saturating_sub(g.live());
+    dead > g.live().max(1024)
+}
+
+/// State owned by the single writer: slot counters and graphs whose in-memory state may hold
+/// nodes that a failed write never stored.
+#[derive(Debug, Default)]
+pub(crate) struct Writer {
+    /// Per collection, the next slot to issue (a reader: the slots it has seen).
+    pub(crate) next_slot: HashMap<Collection, u32>,
+    poisoned: HashSet<Collection>,
+}
+
+/// An open index directory. Cheap to share across threads (`&Index` is `Sync`): searches run
+/// concurrently with each other and with a writer; commits are serialised. A search sees every
+/// batch committed before it started, or not, whole: a commit stores its batch and makes it
+/// visible in the graphs under one exclusive lock.
+pub struct Index {
+    pub(crate) path: PathBuf,
+    /// The writer record (before `db`: removed while the lock is still held).
+    _holder: Option<crate::holder::Holder>,
+    pub(crate) db: DB,
+    options: IndexOptions,
+    /// The secondary keys are complete (see `lookup`).
+    pub(crate) lookups: AtomicBool,
+    /// Item records decoded since the open (see [`Index::records_decoded`]).
+    decoded: AtomicU64,
+    pub(crate) spaces: RwLock<BTreeMap<SpaceId, SpaceInfo>>,
+    pub(crate) graphs: RwLock<HashMap<Collection, Graph>>,
+    pub(crate) writer: Mutex<Writer>,
+    secret: SecretState,
+    pub(crate) loads: Vec<GraphLoad>,
+    /// Set on a reader (after `db`: its directory outlives the secondary instance).
+    pub(crate) reader: Option<crate::reader::ReaderState>,
+    /// The writer's record of its last committed sequence number (see `store::SequenceMark`).
+    sequence: Option<store::SequenceMark>,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn corrupt(path: &Path, what: &'static str, detail: impl ToString) -> IndexError {
+    IndexError::Corrupt { path: path.to_owned(), what, detail: detail.to_string() }
+}
+
+fn bincode_config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// How a commit reaches the disk (see [`Index::commit_with`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Synced to disk before the commit returns.
+    #[default]
+    Synced,
+    /// Written to the operating system; synced by a later synced commit or [`Index::sync`].
+    Buffered,
+}
+
+pub(crate) fn synced() -> WriteOptions {
+    let mut wo = WriteOptions::default();
+    wo.set_sync(true);
+    wo
+}
+
+/// The stored vectors of one collection, by slot.
+struct Stored {
+    rows: Vec<Option<(ItemId, Vec<f32>)>>,
+    dead: HashSet<u32>,
+}
+
+impl Stored {
+    fn vector(&self, s: Slot) -> Option<&[f32]> {
+        self.rows.get(s.0 as usize).and_then(Option::as_ref).map(|(_, v)| v.as_slice())
+    }
+    fn live(&self) -> impl Iterator<Item = (Slot, &ItemId, &Vec<f32>)> {
+        self.rows
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.as_ref().map(|(id, v)| (Slot(i as u32), id, v)))
+            .filter(|(s, _, _)| !self.dead.contains(&s.0))
+    }
+}
+
+impl Index {
+    /// The index directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Per-index secret for pseudonymising patient ids (keyed hash): the one stored in the
+    /// index, or the one handed over from a file outside it ([`IndexOptions::secret_file`],
+    /// [`Index::use_secret_file`]). [`IndexError::SecretNeeded`] when the index keeps its
+    /// secret outside and none was handed over.
+    pub fn secret(&self) -> Result<&[u8; 32], IndexError> {
+        self.secret.get(&self.path)
+    }
+
+    /// True when the index keeps only the fingerprint of a secret held in a file outside it.
+    pub fn secret_is_outside(&self) -> bool {
+        matches!(self.secret, SecretState::Outside { .. })
+    }
+
+    /// Hands over the patient-key secret in `file` (a reader, or a writer opened without
+    /// [`IndexOptions::secret_file`]). Refused when the file is inside the index directory,
+    /// is not 64 hex digits, does not match the index's fingerprint
+    /// ([`IndexError::SecretMismatch`]), or holds another secret than the one the index stores
+    /// ([`IndexError::SecretStored`]); a file with the stored secret is accepted.
+    pub fn use_secret_file(&mut self, file: &Path) -> Result<(), IndexError> {
+        self.secret.give(&self.path, file)
+    }
+
+    /// How each graph came up at open.
+    pub fn graph_loads(&self) -> &[GraphLoad] {
+        &self.loads
+    }
+
+    pub(crate) fn storage(&self, source: rocksdb::Error) -> IndexError {
+        store::access_error(&self.path, source)
+    }
+
+    /// Decodes a stored item record.
+    pub(crate) fn decode_record(&self, b: &[u8]) -> Result<ItemRecord, IndexError> {
+        self.decoded.fetch_add(1, Ordering::Relaxed);
+        let (rec, _) = bincode::serde::decode_from_slice(b, bincode_config()).map_err(|e| corrupt(&self.path, "item record", e))?;
+        Ok(rec)
+    }
+
+    /// How many item records this handle has decoded since it opened (opening decodes those of
+    /// every live vector). For tests and measurements of what a read touches.
+    pub fn records_decoded(&self) -> u64 {
+        self.decoded.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn cf(&self, name: &'static str) -> Result<&rocksdb::ColumnFamily, IndexError> {
+        self.db.cf_handle(name).ok_or_else(|| corrupt(&self.path, "column family", name))
+    }
+
+    fn collection_name(&self, c: Collection) -> String {
+        let spaces = self.spaces.read().unwrap_or_else(|e| e.into_inner());
+        format!("{}/{}", spaces.get(&c.space).map_or("?", |s| s.name.as_str()), c.kind)
+    }
+}
+
+/// Restores unit length after an f16 round trip (a no-op for f32 vectors, which are stored
+/// normalised): `hnsw_rs`'s dot distance asserts `a·b ≤ 1.000002`.
+pub(crate) fn renormalise(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 && (norm - 1.0).abs() > 1e-6 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+}
+
+pub(crate) fn slot_meta(item: ItemId, rec: Option<&ItemRecord>) -> SlotMeta {
+    SlotMeta {
+        item,
+        patient: rec.and_then(|r| r.patient.clone()),
+        study: rec.and_then(|r| r.study.clone()),
+        date: rec.and_then(|r| r.date),
+    }
+}
+
+fn normalise(item: &ItemId, mut v: Vec<f32>) -> Result<Vec<f32>, IndexError> {
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(IndexError::BadVector { item: item.0.clone(), reason: "contains NaN or infinity" });
+    }
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm == 0.0 {
+        return Err(IndexError::BadVector { item: item.0.clone(), reason: "all zeros (no direction)" });
+    }
+    v.iter_mut().for_each(|x| *x /= norm);
+    Ok(v)
+}
