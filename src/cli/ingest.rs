@@ -46,6 +46,13 @@ pub struct IngestArgs {
     /// Seconds between progress log lines.
     #[arg(long, default_value_t = 10.0)]
     progress_every: f64,
+    /// Only shard I of N (numbered from 0: 0/3, 1/3, 2/3): the studies whose id hashes there
+    /// (first 8 bytes of SHA-256 of the StudyInstanceUID, or of a video's file name without
+    /// extension, big-endian, mod N); a study never splits and its report goes with it. Other
+    /// shards' files are passed over unread past a DICOM header, their DICOMweb studies
+    /// unlisted. N machines each ingest one shard; `import` gathers their exports.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<echovault::ingest::Shard>,
     #[command(flatten)]
     pub opts: AllOpts,
 }
@@ -75,6 +82,7 @@ pub fn run(g: &Global, a: &IngestArgs) -> anyhow::Result<i32> {
         until: a.until,
         queue: a.queue,
         cancel: None,
+        shard: a.shard,
     };
     let mode = match a.progress {
         ProgressMode::Auto if std::io::stderr().is_terminal() => ProgressMode::Bar,
@@ -130,6 +138,12 @@ pub fn run(g: &Global, a: &IngestArgs) -> anyhow::Result<i32> {
             secs,
             summary.ingested as f64 / secs.max(1e-9)
         );
+        if let Some(shard) = a.shard {
+            println!(
+                "shard {shard}: passed over {} files of {} studies of the other shards",
+                summary.other_shard_files, summary.other_shard_studies
+            );
+        }
         for f in &summary.failed {
             println!("  failed: {}: {}", f.path, reason_for(&f.path, &f.reason));
         }

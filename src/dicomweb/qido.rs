@@ -14,6 +14,7 @@
 use super::client::Client;
 use super::error::{DicomWebError, Target};
 use super::{check_uid, Endpoint};
+use crate::ingest::Shard;
 use echovault_index::StudyDate;
 use serde_json::Value;
 use std::collections::{HashSet, VecDeque};
@@ -37,11 +38,14 @@ pub struct StudyQuery {
     pub since: Option<StudyDate>,
     /// Last `StudyDate` included.
     pub until: Option<StudyDate>,
+    /// Only the studies of this shard (`ingest --shard`): [`Walk`] passes over the others
+    /// before listing their series or instances (see [`Walk::take_other_shard`]).
+    pub shard: Option<Shard>,
 }
 
 impl Default for StudyQuery {
     fn default() -> Self {
-        StudyQuery { modality: Some("US".to_owned()), since: None, until: None }
+        StudyQuery { modality: Some("US".to_owned()), since: None, until: None, shard: None }
     }
 }
 
@@ -341,6 +345,7 @@ impl Client {
             studies: VecDeque::new(),
             ready: VecDeque::new(),
             listed: Vec::new(),
+            other_shard: Vec::new(),
             done: false,
             complete: false,
         }
@@ -357,6 +362,8 @@ pub struct Walk {
     ready: VecDeque<Result<InstanceRef, DicomWebError>>,
     /// Studies whose series and instances were listed in full, not yet taken.
     listed: Vec<String>,
+    /// Studies of other shards passed over unlisted, not yet taken.
+    other_shard: Vec<String>,
     done: bool,
     /// Every page of studies was read.
     complete: bool,
@@ -367,6 +374,12 @@ impl Walk {
     /// that keeps failures by study can clear theirs.
     pub fn take_listed(&mut self) -> Vec<String> {
         std::mem::take(&mut self.listed)
+    }
+
+    /// The studies of other shards (the query's `shard`) passed over since the last call,
+    /// without a search for their series or instances.
+    pub fn take_other_shard(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.other_shard)
     }
 
     /// Whether the search went through every page of studies without an error.
@@ -421,6 +434,10 @@ impl Iterator for Walk {
                 return Some(r);
             }
             if let Some(study) = self.studies.pop_front() {
+                if self.query.shard.is_some_and(|s| !s.owns(&study.study_uid)) {
+                    self.other_shard.push(study.study_uid);
+                    continue;
+                }
                 let before = self.ready.len();
                 match self.expand(&study) {
                     Ok(()) => self.listed.push(study.study_uid),
@@ -461,7 +478,7 @@ mod tests {
 
     #[test]
     fn date_ranges_and_client_side_filters() {
-        let q = StudyQuery { modality: Some("US".into()), since: Some(day("2018-02-01")), until: None };
+        let q = StudyQuery { modality: Some("US".into()), since: Some(day("2018-02-01")), until: None, shard: None };
         assert_eq!(q.date_range().unwrap(), "20180201-");
         let q2 = StudyQuery { until: Some(day("2019-12-31")), ..q.clone() };
         assert_eq!(q2.date_range().unwrap(), "20180201-20191231");

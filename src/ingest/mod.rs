@@ -11,10 +11,12 @@
 mod discover;
 pub mod pipeline;
 pub(crate) mod reports;
+mod shard;
 
 pub use discover::{discover, Discovered, Found, InputKind};
 pub use pipeline::{ingest, ingest_dicomweb, Progress};
 pub use reports::{read_reports, ReportEntry};
+pub use shard::Shard;
 
 use crate::error::Error;
 use crate::media::dicom::DicomCine;
@@ -47,6 +49,10 @@ pub struct IngestOptions {
     /// already in the pipeline are written and committed, reports are left for the next run,
     /// and the summary covers what was done. A re-run continues where this one stopped.
     pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Only the studies of this shard (`ingest --shard I/N`, see [`Shard`]); the others' files
+    /// are passed over before they are hashed or decoded (DICOMweb: before their instances are
+    /// listed), and their reports with them.
+    pub shard: Option<Shard>,
 }
 
 /// One failed input.
@@ -87,6 +93,12 @@ pub struct IngestSummary {
     pub ignored: Vec<String>,
     /// Ids of the videos written in this run.
     pub ids: Vec<String>,
+    /// With `--shard`: files passed over as another shard's (not read past a DICOM header; over
+    /// DICOMweb 0: another shard's instances are never listed).
+    pub other_shard_files: usize,
+    /// With `--shard`: distinct studies passed over as another shard's (files, or DICOMweb
+    /// studies whose instances were not listed).
+    pub other_shard_studies: usize,
 }
 
 /// Content id of a file: the first 128 bits of its SHA-256, hex.

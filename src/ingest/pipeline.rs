@@ -50,7 +50,7 @@
 
 use super::{
     content_id, decode_dicom, decode_video, report_id, study_id, Decoded, Discovered, Failure, Gate, IngestOptions, IngestSummary,
-    InputKind, Pass, ReportEntry,
+    InputKind, Pass, ReportEntry, Shard,
 };
 use crate::dicomweb::{Client, DicomWebError, Endpoint, InstanceRef, StudyQuery, Target};
 use crate::engine::{mean_unit, Engine};
@@ -216,6 +216,12 @@ enum Done {
     },
     Duplicate,
     OutsideSince,
+    /// A file of another shard (`--shard`), with its study when known.
+    OtherShard {
+        study: Option<String>,
+    },
+    /// A DICOMweb study of another shard, passed over before its instances were listed.
+    OtherShardStudy(String),
     NotImage(Failure),
     Failed(Failure),
     Video(Box<Embedded>),
@@ -243,12 +249,22 @@ pub fn ingest(
     let start = Instant::now();
     let found = super::discover(paths)?;
     let mut summary = IngestSummary { found: found.videos.len() + found.failed.len(), ..IngestSummary::default() };
+    // With --shard, what the walk could not read as an input (its study unknown) goes by its
+    // file name: one shard reports it.
+    let other_shard = |path: &Path| opts.shard.is_some_and(|s| !s.owns_file(path));
     for (path, reason) in &found.skipped {
+        if other_shard(path) {
+            continue;
+        }
         summary.not_images.push(Failure { path: path.display().to_string(), reason: reason.clone() });
     }
     // Files the walk could not take as inputs (a `.dcm` that is no DICOM, a symlink to itself,
     // a DICOMDIR reference outside the export) are failures like those of decoding.
     for (path, reason) in &found.failed {
+        if other_shard(path) {
+            summary.other_shard_files += 1;
+            continue;
+        }
         tracing::debug!(file = %path.display(), "ingest failed: {reason}");
         record_failure(&engine.index, &mut summary, Failure { path: path.display().to_string(), reason: reason.clone() })?;
     }
@@ -272,6 +288,8 @@ pub fn ingest_dicomweb(
 ) -> Result<IngestSummary, Error> {
     let start = Instant::now();
     let reports = gather_reports(opts, &[])?;
+    // The shard is the options' (the search skips other shards' studies before listing them).
+    let query = StudyQuery { shard: opts.shard, ..query };
     run(engine, Feed::DicomWeb(client, query), reports, IngestSummary::default(), opts, start, progress)
 }
 
@@ -348,7 +366,7 @@ fn run(
             let done_tx = done_tx.clone();
             let cancel = opts.cancel.as_deref();
             s.spawn(move || match inputs {
-                Feed::Files(videos) => feed(ctx, videos, &todo_tx, &done_tx, stop, cancel),
+                Feed::Files(videos) => feed(ctx, videos, opts.shard, &todo_tx, &done_tx, stop, cancel),
                 Feed::DicomWeb(client, query) => feed_dicomweb(ctx, client, query, &todo_tx, &done_tx, stop, cancel, found),
             })
         };
@@ -408,12 +426,19 @@ fn gather_reports(opts: &IngestOptions, videos: &[Discovered]) -> Result<Vec<Rep
     let mut seen = HashSet::new();
     if let Some(manifest) = &opts.reports {
         for entry in super::read_reports(manifest)? {
+            // Another shard's study: that shard embeds its report.
+            if opts.shard.is_some_and(|s| !s.owns(&entry.study)) {
+                continue;
+            }
             seen.insert(entry.study.clone());
             out.push(ReportJob { entry, source: manifest.display().to_string() });
         }
     }
     for v in videos {
         let (Some(report), Some(study)) = (&v.report, v.path.file_stem().and_then(|s| s.to_str())) else { continue };
+        if opts.shard.is_some_and(|s| !s.owns(study)) {
+            continue;
+        }
         if seen.insert(study.to_owned()) {
             let text = std::fs::read_to_string(report).map_err(|e| Error::io(report, e))?;
             out.push(ReportJob {
@@ -445,6 +470,7 @@ fn missing_spaces(ctx: &Ctx, id: &str) -> Result<Vec<usize>, Error> {
 fn feed(
     ctx: &Ctx,
     videos: &[Discovered],
+    shard: Option<Shard>,
     todo: &Sender<Job>,
     done: &Sender<Done>,
     stop: &AtomicBool,
@@ -453,6 +479,18 @@ fn feed(
     for input in videos {
         if stop.load(Ordering::SeqCst) || cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
             break;
+        }
+        // Another shard's video (its study is its file name): not read at all. DICOM files are
+        // told apart by their header, on the decode workers.
+        if let (Some(shard), InputKind::Video) = (shard, input.kind) {
+            let study = input.path.file_stem().and_then(|s| s.to_str());
+            let owned = study.map_or_else(|| shard.owns_file(&input.path), |s| shard.owns(s));
+            if !owned {
+                if done.send(Done::OtherShard { study: study.map(str::to_owned) }).is_err() {
+                    break;
+                }
+                continue;
+            }
         }
         // Quick skip: same path, size and mtime as a file done before, still indexed.
         let logged = ctx.index.get_log(&file_key(&input.path))?.and_then(|b| serde_json::from_slice::<LogEntry>(&b).ok());
@@ -513,6 +551,14 @@ fn feed_dicomweb(
                 for study in walk.take_listed() {
                     clear(endpoint.study_url(&study))?;
                 }
+                // Studies of other shards passed over before this instance's (none listed).
+                if !walk.take_other_shard().into_iter().all(|study| done.send(Done::OtherShardStudy(study)).is_ok()) {
+                    if !halted() {
+                        return Err(stopped_taking());
+                    }
+                    halted_early = true;
+                    break;
+                }
                 let sent = match r {
                     Err(e) => done.send(Done::Failed(web_failure(endpoint, &e))).is_ok(),
                     Ok(r) if known_instance(ctx, &r.sop_uid) => {
@@ -533,6 +579,12 @@ fn feed_dicomweb(
                 }
             }
             if !halted_early {
+                // Studies of other shards after the last instance of this one's.
+                for study in walk.take_other_shard() {
+                    if done.send(Done::OtherShardStudy(study)).is_err() {
+                        break;
+                    }
+                }
                 for study in walk.take_listed() {
                     clear(endpoint.study_url(&study))?;
                 }
@@ -647,6 +699,15 @@ enum Step {
 }
 
 fn decode_job(ctx: &Ctx, opts: &IngestOptions, gate: Gate, input: &Discovered, fetched: Option<Vec<u8>>) -> Result<Step, Error> {
+    // Another shard's DICOM file: its header read, nothing else (no hash, no frames). Retrieved
+    // instances come from this shard's studies only.
+    if let (Some(shard), InputKind::Dicom, None) = (opts.shard, input.kind, &fetched) {
+        let study = super::shard::dicom_study(&input.path);
+        let owned = study.as_deref().map_or_else(|| shard.owns_file(&input.path), |s| shard.owns(s));
+        if !owned {
+            return Ok(Step::Done(Done::OtherShard { study }));
+        }
+    }
     let id = match &fetched {
         Some(bytes) => super::content_id_of(bytes),
         None => content_id(&input.path)?,
@@ -861,7 +922,10 @@ fn write_stage(
     // decode does not stand in for one that decodes.
     let mut written_sops: HashSet<String> = HashSet::new();
     let mut members: Option<Members> = None;
-    let mut p = Progress { found: found.load(Ordering::SeqCst), ..Progress::default() };
+    // Studies of other shards (--shard) passed over.
+    let mut other_studies: HashSet<String> = HashSet::new();
+    // Walk results of other shards were counted before the run: done.
+    let mut p = Progress { found: found.load(Ordering::SeqCst), done: summary.other_shard_files, ..Progress::default() };
     // Failures of the walk (recorded already) are reported first, one by one, as any failure is:
     // a watcher lists them as they come.
     for f in summary.failed.clone() {
@@ -876,7 +940,7 @@ fn write_stage(
     // second: a power cut loses at most the last second, which the next run redoes.
     let mut synced_at = Instant::now();
     for d in done {
-        let input_done = !matches!(d, Done::Report(_) | Done::ReportUnchanged | Done::ReportFailed(_));
+        let input_done = !matches!(d, Done::Report(_) | Done::ReportUnchanged | Done::ReportFailed(_) | Done::OtherShardStudy(_));
         match d {
             Done::Skipped { input, id } => {
                 summary.skipped += 1;
@@ -895,6 +959,13 @@ fn write_stage(
                 p.skipped += 1;
             }
             Done::OutsideSince => summary.outside_since += 1,
+            Done::OtherShard { study } => {
+                summary.other_shard_files += 1;
+                other_studies.extend(study);
+            }
+            Done::OtherShardStudy(study) => {
+                other_studies.insert(study);
+            }
             Done::NotImage(f) => summary.not_images.push(f),
             Done::ReportFailed(f) => {
                 tracing::debug!(report = %f.path, "report not embedded: {}", f.reason);
@@ -948,6 +1019,7 @@ fn write_stage(
         progress(&p);
         p.failure = None;
     }
+    summary.other_shard_studies = other_studies.len();
     index.sync()?;
     Ok(())
 }

@@ -338,6 +338,7 @@ impl Jobs {
                 until: None,
                 queue: spec.queue,
                 cancel: Some(cancel.clone()),
+                shard: None,
             };
             let mut seen = JobProgress::default();
             let outcome = catch_unwind(AssertUnwindSafe(|| {
