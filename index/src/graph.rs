@@ -1,26 +1,19 @@
-//! One HNSW graph (`hnsw_rs`, dot product on unit vectors = cosine) per collection, plus the
-//! per-slot facts that searches filter on. A cache of what RocksDB holds: reloaded from its
-//! snapshot on open (see `snapshot`), or rebuilt from the stored vectors.
+//! One HNSW graph ([`crate::hnsw::Hnsw`], dot product on unit vectors = cosine) per collection,
+//! plus the per-slot facts that searches filter on. A cache of what RocksDB holds: reloaded
+//! from its snapshot on open (see `snapshot`), or rebuilt from the stored vectors.
 
 use crate::date::StudyDate;
+use crate::hnsw::Hnsw;
 use crate::ids::{ItemId, Slot};
 use crate::search::Filter;
 use crate::snapshot::Topology;
-use crate::walk::{dot, Flat};
-use anndists::dist::DistDot;
-use hnsw_rs::hnsw::Hnsw;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use crate::walk::dot;
+use std::path::Path;
 
-/// Searches re-copy the graph when more vectors than this wait in the exactly-searched tail.
-const SEARCH_TAIL_MAX: usize = 1024;
-
-/// Max neighbours per node (hnsw `M`).
+/// Max neighbours per node (hnsw `M`; `2M` on layer 0).
 pub const HNSW_M: usize = 16;
 /// Candidate list size while building (hnsw `efConstruction`).
 pub const HNSW_EF_CONSTRUCTION: usize = 200;
-/// `hnsw_rs`'s layer count (its maximum); snapshots reproduce graphs built with it.
-const HNSW_MAX_LAYER: usize = crate::snapshot::HNSW_LAYERS;
 
 /// What a filter needs to know about a slot without reading RocksDB.
 #[derive(Clone, Debug)]
@@ -59,29 +52,17 @@ impl SlotMeta {
 /// visible to searches only once its metadata is set, so a vector can be put into the graph
 /// before the write that stores it is acknowledged.
 ///
-/// `hnsw_rs` holds the graph being built; searches walk a [`Flat`] copy of it, taken again by
-/// an insert that leaves more than [`Graph::stale_limit`] vectors outside the copy, or by a
-/// search that finds more than 1024 there. Those newer vectors (the tail) are searched exactly,
-/// so every inserted vector is always found.
-///
-/// A graph opened from a snapshot is searched at once through a flat copy made straight from
-/// the snapshot ([`Flat::from_topology`]); the `hnsw_rs` graph itself is reloaded only when
-/// something is first inserted into it (most opens only search).
+/// The graph holds each vector once, in the structure searches walk; inserts go straight into
+/// it (`&self`, beside searches), hidden until [`Graph::set_meta`]. A graph opened from a
+/// snapshot is filled from the snapshot's topology and the stored vectors, and takes inserts at
+/// once.
 pub struct Graph {
-    hnsw: OnceLock<Hnsw<'static, f32, DistDot>>,
-    /// The snapshot `hnsw` is still to be reloaded from, and the directory for the scratch
-    /// files of that reload.
-    unloaded: Mutex<Option<(Topology, PathBuf)>>,
-    flat: RwLock<Arc<Flat>>,
-    /// Vectors inserted into `hnsw` that may be missing from `flat`.
-    tail: RwLock<Vec<(Slot, Vec<f32>)>>,
-    freezing: Mutex<()>,
+    hnsw: Hnsw,
     slots: Vec<Option<SlotMeta>>,
     /// Bit `i` set when slot `i` is live: what an unfiltered search checks, without touching
     /// the (larger, scattered) metadata.
     visible: Vec<u64>,
     live: usize,
-    dim: usize,
     /// Slots below this are in the stored snapshot (0: no snapshot).
     pub covered: u32,
     /// Vectors inserted since the stored snapshot was written.
@@ -95,124 +76,33 @@ impl std::fmt::Debug for Graph {
 }
 
 impl Graph {
-    /// An empty graph sized for about `capacity` vectors.
-    pub fn new(dim: usize, capacity: usize) -> Self {
-        Self::from_hnsw(new_hnsw(capacity), dim)
-    }
-
-    /// Wraps a graph reloaded from a snapshot; every node is invisible until [`Graph::set_meta`].
-    pub fn from_hnsw(hnsw: Hnsw<'static, f32, DistDot>, dim: usize) -> Self {
-        let g = Self::empty(dim, OnceLock::from(hnsw));
-        if g.loaded().is_some_and(|h| h.get_nb_point() > 0) {
-            g.freeze();
-        }
-        g
+    /// An empty graph of `dim`-dimensional vectors (`_capacity`: a hint the segmented layout
+    /// does not need; memory grows with the nodes).
+    pub fn new(dim: usize, _capacity: usize) -> Self {
+        Self::with(Hnsw::new(dim, HNSW_M, HNSW_EF_CONSTRUCTION))
     }
 
     /// The graph of a validated snapshot `t` whose every node has its vector in `vector`,
-    /// searchable at once; its `hnsw_rs` graph is reloaded (through scratch files in a temporary
-    /// directory under `scratch`) on the first insert. Nodes are invisible until
-    /// [`Graph::set_meta`].
-    pub fn from_snapshot<'v>(t: Topology, dim: usize, vector: impl Fn(Slot) -> Option<&'v [f32]>, scratch: &Path) -> Self {
-        let g = Self::empty(dim, OnceLock::new());
-        *write(&g.flat) = Arc::new(Flat::from_topology(&t, dim, |s| vector(Slot(s))));
-        *lock(&g.unloaded) = Some((t, scratch.to_path_buf()));
-        g
+    /// filled straight from the topology (nothing re-inserted): searchable and insertable at
+    /// once. Nodes are invisible until [`Graph::set_meta`]. (`_scratch`: where the `hnsw_rs`
+    /// graph used to be reloaded through files; nothing is written there any more.)
+    pub fn from_snapshot<'v>(t: Topology, _dim: usize, vector: impl Fn(Slot) -> Option<&'v [f32]> + Sync, _scratch: &Path) -> Self {
+        Self::with(Hnsw::from_topology(&t, |s| vector(Slot(s))))
     }
 
-    fn empty(dim: usize, hnsw: OnceLock<Hnsw<'static, f32, DistDot>>) -> Self {
-        Self {
-            hnsw,
-            unloaded: Mutex::new(None),
-            flat: RwLock::new(Arc::new(Flat::default())),
-            tail: RwLock::new(Vec::new()),
-            freezing: Mutex::new(()),
-            slots: Vec::new(),
-            visible: Vec::new(),
-            live: 0,
-            dim,
-            covered: 0,
-            pending: 0,
-        }
+    fn with(hnsw: Hnsw) -> Self {
+        Self { hnsw, slots: Vec::new(), visible: Vec::new(), live: 0, covered: 0, pending: 0 }
     }
 
-    /// The `hnsw_rs` graph when it is in memory (not waiting to be reloaded).
-    fn loaded(&self) -> Option<&Hnsw<'static, f32, DistDot>> {
-        self.hnsw.get()
-    }
-
-    /// The `hnsw_rs` graph, reloaded from the snapshot first if need be. The snapshot was
-    /// validated when the index opened, so the reload only fails on scratch-file I/O; then the
-    /// graph is rebuilt from the flat copy's vectors instead (slower, never wrong).
-    fn hnsw(&self) -> &Hnsw<'static, f32, DistDot> {
-        if let Some(h) = self.hnsw.get() {
-            return h;
-        }
-        let mut unloaded = lock(&self.unloaded);
-        if let Some((t, scratch)) = unloaded.take() {
-            let flat = Arc::clone(&read(&self.flat));
-            let reloaded = tempfile::Builder::new()
-                .prefix(SCRATCH_PREFIX)
-                .tempdir_in(&scratch)
-                .map_err(|e| format!("scratch dir: {e}"))
-                .and_then(|dir| crate::snapshot::restore(&t, |s| flat.vector_of(s.0), dir.path()).map_err(|e| e.to_string()));
-            let h = reloaded.unwrap_or_else(|why| {
-                tracing::warn!(reason = %why, "graph snapshot reload failed; rebuilding the graph from its vectors");
-                let h = new_hnsw(flat.len());
-                let rows: Vec<(&[f32], usize)> = flat.slots().filter_map(|s| flat.vector_of(s).map(|v| (v, s as usize))).collect();
-                h.parallel_insert_slice(&rows);
-                h
-            });
-            let _ = self.hnsw.set(h);
-        }
-        drop(unloaded);
-        // Set above, by this call or by the one that held the lock before it.
-        self.hnsw.get_or_init(|| new_hnsw(0))
-    }
-
-    /// Puts vectors into the graph without making them visible (`&self`: `hnsw_rs` inserts
-    /// concurrently with searches). [`Graph::set_meta`] reveals them.
+    /// Puts vectors into the graph without making them visible (`&self`: inserts run beside
+    /// searches; a batch is linked on every core). [`Graph::set_meta`] reveals them. A slot
+    /// already in the graph keeps its vector.
     pub fn insert_hidden(&self, rows: &[(Slot, &[f32])]) {
         if rows.is_empty() {
             return;
         }
-        let hnsw = self.hnsw();
-        // Into the tail first: a vector is always in the flat copy, the tail, or both.
-        write(&self.tail).extend(rows.iter().map(|(s, v)| (*s, v.to_vec())));
-        if rows.len() > 64 {
-            let refs: Vec<(&[f32], usize)> = rows.iter().map(|(s, v)| (*v, s.0 as usize)).collect();
-            hnsw.parallel_insert_slice(&refs);
-        } else {
-            rows.iter().for_each(|(s, v)| hnsw.insert_slice((v, s.0 as usize)));
-        }
-        if read(&self.tail).len() > self.stale_limit() {
-            self.freeze();
-        }
-    }
-
-    /// How many vectors may wait in the exactly-searched tail before the flat copy is taken
-    /// again: a copy costs O(nodes), so copying every 1/32 growth keeps its amortised cost
-    /// per insert constant (and small next to the insert itself).
-    pub fn stale_limit(&self) -> usize {
-        (read(&self.flat).len() / 32).max(1024)
-    }
-
-    /// Takes a fresh flat copy of the graph and drops the tail vectors it now holds.
-    pub fn freeze(&self) {
-        let _one = self.freezing.lock().unwrap_or_else(|e| e.into_inner());
-        self.freeze_locked();
-    }
-
-    /// [`Graph::freeze`] with `freezing` held.
-    fn freeze_locked(&self) {
-        // Not reloaded yet: nothing was inserted, the flat copy made from the snapshot is whole.
-        let Some(hnsw) = self.loaded() else { return };
-        let flat = Arc::new(Flat::capture(hnsw, self.dim));
-        let mut tail = write(&self.tail);
-        tail.retain(|(s, _)| !flat.contains(s.0));
-        let keep = tail.len() * 2;
-        tail.shrink_to(keep);
-        *write(&self.flat) = flat;
+        let rows: Vec<(u32, &[f32])> = rows.iter().map(|(s, v)| (s.0, *v)).collect();
+        self.hnsw.insert(&rows);
     }
 
     /// Makes a slot visible to searches with the facts filters need.
@@ -229,6 +119,15 @@ impl Graph {
             self.visible.resize(i / 64 + 1, 0);
         }
         self.visible[i / 64] |= 1 << (i % 64);
+    }
+
+    /// Replaces the filter facts of a live slot (its record changed, its vector did not).
+    pub fn update_meta(&mut self, slot: Slot, meta: SlotMeta) {
+        if let Some(s) = self.slots.get_mut(slot.0 as usize) {
+            if s.is_some() {
+                *s = Some(meta);
+            }
+        }
     }
 
     /// Marks a slot dead (its vector was replaced or deleted).
@@ -249,19 +148,12 @@ impl Graph {
 
     /// Number of graph nodes, live or dead.
     pub fn nodes(&self) -> usize {
-        match self.loaded() {
-            Some(h) => h.get_nb_point(),
-            None => lock(&self.unloaded).as_ref().map_or(0, |(t, _)| t.len()),
-        }
+        self.hnsw.len()
     }
 
     /// The slot of every graph node.
     pub fn node_slots(&self) -> Vec<Slot> {
-        let Some(hnsw) = self.loaded() else {
-            return lock(&self.unloaded).as_ref().map_or_else(Vec::new, |(t, _)| t.slots().map(Slot).collect());
-        };
-        let pi = hnsw.get_point_indexation();
-        (0..HNSW_MAX_LAYER).flat_map(|l| pi.get_layer_iterator(l).map(|p| Slot(p.get_origin_id() as u32))).collect()
+        self.hnsw.slots().map(Slot).collect()
     }
 
     /// Live slots with their facts.
@@ -271,13 +163,7 @@ impl Graph {
 
     /// The graph's topology, for a snapshot.
     pub fn topology(&self) -> Topology {
-        match self.loaded() {
-            Some(h) => crate::snapshot::capture(h, self.dim),
-            None => {
-                let t = lock(&self.unloaded).as_ref().map(|(t, _)| t.clone());
-                t.unwrap_or_else(|| crate::snapshot::capture(self.hnsw(), self.dim))
-            }
-        }
+        self.hnsw.topology()
     }
 
     /// Facts about a live slot.
@@ -290,9 +176,8 @@ impl Graph {
         self.slots.iter().enumerate().filter_map(|(i, m)| m.as_ref().filter(|m| m.matches(filter)).map(|_| Slot(i as u32))).collect()
     }
 
-    /// Approximate k nearest live slots passing `filter`, as (slot, cosine), best first: a
-    /// walk of the flat copy (nodes that are dead, hidden or filtered out are walked through,
-    /// not returned) merged with an exact pass over the tail.
+    /// Approximate k nearest live slots passing `filter`, as (slot, cosine), best first: nodes
+    /// that are dead, hidden or filtered out are walked through, not returned.
     pub fn search(&self, q: &[f32], k: usize, ef: usize, filter: &Filter) -> Vec<(Slot, f32)> {
         let plain = filter.is_empty();
         let pass = |slot: u32| {
@@ -303,42 +188,16 @@ impl Graph {
                 self.slots.get(i).and_then(Option::as_ref).is_some_and(|m| m.matches(filter))
             }
         };
-        // A long tail makes every search pay for it: re-copy now (one search does, the others
-        // go on with the current copy meanwhile).
-        if read(&self.tail).len() > SEARCH_TAIL_MAX {
-            if let Ok(_one) = self.freezing.try_lock() {
-                self.freeze_locked();
-            }
-        }
-        let flat = Arc::clone(&read(&self.flat));
-        let mut found: Vec<(Slot, f32)> = flat.search(q, k, ef, pass).into_iter().map(|(s, d)| (Slot(s), d)).collect();
-        {
-            let tail = read(&self.tail);
-            found.extend(tail.iter().filter(|(s, _)| !flat.contains(s.0) && pass(s.0)).map(|(s, v)| (*s, dot(q, v))));
-        }
-        found.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        found.dedup_by_key(|h| h.0);
-        found.truncate(k);
-        found
+        self.hnsw.search(q, k, ef, pass).into_iter().map(|(s, d)| (Slot(s), d)).collect()
     }
-}
 
-impl Graph {
-    /// Exact cosine of `q` with each of `slots` whose vector is in memory (the flat copy or
-    /// the tail); the slots whose vector is not come back second.
+    /// Exact cosine of `q` with each of `slots` whose vector is in the graph; the slots whose
+    /// vector is not come back second.
     pub fn score(&self, q: &[f32], slots: &[Slot]) -> (Vec<(Slot, f32)>, Vec<Slot>) {
-        let flat = Arc::clone(&read(&self.flat));
-        let ids: Vec<u32> = slots.iter().map(|s| s.0).collect();
-        let mut scored: Vec<(Slot, f32)> = flat.score(q, &ids).into_iter().map(|(s, d)| (Slot(s), d)).collect();
-        let rest: Vec<Slot> = slots.iter().filter(|s| !flat.contains(s.0)).copied().collect();
-        if rest.is_empty() {
-            return (scored, rest);
-        }
-        let tail = read(&self.tail);
-        let by_slot: std::collections::HashMap<Slot, &Vec<f32>> = tail.iter().map(|(s, v)| (*s, v)).collect();
+        let mut scored = Vec::with_capacity(slots.len());
         let mut missing = Vec::new();
-        for s in rest {
-            match by_slot.get(&s) {
+        for &s in slots {
+            match self.hnsw.vector_of(s.0) {
                 Some(v) => scored.push((s, dot(q, v))),
                 None => missing.push(s),
             }
@@ -347,34 +206,93 @@ impl Graph {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// An empty `hnsw_rs` graph sized for about `capacity` vectors.
-fn new_hnsw(capacity: usize) -> Hnsw<'static, f32, DistDot> {
-    Hnsw::new(HNSW_M, capacity.max(1024), HNSW_MAX_LAYER, HNSW_EF_CONSTRUCTION, DistDot)
-}
-
-/// Name prefix of the scratch directories a graph reload writes `hnsw_rs`'s files into
-/// (inside the index directory; an open removes any a crash left behind).
+/// Name prefix of the scratch directories graph reloads through `hnsw_rs` wrote (inside the
+/// index directory) before the graph was our own; an open removes any a crash left behind.
 pub const SCRATCH_PREFIX: &str = ".graph-load-";
 
-fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|e| e.into_inner())
-}
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::snapshot::{decode, encode};
+    use rand::{rngs::StdRng, Rng, SeedableRng};
 
-fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|e| e.into_inner())
-}
+    fn unit(rng: &mut StdRng, d: usize) -> Vec<f32> {
+        let v: Vec<f32> = (0..d).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.into_iter().map(|x| x / n).collect()
+    }
 
-impl Graph {
-    /// Replaces the filter facts of a live slot (its record changed, its vector did not).
-    pub fn update_meta(&mut self, slot: Slot, meta: SlotMeta) {
-        if let Some(s) = self.slots.get_mut(slot.0 as usize) {
-            if s.is_some() {
-                *s = Some(meta);
-            }
+    fn meta(i: usize) -> SlotMeta {
+        SlotMeta { item: ItemId(format!("v{i}")), patient: Some(format!("p{}", i % 5)), study: None, date: None }
+    }
+
+    #[test]
+    fn a_graph_round_trips_through_a_snapshot_and_keeps_growing() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let vs: Vec<Vec<f32>> = (0..3000).map(|_| unit(&mut rng, 16)).collect();
+        let mut g = Graph::new(16, 0);
+        let rows: Vec<(Slot, &[f32])> = vs.iter().enumerate().map(|(i, v)| (Slot(i as u32 * 2), v.as_slice())).collect();
+        g.insert_hidden(&rows);
+        let q = unit(&mut rng, 16);
+        assert!(g.search(&q, 10, 64, &Filter::default()).is_empty(), "hidden until set_meta");
+        for i in 0..3000 {
+            g.set_meta(Slot(i as u32 * 2), meta(i));
+        }
+        let topo = g.topology();
+        assert_eq!(topo.len(), 3000);
+        assert!(topo.layers() >= 2, "a 3000-node graph has upper layers");
+        let back = decode(&encode(&topo)).unwrap();
+        assert_eq!(back, topo);
+        let mut h = Graph::from_snapshot(back, 16, |s| vs.get(s.0 as usize / 2).map(Vec::as_slice), Path::new("/nonexistent"));
+        for i in 0..3000 {
+            h.set_meta(Slot(i as u32 * 2), meta(i));
+        }
+        assert_eq!(h.nodes(), 3000);
+        assert_eq!(h.topology(), topo, "same nodes, levels, links and entry");
+        let only_p1 = Filter { patient: Some("p1".into()), ..Filter::default() };
+        for _ in 0..100 {
+            let q = unit(&mut rng, 16);
+            assert_eq!(h.search(&q, 10, 64, &Filter::default()), g.search(&q, 10, 64, &Filter::default()));
+            assert_eq!(h.search(&q, 10, 64, &only_p1), g.search(&q, 10, 64, &only_p1));
+        }
+        // The loaded graph takes inserts at once, like the original.
+        let extra: Vec<Vec<f32>> = (0..500).map(|_| unit(&mut rng, 16)).collect();
+        let rows: Vec<(Slot, &[f32])> = extra.iter().enumerate().map(|(i, v)| (Slot(6000 + i as u32), v.as_slice())).collect();
+        h.insert_hidden(&rows);
+        for i in 0..500 {
+            h.set_meta(Slot(6000 + i as u32), meta(3000 + i));
+        }
+        assert_eq!(h.nodes(), 3500);
+        for (i, v) in extra.iter().enumerate() {
+            assert_eq!(h.search(v, 1, 32, &Filter::default())[0].0, Slot(6000 + i as u32), "inserted vector {i} found");
+        }
+        for (i, v) in vs.iter().enumerate().step_by(10) {
+            assert_eq!(h.search(v, 1, 64, &Filter::default())[0].0, Slot(i as u32 * 2), "old vector {i} found");
+        }
+        let (scored, missing) = h.score(&extra[0], &[Slot(6000), Slot(1), Slot(4)]);
+        assert_eq!(missing, vec![Slot(1)]);
+        assert!((scored[0].1 - 1.0).abs() < 1e-5 && scored[1].0 == Slot(4));
+    }
+
+    #[test]
+    fn dead_and_hidden_slots_are_walked_through_not_returned() {
+        let mut rng = StdRng::seed_from_u64(12);
+        let vs: Vec<Vec<f32>> = (0..1000).map(|_| unit(&mut rng, 8)).collect();
+        let mut g = Graph::new(8, 0);
+        let rows: Vec<(Slot, &[f32])> = vs.iter().enumerate().map(|(i, v)| (Slot(i as u32), v.as_slice())).collect();
+        g.insert_hidden(&rows);
+        for i in (0..1000).filter(|i| i % 2 == 0) {
+            g.set_meta(Slot(i as u32), meta(i));
+        }
+        for i in (0..1000).filter(|i| i % 4 == 0) {
+            g.kill(Slot(i as u32));
+        }
+        assert_eq!(g.live(), 250);
+        for v in vs.iter().take(50) {
+            let hits = g.search(v, 10, 64, &Filter::default());
+            assert_eq!(hits.len(), 10);
+            assert!(hits.iter().all(|h| h.0 .0 % 4 == 2), "{hits:?}");
         }
     }
 }

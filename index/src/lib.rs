@@ -1,11 +1,12 @@
 //! `echovault-index`: the vector store behind echovault.
 //!
 //! RocksDB is the source of truth (items, vectors, slot mappings, tombstones, format version);
-//! the HNSW graphs (`hnsw_rs`, one per embedding space and kind) are an in-memory cache whose
-//! topology is snapshotted into RocksDB: opening reloads it without a rebuild and replays the
-//! vectors written after it; a missing, stale or corrupt snapshot means a rebuild from the
-//! stored vectors, never a failure. This crate knows vectors, ids and metadata — never models, so it
-//! builds and tests without LibTorch.
+//! the HNSW graphs (our own, `hnswlib`'s algorithm, one per embedding space and kind, each
+//! vector held once) are an in-memory cache whose topology is snapshotted into RocksDB: opening
+//! fills the graph from it without a rebuild and replays the vectors written after it; a
+//! missing, stale or corrupt snapshot means a rebuild from the stored vectors, never a failure.
+//! This crate knows vectors, ids and metadata — never models, so it builds and tests without
+//! LibTorch.
 //!
 //! One process writes ([`Index::open`]; a second writer gets [`IndexError::Busy`] naming the
 //! first); any number read beside it ([`Index::open_reader`], which never writes, and
@@ -30,6 +31,7 @@ mod damage;
 mod date;
 mod error;
 mod graph;
+mod hnsw;
 mod holder;
 mod ids;
 mod index;
