@@ -1,6 +1,8 @@
 //! Writing: embedding spaces and atomic batches (plan, write, reveal).
 
-use super::{bincode_config, corrupt, normalise, rebuild_due, slot_meta, snapshot_due, synced, Batch, Durability, Index, SpaceInfo};
+use super::{
+    bincode_config, corrupt, normalise, rebuild_due, slot_meta, snapshot_due, synced, Batch, Durability, Index, SpaceInfo, Writer,
+};
 use crate::codec::{self, Collection};
 use crate::error::IndexError;
 use crate::graph::{Graph, SlotMeta};
@@ -51,12 +53,39 @@ impl Index {
     /// Commits `batch` atomically with the given durability: [`Durability::Buffered`] hands the
     /// write to the operating system (it survives the process being killed, not a power cut,
     /// until the next synced commit or [`Index::sync`]); searches see it at once either way.
+    ///
+    /// Three steps under the writer lock: [`Index::plan`] decides every key and graph change
+    /// without changing anything; the new vectors go into their graphs as hidden nodes (searches
+    /// go on); then, under the graphs' exclusive lock, [`Index::write`] stores the batch and
+    /// [`reveal`] makes it visible, so a search sees the whole batch or none of it.
     pub fn commit_with(&self, batch: Batch, durability: Durability) -> Result<(), IndexError> {
         if batch.is_empty() {
             return Ok(());
         }
         self.writable("a commit")?;
         let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let Plan { wb, next_slot, dims, changes } = self.plan(&writer, batch)?;
+        self.insert_hidden(&changes.inserts, &dims);
+        // Store and reveal under the exclusive lock: a search sees the whole batch or none of it.
+        let mut graphs = self.graphs.write().unwrap_or_else(|e| e.into_inner());
+        self.write(&mut writer, wb, next_slot, &changes, durability)?;
+        reveal(&mut graphs, changes);
+        drop(graphs);
+        let due: Vec<Collection> = {
+            let graphs = self.graphs.read().unwrap_or_else(|e| e.into_inner());
+            graphs.iter().filter(|(_, g)| snapshot_due(g) || rebuild_due(g)).map(|(c, _)| *c).collect()
+        };
+        if !due.is_empty() {
+            self.checkpoint_locked(&mut writer, &due, false)?;
+        }
+        Ok(())
+    }
+
+    /// Step 1 of a commit: validates `batch` (known spaces and items, dimensions, finite
+    /// non-zero vectors), normalises its vectors, issues their slots and decides every key the
+    /// write changes and every graph change that follows it. Reads the database; changes
+    /// nothing, in memory or on disk: an `Err` leaves the index as it was.
+    fn plan(&self, writer: &Writer, batch: Batch) -> Result<Plan, IndexError> {
         let spaces = self.spaces.read().unwrap_or_else(|e| e.into_inner()).clone();
         let (cf_items, cf_vec, cf_slots, cf_meta, cf_graph) =
             (self.cf(CF_ITEMS)?, self.cf(CF_VECTORS)?, self.cf(CF_SLOTS)?, self.cf(CF_META)?, self.cf(CF_GRAPH)?);
@@ -71,8 +100,7 @@ impl Index {
         }
         self.lookup_changes(&mut wb, &records, &deleted)?;
         // Graph changes to apply once the write succeeds.
-        let mut kills: Vec<(Collection, Slot)> = Vec::new();
-        let mut inserts: HashMap<Collection, Vec<(Slot, Vec<f32>, SlotMeta)>> = HashMap::new();
+        let mut changes = Changes::default();
         let mut new_counters = writer.next_slot.clone();
         // Slots assigned inside this batch, so a vector put twice in one batch replaces itself.
         let mut assigned: HashMap<(Collection, ItemId), Slot> = HashMap::new();
@@ -102,7 +130,7 @@ impl Index {
                     if let Some(old) = self.slot_of(c, id)? {
                         wb.put_cf(cf_graph, codec::dead_key(c, old), []);
                         wb.delete_cf(cf_slots, codec::slot_key(c, &id.0));
-                        kills.push((c, old));
+                        changes.kills.push((c, old));
                     }
                 }
             }
@@ -125,7 +153,7 @@ impl Index {
             };
             if let Some(old) = previous {
                 wb.put_cf(cf_graph, codec::dead_key(c, old), []);
-                kills.push((c, old));
+                changes.kills.push((c, old));
             }
             let next = new_counters.entry(c).or_insert(0);
             let slot = Slot(*next);
@@ -133,7 +161,7 @@ impl Index {
             wb.put_cf(cf_vec, codec::vector_key(c, slot), codec::encode_vector(&item.0, &v, self.options.encoding));
             wb.put_cf(cf_slots, codec::slot_key(c, &item.0), slot.0.to_be_bytes());
             assigned.insert((c, item.clone()), slot);
-            inserts.entry(c).or_default().push((slot, v, slot_meta(item, Some(&record))));
+            changes.inserts.entry(c).or_default().push((slot, v, slot_meta(item, Some(&record))));
         }
         for (c, n) in &new_counters {
             if writer.next_slot.get(c) != Some(n) {
@@ -150,38 +178,56 @@ impl Index {
         // Filter facts of items whose record changed without a new vector.
         let with_vector: HashSet<&ItemId> = assigned.keys().map(|(_, a)| a).collect();
         records.retain(|id, _| !with_vector.contains(id));
-        let mut updates = Vec::new();
         for (id, rec) in &records {
             for space in spaces.keys() {
                 let c = Collection { space: *space, kind: rec.kind };
                 if let Some(slot) = self.slot_of(c, id)? {
-                    updates.push((c, slot, slot_meta(id.clone(), Some(rec))));
+                    changes.updates.push((c, slot, slot_meta(id.clone(), Some(rec))));
                 }
             }
         }
-        if !updates.is_empty() {
+        if !changes.updates.is_empty() {
             // Readers re-read the filter facts of their graphs after such a commit.
             self.bump(&mut wb, crate::reader::KEY_FACTS_GENERATION)?;
         }
-        // New vectors go into the graphs first, invisible (no metadata yet); searches go on.
+        let dims = changes.inserts.keys().map(|c| (*c, spaces.get(&c.space).map_or(0, |s| s.dim))).collect();
+        Ok(Plan { wb, next_slot: new_counters, dims, changes })
+    }
+
+    /// Between plan and write: inserts the planned vectors into their graphs (created when
+    /// missing) as hidden nodes — no metadata, so no search returns them — while searches go on.
+    /// Should the write fail, they stay hidden and their graphs are rebuilt at the next
+    /// checkpoint (see [`Index::write`]).
+    fn insert_hidden(&self, inserts: &HashMap<Collection, Vec<(Slot, Vec<f32>, SlotMeta)>>, dims: &HashMap<Collection, usize>) {
         {
             let mut graphs = self.graphs.write().unwrap_or_else(|e| e.into_inner());
-            for (c, rows) in &inserts {
-                let dim = spaces.get(&c.space).map_or(0, |s| s.dim);
+            for (c, rows) in inserts {
+                let dim = dims.get(c).copied().unwrap_or(0);
                 graphs.entry(*c).or_insert_with(|| Graph::new(dim, rows.len()));
             }
         }
-        {
-            let graphs = self.graphs.read().unwrap_or_else(|e| e.into_inner());
-            for (c, rows) in &inserts {
-                if let Some(g) = graphs.get(c) {
-                    let rows: Vec<(Slot, &[f32])> = rows.iter().map(|(s, v, _)| (*s, v.as_slice())).collect();
-                    g.insert_hidden(&rows);
-                }
+        let graphs = self.graphs.read().unwrap_or_else(|e| e.into_inner());
+        for (c, rows) in inserts {
+            if let Some(g) = graphs.get(c) {
+                let rows: Vec<(Slot, &[f32])> = rows.iter().map(|(s, v, _)| (*s, v.as_slice())).collect();
+                g.insert_hidden(&rows);
             }
         }
-        // Store and reveal under the exclusive lock: a search sees the whole batch or none of it.
-        let mut graphs = self.graphs.write().unwrap_or_else(|e| e.into_inner());
+    }
+
+    /// Step 2 of a commit: stores the planned batch in one RocksDB write with `durability`, and
+    /// notes its sequence number in the mark (a synced write also counts as synced). The caller
+    /// holds the graphs' exclusive lock from here to [`reveal`]. On `Err` nothing was stored:
+    /// the planned slots are never issued again in this process, and the graphs holding hidden
+    /// nodes for them are rebuilt at the next checkpoint.
+    fn write(
+        &self,
+        writer: &mut Writer,
+        wb: WriteBatch,
+        next_slot: HashMap<Collection, u32>,
+        changes: &Changes,
+        durability: Durability,
+    ) -> Result<(), IndexError> {
         let wo = match durability {
             Durability::Synced => synced(),
             Durability::Buffered => WriteOptions::default(),
@@ -189,8 +235,8 @@ impl Index {
         if let Err(e) = self.db.write_opt(wb, &wo) {
             // The hidden nodes were never stored: never reuse their slots in this process, and
             // rebuild those graphs at the next checkpoint.
-            writer.poisoned.extend(inserts.keys().copied());
-            writer.next_slot = new_counters;
+            writer.poisoned.extend(changes.inserts.keys().copied());
+            writer.next_slot = next_slot;
             return Err(self.storage(e));
         }
         if let Some(m) = &self.sequence {
@@ -200,34 +246,7 @@ impl Index {
                 Durability::Buffered => m.note(self.db.latest_sequence_number()),
             }
         }
-        writer.next_slot = new_counters;
-        // Reveal first, then kill: a vector put twice in one batch kills its own first slot.
-        for (c, rows) in inserts {
-            if let Some(g) = graphs.get_mut(&c) {
-                g.pending += rows.len();
-                for (slot, _, meta) in rows {
-                    g.set_meta(slot, meta);
-                }
-            }
-        }
-        for (c, slot) in kills {
-            if let Some(g) = graphs.get_mut(&c) {
-                g.kill(slot);
-            }
-        }
-        for (c, slot, meta) in updates {
-            if let Some(g) = graphs.get_mut(&c) {
-                g.update_meta(slot, meta);
-            }
-        }
-        drop(graphs);
-        let due: Vec<Collection> = {
-            let graphs = self.graphs.read().unwrap_or_else(|e| e.into_inner());
-            graphs.iter().filter(|(_, g)| snapshot_due(g) || rebuild_due(g)).map(|(c, _)| *c).collect()
-        };
-        if !due.is_empty() {
-            self.checkpoint_locked(&mut writer, &due, false)?;
-        }
+        writer.next_slot = next_slot;
         Ok(())
     }
 
@@ -252,5 +271,53 @@ impl Index {
         };
         wb.put_cf(cf, key, (n + 1).to_be_bytes());
         Ok(())
+    }
+}
+
+/// What [`Index::plan`] decided for one batch.
+struct Plan {
+    /// Every key the batch changes, for one atomic write.
+    wb: WriteBatch,
+    /// Slot counters once the batch is stored.
+    next_slot: HashMap<Collection, u32>,
+    /// Vector dimension of each collection that gains vectors (for a graph created for them).
+    dims: HashMap<Collection, usize>,
+    /// What the graphs do once it is stored.
+    changes: Changes,
+}
+
+/// The graph side of a planned batch.
+#[derive(Default)]
+struct Changes {
+    /// New vectors (normalised) with their filter facts, per collection.
+    inserts: HashMap<Collection, Vec<(Slot, Vec<f32>, SlotMeta)>>,
+    /// Slots of replaced and deleted vectors.
+    kills: Vec<(Collection, Slot)>,
+    /// New filter facts of slots whose item record changed without a new vector.
+    updates: Vec<(Collection, Slot, SlotMeta)>,
+}
+
+/// Step 3 of a commit, under the graphs' exclusive lock held since before the write: gives the
+/// hidden nodes their metadata (they become searchable), hides the killed slots and updates the
+/// filter facts. Reveal first, then kill: a vector put twice in one batch kills its own first
+/// slot.
+fn reveal(graphs: &mut HashMap<Collection, Graph>, changes: Changes) {
+    for (c, rows) in changes.inserts {
+        if let Some(g) = graphs.get_mut(&c) {
+            g.pending += rows.len();
+            for (slot, _, meta) in rows {
+                g.set_meta(slot, meta);
+            }
+        }
+    }
+    for (c, slot) in changes.kills {
+        if let Some(g) = graphs.get_mut(&c) {
+            g.kill(slot);
+        }
+    }
+    for (c, slot, meta) in changes.updates {
+        if let Some(g) = graphs.get_mut(&c) {
+            g.update_meta(slot, meta);
+        }
     }
 }
