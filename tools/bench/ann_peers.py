@@ -1,6 +1,8 @@
 """hnswlib and faiss-cpu HNSW on the same files as `evindex bench`, same M / efConstruction,
 inner product on unit vectors; build with all cores, search single-threaded.
-Prints one JSON object: {"hnswlib": {...}, "faiss": {...}} with build_s and a recall/QPS curve."""
+Prints one JSON object: {"hnswlib": {...}, "faiss": {...}} with build_s and a recall/QPS curve;
+hnswlib also "threads": QPS at --qps-ef on 1 and 2 search threads and their ratio (what this
+machine's two cores give a peer, beside echovault's own ratio)."""
 import argparse
 import json
 import os
@@ -22,6 +24,7 @@ def main():
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--M", type=int, default=16)
     ap.add_argument("--efc", type=int, default=200)
+    ap.add_argument("--qps-ef", type=int, default=64)
     a = ap.parse_args()
     base = np.load(a.base).astype(np.float32)
     queries = np.load(a.queries).astype(np.float32)
@@ -45,7 +48,18 @@ def main():
         labels, _ = idx.knn_query(queries, k=a.k, num_threads=1)
         s = time.perf_counter() - t0
         curve.append({"ef": ef, "recall": recall(labels, truth, a.k), "qps": len(queries) / s})
-    out["hnswlib"] = {"build_s": build, "search": curve, "threads": threads}
+    idx.set_ef(max(a.qps_ef, a.k))
+    t0 = time.perf_counter()
+    idx.knn_query(queries, k=a.k, num_threads=1)
+    rounds = max(1, min(1000, int(np.ceil(2.0 / max(time.perf_counter() - t0, 1e-6)))))
+    many = np.concatenate([queries] * rounds)
+    par = {"ef": a.qps_ef, "searches": len(many)}
+    for n in (1, 2):
+        t0 = time.perf_counter()
+        idx.knn_query(many, k=a.k, num_threads=n)
+        par[f"qps_{n}"] = len(many) / (time.perf_counter() - t0)
+    par["ratio"] = par["qps_2"] / par["qps_1"]
+    out["hnswlib"] = {"build_s": build, "search": curve, "threads": threads, "parallel": par}
     del idx
 
     import faiss

@@ -1,4 +1,5 @@
-"""Markdown for BENCHMARKS.md from evindex bench (f32, f16) and ann_peers.py JSON files."""
+"""Markdown for BENCHMARKS.md from evindex bench (f32, f16) and ann_peers.py JSON files, then
+each goal of issue 21 with its figure and whether this run meets it."""
 import json
 import math
 import sys
@@ -17,6 +18,7 @@ def qps_at(curve, target):
 def main():
     name = sys.argv[1]
     f32, f16, peers = [None if p == "-" else json.load(open(p)) for p in sys.argv[2:5]]
+    baseline = json.load(open(sys.argv[5])) if len(sys.argv) > 5 and sys.argv[5] != "-" else None
     print(f"#### {name}: {f32['n']:,} × {f32['dim']}-d, M 16, efConstruction 200, k 10\n")
     print("| ef | echovault recall@10 | echovault QPS | hnswlib recall@10 | hnswlib QPS | faiss recall@10 | faiss QPS |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
@@ -46,6 +48,52 @@ def main():
                 f"| {100 * r['selectivity']:.2f} % | {r['candidates']:,} | {r['graph_recall']:.3f} | {r['graph_ms']:.2f} | {r['exact_ms']:.2f} "
                 f"| {r['search_recall']:.3f} | {r['search_ms']:.2f} |"
             )
+    goals(f32, f16, peers, baseline)
+
+
+def goals(f32, f16, peers, baseline=None):
+    """Issue 21's goals as measured in this run (figures absent from the JSON are n/a);
+    `baseline`: an earlier run's echovault-f32.json for the recall-per-ef goal."""
+    rows = []
+
+    def row(goal, figure, ok):
+        rows.append((goal, figure, "n/a" if ok is None else ("yes" if ok else "**no**")))
+
+    h = peers["hnswlib"]
+    if "build_s" in f32:
+        r = h["build_s"] / f32["build_s"]
+        reused = " (reused index)" if f32.get("build_reused") else ""
+        row("build throughput ≥ 0.5× hnswlib (M 16, efC 200, all cores)", f"{r:.2f}× ({f32['build_s']:.1f} s vs {h['build_s']:.1f} s){reused}", r >= 0.5)
+    for name, p in (("warm", f32.get("probe_warm")), ("cold", f32.get("probe_cold"))):
+        if p:
+            t = p["open_to_first_search_s"]
+            row(f"open to first search < 2 s ({name} page cache)", f"{t:.2f} s (open {p['open_s']:.2f} s)", t < 2.0 if name == "warm" else None)
+            row(f"first insert after an open < 5 s ({name})", f"{p['first_insert_s']:.2f} s", p["first_insert_s"] < 5.0)
+    cold = f32.get("cold_caches")
+    if cold and not cold.get("allowed"):
+        row("cold-cache figures", f"not measured: dropping the page cache was refused ({cold.get('why')})", None)
+    if f32.get("probe_warm"):
+        b = f32["probe_warm"]["rss_bytes_per_vector"]
+        row("resident bytes per f32 vector ≤ 2.6 KB (512-d)", f"{b:.0f} B (VmRSS after open + search − before open)", b <= 2600 if f32["dim"] == 512 else None)
+    if f16 and f16.get("probe_warm"):
+        b = f16["probe_warm"]["rss_bytes_per_vector"]
+        row("resident bytes per f16 vector ≤ 1.5 KB (512-d)", f"{b:.0f} B", b <= 1500 if f16["dim"] == 512 else None)
+    par = f32.get("parallel")
+    if par:
+        peer = h.get("parallel")
+        theirs = f"; hnswlib {peer['ratio']:.2f}× ({peer['qps_1']:.0f} → {peer['qps_2']:.0f})" if peer else ""
+        row(f"search QPS on 2 threads ≥ 1.8× one thread (ef {par['ef']})", f"{par['ratio']:.2f}× ({par['qps_1']:.0f} → {par['qps_2']:.0f} QPS){theirs}", par["ratio"] >= 1.8)
+    if baseline:
+        old = {c["ef"]: c["recall"] for c in baseline["search"]}
+        pairs = [(c["ef"], c["recall"], old[c["ef"]]) for c in f32["search"] if c["ef"] in old]
+        worst = min((r - o for _, r, o in pairs), default=None)
+        figure = ", ".join(f"ef {e}: {r:.4f} vs {o:.4f}" for e, r, o in pairs)
+        row("recall@10 per ef no worse than the baseline run (ANN_BASELINE)", figure or "no common ef", None if worst is None else worst >= -0.005)
+    if rows:
+        print("\n| goal (issue 21) | this run | met |")
+        print("|---|---|:-:|")
+        for g, f, ok in rows:
+            print(f"| {g} | {f} | {ok} |")
 
 
 if __name__ == "__main__":

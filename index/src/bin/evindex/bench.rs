@@ -4,10 +4,20 @@
 //! ```text
 //! evindex bench --base B.npy --queries Q.npy --truth T.npy --dir DIR
 //!               [--ef 16,32,64,128,256] [--k 10] [--encoding f32|f16] [--rebuild-open]
-//!               [--filters] [--reuse]
+//!               [--filters] [--reuse] [--qps-ef 64] [--no-parallel] [--no-probe]
+//! evindex probe --dir DIR --queries Q.npy [--encoding f32|f16] [--ef 64] [--k 10]
 //! ```
-//! Prints one JSON object: build seconds, recall@k and single-thread QPS per ef, open seconds
-//! (snapshot load; with `--rebuild-open` also a forced rebuild), bytes per vector on disk.
+//! `bench` prints one JSON object: build seconds, recall@k and single-thread QPS per ef, open
+//! seconds (snapshot load; with `--rebuild-open` also a forced rebuild), bytes per vector on disk;
+//! `parallel`: QPS at `--qps-ef` with 1 and 2 search threads sharing one `Index` (each thread its
+//! own slice of the queries) and their ratio; `probe_warm` / `probe_cold`: what `evindex probe`
+//! measured in a fresh process (cold after `sync; echo 3 > /proc/sys/vm/drop_caches`, and
+//! `cold_caches` says whether that write was allowed; `--no-probe` skips both).
+//!
+//! `probe` is a fresh process's view of an index: the time to open it and answer one search,
+//! its resident memory (VmRSS after the open and the search minus VmRSS just before the open,
+//! per live vector; VmHWM too), then the time of one commit of one new vector (the first insert
+//! after an open), which it deletes again and checkpoints (untimed) so the index is as before.
 //! With `--filters`, also filtered-search recall and latency, graph vs exact, at several
 //! selectivities (what `EXACT_SEARCH_MAX_CANDIDATES` was chosen from). `--reuse` keeps the
 //! index an earlier run left in `--dir` instead of building it again (no build figures then).
@@ -86,6 +96,9 @@ struct Args {
     rebuild_open: bool,
     filters: bool,
     reuse: bool,
+    qps_ef: usize,
+    parallel: bool,
+    probe: bool,
 }
 
 fn parse(args: &[String]) -> Res<Args> {
@@ -100,6 +113,9 @@ fn parse(args: &[String]) -> Res<Args> {
         rebuild_open: false,
         filters: false,
         reuse: false,
+        qps_ef: 64,
+        parallel: true,
+        probe: true,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -121,6 +137,9 @@ fn parse(args: &[String]) -> Res<Args> {
             "--rebuild-open" => a.rebuild_open = true,
             "--filters" => a.filters = true,
             "--reuse" => a.reuse = true,
+            "--qps-ef" => a.qps_ef = val()?.parse()?,
+            "--no-probe" => a.probe = false,
+            "--no-parallel" => a.parallel = false,
             "--help" | "-h" => return Err("see the module docs of index/src/bin/evindex/bench.rs".into()),
             f => return Err(format!("unknown flag {f}").into()),
         }
@@ -228,7 +247,37 @@ pub fn run(args: &[String]) -> Res {
     if a.filters {
         out.insert("filters".into(), filters(&index, space, &base, &qs, a.k)?);
     }
+    if a.parallel {
+        out.insert("parallel".into(), threads(&index, space, &qs, a.k, a.qps_ef)?);
+    }
     drop(index);
+    if a.probe {
+        let enc = format!("{:?}", a.encoding).to_lowercase();
+        let probe = |cold: bool| -> Res<serde_json::Value> {
+            let exe = std::env::current_exe()?;
+            let o = std::process::Command::new(exe)
+                .args(["probe", "--dir"])
+                .arg(&a.dir)
+                .arg("--queries")
+                .arg(&a.queries)
+                .args(["--encoding", &enc, "--ef", &a.qps_ef.to_string(), "--k", &a.k.to_string()])
+                .stderr(std::process::Stdio::inherit())
+                .output()?;
+            if !o.status.success() {
+                return Err(format!("evindex probe{} failed: {}", if cold { " (cold)" } else { "" }, o.status).into());
+            }
+            Ok(serde_json::from_slice(&o.stdout)?)
+        };
+        out.insert("probe_warm".into(), probe(false)?);
+        let dropped = drop_caches();
+        out.insert(
+            "cold_caches".into(),
+            dropped.clone().map_or_else(|e| serde_json::json!({ "allowed": false, "why": e }), |()| serde_json::json!({ "allowed": true })),
+        );
+        if dropped.is_ok() {
+            out.insert("probe_cold".into(), probe(true)?);
+        }
+    }
     if a.rebuild_open {
         let t0 = Instant::now();
         let index = Index::open(&a.dir, IndexOptions { ignore_snapshots: true, ..opts() })?;
@@ -279,4 +328,147 @@ fn filters(index: &Index, space: echovault_index::SpaceId, base: &Matrix, qs: &[
         progress(&format!("filter over {cands} candidates done"));
     }
     Ok(rows.into())
+}
+
+/// QPS at `ef` with 1 and with 2 threads searching one shared `Index`, each thread its own
+/// slice of the queries; every run does the same number of searches (all queries, repeated so
+/// that the single-thread run takes about 2 s).
+fn threads(index: &Index, space: echovault_index::SpaceId, qs: &[Vec<f32>], k: usize, ef: usize) -> Res<serde_json::Value> {
+    let search = |part: &[Vec<f32>], rounds: usize| -> Res<()> {
+        for _ in 0..rounds {
+            for q in part {
+                let mut query = Query::new(space, Kind::Video, q.clone(), k);
+                query.ef = Some(ef);
+                index.search_ids(&query)?;
+            }
+        }
+        Ok(())
+    };
+    // One pass to size the runs (and to warm up).
+    let t0 = Instant::now();
+    search(qs, 1)?;
+    let one = t0.elapsed().as_secs_f64().max(1e-6);
+    let rounds = ((2.0 / one).ceil() as usize).clamp(1, 1000);
+    let mut row = serde_json::Map::new();
+    row.insert("ef".into(), ef.into());
+    row.insert("searches".into(), (qs.len() * rounds).into());
+    let mut qps = Vec::new();
+    for n in [1usize, 2] {
+        let per = qs.len().div_ceil(n);
+        let t0 = Instant::now();
+        let results: Vec<Result<(), String>> = std::thread::scope(|sc| {
+            let handles: Vec<_> = qs.chunks(per).map(|part| sc.spawn(move || search(part, rounds).map_err(|e| e.to_string()))).collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("search thread panicked".into()))).collect()
+        });
+        for r in results {
+            r?;
+        }
+        let q = (qs.len() * rounds) as f64 / t0.elapsed().as_secs_f64();
+        row.insert(format!("qps_{n}"), q.into());
+        qps.push(q);
+        progress(&format!("ef {ef}: {q:.0} queries/s on {n} thread(s)"));
+    }
+    row.insert("ratio".into(), (qps[1] / qps[0]).into());
+    Ok(serde_json::Value::Object(row))
+}
+
+/// `sync; echo 3 > /proc/sys/vm/drop_caches`: Err says why it could not be done.
+fn drop_caches() -> Result<(), String> {
+    let synced = std::process::Command::new("sync").status().map_err(|e| format!("sync: {e}"))?;
+    if !synced.success() {
+        return Err(format!("sync: {synced}"));
+    }
+    std::fs::write("/proc/sys/vm/drop_caches", "3").map_err(|e| format!("/proc/sys/vm/drop_caches: {e}"))
+}
+
+/// `VmRSS` and `VmHWM` of this process, in bytes.
+fn rss() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// `evindex probe`: see the module docs.
+pub fn probe(args: &[String]) -> Res {
+    let (mut dir, mut queries, mut encoding, mut ef, mut k) = (PathBuf::new(), PathBuf::new(), VectorEncoding::F32, 64usize, 10usize);
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().cloned().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--dir" => dir = val()?.into(),
+            "--queries" => queries = val()?.into(),
+            "--encoding" => {
+                encoding = match val()?.as_str() {
+                    "f32" => VectorEncoding::F32,
+                    "f16" => VectorEncoding::F16,
+                    e => return Err(format!("--encoding {e}: f32 or f16").into()),
+                }
+            }
+            "--ef" => ef = val()?.parse()?,
+            "--k" => k = val()?.parse()?,
+            f => return Err(format!("unknown flag {f}").into()),
+        }
+    }
+    if dir.as_os_str().is_empty() || queries.as_os_str().is_empty() {
+        return Err("probe: --dir and --queries are required".into());
+    }
+    let qm = read_npy(&queries)?;
+    let q = qm.row_f32(0);
+    let probe_vector: Vec<f32> = qm.row_f32(qm.rows - 1).iter().rev().copied().collect();
+    drop(qm);
+    let (base_rss, _) = rss();
+    let t0 = Instant::now();
+    let index = Index::open(&dir, IndexOptions { encoding, ..IndexOptions::default() })?;
+    let open_s = t0.elapsed().as_secs_f64();
+    let space = index.space("bench").ok_or("no space 'bench' in the index")?.id;
+    let mut query = Query::new(space, Kind::Video, q, k);
+    query.ef = Some(ef);
+    let t1 = Instant::now();
+    let hits = index.search_ids(&query)?;
+    let search_s = t1.elapsed().as_secs_f64();
+    let first_search_s = t0.elapsed().as_secs_f64();
+    let (open_rss, hwm) = rss();
+    let vectors: usize = index.graph_loads().iter().map(|l| l.live).sum();
+    // The first insert after the open: one item, one vector, one commit.
+    let t2 = Instant::now();
+    let mut b = index.batch();
+    b.put_item(ItemRecord::new("probe", Kind::Video, ""));
+    b.put_vector(space, "probe", Kind::Video, probe_vector);
+    index.commit(b)?;
+    let insert_s = t2.elapsed().as_secs_f64();
+    let (insert_rss, _) = rss();
+    // Put the index back as it was (untimed): the item goes, a fresh snapshot covers the slot.
+    let t3 = Instant::now();
+    let mut b = index.batch();
+    b.delete_item(echovault_index::ItemId("probe".into()));
+    index.commit(b)?;
+    index.checkpoint()?;
+    let restore_s = t3.elapsed().as_secs_f64();
+    let mut out = serde_json::Map::new();
+    out.insert("open_s".into(), open_s.into());
+    out.insert("first_search_s".into(), search_s.into());
+    out.insert("open_to_first_search_s".into(), first_search_s.into());
+    out.insert("hits".into(), hits.len().into());
+    out.insert("vectors".into(), vectors.into());
+    out.insert("rss_before_open".into(), base_rss.into());
+    out.insert("rss_after_search".into(), open_rss.into());
+    out.insert("rss_peak".into(), hwm.into());
+    out.insert("rss_bytes_per_vector".into(), ((open_rss.saturating_sub(base_rss)) as f64 / vectors.max(1) as f64).into());
+    out.insert("first_insert_s".into(), insert_s.into());
+    out.insert("rss_after_insert".into(), insert_rss.into());
+    out.insert("restore_s".into(), restore_s.into());
+    out.insert("open_how".into(), serde_json::to_value(index.graph_loads())?);
+    progress(&format!(
+        "probe: open + first search {first_search_s:.2} s, first insert {insert_s:.2} s, {:.0} B resident per vector",
+        (open_rss.saturating_sub(base_rss)) as f64 / vectors.max(1) as f64
+    ));
+    println!("{}", serde_json::Value::Object(out));
+    Ok(())
 }

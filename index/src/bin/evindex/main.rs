@@ -4,6 +4,7 @@
 //! evindex crash-writer DIR SEED    write random batches into DIR forever, narrating on stdout
 //!                                  (the crash test kills it with SIGKILL and checks the index)
 //! evindex bench ARGS...            ANN benchmark on .npy vectors (see tools/bench-ann)
+//! evindex probe ARGS...            open + first search, resident memory, first insert (bench.rs)
 //! evindex lookups DIR [N] [DIM]    look-ups and filtered searches on N synthetic records
 //! evindex salvage DIR              `echovault_index::salvage` of DIR (the damage test kills it)
 //! ```
@@ -27,6 +28,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("crash-writer") if args.len() == 3 => crash_writer(&args[1], &args[2]),
         Some("bench") => bench::run(&args[1..]),
+        Some("probe") => bench::probe(&args[1..]),
         Some("lookups") => lookups::run(&args[1..]),
         Some("salvage") if args.len() == 2 => echovault_index::salvage(std::path::Path::new(&args[1]), false).map(drop).map_err(Into::into),
         _ => Err("usage: evindex crash-writer DIR SEED | evindex bench --help | evindex lookups DIR [N] [DIM]".into()),
