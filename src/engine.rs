@@ -362,7 +362,7 @@ pub struct ModelOrigin {
     pub checkpoint: String,
 }
 
-fn origin_key(space: &str) -> String {
+pub(crate) fn origin_key(space: &str) -> String {
     format!("model-dir:{space}")
 }
 
@@ -472,9 +472,9 @@ pub fn model_of_index(index_dir: &Path, space: Option<&str>) -> Result<Option<Mo
 const PROBE_TEXT: &str = "PROBE: NORMAL LEFT VENTRICULAR SIZE AND SYSTOLIC FUNCTION.";
 /// Probe embeddings closer than this are the same model (device and kernel differences stay far
 /// above it; another checkpoint falls far below).
-const PROBE_MIN_COSINE: f32 = 0.999;
+pub(crate) const PROBE_MIN_COSINE: f32 = 0.999;
 
-fn probe_key(space: &str) -> String {
+pub(crate) fn probe_key(space: &str) -> String {
     format!("model-probe:{space}")
 }
 

@@ -13,6 +13,7 @@
 //! - [`engine`]: searches by text, video file or indexed item.
 //! - [`dicomweb`]: DICOMweb sources: QIDO-RS searches and WADO-RS retrieval (`dicomweb:URL`).
 //! - [`hub`]: `hf:OWNER/NAME[@REV]` models from the Hugging Face hub and its cache.
+//! - [`exchange`]: Parquet export and import of an index's items and vectors.
 //! - [`info`]: what an index holds (`info --json`, `GET /v1/info`).
 //! - [`serve`]: `echovault serve`, the HTTP JSON API over the same library calls as the CLI.
 //! - [`phantom`]: synthetic echocardiograms with ground truth, for tests and training.
@@ -20,6 +21,7 @@
 pub mod dicomweb;
 pub mod engine;
 mod error;
+pub mod exchange;
 pub mod hub;
 pub mod info;
 pub mod ingest;

@@ -30,6 +30,7 @@ mod codec;
 mod damage;
 mod date;
 mod error;
+mod exchange;
 mod graph;
 mod hnsw;
 mod holder;
@@ -47,6 +48,7 @@ mod walk;
 pub use damage::{check_storage, salvage, table_files, wal_keys, DamagedTable, Rewritten, Salvage};
 pub use date::{DateError, StudyDate};
 pub use error::IndexError;
+pub use exchange::{ExportRow, ExportRows};
 pub use ids::{ItemId, Kind, Slot, SpaceId};
 pub use index::{
     Batch, Counts, Durability, GraphLoad, Index, IndexOptions, SpaceInfo, VectorEncoding, Verification, DEFAULT_EF_SEARCH,

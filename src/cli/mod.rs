@@ -4,6 +4,7 @@
 
 mod bench;
 mod embed;
+mod export;
 mod info;
 mod ingest;
 mod inspect;
@@ -410,6 +411,18 @@ enum Command {
     /// vectors for good, write fresh graph snapshots.
     #[command(after_help = "Examples:\n  echovault repair --check\n  echovault repair --index ./echovault-index")]
     Repair(info::RepairArgs),
+    /// Write the index's items and vectors (optionally frame embeddings) to a Parquet file,
+    /// filtered as search filters; no model needed.
+    #[command(
+        after_help = "Examples:\n  echovault export --format parquet --out items.parquet --index ./echovault-index\n  echovault export --out videos.parquet --kind video --frames --since 2024-01-01\n  echovault export --out patient.parquet --patient-id - --with-paths"
+    )]
+    Export(export::ExportArgs),
+    /// Build or extend the index from Parquet files `export` wrote (e.g. one per shard),
+    /// checking each space's model and the patient-key secret; no model needed.
+    #[command(
+        after_help = "Examples:\n  echovault import shard-0.parquet shard-1.parquet --index ./echovault-index\n  echovault import items.parquet --secret-file secret.hex --json"
+    )]
+    Import(export::ImportArgs),
     /// Show what echovault reads from one DICOM or video file; dump its decoded frames as PNG.
     #[command(
         after_help = "Examples:\n  echovault inspect IM_0001.dcm --json\n  echovault inspect clip.avi --dump-frames frames/ --frames 0,5,9"
@@ -497,6 +510,8 @@ impl Command {
             Command::Errors(a) => Groups { index: Some(&a.index), ..Groups::default() },
             Command::Info(a) => Groups { index: Some(&a.index), ..Groups::default() },
             Command::Repair(a) => Groups { index: Some(&a.index), ..Groups::default() },
+            Command::Export(a) => a.groups(),
+            Command::Import(a) => a.groups(),
             Command::Inspect(a) => Groups { index: Some(&a.index), ..Groups::default() },
             Command::Embed(a) => a.groups(),
             Command::Tokenize(a) => a.groups(),
@@ -527,6 +542,8 @@ pub fn run() -> i32 {
         Command::Errors(a) => ingest::run_errors(&g, a),
         Command::Info(_) => info::run(&g),
         Command::Repair(a) => info::run_repair(&g, a),
+        Command::Export(a) => export::run_export(&g, a),
+        Command::Import(a) => export::run_import(&g, a),
         Command::Inspect(a) => inspect::run(&g, a),
         Command::Embed(a) => embed::run_embed(&g, a),
         Command::Tokenize(a) => embed::run_tokenize(&g, a),
@@ -554,7 +571,10 @@ pub fn run_front(engine: impl FnOnce() -> i32) -> i32 {
         Ok(c) => c,
         Err(e) => return usage_error(&e),
     };
-    if !matches!(cli.command, Command::Errors(_) | Command::Info(_) | Command::Repair(_) | Command::Inspect(_) | Command::Phantom(_)) {
+    if !matches!(
+        cli.command,
+        Command::Errors(_) | Command::Info(_) | Command::Repair(_) | Command::Export(_) | Command::Import(_) | Command::Inspect(_) | Command::Phantom(_)
+    ) {
         return engine();
     }
     let g = Global::resolve(&cli.top, &cli.out, &cli.command.groups());
@@ -563,6 +583,8 @@ pub fn run_front(engine: impl FnOnce() -> i32) -> i32 {
         Command::Errors(a) => ingest::run_errors(&g, a),
         Command::Info(_) => info::run(&g),
         Command::Repair(a) => info::run_repair(&g, a),
+        Command::Export(a) => export::run_export(&g, a),
+        Command::Import(a) => export::run_import(&g, a),
         Command::Inspect(a) => inspect::run(&g, a),
         Command::Phantom(a) => phantom::run(&g, a),
         _ => return engine(),

@@ -4,7 +4,7 @@
 use super::output::{group_header, hit_line, without_paths};
 use super::{open_reader_engine, positive, AllOpts, Global, Groups};
 use clap::{ArgGroup, Args};
-use echovault::index::{Kind, StudyDate};
+use echovault::index::{Filter, Kind, StudyDate};
 use echovault::tasks::search::{search, GroupBy, SearchRequest, SearchResponse, VideoQuery};
 use std::path::PathBuf;
 
@@ -29,23 +29,8 @@ pub struct SearchArgs {
     /// Number of hits (with --group-by: of groups).
     #[arg(short = 'k', alias = "k", default_value_t = 10, value_parser = positive)]
     k: usize,
-    /// Only this (pseudonymous) patient key (as search, reid and timeline show it).
-    #[arg(long, conflicts_with = "patient_id")]
-    patient: Option<String>,
-    /// Only this patient, by their own id (MRN), keyed with the index's secret and never printed;
-    /// `-` reads it from stdin, `env` from $ECHOVAULT_PATIENT_ID (either keeps it out of shell
-    /// history and `ps`). Search never reads $ECHOVAULT_PATIENT_ID unasked.
-    #[arg(long, value_name = "MRN|-|env")]
-    patient_id: Option<String>,
-    /// Only this study id.
-    #[arg(long)]
-    study: Option<String>,
-    /// Only studies on or after this date (YYYY-MM-DD).
-    #[arg(long)]
-    since: Option<StudyDate>,
-    /// Only studies on or before this date (YYYY-MM-DD).
-    #[arg(long)]
-    until: Option<StudyDate>,
+    #[command(flatten)]
+    pub filter: FilterOpts,
     /// Group the hits by study or patient: the best --group-size hits of each of k groups,
     /// groups ordered by their best hit.
     #[arg(long)]
@@ -64,6 +49,40 @@ pub struct SearchArgs {
     pub opts: AllOpts,
 }
 
+/// Which items: the filters `search` and `export` share.
+#[derive(Args, Debug, Clone, Default)]
+pub struct FilterOpts {
+    /// Only this (pseudonymous) patient key (as search, reid and timeline show it).
+    #[arg(long, conflicts_with = "patient_id")]
+    pub patient: Option<String>,
+    /// Only this patient, by their own id (MRN), keyed with the index's secret and never printed;
+    /// `-` reads it from stdin, `env` from $ECHOVAULT_PATIENT_ID (either keeps it out of shell
+    /// history and `ps`). Search never reads $ECHOVAULT_PATIENT_ID unasked.
+    #[arg(long, value_name = "MRN|-|env")]
+    pub patient_id: Option<String>,
+    /// Only this study id.
+    #[arg(long)]
+    pub study: Option<String>,
+    /// Only studies on or after this date (YYYY-MM-DD).
+    #[arg(long)]
+    pub since: Option<StudyDate>,
+    /// Only studies on or before this date (YYYY-MM-DD).
+    #[arg(long)]
+    pub until: Option<StudyDate>,
+}
+
+impl FilterOpts {
+    /// `--patient-id` as given (read from stdin or the environment when asked), never printed.
+    pub fn patient_id(&self) -> anyhow::Result<Option<String>> {
+        super::patient_id_arg(self.patient_id.as_deref(), false)
+    }
+
+    /// The index filter, with `patient_key` (the key of `--patient-id`) or else `--patient`.
+    pub fn filter(&self, patient_key: Option<String>) -> Filter {
+        Filter { patient: patient_key.or_else(|| self.patient.clone()), study: self.study.clone(), since: self.since, until: self.until, exclude: Vec::new() }
+    }
+}
+
 impl SearchArgs {
     pub fn groups(&self) -> Groups<'_> {
         self.opts.groups()
@@ -73,22 +92,23 @@ impl SearchArgs {
 pub fn run(g: &Global, a: &SearchArgs) -> anyhow::Result<i32> {
     anyhow::ensure!(g.index.is_dir(), "no index at {} (run `echovault ingest` first, or pass --index DIR)", g.index.display());
     anyhow::ensure!(a.k > 0, "-k must be at least 1");
-    let patient_id = super::patient_id_arg(a.patient_id.as_deref(), false)?;
+    let patient_id = a.filter.patient_id()?;
     let mut engine = open_reader_engine(g)?;
     engine.crop_regions = a.crop_region;
-    let patient = match patient_id {
+    let key = match patient_id {
         Some(mrn) => Some(echovault::pseudonym::patient_key(engine.index.secret()?, &mrn)),
-        None => a.patient.clone(),
+        None => None,
     };
+    let filter = a.filter.filter(key);
     let mut req = SearchRequest {
         text: a.text.clone(),
         like: a.like.clone(),
         kind: a.kind,
         k: a.k,
-        patient,
-        study: a.study.clone(),
-        since: a.since,
-        until: a.until,
+        patient: filter.patient,
+        study: filter.study,
+        since: filter.since,
+        until: filter.until,
         group_by: a.group_by,
         group_size: a.group_size,
         exact: a.exact,
