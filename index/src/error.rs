@@ -14,12 +14,30 @@ pub enum IndexError {
         #[source]
         source: rocksdb::Error,
     },
-    /// The directory holds an index written by another on-disk format.
+    /// The directory holds an index written by an on-disk format this build neither reads nor
+    /// upgrades (older than the oldest it upgrades, or newer than its own).
     #[error(
-        "index at {path} has format version {found}, this echovault reads version {expected}; \
-         re-create it with `echovault ingest` into a new --index directory"
+        "index at {path} has format version {found}, this echovault reads version {expected}{}; \
+         re-create it with `echovault ingest` into a new --index directory (`echovault repair` does not change a \
+         format version)",
+        written_by(.found, .expected)
     )]
     FormatVersion {
+        /// The index directory.
+        path: PathBuf,
+        /// Version found on disk.
+        found: u32,
+        /// Version this build reads and writes.
+        expected: u32,
+    },
+    /// A reader found an index of an older format that only a writer's open upgrades (in place,
+    /// see `store::FORMAT_VERSION`).
+    #[error(
+        "index at {path} has format version {found}, this echovault reads version {expected} once a writer has \
+         upgraded it in place: run `echovault repair --index {path}` (or any `echovault ingest` into it) once, then \
+         read it again"
+    )]
+    FormatUpgradeNeeded {
         /// The index directory.
         path: PathBuf,
         /// Version found on disk.
@@ -173,4 +191,13 @@ pub enum IndexError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Who wrote an index of format `found`, for [`IndexError::FormatVersion`].
+fn written_by(found: &u32, expected: &u32) -> &'static str {
+    if found > expected {
+        " (it was written by a newer echovault)"
+    } else {
+        " (it was written by an older echovault)"
+    }
 }

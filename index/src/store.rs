@@ -7,7 +7,22 @@ use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 use std::path::Path;
 
 /// On-disk format version, written at creation and checked on every open.
-pub const FORMAT_VERSION: u32 = 2;
+///
+/// - 1: graphs were not snapshotted. Not read by this build (re-create the index).
+/// - 2: graph snapshots (`EVHNSW01` topology, header and chunks) and tombstones in
+///   [`CF_GRAPH`]. [`CF_FRAMES`] and [`CF_LOOKUP`] were added to it later without a bump, so a
+///   format-2 index may lack them.
+/// - 3: the layout of 2 with every column family of [`COLUMN_FAMILIES`] part of it ([`CF_FRAMES`]
+///   among them; [`CF_LOOKUP`] complete once [`KEY_LOOKUP_VERSION`] is set). Snapshots are
+///   those of 2: the crate's own HNSW loads the ones `hnsw_rs` wrote as they are.
+///
+/// A writer's open upgrades a format-2 index in place (the missing column families are created,
+/// then the version is rewritten; nothing else changes); a reader refuses it until a writer has
+/// ([`IndexError::FormatUpgradeNeeded`]). Any other version is [`IndexError::FormatVersion`].
+pub const FORMAT_VERSION: u32 = 3;
+
+/// The oldest format a writer's open upgrades in place to [`FORMAT_VERSION`].
+pub(crate) const OLDEST_UPGRADABLE_FORMAT: u32 = 2;
 
 /// Index-wide values: format version, spaces, slot counters, the pseudonymisation secret.
 pub const CF_META: &str = "meta";

@@ -198,7 +198,7 @@ impl Index {
     /// missing) as hidden nodes — no metadata, so no search returns them — while searches go on.
     /// Should the write fail, they stay hidden and their graphs are rebuilt at the next
     /// checkpoint (see [`Index::write`]).
-    fn insert_hidden(&self, inserts: &HashMap<Collection, Vec<(Slot, Vec<f32>, SlotMeta)>>, dims: &HashMap<Collection, usize>) {
+    fn insert_hidden(&self, inserts: &Inserts, dims: &HashMap<Collection, usize>) {
         {
             let mut graphs = self.graphs.write().unwrap_or_else(|e| e.into_inner());
             for (c, rows) in inserts {
@@ -286,11 +286,14 @@ struct Plan {
     changes: Changes,
 }
 
+/// New vectors (normalised) with their filter facts, per collection.
+type Inserts = HashMap<Collection, Vec<(Slot, Vec<f32>, SlotMeta)>>;
+
 /// The graph side of a planned batch.
 #[derive(Default)]
 struct Changes {
     /// New vectors (normalised) with their filter facts, per collection.
-    inserts: HashMap<Collection, Vec<(Slot, Vec<f32>, SlotMeta)>>,
+    inserts: Inserts,
     /// Slots of replaced and deleted vectors.
     kills: Vec<(Collection, Slot)>,
     /// New filter facts of slots whose item record changed without a new vector.

@@ -21,22 +21,82 @@ use std::sync::{Mutex, RwLock};
 
 /// The secret of the index in `db` (stored, or the fingerprint of an outside one) after checking
 /// its format version; `None` when it has none (a new database, or one that is not an index).
+///
+/// Writes nothing: the check of readers and passive opens. A format-2 index whose column
+/// families are all there has the layout of this format and is read as it is; one that lacks
+/// any is [`IndexError::FormatUpgradeNeeded`] (a writer's open upgrades it, see
+/// [`check_format_or_upgrade`]); any other version is [`IndexError::FormatVersion`].
 pub(crate) fn check_format(db: &DB, path: &Path) -> Result<Option<SecretState>, IndexError> {
+    let Some(found) = stored_format(db, path)? else { return Ok(None) };
+    if found != store::FORMAT_VERSION {
+        if !upgradable(found) {
+            return Err(IndexError::FormatVersion { path: path.to_owned(), found, expected: store::FORMAT_VERSION });
+        }
+        if store::COLUMN_FAMILIES.iter().any(|name| db.cf_handle(name).is_none()) {
+            return Err(IndexError::FormatUpgradeNeeded { path: path.to_owned(), found, expected: store::FORMAT_VERSION });
+        }
+        tracing::debug!(found, "a format-{found} index with every column family of format {} read as it is", store::FORMAT_VERSION);
+    }
+    read_secret(db, path).map(Some)
+}
+
+/// A writer's [`check_format`]: an index of an older format that this build upgrades
+/// ([`store::OLDEST_UPGRADABLE_FORMAT`] on) is upgraded in place first. Its layout differs from
+/// this format's only by column families that [`store::open_db`] has just created where they were
+/// missing (empty: `frames`, and `lookup`, which the open then fills from the records); what is
+/// left is rewriting the version (one synced write), said in the log.
+fn check_format_or_upgrade(db: &DB, path: &Path) -> Result<Option<SecretState>, IndexError> {
+    let Some(found) = stored_format(db, path)? else { return Ok(None) };
+    if found == store::FORMAT_VERSION || !upgradable(found) {
+        return check_format(db, path);
+    }
+    // Nothing is written to an index whose secret does not read.
+    let secret = read_secret(db, path)?;
+    let storage = |source| store::access_error(path, source);
+    for name in store::COLUMN_FAMILIES {
+        db.cf_handle(name).ok_or_else(|| corrupt(path, "column family", name))?;
+    }
+    let cf_meta = db.cf_handle(CF_META).ok_or_else(|| corrupt(path, "column family", CF_META))?;
+    let mut wb = WriteBatch::default();
+    wb.put_cf(cf_meta, store::KEY_FORMAT_VERSION, store::FORMAT_VERSION.to_be_bytes());
+    db.write_opt(wb, &synced()).map_err(storage)?;
+    tracing::info!(
+        path = %path.display(),
+        from = found,
+        to = store::FORMAT_VERSION,
+        "index upgraded in place to format {}: its missing column families were created (empty), the version rewritten",
+        store::FORMAT_VERSION
+    );
+    Ok(Some(secret))
+}
+
+/// True for an older format that a writer's open upgrades in place.
+fn upgradable(found: u32) -> bool {
+    (store::OLDEST_UPGRADABLE_FORMAT..store::FORMAT_VERSION).contains(&found)
+}
+
+/// The format version stored in `db`'s `meta`; `None` when there is none.
+fn stored_format(db: &DB, path: &Path) -> Result<Option<u32>, IndexError> {
+    let cf_meta = db.cf_handle(CF_META).ok_or_else(|| corrupt(path, "column family", CF_META))?;
+    let Some(v) = db.get_cf(cf_meta, store::KEY_FORMAT_VERSION).map_err(|source| store::access_error(path, source))? else {
+        return Ok(None);
+    };
+    let found = u32::from_be_bytes(v.as_slice().try_into().map_err(|_| corrupt(path, "format version", "not 4 bytes"))?);
+    Ok(Some(found))
+}
+
+/// The secret of the index in `db`: stored, or the fingerprint of one kept outside.
+fn read_secret(db: &DB, path: &Path) -> Result<SecretState, IndexError> {
     let storage = |source| store::access_error(path, source);
     let cf_meta = db.cf_handle(CF_META).ok_or_else(|| corrupt(path, "column family", CF_META))?;
-    let Some(v) = db.get_cf(cf_meta, store::KEY_FORMAT_VERSION).map_err(storage)? else { return Ok(None) };
-    let found = u32::from_be_bytes(v.as_slice().try_into().map_err(|_| corrupt(path, "format version", "not 4 bytes"))?);
-    if found != store::FORMAT_VERSION {
-        return Err(IndexError::FormatVersion { path: path.to_owned(), found, expected: store::FORMAT_VERSION });
-    }
     let bytes32 = |v: Vec<u8>, what: &'static str| -> Result<[u8; 32], IndexError> {
         v.as_slice().try_into().map_err(|_| corrupt(path, what, "not 32 bytes"))
     };
     if let Some(s) = db.get_cf(cf_meta, store::KEY_SECRET).map_err(storage)? {
-        return Ok(Some(SecretState::Stored(bytes32(s, "secret")?)));
+        return Ok(SecretState::Stored(bytes32(s, "secret")?));
     }
     let f = db.get_cf(cf_meta, store::KEY_SECRET_FINGERPRINT).map_err(storage)?.ok_or_else(|| corrupt(path, "secret", "missing"))?;
-    Ok(Some(SecretState::Outside { fingerprint: bytes32(f, "secret fingerprint")?, given: None }))
+    Ok(SecretState::Outside { fingerprint: bytes32(f, "secret fingerprint")?, given: None })
 }
 
 /// Makes the empty database `db` an index: format version, a new secret (or, with
@@ -91,11 +151,14 @@ impl Index {
     /// Opens the index at `path`, creating it when the directory is absent or empty. Loads every
     /// graph from its snapshot and replays the vectors written after it; rebuilds (and
     /// re-snapshots) a graph whose snapshot is missing, stale or corrupt. [`Index::graph_loads`]
-    /// says what happened.
+    /// says what happened. An index of an older format that this build upgrades is upgraded in
+    /// place first, unless the open is passive (see [`crate::FORMAT_VERSION`]).
     pub fn open(path: impl AsRef<Path>, options: IndexOptions) -> Result<Index, IndexError> {
         let path = path.as_ref().to_owned();
         let db = store::open_db(&path)?;
-        let secret = match check_format(&db, &path)? {
+        // A passive open writes nothing, so it upgrades no format (it reads a format-2 index as it is).
+        let checked = if options.passive_open { check_format(&db, &path)? } else { check_format_or_upgrade(&db, &path)? };
+        let secret = match checked {
             Some(mut secret) => {
                 if let Some(file) = &options.secret_file {
                     secret.give(&path, file)?;
