@@ -51,6 +51,10 @@ def main():
     goals(f32, f16, peers, baseline)
 
 
+def secs(t):
+    return f"{t * 1000:.1f} ms" if t < 1 else f"{t:.2f} s"
+
+
 def goals(f32, f16, peers, baseline=None):
     """Issue 21's goals as measured in this run (figures absent from the JSON are n/a);
     `baseline`: an earlier run's echovault-f32.json for the recall-per-ef goal."""
@@ -67,14 +71,20 @@ def goals(f32, f16, peers, baseline=None):
     for name, p in (("warm", f32.get("probe_warm")), ("cold", f32.get("probe_cold"))):
         if p:
             t = p["open_to_first_search_s"]
-            row(f"open to first search < 2 s ({name} page cache)", f"{t:.2f} s (open {p['open_s']:.2f} s)", t < 2.0 if name == "warm" else None)
-            row(f"first insert after an open < 5 s ({name})", f"{p['first_insert_s']:.2f} s", p["first_insert_s"] < 5.0)
+            # The 2 s goal is set for 1M × 512-d; a smaller set's open says little about it.
+            at_scale = f32["n"] >= 1_000_000 and name == "warm"
+            row(f"open to first search < 2 s at 1M ({name} page cache)", f"{secs(t)} (open {secs(p['open_s'])}) at {f32['n']:,}", t < 2.0 if at_scale else None)
+            row(f"first insert after an open < 5 s ({name})", secs(p["first_insert_s"]), p["first_insert_s"] < 5.0)
     cold = f32.get("cold_caches")
     if cold and not cold.get("allowed"):
         row("cold-cache figures", f"not measured: dropping the page cache was refused ({cold.get('why')})", None)
     if f32.get("probe_warm"):
         b = f32["probe_warm"]["rss_bytes_per_vector"]
-        row("resident bytes per f32 vector ≤ 2.6 KB (512-d)", f"{b:.0f} B (VmRSS after open + search − before open)", b <= 2600 if f32["dim"] == 512 else None)
+        peak = f32["probe_warm"]["rss_peak"] - f32["probe_warm"]["rss_before_open"]
+        anon = f32["probe_warm"].get("rss_anon_after_search")
+        anon = f", anonymous {anon / 2**20:.0f} MiB" if anon else ""
+        figure = f"{b:.0f} B (VmRSS after open + search − before open; peak {peak / f32['probe_warm']['vectors']:.0f} B{anon})"
+        row("resident bytes per f32 vector ≤ 2.6 KB (512-d)", figure, b <= 2600 if f32["dim"] == 512 else None)
     if f16 and f16.get("probe_warm"):
         b = f16["probe_warm"]["rss_bytes_per_vector"]
         row("resident bytes per f16 vector ≤ 1.5 KB (512-d)", f"{b:.0f} B", b <= 1500 if f16["dim"] == 512 else None)

@@ -331,8 +331,9 @@ fn filters(index: &Index, space: echovault_index::SpaceId, base: &Matrix, qs: &[
 }
 
 /// QPS at `ef` with 1 and with 2 threads searching one shared `Index`, each thread its own
-/// slice of the queries; every run does the same number of searches (all queries, repeated so
-/// that the single-thread run takes about 2 s).
+/// slice of the queries; every run does the same searches (all queries, repeated so that a
+/// single-thread run takes about 1 s). Runs alternate 1, 2, 1, 2, 1, 2 threads and the median of
+/// each count is kept (a shared 2-core machine's noise hits both alike).
 fn threads(index: &Index, space: echovault_index::SpaceId, qs: &[Vec<f32>], k: usize, ef: usize) -> Res<serde_json::Value> {
     let search = |part: &[Vec<f32>], rounds: usize| -> Res<()> {
         for _ in 0..rounds {
@@ -348,12 +349,13 @@ fn threads(index: &Index, space: echovault_index::SpaceId, qs: &[Vec<f32>], k: u
     let t0 = Instant::now();
     search(qs, 1)?;
     let one = t0.elapsed().as_secs_f64().max(1e-6);
-    let rounds = ((2.0 / one).ceil() as usize).clamp(1, 1000);
+    let rounds = ((1.0 / one).ceil() as usize).clamp(1, 1000);
     let mut row = serde_json::Map::new();
     row.insert("ef".into(), ef.into());
     row.insert("searches".into(), (qs.len() * rounds).into());
-    let mut qps = Vec::new();
-    for n in [1usize, 2] {
+    let mut runs: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for rep in 0..6 {
+        let n = 1 + rep % 2;
         let per = qs.len().div_ceil(n);
         let t0 = Instant::now();
         let results: Vec<Result<(), String>> = std::thread::scope(|sc| {
@@ -363,10 +365,15 @@ fn threads(index: &Index, space: echovault_index::SpaceId, qs: &[Vec<f32>], k: u
         for r in results {
             r?;
         }
-        let q = (qs.len() * rounds) as f64 / t0.elapsed().as_secs_f64();
-        row.insert(format!("qps_{n}"), q.into());
-        qps.push(q);
-        progress(&format!("ef {ef}: {q:.0} queries/s on {n} thread(s)"));
+        runs[n - 1].push((qs.len() * rounds) as f64 / t0.elapsed().as_secs_f64());
+    }
+    let mut qps = [0.0f64; 2];
+    for (i, r) in runs.iter_mut().enumerate() {
+        row.insert(format!("qps_{}_runs", i + 1), r.clone().into());
+        r.sort_by(f64::total_cmp);
+        qps[i] = r[r.len() / 2];
+        row.insert(format!("qps_{}", i + 1), qps[i].into());
+        progress(&format!("ef {ef}: {:.0} queries/s on {} thread(s) (median of {})", qps[i], i + 1, r.len()));
     }
     row.insert("ratio".into(), (qps[1] / qps[0]).into());
     Ok(serde_json::Value::Object(row))
@@ -383,16 +390,18 @@ fn drop_caches() -> Result<(), String> {
 
 /// `VmRSS` and `VmHWM` of this process, in bytes.
 fn rss() -> (u64, u64) {
+    (status_bytes("VmRSS:"), status_bytes("VmHWM:"))
+}
+
+/// A `kB` field of `/proc/self/status`, in bytes (0 when absent).
+fn status_bytes(name: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|kb| kb.parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// `evindex probe`: see the module docs.
@@ -435,6 +444,8 @@ pub fn probe(args: &[String]) -> Res {
     let search_s = t1.elapsed().as_secs_f64();
     let first_search_s = t0.elapsed().as_secs_f64();
     let (open_rss, hwm) = rss();
+    // Anonymous (heap: graph, vectors, anything freed but kept by malloc) vs file pages mapped.
+    let (anon, file) = (status_bytes("RssAnon:"), status_bytes("RssFile:"));
     let vectors: usize = index.graph_loads().iter().map(|l| l.live).sum();
     // The first insert after the open: one item, one vector, one commit.
     let t2 = Instant::now();
@@ -460,6 +471,8 @@ pub fn probe(args: &[String]) -> Res {
     out.insert("rss_before_open".into(), base_rss.into());
     out.insert("rss_after_search".into(), open_rss.into());
     out.insert("rss_peak".into(), hwm.into());
+    out.insert("rss_anon_after_search".into(), anon.into());
+    out.insert("rss_file_after_search".into(), file.into());
     out.insert("rss_bytes_per_vector".into(), ((open_rss.saturating_sub(base_rss)) as f64 / vectors.max(1) as f64).into());
     out.insert("first_insert_s".into(), insert_s.into());
     out.insert("rss_after_insert".into(), insert_rss.into());
