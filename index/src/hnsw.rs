@@ -23,7 +23,7 @@
 //! blocks directly, no re-insertion: it can be searched and inserted into at once.
 
 use crate::snapshot::{Params, Topology};
-use crate::walk::{self, Sim, VISITED};
+use crate::walk::{self, Sim, Visited, VISITED};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -31,6 +31,11 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 /// Highest level a node can have (16 layers, as `hnsw_rs` had).
 pub const MAX_LEVEL: usize = 15;
+
+/// Most links per node on layers ≥ 1 (`M`) a graph takes (snapshots asking for more are refused).
+pub const MAX_M: usize = 64;
+/// Largest `efConstruction` a graph takes (snapshots asking for more are refused).
+pub const MAX_EF_CONSTRUCTION: usize = 4096;
 
 /// Block words before the layer-0 links: slot, level, upper-list offset, layer-0 degree.
 const HEAD: usize = 4;
@@ -138,6 +143,9 @@ pub struct Hnsw {
     locks: Box<[Mutex<()>]>,
     /// One batch at a time.
     inserting: Mutex<()>,
+    /// Visited marks of the threads a batch runs on, kept for the next batch (a fresh thread's
+    /// marks would otherwise be allocated and zeroed for the whole graph, batch after batch).
+    visited: Mutex<Vec<Visited>>,
 }
 
 impl std::fmt::Debug for Hnsw {
@@ -167,12 +175,12 @@ impl<F: Fn(&[f32], &[f32]) -> f32> Kernel for F {}
 impl Hnsw {
     /// An empty graph of `dim`-dimensional vectors, `m` links per node (`2m` on layer 0).
     pub fn new(dim: usize, m: usize, ef_construction: usize) -> Self {
-        let m = m.clamp(2, 255);
+        let m = m.clamp(2, MAX_M);
         Self {
             dim,
             m,
             m0: 2 * m,
-            ef_construction: ef_construction.max(m),
+            ef_construction: ef_construction.clamp(m, MAX_EF_CONSTRUCTION),
             mult: 1.0 / (m as f64).ln(),
             blocks: Segments::new(HEAD + 2 * m + dim),
             upper: Segments::new(1),
@@ -183,6 +191,7 @@ impl Hnsw {
             top: Mutex::new(()),
             locks: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             inserting: Mutex::new(()),
+            visited: Mutex::new(Vec::new()),
         }
     }
 
@@ -269,9 +278,14 @@ impl Hnsw {
         let words = level * (self.m + 1);
         let mut next = lock(&self.upper_next);
         let mut at = *next;
-        let (s0, _) = locate(at);
-        let (s1, _) = locate(at + words - 1);
-        if s0 != s1 {
+        // A run lies in one segment: one that would cross into the next starts there instead,
+        // and again until it fits (a segment may be shorter than a run).
+        loop {
+            let (s0, _) = locate(at);
+            let (s1, _) = locate(at + words - 1);
+            if s0 == s1 {
+                break;
+            }
             at = segment_start(s1);
         }
         *next = at + words;
@@ -318,14 +332,22 @@ impl Hnsw {
         }
         // Published: searches may now be handed these nodes (they are not linked yet).
         self.nodes.store(n as usize, Ordering::Release);
-        let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(64);
+        // A thread per `PARALLEL_MIN` nodes, at most one per core.
+        let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(fresh.len() / PARALLEL_MIN);
         let next = AtomicUsize::new(0);
-        if fresh.len() < PARALLEL_MIN || threads < 2 {
+        if threads < 2 {
             self.link_worker(&fresh, &next);
         } else {
             std::thread::scope(|s| {
                 for _ in 0..threads {
-                    s.spawn(|| self.link_worker(&fresh, &next));
+                    s.spawn(|| {
+                        // This thread's marks: the ones a thread of an earlier batch used.
+                        let mut mine = lock(&self.visited).pop().unwrap_or_default();
+                        VISITED.with(|c| std::mem::swap(&mut *c.borrow_mut(), &mut mine));
+                        self.link_worker(&fresh, &next);
+                        VISITED.with(|c| std::mem::swap(&mut *c.borrow_mut(), &mut mine));
+                        lock(&self.visited).push(mine);
+                    });
                 }
             });
         }
@@ -447,8 +469,10 @@ impl Hnsw {
         VISITED.with(|cell| {
             let mut visited = cell.borrow_mut();
             let stamp = visited.next(self.len());
-            let mut candidates: BinaryHeap<(Sim, u32)> = BinaryHeap::with_capacity(ef * 4);
-            let mut results: BinaryHeap<Reverse<(Sim, u32)>> = BinaryHeap::with_capacity(ef + 1);
+            // Sized by what the graph can hold, not by `ef` alone.
+            let cap = ef.min(self.len());
+            let mut candidates: BinaryHeap<(Sim, u32)> = BinaryHeap::with_capacity(cap.saturating_mul(4));
+            let mut results: BinaryHeap<Reverse<(Sim, u32)>> = BinaryHeap::with_capacity(cap + 1);
             let mut fresh: Vec<u32> = Vec::with_capacity(self.m0);
             visited.mark(entry.1, stamp);
             candidates.push((Sim(entry.0), entry.1));
@@ -490,7 +514,8 @@ impl Hnsw {
     /// each kept only if it is nearer the query than to every one kept before it.
     #[inline(always)]
     fn select(&self, cands: &[(f32, u32)], m: usize, dot: &impl Kernel) -> Vec<(f32, u32)> {
-        if cands.len() <= m {
+        // As `hnswlib`: fewer than `m` are kept as they are; exactly `m` are pruned too.
+        if cands.len() < m {
             return cands.to_vec();
         }
         let mut out: Vec<(f32, u32)> = Vec::with_capacity(m);
@@ -697,7 +722,7 @@ impl Hnsw {
     /// `i`-th slot in slot order, the entry is the first node of the top layer. A node's level
     /// is the layer it is listed on, or higher when it has lists above it (graphs `hnsw_rs`
     /// built link some nodes above their own layer); a list longer than this graph allows keeps
-    /// its first (nearest) links. Nodes whose vector `vector` lacks get a zero vector.
+    /// its first (nearest) links, and a link on a layer above its target's level is dropped. Nodes whose vector `vector` lacks get a zero vector.
     pub fn from_topology<'v>(t: &Topology, vector: impl Fn(u32) -> Option<&'v [f32]> + Sync) -> Self {
         let p = &t.params;
         let g = Self::new(p.dim as usize, p.max_nb_connection as usize, p.ef_construction as usize);
@@ -743,7 +768,10 @@ impl Hnsw {
                 }
                 for (layer, links) in t.lists(i as usize).enumerate().take(level + 1) {
                     ids.clear();
-                    ids.extend(links.iter().filter_map(map));
+                    // Only neighbours that have a list on this layer: a link to a node below it
+                    // (graphs `hnsw_rs` built have some) would lead a walk, or an insert's
+                    // search, to a node with no links there.
+                    ids.extend(links.iter().filter_map(map).filter(|&nb| levels.get(nb as usize).is_some_and(|&l| l as usize >= layer)));
                     write_list(g.list(node as u32, layer), ids.iter().copied());
                 }
             }
@@ -964,5 +992,114 @@ mod tests {
             }
         });
         assert_eq!(g.len(), 6000);
+    }
+
+    /// Every link on a layer ≥ 1 leads to a node that has a list there.
+    fn upper_links_reach_nodes_of_their_layer(g: &Hnsw) -> usize {
+        let mut links = 0;
+        for n in 0..g.len() as u32 {
+            for layer in 1..=g.level(n) {
+                let list = g.list(n, layer);
+                let d = list[0].load(Ordering::Relaxed) as usize;
+                for w in &list[1..=d] {
+                    let nb = w.load(Ordering::Relaxed);
+                    assert!(g.level(nb) >= layer, "node {n} links node {nb} (level {}) on layer {layer}", g.level(nb));
+                    links += 1;
+                }
+            }
+        }
+        links
+    }
+
+    #[test]
+    fn a_snapshot_link_above_its_target_level_is_dropped() {
+        let params = Params { dim: 2, max_nb_connection: 4, ef_construction: 16, level_scale: 1.0 };
+        let mut t = Topology::new(params);
+        // Slots 0 and 1 on layer 0; 2 (the entry) and 3 on layer 1, 2 linking 0 on layer 1.
+        t.push_node(0, 0);
+        t.push_list(&[1, 2]);
+        t.push_node(1, 0);
+        t.push_list(&[0, 2]);
+        t.push_node(2, 1);
+        t.push_list(&[0, 1, 3]);
+        t.push_list(&[0, 3]);
+        t.push_node(3, 1);
+        t.push_list(&[2]);
+        t.push_list(&[2]);
+        let vs = [[1.0f32, 0.0], [0.0, 1.0], [0.6, 0.8], [0.8, 0.6]];
+        let g = Hnsw::from_topology(&t, |s| vs.get(s as usize).map(|v| v.as_slice()));
+        let two = g.node_of(2).unwrap();
+        let up = g.list(two, 1);
+        let d = up[0].load(Ordering::Relaxed) as usize;
+        let links: Vec<u32> = up[1..=d].iter().map(|w| g.slot(w.load(Ordering::Relaxed))).collect();
+        assert_eq!(links, vec![3], "slot 0 has no layer-1 list");
+        assert_eq!(g.list(two, 0)[0].load(Ordering::Relaxed), 3, "layer 0 keeps every link");
+        upper_links_reach_nodes_of_their_layer(&g);
+    }
+
+    /// The `hnsw_rs`-built fixture (`snapshot::tests::a_snapshot_hnsw_rs_built_loads_and_answers_as_before`)
+    /// loads with every upper link leading to a node of that layer (its nodes with lists above
+    /// their listed layer are read as that higher level; it has no link to a node below a
+    /// layer, which `a_snapshot_link_above_its_target_level_is_dropped` covers), and inserts
+    /// into it keep that so.
+    #[test]
+    fn the_hnsw_rs_fixture_loads_without_links_above_their_targets() {
+        let t = crate::snapshot::decode(include_bytes!("testdata/hnsw_rs-0.3.5.evhnsw")).unwrap();
+        let mut rng = StdRng::seed_from_u64(12);
+        let vs: Vec<Vec<f32>> = (0..800).map(|_| unit(&mut rng, 12)).collect();
+        let g = Hnsw::from_topology(&t, |s| vs.get(s as usize / 3).map(Vec::as_slice));
+        assert!(upper_links_reach_nodes_of_their_layer(&g) > 0);
+        let extra: Vec<Vec<f32>> = (0..300).map(|_| unit(&mut rng, 12)).collect();
+        let rows: Vec<(u32, &[f32])> = extra.iter().enumerate().map(|(i, v)| (5000 + i as u32, v.as_slice())).collect();
+        g.insert(&rows);
+        upper_links_reach_nodes_of_their_layer(&g);
+    }
+
+    #[test]
+    fn upper_list_runs_never_cross_a_segment() {
+        for m in [2, 16, MAX_M] {
+            let g = Hnsw::new(4, m, 16);
+            for i in 0..3000 {
+                let level = 1 + (i * 7) % MAX_LEVEL;
+                let words = level * (g.m + 1);
+                let at = g.alloc_upper(level) as usize;
+                assert_eq!(locate(at).0, locate(at + words - 1).0, "m {m}, level {level} at {at}");
+                assert_eq!(g.upper.run(at, words).len(), words);
+            }
+        }
+    }
+
+    #[test]
+    fn selection_prunes_exactly_m_candidates_as_hnswlib() {
+        let g = Hnsw::new(2, 2, 16);
+        let vs = [[1.0f32, 0.0], [0.995, 0.0998], [0.0, 1.0]];
+        let rows: Vec<(u32, &[f32])> = vs.iter().enumerate().map(|(i, v)| (i as u32, v.as_slice())).collect();
+        g.insert(&rows);
+        let q = [0.98f32, 0.199];
+        let cands: Vec<(f32, u32)> = [0u32, 1].iter().map(|&s| g.node_of(s).unwrap()).map(|n| (walk::dot(&q, g.vector(n)), n)).collect();
+        let mut cands = cands;
+        cands.sort_by(|a, b| b.0.total_cmp(&a.0));
+        // Two candidates for two places: the second is nearer the first than the query, so
+        // `getNeighborsByHeuristic2` keeps one; one candidate fewer than M is kept as it is.
+        assert_eq!(g.select(&cands, 2, &walk::dot).len(), 1);
+        assert_eq!(g.select(&cands, 3, &walk::dot).len(), 2);
+    }
+
+    #[test]
+    fn a_batch_runs_on_a_thread_per_128_rows_reusing_their_marks() {
+        let mut rng = StdRng::seed_from_u64(13);
+        let vs: Vec<Vec<f32>> = (0..1200).map(|_| unit(&mut rng, 8)).collect();
+        let g = Hnsw::new(8, 16, 64);
+        let cores = std::thread::available_parallelism().map_or(1, |t| t.get());
+        for (b, chunk) in vs.chunks(300).enumerate() {
+            let rows: Vec<(u32, &[f32])> = chunk.iter().enumerate().map(|(i, v)| ((b * 300 + i) as u32, v.as_slice())).collect();
+            g.insert(&rows);
+            let pooled = lock(&g.visited).len();
+            let threads = cores.min(300 / PARALLEL_MIN);
+            assert_eq!(pooled, if threads < 2 { 0 } else { threads }, "batch {b}");
+        }
+        for (i, v) in vs.iter().enumerate().step_by(37) {
+            assert_eq!(g.search(v, 1, 32, |_| true)[0].0, i as u32);
+        }
     }
 }

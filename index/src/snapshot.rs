@@ -225,8 +225,16 @@ pub fn decode(b: &[u8]) -> Result<Topology, SnapshotError> {
     let max_nb_connection = r.u8()?;
     let ef_construction = r.u32()?;
     let level_scale = r.f64()?;
-    if dim == 0 || max_nb_connection < 2 || ef_construction == 0 || !(level_scale.is_finite() && level_scale > 0.0) {
+    if dim == 0 || !(level_scale.is_finite() && level_scale > 0.0) {
         return Err(bad("bad parameters"));
+    }
+    // The graph sizes its lists by M and its searches by efConstruction: out of these ranges
+    // a snapshot is refused (and the graph rebuilt), never adopted.
+    if !(2..=crate::hnsw::MAX_M).contains(&(max_nb_connection as usize)) {
+        return Err(bad(format!("M {max_nb_connection} (2 to {})", crate::hnsw::MAX_M)));
+    }
+    if !(1..=crate::hnsw::MAX_EF_CONSTRUCTION).contains(&(ef_construction as usize)) {
+        return Err(bad(format!("efConstruction {ef_construction} (1 to {})", crate::hnsw::MAX_EF_CONSTRUCTION)));
     }
     let nlayers = r.u8()? as usize;
     if nlayers > MAX_LAYERS {
@@ -457,5 +465,20 @@ mod tests {
             encode(&t)
         };
         assert_eq!(decode(&sparse).unwrap().len(), 2);
+        // M and efConstruction out of range are refused, not adopted by the graph.
+        let with = |m: u8, ef: u32| {
+            let mut p = decode(&blob).unwrap().params;
+            (p.max_nb_connection, p.ef_construction) = (m, ef);
+            let mut t = Topology::new(p);
+            t.push_node(1, 0);
+            t.push_list(&[]);
+            decode(&encode(&t))
+        };
+        assert!(with(65, 200).unwrap_err().0.contains("M 65"));
+        assert!(with(255, 200).is_err() && with(1, 200).is_err());
+        assert!(with(16, u32::MAX).unwrap_err().0.contains("efConstruction"));
+        assert!(with(16, 4097).is_err() && with(16, 0).is_err());
+        assert_eq!(with(64, 4096).unwrap().len(), 1);
+        assert_eq!(with(2, 1).unwrap().len(), 1);
     }
 }

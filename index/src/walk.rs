@@ -72,7 +72,10 @@ impl Visited {
 
     /// A fresh stamp, the marks sized for `n` nodes.
     pub(crate) fn next(&mut self, n: usize) -> u32 {
-        if self.marks.len() < n {
+        if self.marks.is_empty() {
+            // Zeroed memory: pages no walk touches are never written.
+            self.marks = vec![0; n];
+        } else if self.marks.len() < n {
             self.marks.resize(n, 0);
         }
         self.stamp = self.stamp.wrapping_add(1);
