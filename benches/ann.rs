@@ -1,4 +1,4 @@
-//! Index search latency through `echovault-index` (RocksDB + hnsw_rs): graph walk at several
+//! Index search latency through `echovault-index` (RocksDB + its HNSW graph): graph walk at several
 //! breadths, exact search, a filtered search, f32 and f16 storage, and opening an index from
 //! its graph snapshot vs rebuilding it. 20,000 clustered 64-d unit vectors, seed 1.
 //! Peers (hnswlib, faiss) and recall curves on real data: `tools/bench-ann`.

@@ -1,5 +1,5 @@
 //! End-to-end: the built `echovault` binary over the committed samples, through FFmpeg,
-//! LibTorch, the tokenizer, RocksDB and hnsw_rs. Each step asserts what a broken link would change.
+//! LibTorch, the tokenizer, RocksDB and the HNSW graph. Each step asserts what a broken link would change.
 
 #![allow(clippy::unwrap_used)]
 

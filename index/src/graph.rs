@@ -8,7 +8,6 @@ use crate::ids::{ItemId, Slot};
 use crate::search::Filter;
 use crate::snapshot::Topology;
 use crate::walk::dot;
-use std::path::Path;
 
 /// Max neighbours per node (hnsw `M`; `2M` on layer 0).
 pub const HNSW_M: usize = 16;
@@ -84,9 +83,8 @@ impl Graph {
 
     /// The graph of a validated snapshot `t` whose every node has its vector in `vector`,
     /// filled straight from the topology (nothing re-inserted): searchable and insertable at
-    /// once. Nodes are invisible until [`Graph::set_meta`]. (`_scratch`: where the `hnsw_rs`
-    /// graph used to be reloaded through files; nothing is written there any more.)
-    pub fn from_snapshot<'v>(t: Topology, _dim: usize, vector: impl Fn(Slot) -> Option<&'v [f32]> + Sync, _scratch: &Path) -> Self {
+    /// once. Nodes are invisible until [`Graph::set_meta`].
+    pub fn from_snapshot<'v>(t: Topology, _dim: usize, vector: impl Fn(Slot) -> Option<&'v [f32]> + Sync) -> Self {
         Self::with(Hnsw::from_topology(&t, |s| vector(Slot(s))))
     }
 
@@ -244,7 +242,7 @@ mod tests {
         assert!(topo.layers() >= 2, "a 3000-node graph has upper layers");
         let back = decode(&encode(&topo)).unwrap();
         assert_eq!(back, topo);
-        let mut h = Graph::from_snapshot(back, 16, |s| vs.get(s.0 as usize / 2).map(Vec::as_slice), Path::new("/nonexistent"));
+        let mut h = Graph::from_snapshot(back, 16, |s| vs.get(s.0 as usize / 2).map(Vec::as_slice));
         for i in 0..3000 {
             h.set_meta(Slot(i as u32 * 2), meta(i));
         }

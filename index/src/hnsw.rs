@@ -769,7 +769,7 @@ impl Hnsw {
                 for (layer, links) in t.lists(i as usize).enumerate().take(level + 1) {
                     ids.clear();
                     // Only neighbours that have a list on this layer: a link to a node below it
-                    // (graphs `hnsw_rs` built have some) would lead a walk, or an insert's
+                    // (graphs `hnsw_rs` built may have some) would lead a walk, or an insert's
                     // search, to a node with no links there.
                     ids.extend(links.iter().filter_map(map).filter(|&nb| levels.get(nb as usize).is_some_and(|&l| l as usize >= layer)));
                     write_list(g.list(node as u32, layer), ids.iter().copied());

@@ -5,8 +5,7 @@
 //! A reader sees every batch committed before it opened; [`Index::refresh`] catches up with
 //! what was committed since: new vectors are inserted into its in-memory graphs, tombstoned
 //! ones hidden, and a collection that the writer rebuilt (its generation in `meta` changed) is
-//! loaded again from its snapshot. Nothing a reader does writes under the index directory; the
-//! `hnsw_rs` scratch files of a graph reload go into its temporary directory too.
+//! loaded again from its snapshot. Nothing a reader does writes under the index directory.
 
 use crate::codec::{self, Collection};
 use crate::error::IndexError;
@@ -22,8 +21,9 @@ use std::sync::Mutex;
 /// What a reader keeps beside the database.
 #[derive(Debug)]
 pub(crate) struct ReaderState {
-    /// The secondary instance's own directory (outside the index).
-    pub(crate) dir: tempfile::TempDir,
+    /// The secondary instance's own directory (outside the index), held so that it is removed
+    /// when the reader closes.
+    _dir: tempfile::TempDir,
     /// Rebuild generations of the collections and the facts generation, as last read.
     seen: Mutex<Generations>,
 }
@@ -50,7 +50,7 @@ pub(crate) const KEY_FACTS_GENERATION: &[u8] = b"facts_generation";
 
 impl ReaderState {
     pub(crate) fn new(dir: tempfile::TempDir) -> ReaderState {
-        ReaderState { dir, seen: Mutex::new(Generations::default()) }
+        ReaderState { _dir: dir, seen: Mutex::new(Generations::default()) }
     }
 }
 
@@ -238,11 +238,5 @@ impl Index {
             Some(_) => Err(IndexError::ReadOnly { path: self.path.clone(), op }),
             None => Ok(()),
         }
-    }
-
-    /// Where graph reloads put their scratch files: the index directory for a writer, the
-    /// reader's own directory for a reader.
-    pub(crate) fn scratch_dir(&self) -> &Path {
-        self.reader.as_ref().map_or(self.path.as_path(), |r| r.dir.path())
     }
 }

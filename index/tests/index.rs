@@ -1,4 +1,4 @@
-//! Integration tests of the index through RocksDB and hnsw_rs: put, get, search, reopen,
+//! Integration tests of the index through RocksDB and the HNSW graph: put, get, search, reopen,
 //! replace, delete, filters, format checks, and graph search against brute force.
 
 #![allow(clippy::unwrap_used)]

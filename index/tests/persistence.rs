@@ -72,8 +72,8 @@ fn reopening_loads_the_snapshot_instead_of_rebuilding() {
     assert_eq!((loads[0].how, loads[0].replayed, loads[0].live), ("snapshot", 0, 6000), "{loads:?}");
     let space = index.space("s").unwrap().id;
     let after: Vec<Vec<String>> = stored.iter().step_by(120).map(|(_, v)| ids(&index, space, v, 10)).collect();
-    // Same graph, same answers (hnsw_rs may pick another top-layer entry point after a parallel
-    // build, so allow a rare difference in the tail).
+    // Same graph, same answers (the load drops upper-layer links to nodes below that layer, none
+    // of which our inserts make; still allow a rare difference in the tail).
     let same = before.iter().zip(&after).filter(|(a, b)| a == b).count();
     assert!(same * 10 >= before.len() * 9, "{same} of {} identical", before.len());
     assert!(index.verify().unwrap().ok());

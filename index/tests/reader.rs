@@ -138,8 +138,8 @@ fn a_reader_writes_nothing_under_the_index_directory() {
         let space = writer.ensure_space("s", D).unwrap();
         put(&writer, space, &mut rng, 0..200);
         writer.checkpoint().unwrap();
-        // Vectors after the snapshot: the reader replays them, which reloads the hnsw_rs graph
-        // through scratch files (they must go elsewhere).
+        // Vectors after the snapshot: the reader replays them into the graph it filled from the
+        // snapshot (writing nothing under the index).
         put(&writer, space, &mut rng, 200..260);
     }
     let before = hashes(dir.path());

@@ -352,7 +352,8 @@ impl Index {
 }
 
 /// Restores unit length after an f16 round trip (a no-op for f32 vectors, which are stored
-/// normalised): `hnsw_rs`'s dot distance asserts `a·b ≤ 1.000002`.
+/// normalised): still needed, since the graph takes the dot product of unit vectors as their
+/// cosine, so a vector off unit length would rank and score wrongly (scores above 1 among them).
 pub(crate) fn renormalise(v: &mut [f32]) {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     if norm > 0.0 && (norm - 1.0).abs() > 1e-6 {

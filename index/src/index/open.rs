@@ -415,8 +415,8 @@ impl Index {
             let replay = stored.rows.iter().skip(h.covered as usize).filter(|r| r.is_some()).count();
             return Ok((g, replay));
         }
-        // Searchable at once from the snapshot; hnsw_rs reloads it on the first insert.
-        let mut g = Graph::from_snapshot(topo, dim, |s| stored.vector(s), self.scratch_dir());
+        // Filled straight from the snapshot: searchable and insertable at once.
+        let mut g = Graph::from_snapshot(topo, dim, |s| stored.vector(s));
         g.covered = h.covered;
         let replay = stored.rows.iter().skip(h.covered as usize).filter(|r| r.is_some()).count();
         Ok((g, replay))
