@@ -362,4 +362,50 @@ fn import_rebuilds_the_index_checks_model_and_secret_and_is_idempotent() {
     let o = echovault(&fresh, &["import", s(&junk)]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains(s(&junk)));
+
+    // Files without model probes: their checkpoints, where known, must agree.
+    let (ca, cb) = ("a".repeat(64), "b".repeat(64));
+    let (pa, pb) = (t.join("probeless-a.parquet"), t.join("probeless-b.parquet"));
+    peer(&["rewrite", s(&file), s(&pa), "--no-probe", "--checkpoint", &ca]);
+    peer(&["rewrite", s(&file), s(&pb), "--no-probe", "--checkpoint", &cb]);
+    let both = t.join("both");
+    let o = echovault(&both, &["import", s(&pa), s(&pb), "--secret-file", s(&secret)]);
+    assert_eq!(o.status.code(), Some(1), "two models' files in one import");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(s(&pa)) && err.contains(s(&pb)) && err.contains(&ca[..12]) && err.contains(&cb[..12]), "{err}");
+    assert!(!both.exists(), "refused before the index was created");
+    // A space made from a probe-less file keeps its checkpoint as its identity: another
+    // checkpoint's file is refused, with or without a probe, and nothing changes.
+    let lone = t.join("lone");
+    let o = echovault(&lone, &["import", s(&pa), "--secret-file", s(&secret)]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    for other in [&pb, &file] {
+        let o = echovault(&lone, &["import", s(other), "--secret-file", s(&secret)]);
+        assert_eq!(o.status.code(), Some(1), "{}", other.display());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(s(other)) && err.contains("another model") && err.contains(&ca[..12]), "{err}");
+    }
+    assert_eq!(counts(&lone), counts(&index));
+    // Non-ASCII footer strings on the refusal paths: errors, not panics.
+    let odd = t.join("odd-secret.parquet");
+    peer(&["rewrite", s(&file), s(&odd), "--secret", &"é".repeat(20)]);
+    let o = echovault(&fresh, &["import", s(&odd)]);
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&"é".repeat(12)));
+    let odd = t.join("odd-model.parquet");
+    peer(&["rewrite", s(&file), s(&odd), "--other-model", "--checkpoint", &"é".repeat(40)]);
+    let o = echovault(&fresh, &["import", s(&odd)]);
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&"é".repeat(12)));
+    // A dimension of 0 or an absurd one: refused, naming the file, before an index is made.
+    for dim in ["0", "100000000"] {
+        let bad = t.join(format!("dim-{dim}.parquet"));
+        peer(&["rewrite", s(&file), s(&bad), "--dim", dim]);
+        let target = t.join(format!("dim-{dim}"));
+        let o = echovault(&target, &["import", s(&bad), "--secret-file", s(&secret)]);
+        assert_eq!(o.status.code(), Some(1), "dim {dim}: {}", String::from_utf8_lossy(&o.stderr));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(s(&bad)) && err.contains(&format!("{dim}-d")), "{err}");
+        assert!(!target.exists(), "dim {dim}: no index made");
+    }
 }

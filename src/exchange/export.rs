@@ -62,8 +62,12 @@ pub struct ExportOptions {
     pub with_paths: bool,
     /// The vectors' element type.
     pub vector_type: VectorType,
-    /// Rows read from the index and handed to the writer at a time.
+    /// Rows read from the index and handed to the writer at a time, at most.
     pub chunk_rows: usize,
+    /// Bytes of vectors and frame embeddings read from the index and handed to the writer at
+    /// a time, about (a chunk is sized by the largest row seen so far; with `frames` a video
+    /// of 150 frames × 512-d is ~0.3 MB, so rows alone would not bound memory).
+    pub chunk_bytes: usize,
     /// A row group is closed once its encoded size reaches this many bytes.
     pub row_group_bytes: usize,
 }
@@ -78,6 +82,7 @@ impl Default for ExportOptions {
             with_paths: false,
             vector_type: VectorType::Auto,
             chunk_rows: 4096,
+            chunk_bytes: 64 << 20,
             row_group_bytes: 64 << 20,
         }
     }
@@ -134,7 +139,7 @@ pub fn export(index: &Index, out: &Path, opts: &ExportOptions) -> Result<ExportS
         let model: Option<ModelOrigin> = index.get_log(&origin_key(&s.name))?.and_then(|b| serde_json::from_slice(&b).ok());
         metas.push(SpaceMeta { name: s.name.clone(), dim: s.dim, probe, model });
     }
-    let mut cols = Columns::new(dim, float16, opts.frames, opts.with_paths, opts.chunk_rows);
+    let mut cols = Columns::new(dim, float16, opts.frames, opts.with_paths, chunk_len(opts, 4 * dim));
     let schema = cols.schema();
     let tmp = partial_path(out);
     let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
@@ -168,18 +173,25 @@ pub fn export(index: &Index, out: &Path, opts: &ExportOptions) -> Result<ExportS
                 RecordBatch::try_new(schema.clone(), cols.finish()).map_err(|e| Error::Invalid(format!("{}: {e}", out.display())))?;
             writer.write(&batch).map_err(|e| Error::Invalid(format!("writing {}: {e}", out.display())))
         };
+        // The largest row seen (4 bytes a value); before any, a video of 256 frames is assumed.
+        let mut row_bytes = 4 * dim * if opts.frames { 257 } else { 1 };
+        let mut cols_bytes = 0usize;
         for (s, meta) in spaces.iter().zip(&metas) {
             let model = meta.model.as_ref().map(|m| m.checkpoint.as_str());
             for &kind in &kinds {
                 let mut rows = index.export_rows(s.id, kind, &opts.filter, opts.frames)?;
                 let mut n = 0u64;
-                while let Some(chunk) = rows.next_chunk(opts.chunk_rows)? {
+                while let Some(chunk) = rows.next_chunk(chunk_len(opts, row_bytes))? {
                     for row in &chunk {
                         summary.patient_keys += u64::from(row.record.patient.is_some());
+                        let bytes = 4 * (row.vector.len() + row.frames.iter().flatten().map(Vec::len).sum::<usize>());
+                        row_bytes = row_bytes.max(bytes);
                         cols.push(row, &s.name, model)?;
+                        cols_bytes += bytes;
                         n += 1;
-                        if cols.len() >= opts.chunk_rows {
+                        if cols.len() >= opts.chunk_rows || cols_bytes >= opts.chunk_bytes {
                             write(&mut writer, &mut cols)?;
+                            cols_bytes = 0;
                         }
                     }
                 }
@@ -208,6 +220,12 @@ pub fn export(index: &Index, out: &Path, opts: &ExportOptions) -> Result<ExportS
     summary.seconds = t0.elapsed().as_secs_f64();
     summary.rows_per_s = summary.rows as f64 / summary.seconds.max(1e-9);
     Ok(summary)
+}
+
+/// Rows to read from the index next: `chunk_rows`, fewer where rows of `row_bytes` would pass
+/// `chunk_bytes` (one at least).
+fn chunk_len(opts: &ExportOptions, row_bytes: usize) -> usize {
+    (opts.chunk_bytes / row_bytes.max(1)).clamp(1, opts.chunk_rows.max(1))
 }
 
 /// `FILE.partial-PID` beside `out`.
@@ -491,5 +509,21 @@ impl Columns {
             a.push(Arc::new(s.finish()));
         }
         a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_are_bounded_by_bytes_as_well_as_rows() {
+        let opts = ExportOptions::default();
+        // 512-d f32 vectors alone: the row bound.
+        assert_eq!(chunk_len(&opts, 4 * 512), 4096);
+        // With 150 frames each (~0.3 MB a row), 64 MiB hold 217 rows, not 4,096 (1.26 GB).
+        assert_eq!(chunk_len(&opts, 4 * 512 * 151), 217);
+        // A row larger than the bound is still read, one at a time.
+        assert_eq!(chunk_len(&opts, 1 << 30), 1);
     }
 }

@@ -24,6 +24,9 @@ const LOG_SOP: &str = "sop:";
 /// The `frames_lost` note of a video imported without its frame embeddings.
 const IMPORTED_WITHOUT_FRAMES: &str = "imported without frame embeddings";
 
+/// The largest vector dimension a file may declare.
+const MAX_DIM: usize = 65536;
+
 /// How to import.
 #[derive(Clone, Debug)]
 pub struct ImportOptions {
@@ -31,13 +34,17 @@ pub struct ImportOptions {
     pub secret_file: Option<PathBuf>,
     /// Accept patient keys made with another secret than the index's.
     pub foreign_keys: bool,
-    /// Rows read and committed at a time.
+    /// Rows read and committed at a time, at most.
     pub batch_rows: usize,
+    /// Bytes of decoded rows (vectors and frame embeddings, as the file's row groups record
+    /// their uncompressed size) read and committed at a time, about: with frame embeddings a
+    /// row is ~0.3 MB (150 frames × 512-d), so rows alone would not bound memory.
+    pub batch_bytes: usize,
 }
 
 impl Default for ImportOptions {
     fn default() -> Self {
-        ImportOptions { secret_file: None, foreign_keys: false, batch_rows: 2048 }
+        ImportOptions { secret_file: None, foreign_keys: false, batch_rows: 2048, batch_bytes: 64 << 20 }
     }
 }
 
@@ -74,6 +81,8 @@ struct FileInfo {
     patient_keys: Option<u64>,
     float16: bool,
     with_paths: bool,
+    /// The largest uncompressed bytes per row of any of its row groups.
+    row_bytes: u64,
 }
 
 impl FileInfo {
@@ -118,21 +127,21 @@ pub fn import(dir: &Path, files: &[PathBuf], opts: &ImportOptions) -> Result<Imp
     let mut space_ids: HashMap<String, SpaceId> = HashMap::new();
     for f in &infos {
         for s in &f.spaces {
-            if !space_ids.contains_key(&s.name) {
-                let (id, created) = space_for(&index, f, s)?;
-                if created {
-                    summary.spaces_created.push(s.name.clone());
-                }
-                space_ids.insert(s.name.clone(), id);
+            // Every file is checked against the space as the files before it left it.
+            let (id, created) = space_for(&index, f, s)?;
+            if created {
+                summary.spaces_created.push(s.name.clone());
             }
+            space_ids.insert(s.name.clone(), id);
         }
     }
     let tolerance = if encoding == VectorEncoding::F16 { 2e-3 } else { 1e-5 };
     let mut changed = false;
     for f in &infos {
         let file = std::fs::File::open(&f.path).map_err(|e| Error::io(&f.path, e))?;
+        let rows_at_a_time = (opts.batch_bytes as u64 / f.row_bytes.max(1)).clamp(1, opts.batch_rows.max(1) as u64) as usize;
         let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-            .and_then(|b| b.with_batch_size(opts.batch_rows.max(1)).build())
+            .and_then(|b| b.with_batch_size(rows_at_a_time).build())
             .map_err(|e| bad(&f.path, e))?;
         let mut first_row = 0u64;
         for batch in reader {
@@ -196,6 +205,9 @@ fn read_info(path: &Path) -> Result<FileInfo, Error> {
     if spaces.is_empty() {
         return Err(bad(path, "names no embedding space"));
     }
+    if let Some(s) = spaces.iter().find(|s| !(1..=MAX_DIM).contains(&s.dim)) {
+        return Err(bad(path, format!("space '{}' is {}-d in {}: a dimension is 1 to {MAX_DIM}", s.name, s.dim, keys::SPACES)));
+    }
     let schema = builder.schema();
     let dim = spaces[0].dim;
     if let Some(s) = spaces.iter().find(|s| s.dim != dim) {
@@ -224,6 +236,15 @@ fn read_info(path: &Path) -> Result<FileInfo, Error> {
         Ok(DataType::FixedSizeList(f, _)) | Ok(DataType::List(f)) | Ok(DataType::LargeList(f)) => *f.data_type() == DataType::Float16,
         _ => false,
     };
+    let row_bytes = builder
+        .metadata()
+        .row_groups()
+        .iter()
+        .filter(|g| g.num_rows() > 0)
+        .map(|g| u64::try_from(g.total_byte_size()).unwrap_or(0) / g.num_rows() as u64)
+        .max()
+        .unwrap_or(0)
+        .max(dim as u64 * 4);
     Ok(FileInfo {
         path: path.to_owned(),
         spaces,
@@ -231,6 +252,7 @@ fn read_info(path: &Path) -> Result<FileInfo, Error> {
         patient_keys,
         float16,
         with_paths: schema.column_with_name(col::SOURCE).is_some(),
+        row_bytes,
     })
 }
 
@@ -249,7 +271,11 @@ fn check_files_agree(infos: &[FileInfo]) -> Result<(), Error> {
                         let (ct, ci) = probe_cosines(a, b);
                         ct >= PROBE_MIN_COSINE && ci >= PROBE_MIN_COSINE
                     }
-                    _ => same_checkpoint(s.model.as_ref(), t.model.as_ref()) || (s.probe.is_none() && t.probe.is_none()),
+                    // Probes cannot be compared: known checkpoints must agree.
+                    _ => match (&s.model, &t.model) {
+                        (Some(a), Some(b)) => a.checkpoint == b.checkpoint,
+                        _ => s.probe.is_none() && t.probe.is_none(),
+                    },
                 };
             if !same {
                 return Err(Error::Invalid(format!(
@@ -277,7 +303,7 @@ fn check_secret(f: &FileInfo, target: Option<&str>, dir: &Path, is_new: bool) ->
     if !f.has_patient_keys() || (f.secret.is_some() && f.secret.as_deref() == target) {
         return Ok(());
     }
-    let short = |s: Option<&str>| s.map_or("none".to_owned(), |s| format!("{}…", &s[..s.len().min(12)]));
+    let short = |s: Option<&str>| s.map_or("none".to_owned(), |s| format!("{}…", s.chars().take(12).collect::<String>()));
     let theirs = if is_new && target.is_none() { "the new secret it would be created with".to_owned() } else { short(target) };
     Err(Error::Invalid(format!(
         "{}: its patient keys were made with another patient-key secret (fingerprint {}) than index {}'s ({theirs}): one patient \
@@ -303,7 +329,6 @@ fn space_for(index: &Index, f: &FileInfo, s: &SpaceMeta) -> Result<(SpaceId, boo
             ));
         }
     }
-    let id = index.ensure_space(&s.name, s.dim)?;
     let held_probe: Option<serde_json::Value> = index.get_log(&probe_key(&s.name))?.and_then(|b| serde_json::from_slice(&b).ok());
     let held_model: Option<ModelOrigin> = index.get_log(&origin_key(&s.name))?.and_then(|b| serde_json::from_slice(&b).ok());
     let mismatch = |why: String| {
@@ -330,8 +355,16 @@ fn space_for(index: &Index, f: &FileInfo, s: &SpaceMeta) -> Result<(SpaceId, boo
         (None, Some(_)) if !same_checkpoint(s.model.as_ref(), held_model.as_ref()) => {
             return Err(mismatch("the file carries no model probe to check".into()));
         }
-        _ => {}
+        // No probe on one side or both: checkpoints, where both are known, must agree.
+        (_, None) | (None, _) => {
+            if let (Some(a), Some(b)) = (&s.model, &held_model) {
+                if a.checkpoint != b.checkpoint {
+                    return Err(mismatch("their checkpoints differ, and there is no model probe on both sides to compare".into()));
+                }
+            }
+        }
     }
+    let id = index.ensure_space(&s.name, s.dim)?;
     let mut b = index.batch();
     if let (Some(p), None) = (&s.probe, &held_probe) {
         b.put_log(&probe_key(&s.name), Some(&serde_json::to_vec(p).map_err(|e| Error::Invalid(format!("model probe: {e}")))?));
@@ -339,7 +372,9 @@ fn space_for(index: &Index, f: &FileInfo, s: &SpaceMeta) -> Result<(SpaceId, boo
     if let (Some(m), None) = (&s.model, &held_model) {
         b.put_log(&origin_key(&s.name), Some(&serde_json::to_vec(m).map_err(|e| Error::Invalid(format!("model origin: {e}")))?));
     }
-    index.commit(b)?;
+    if !b.is_empty() {
+        index.commit(b)?;
+    }
     Ok((id, created))
 }
 
@@ -471,10 +506,17 @@ fn read_rows(batch: &RecordBatch, f: &FileInfo, first: u64) -> Result<Vec<Row>, 
             return Err(at("no vector"));
         }
         let vector = list_at(vectors, i).map_err(|e| at(&format!("vector: {e}")))?;
+        let dim = f.spaces.first().map_or(0, |s| s.dim);
+        if vector.len() != dim {
+            return Err(at(&format!("a {}-d vector, the file's spaces are {dim}-d", vector.len())));
+        }
         let frames = match frames {
             Some(a) if !a.is_null(i) => Some(frames_at(a, i).map_err(|e| at(&format!("frame_embeddings: {e}")))?),
             _ => None,
         };
+        if let Some(n) = frames.iter().flatten().map(Vec::len).find(|n| *n != dim) {
+            return Err(at(&format!("a {n}-d frame embedding, the file's spaces are {dim}-d")));
+        }
         out.push(Row { number, space, record: rec, vector, frames });
     }
     Ok(out)
@@ -562,8 +604,9 @@ fn extra_at(a: &ArrayRef, i: usize) -> Result<BTreeMap<String, String>, String> 
     }
     let m = a.as_map_opt().ok_or_else(|| format!("column `extra` is {}, not a map of strings", a.data_type()))?;
     let entries = m.value(i);
-    let keys = entries.column(0);
-    let values = entries.column(1);
+    let (Some(keys), Some(values)) = (entries.columns().first(), entries.columns().get(1)) else {
+        return Err("column `extra` is not a map of strings".into());
+    };
     let (k, v) = (keys.as_string_opt::<i32>(), values.as_string_opt::<i32>());
     let (Some(k), Some(v)) = (k, v) else { return Err("column `extra` is not a map of strings".into()) };
     for j in 0..k.len() {
@@ -574,28 +617,43 @@ fn extra_at(a: &ArrayRef, i: usize) -> Result<BTreeMap<String, String>, String> 
     Ok(out)
 }
 
+/// Start and end of list `i` (checked: offsets from a file).
+fn offsets<O: Copy + TryInto<usize>>(o: &[O], i: usize) -> Result<(usize, usize), String> {
+    let at = |j: usize| o.get(j).and_then(|x| (*x).try_into().ok()).ok_or_else(|| "offsets out of range".to_owned());
+    let (a, b) = (at(i)?, at(i + 1)?);
+    if b < a {
+        return Err("offsets out of order".into());
+    }
+    Ok((a, b))
+}
+
 /// Row `i` of a list (fixed-size or not) of floats.
 fn list_at(a: &dyn Array, i: usize) -> Result<Vec<f32>, String> {
     let (values, start, len) = if let Some(l) = a.as_fixed_size_list_opt() {
         (l.values().clone(), l.value_offset_at(i), l.value_length() as usize)
     } else if let Some(l) = a.as_list_opt::<i32>() {
         let o = l.value_offsets();
-        (l.values().clone(), o[i] as usize, (o[i + 1] - o[i]) as usize)
+        let (a, b) = offsets(o, i)?;
+        (l.values().clone(), a, b - a)
     } else if let Some(l) = a.as_list_opt::<i64>() {
         let o = l.value_offsets();
-        (l.values().clone(), o[i] as usize, (o[i + 1] - o[i]) as usize)
+        let (a, b) = offsets(o, i)?;
+        (l.values().clone(), a, b - a)
     } else {
         return Err(format!("{} is not a list of floats", a.data_type()));
     };
+    if start.checked_add(len).is_none_or(|end| end > values.len()) {
+        return Err("offsets out of range".into());
+    }
     if values.null_count() > 0 && (start..start + len).any(|j| values.is_null(j)) {
         return Err("a null value".into());
     }
     let v: Vec<f32> = if let Some(x) = values.as_primitive_opt::<Float32Type>() {
-        x.values()[start..start + len].to_vec()
+        x.values().get(start..start + len).ok_or("offsets out of range")?.to_vec()
     } else if let Some(x) = values.as_primitive_opt::<Float16Type>() {
-        x.values()[start..start + len].iter().map(|h| h.to_f32()).collect()
+        x.values().get(start..start + len).ok_or("offsets out of range")?.iter().map(|h| h.to_f32()).collect()
     } else if let Some(x) = values.as_primitive_opt::<Float64Type>() {
-        x.values()[start..start + len].iter().map(|d| *d as f32).collect()
+        x.values().get(start..start + len).ok_or("offsets out of range")?.iter().map(|d| *d as f32).collect()
     } else {
         return Err(format!("values are {}, not floats", values.data_type()));
     };
@@ -606,13 +664,18 @@ fn list_at(a: &dyn Array, i: usize) -> Result<Vec<f32>, String> {
 fn frames_at(a: &ArrayRef, i: usize) -> Result<Vec<Vec<f32>>, String> {
     let (inner, start, end) = if let Some(l) = a.as_list_opt::<i32>() {
         let o = l.value_offsets();
-        (l.values().clone(), o[i] as usize, o[i + 1] as usize)
+        let (a, b) = offsets(o, i)?;
+        (l.values().clone(), a, b)
     } else if let Some(l) = a.as_list_opt::<i64>() {
         let o = l.value_offsets();
-        (l.values().clone(), o[i] as usize, o[i + 1] as usize)
+        let (a, b) = offsets(o, i)?;
+        (l.values().clone(), a, b)
     } else {
         return Err(format!("{} is not a list of vectors", a.data_type()));
     };
+    if end > inner.len() {
+        return Err("offsets out of range".into());
+    }
     (start..end).map(|j| if inner.is_null(j) { Err("a null frame".to_owned()) } else { list_at(inner.as_ref(), j) }).collect()
 }
 
@@ -630,6 +693,7 @@ mod tests {
             patient_keys: keys,
             float16: false,
             with_paths: false,
+            row_bytes: 4,
         };
         let dir = Path::new("idx");
         assert!(check_secret(&f(Some(0), Some("aa")), None, dir, true).is_ok(), "no keys: nothing to mix");

@@ -116,7 +116,7 @@ pub(crate) fn probe_cosines(a: &serde_json::Value, b: &serde_json::Value) -> (f3
 /// known.
 pub(crate) fn identity(model: Option<&ModelOrigin>) -> String {
     match model {
-        Some(m) => format!("checkpoint sha256 {}… in {}", &m.checkpoint[..m.checkpoint.len().min(12)], m.path.display()),
+        Some(m) => format!("checkpoint sha256 {}… in {}", m.checkpoint.chars().take(12).collect::<String>(), m.path.display()),
         None => "model not recorded".to_owned(),
     }
 }

@@ -2,9 +2,11 @@
 echovault wrote; pyarrow writes files echovault imports.
 
     parquet_peer.py read FILE             -> JSON: metadata, schema, pyarrow rows, DuckDB rows
-    parquet_peer.py rewrite IN OUT [--other-model]
+    parquet_peer.py rewrite IN OUT [--other-model] [--no-probe] [--checkpoint HEX] [--dim N] [--secret FP]
         IN read and written again by pyarrow (its own writer, the key-value metadata kept);
-        --other-model flips the sign of the model probe in the metadata (another model's file).
+        --other-model flips the sign of the model probe in the metadata (another model's file);
+        --no-probe drops the probes, --checkpoint sets each space's checkpoint sha256, --dim its
+        dimension (metadata only), --secret the secret fingerprint: malformed or other files.
 """
 
 import json
@@ -47,7 +49,7 @@ def read(path):
     }
 
 
-def rewrite(src, dst, other_model):
+def rewrite(src, dst, other_model, edits=None):
     table = pq.read_table(src)
     # The file's key-value metadata (pyarrow keeps only the Arrow schema's on the table).
     meta = dict(pq.ParquetFile(src).metadata.metadata or {})
@@ -59,6 +61,18 @@ def rewrite(src, dst, other_model):
             if s.get("model"):
                 s["model"]["checkpoint"] = "0" * 64
         meta[b"echovault.spaces"] = json.dumps(spaces).encode()
+    edits = edits or {}
+    spaces = json.loads(meta[b"echovault.spaces"])
+    for s in spaces:
+        if "--no-probe" in edits:
+            s["probe"] = None
+        if "--checkpoint" in edits:
+            s["model"] = dict(s.get("model") or {"space": s["name"], "path": "/models/x"}, checkpoint=edits["--checkpoint"])
+        if "--dim" in edits:
+            s["dim"] = int(edits["--dim"])
+    meta[b"echovault.spaces"] = json.dumps(spaces, ensure_ascii=False).encode()
+    if "--secret" in edits:
+        meta[b"echovault.secret_fingerprint"] = edits["--secret"].encode()
     meta = {k: v for k, v in meta.items() if not k.startswith(b"ARROW:")}
     pq.write_table(table.replace_schema_metadata(meta), dst)
 
@@ -67,6 +81,15 @@ if __name__ == "__main__":
     if sys.argv[1] == "read":
         print(json.dumps(read(sys.argv[2])))
     elif sys.argv[1] == "rewrite":
-        rewrite(sys.argv[2], sys.argv[3], "--other-model" in sys.argv[4:])
+        rest, edits = sys.argv[4:], {}
+        while rest:
+            flag = rest.pop(0)
+            if flag in ("--other-model", "--no-probe"):
+                edits[flag] = True
+            elif flag in ("--checkpoint", "--dim", "--secret"):
+                edits[flag] = rest.pop(0)
+            else:
+                sys.exit(f"unknown option {flag}")
+        rewrite(sys.argv[2], sys.argv[3], "--other-model" in edits, edits)
     else:
         sys.exit(f"unknown command {sys.argv[1]}")

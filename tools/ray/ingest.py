@@ -12,11 +12,14 @@ the DICOMweb server; the echovault binary (`--echovault`, with `echovault-engine
 the model directory likewise. A study never splits between shards (see `ingest --shard`).
 
 Where the shard indexes and Parquet files go: with `--work DIR` (a folder every node sees) the
-tasks write there and the driver reads the files in place (the shard files carry the frame
-embeddings and source paths unless `--no-frames` / `--no-paths`: the merged index is then what one
-ingest would have made); without it each task works in a
+tasks write there and the driver reads the files in place; without it each task works in a
 temporary folder of its node and hands its Parquet file back through Ray's object store (fine
-for a single machine or shards of a few GB).
+for a single machine or shards of a few GB). The shard files carry the frame embeddings unless
+`--no-frames`; source paths only with `--with-paths` (PACS paths carry names: without them the
+merged index shows no thumbnails or paths). The shard files hold patient keys and report text:
+after a successful import the driver deletes them and the shard indexes (under --work and in its
+temporary folder) unless `--keep`; after a failed one they stay for a rerun, and the error says
+where.
 
 Patient keys: every shard and the merged index must key patients with one secret, so the driver
 makes one secret file (`--secret-file`, created 0600 when it does not exist; default INDEX.secret
@@ -59,9 +62,9 @@ def parse_args(argv):
     p.add_argument("--cpus-per-node", type=int, default=1, help="CPUs of each --local-nodes worker node (default 1)")
     p.add_argument("--work", default=None, help="a folder every node sees, for the shard indexes and Parquet files")
     p.add_argument("--secret-file", default=None, help="patient-key secret shared by all shards (default INDEX.secret, made if missing)")
-    p.add_argument("--keep", action="store_true", help="keep the shard indexes (only with --work)")
+    p.add_argument("--keep", action="store_true", help="keep the shard indexes and Parquet files (deleted after a successful import otherwise)")
     p.add_argument("--no-frames", action="store_true", help="leave the frame embeddings out of the shard files (the merged index then has none: no zero-shot of indexed videos)")
-    p.add_argument("--no-paths", action="store_true", help="leave the source paths out of the shard files (the merged index then cannot show thumbnails or paths)")
+    p.add_argument("--with-paths", action="store_true", help="write the source paths into the shard files (PHI: PACS paths carry names; without them the merged index cannot show thumbnails or paths)")
     p.epilog = "After --: further `echovault ingest` flags for every shard (--reports, --workers, --batch, --since...)."
     cut = argv.index("--") if "--" in argv else len(argv)
     a = p.parse_args(argv[:cut])
@@ -123,7 +126,7 @@ def shard_task(i, n, a, shard_dir, secret):
             os.remove(out)
         export = [a.echovault, "--index", index, "export", "--format", "parquet", "--out", out]
         export += [] if a.no_frames else ["--frames"]
-        export += [] if a.no_paths else ["--with-paths"]
+        export += ["--with-paths"] if a.with_paths else []
         _, _, export_s = run(export, f"shard {i}/{n} export")
         result = {
             "shard": f"{i}/{n}",
@@ -203,12 +206,24 @@ def main(argv):
         cluster.shutdown()
 
     cmd = [a.echovault, "--index", os.path.abspath(a.index), "--secret-file", secret, "--json", "import", *files]
-    import_out, _, import_s = run(cmd, "import")
+    try:
+        import_out, _, import_s = run(cmd, "import")
+    except RuntimeError as e:
+        raise RuntimeError(f"{e}\nthe shard files (patient keys, report text) are kept for a rerun: {' '.join(files)}") from None
     if not a.keep:
+        # The shard files hold patient keys and report text: none is left behind.
         shutil.rmtree(scratch, ignore_errors=True)
         if work:
             for i in range(a.shards):
-                shutil.rmtree(os.path.join(work, f"shard-{i}", "index"), ignore_errors=True)
+                shard = os.path.join(work, f"shard-{i}")
+                shutil.rmtree(os.path.join(shard, "index"), ignore_errors=True)
+                for f in (os.path.join(shard, f"shard-{i}.parquet"),):
+                    if os.path.exists(f):
+                        os.remove(f)
+                try:
+                    os.rmdir(shard)
+                except OSError:
+                    pass
     print(
         json.dumps(
             {
