@@ -252,7 +252,7 @@ impl Index {
                     per_item[**id]
                 ));
             }
-            out.stored.insert(name.clone(), stored.rows.iter().filter(|r| r.is_some()).count());
+            out.stored.insert(name.clone(), stored.count());
             out.live.insert(name.clone(), live.len());
             let Some(g) = graphs.get(&c) else {
                 if !live.is_empty() {

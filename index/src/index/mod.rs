@@ -272,22 +272,71 @@ pub(crate) fn synced() -> WriteOptions {
     wo
 }
 
-/// The stored vectors of one collection, by slot.
+/// The stored vectors of one collection, by slot. The components of every row sit in ONE
+/// contiguous buffer: a single large allocation, which malloc maps on its own and hands back to
+/// the system when it is dropped. (A `Vec<f32>` per row, 2 KB at 512-d, is small-chunk heap:
+/// freed after the open, it stayed resident between the ids and filter facts kept, about as
+/// much memory again as the graph.)
 struct Stored {
-    rows: Vec<Option<(ItemId, Vec<f32>)>>,
+    dim: usize,
+    /// `dim` components per row, in the order the rows were read (ascending slot).
+    data: Vec<f32>,
+    /// Item of each row.
+    items: Vec<ItemId>,
+    /// Row of each slot below the highest stored one; `NO_ROW` where none is stored.
+    at: Vec<u32>,
     dead: HashSet<u32>,
 }
 
+const NO_ROW: u32 = u32::MAX;
+
 impl Stored {
-    fn vector(&self, s: Slot) -> Option<&[f32]> {
-        self.rows.get(s.0 as usize).and_then(Option::as_ref).map(|(_, v)| v.as_slice())
+    fn new(dim: usize) -> Self {
+        Self { dim, data: Vec::new(), items: Vec::new(), at: Vec::new(), dead: HashSet::new() }
     }
-    fn live(&self) -> impl Iterator<Item = (Slot, &ItemId, &Vec<f32>)> {
-        self.rows
+    /// Appends `slot`'s vector (already `dim` long) for `item`; a slot stored twice keeps the
+    /// later row.
+    fn push(&mut self, slot: Slot, item: ItemId, v: &[f32]) {
+        let i = slot.0 as usize;
+        if self.at.len() <= i {
+            self.at.resize(i + 1, NO_ROW);
+        }
+        self.at[i] = self.items.len() as u32;
+        self.items.push(item);
+        self.data.extend_from_slice(v);
+    }
+    fn row(&self, r: usize) -> &[f32] {
+        &self.data[r * self.dim..(r + 1) * self.dim]
+    }
+    /// One past the highest stored slot (0 when none is).
+    fn extent(&self) -> usize {
+        self.at.len()
+    }
+    /// How many slots hold a vector.
+    fn count(&self) -> usize {
+        self.at.iter().filter(|r| **r != NO_ROW).count()
+    }
+    /// How many slots below `end` hold a vector.
+    fn count_below(&self, end: usize) -> usize {
+        self.at.iter().take(end).filter(|r| **r != NO_ROW).count()
+    }
+    fn vector(&self, s: Slot) -> Option<&[f32]> {
+        match self.at.get(s.0 as usize) {
+            Some(&r) if r != NO_ROW => Some(self.row(r as usize)),
+            _ => None,
+        }
+    }
+    /// Every stored slot from `start` on (tombstoned ones too), ascending.
+    fn from(&self, start: usize) -> impl Iterator<Item = (Slot, &[f32])> {
+        self.at.iter().enumerate().skip(start).filter(|(_, r)| **r != NO_ROW).map(|(i, r)| (Slot(i as u32), self.row(*r as usize)))
+    }
+    /// Every stored slot not tombstoned, ascending.
+    fn live(&self) -> impl Iterator<Item = (Slot, &ItemId, &[f32])> {
+        self.at
             .iter()
             .enumerate()
-            .filter_map(|(i, r)| r.as_ref().map(|(id, v)| (Slot(i as u32), id, v)))
-            .filter(|(s, _, _)| !self.dead.contains(&s.0))
+            .filter(|(i, r)| **r != NO_ROW && !self.dead.contains(&(*i as u32)))
+            .map(|(i, r)| (Slot(i as u32), &self.items[*r as usize], self.row(*r as usize)))
     }
 }
 

@@ -14,7 +14,7 @@ use crate::snapshot;
 use crate::store::{self, CF_GRAPH, CF_ITEMS, CF_META, CF_VECTORS};
 use rocksdb::{IteratorMode, WriteBatch, DB};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
@@ -295,26 +295,19 @@ impl Index {
         let stored = self.read_collection(c, info.dim)?;
         let (mut g, how, reason, replayed) = match self.restore(c, info.dim, next, &stored) {
             Ok((g, replay)) => (g, "snapshot", None, replay),
-            Err(why) => (Graph::new(info.dim, stored.rows.len()), "rebuilt", Some(why), 0),
+            Err(why) => (Graph::new(info.dim, stored.extent()), "rebuilt", Some(why), 0),
         };
         // Records give the filter facts of every live slot.
-        let live: Vec<(Slot, &ItemId, &Vec<f32>)> = stored.live().collect();
+        let live: Vec<(Slot, &ItemId, &[f32])> = stored.live().collect();
         let ids: Vec<ItemId> = live.iter().map(|(_, id, _)| (*id).clone()).collect();
         let records = self.get_items(&ids)?;
         if how == "rebuilt" {
-            let rows: Vec<(Slot, &[f32])> = live.iter().map(|(s, _, v)| (*s, v.as_slice())).collect();
+            let rows: Vec<(Slot, &[f32])> = live.iter().map(|(s, _, v)| (*s, *v)).collect();
             g.insert_hidden(&rows);
         } else {
             // Replay every vector written after the snapshot, tombstoned ones too (hidden):
             // the next snapshot must hold every stored slot below its coverage.
-            let covered = g.covered as usize;
-            let rows: Vec<(Slot, &[f32])> = stored
-                .rows
-                .iter()
-                .enumerate()
-                .skip(covered)
-                .filter_map(|(i, r)| r.as_ref().map(|(_, v)| (Slot(i as u32), v.as_slice())))
-                .collect();
+            let rows: Vec<(Slot, &[f32])> = stored.from(g.covered as usize).collect();
             g.insert_hidden(&rows);
             g.pending = rows.len();
         }
@@ -341,7 +334,7 @@ impl Index {
 
     /// Every stored vector of `c` (f16 ones re-normalised in f32) and its tombstones.
     pub(super) fn read_collection(&self, c: Collection, dim: usize) -> Result<Stored, IndexError> {
-        let mut rows: Vec<Option<(ItemId, Vec<f32>)>> = Vec::new();
+        let mut stored = Stored::new(dim);
         let prefix = c.prefix();
         for kv in self.db.prefix_iterator_cf(self.cf(CF_VECTORS)?, prefix) {
             let (k, v) = kv.map_err(|e| self.storage(e))?;
@@ -349,18 +342,14 @@ impl Index {
                 break;
             }
             let (_, slot) = codec::decode_vector_key(&k).ok_or_else(|| corrupt(&self.path, "vector key", format!("{k:?}")))?;
+            // The decoded row is freed at once and its chunk reused by the next: no per-row heap.
             let (item, mut vec) = codec::decode_vector(&v).ok_or_else(|| corrupt(&self.path, "vector", format!("slot {}", slot.0)))?;
             if vec.len() != dim {
                 return Err(corrupt(&self.path, "vector", format!("slot {} has dimension {}, space has {dim}", slot.0, vec.len())));
             }
             renormalise(&mut vec);
-            let i = slot.0 as usize;
-            if rows.len() <= i {
-                rows.resize_with(i + 1, || None);
-            }
-            rows[i] = Some((ItemId(item), vec));
+            stored.push(slot, ItemId(item), &vec);
         }
-        let mut dead = HashSet::new();
         let dprefix = codec::dead_prefix(c);
         for kv in self.db.prefix_iterator_cf(self.cf(CF_GRAPH)?, &dprefix) {
             let (k, _) = kv.map_err(|e| self.storage(e))?;
@@ -368,9 +357,9 @@ impl Index {
                 break;
             }
             let s = codec::decode_dead_key(&k).ok_or_else(|| corrupt(&self.path, "tombstone key", format!("{k:?}")))?;
-            dead.insert(s.0);
+            stored.dead.insert(s.0);
         }
-        Ok(Stored { rows, dead })
+        Ok(stored)
     }
 
     /// Loads `c`'s snapshot and checks it against the stored vectors. Returns the graph (nodes
@@ -405,20 +394,20 @@ impl Index {
             return Err("snapshot does not match its header".into());
         }
         // Stale when the stored vectors below `covered` are not exactly the snapshot's nodes.
-        let below = stored.rows.iter().take(h.covered as usize).filter(|r| r.is_some()).count();
+        let below = stored.count_below(h.covered as usize);
         if below != topo.len() || topo.slots().any(|s| s >= h.covered || stored.vector(Slot(s)).is_none()) {
             return Err(format!("stale snapshot: {} nodes, {below} stored vectors below slot {}", topo.len(), h.covered));
         }
         if topo.is_empty() {
-            let mut g = Graph::new(dim, stored.rows.len());
+            let mut g = Graph::new(dim, stored.extent());
             g.covered = h.covered;
-            let replay = stored.rows.iter().skip(h.covered as usize).filter(|r| r.is_some()).count();
+            let replay = stored.from(h.covered as usize).count();
             return Ok((g, replay));
         }
         // Filled straight from the snapshot: searchable and insertable at once.
         let mut g = Graph::from_snapshot(topo, dim, |s| stored.vector(s));
         g.covered = h.covered;
-        let replay = stored.rows.iter().skip(h.covered as usize).filter(|r| r.is_some()).count();
+        let replay = stored.from(h.covered as usize).count();
         Ok((g, replay))
     }
 }
