@@ -573,7 +573,13 @@ pub fn run_front(engine: impl FnOnce() -> i32) -> i32 {
     };
     if !matches!(
         cli.command,
-        Command::Errors(_) | Command::Info(_) | Command::Repair(_) | Command::Export(_) | Command::Import(_) | Command::Inspect(_) | Command::Phantom(_)
+        Command::Errors(_)
+            | Command::Info(_)
+            | Command::Repair(_)
+            | Command::Export(_)
+            | Command::Import(_)
+            | Command::Inspect(_)
+            | Command::Phantom(_)
     ) {
         return engine();
     }

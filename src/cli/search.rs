@@ -79,7 +79,13 @@ impl FilterOpts {
 
     /// The index filter, with `patient_key` (the key of `--patient-id`) or else `--patient`.
     pub fn filter(&self, patient_key: Option<String>) -> Filter {
-        Filter { patient: patient_key.or_else(|| self.patient.clone()), study: self.study.clone(), since: self.since, until: self.until, exclude: Vec::new() }
+        Filter {
+            patient: patient_key.or_else(|| self.patient.clone()),
+            study: self.study.clone(),
+            since: self.since,
+            until: self.until,
+            exclude: Vec::new(),
+        }
     }
 }
 
