@@ -269,6 +269,48 @@ pub fn decode_vector(b: &[u8]) -> Option<(String, Vec<f32>)> {
     Some((id, v))
 }
 
+/// [`decode_vector`] without its allocations: appends the components to `out` and returns the
+/// item id (borrowed from `b`) and how many components were appended; `None` (and `out`
+/// unchanged) when `b` is malformed.
+pub fn decode_vector_into<'b>(b: &'b [u8], out: &mut Vec<f32>) -> Option<(&'b str, usize)> {
+    let (&code, rest) = b.split_first()?;
+    if rest.len() < 2 {
+        return None;
+    }
+    let n = u16::from_le_bytes([rest[0], rest[1]]) as usize;
+    let rest = &rest[2..];
+    if rest.len() < n {
+        return None;
+    }
+    let id = std::str::from_utf8(&rest[..n]).ok()?;
+    let data = &rest[n..];
+    let count = match code {
+        0 if data.len() % 4 == 0 => {
+            out.extend(data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+            data.len() / 4
+        }
+        1 if data.len() % 2 == 0 => {
+            out.extend(data.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()));
+            data.len() / 2
+        }
+        _ => return None,
+    };
+    Some((id, count))
+}
+
+/// The first key after every key that starts with `prefix` (`None` when there is none: the
+/// prefix is all `FF`), for an iterator's upper bound.
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
 /// `frames` key: space id (u16 BE), then the item id.
 pub fn frames_key(space: SpaceId, item: &str) -> Vec<u8> {
     let mut k = space.0.to_be_bytes().to_vec();
@@ -382,6 +424,31 @@ mod tests {
             prop_assert_eq!(decode_vector_key(&ka), Some((c, Slot(a))));
             let kb = vector_key(c, Slot(b));
             prop_assert_eq!(ka.cmp(&kb), a.cmp(&b));
+        }
+
+        #[test]
+        fn decode_vector_into_agrees_with_decode_vector(id in "[a-zA-Z0-9.:-]{0,80}", v in proptest::collection::vec(-1e3f32..1e3, 0..64), half_precision in any::<bool>(), cut in 0usize..8) {
+            let mut b = encode_vector(&id, &v, if half_precision { Encoding::F16 } else { Encoding::F32 });
+            b.truncate(b.len().saturating_sub(cut));
+            let mut out = vec![7.0f32];
+            match (decode_vector(&b), decode_vector_into(&b, &mut out)) {
+                (Some((id2, v2)), Some((id3, n))) => {
+                    prop_assert_eq!(id2.as_str(), id3);
+                    prop_assert_eq!(n, v2.len());
+                    prop_assert_eq!(&out[1..], v2.as_slice());
+                }
+                (None, None) => prop_assert_eq!(out, vec![7.0f32]),
+                (a, b) => prop_assert!(false, "decoders disagree: {:?} vs {:?}", a, b),
+            }
+        }
+
+        #[test]
+        fn prefix_end_bounds_exactly_the_prefixed_keys(p in proptest::collection::vec(any::<u8>(), 1..4), k in proptest::collection::vec(any::<u8>(), 0..6)) {
+            let inside = k.starts_with(&p);
+            match prefix_end(&p) {
+                Some(end) => prop_assert_eq!(inside, k.as_slice() >= p.as_slice() && k.as_slice() < end.as_slice()),
+                None => prop_assert_eq!(inside, k.as_slice() >= p.as_slice()),
+            }
         }
 
         #[test]

@@ -8,21 +8,25 @@ use crate::ids::{ItemId, Slot};
 use crate::search::Filter;
 use crate::snapshot::Topology;
 use crate::walk::dot;
+use std::collections::HashSet;
+use std::sync::Arc;
 
 /// Max neighbours per node (hnsw `M`; `2M` on layer 0).
 pub const HNSW_M: usize = 16;
 /// Candidate list size while building (hnsw `efConstruction`).
 pub const HNSW_EF_CONSTRUCTION: usize = 200;
 
-/// What a filter needs to know about a slot without reading RocksDB.
+/// What a filter needs to know about a slot without reading RocksDB. Held per live slot, so
+/// kept small: a patient's or a study's many slots share one copy of its key (see
+/// [`Graph::set_meta`]).
 #[derive(Clone, Debug)]
 pub struct SlotMeta {
     /// External id of the item the slot holds.
     pub item: ItemId,
     /// Pseudonymous patient key.
-    pub patient: Option<String>,
+    pub patient: Option<Arc<str>>,
     /// Study id.
-    pub study: Option<String>,
+    pub study: Option<Arc<str>>,
     /// Study date.
     pub date: Option<StudyDate>,
 }
@@ -30,8 +34,8 @@ pub struct SlotMeta {
 impl SlotMeta {
     /// True when the slot passes `f`.
     pub fn matches(&self, f: &Filter) -> bool {
-        fn eq(want: &Option<String>, have: &Option<String>) -> bool {
-            want.as_ref().is_none_or(|w| have.as_ref() == Some(w))
+        fn eq(want: &Option<String>, have: &Option<Arc<str>>) -> bool {
+            want.as_deref().is_none_or(|w| have.as_deref() == Some(w))
         }
         if !eq(&f.patient, &self.patient) || !eq(&f.study, &self.study) {
             return false;
@@ -61,6 +65,9 @@ pub struct Graph {
     /// Bit `i` set when slot `i` is live: what an unfiltered search checks, without touching
     /// the (larger, scattered) metadata.
     visible: Vec<u64>,
+    /// One copy of every patient key and study id the slots' facts name (never pruned: a
+    /// rebuild starts a new graph).
+    names: HashSet<Arc<str>>,
     live: usize,
     /// Slots below this are in the stored snapshot (0: no snapshot).
     pub covered: u32,
@@ -89,7 +96,7 @@ impl Graph {
     }
 
     fn with(hnsw: Hnsw) -> Self {
-        Self { hnsw, slots: Vec::new(), visible: Vec::new(), live: 0, covered: 0, pending: 0 }
+        Self { hnsw, slots: Vec::new(), visible: Vec::new(), names: HashSet::new(), live: 0, covered: 0, pending: 0 }
     }
 
     /// Puts vectors into the graph without making them visible (`&self`: inserts run beside
@@ -103,8 +110,26 @@ impl Graph {
         self.hnsw.insert(&rows);
     }
 
+    /// The graph's one copy of `name` (added when it has none).
+    fn intern(&mut self, name: Option<Arc<str>>) -> Option<Arc<str>> {
+        let name = name?;
+        if let Some(known) = self.names.get(&*name) {
+            return Some(known.clone());
+        }
+        self.names.insert(name.clone());
+        Some(name)
+    }
+
+    /// `meta` with its patient and study shared with the other slots that name them.
+    fn shared(&mut self, mut meta: SlotMeta) -> SlotMeta {
+        meta.patient = self.intern(meta.patient.take());
+        meta.study = self.intern(meta.study.take());
+        meta
+    }
+
     /// Makes a slot visible to searches with the facts filters need.
     pub fn set_meta(&mut self, slot: Slot, meta: SlotMeta) {
+        let meta = self.shared(meta);
         let i = slot.0 as usize;
         if self.slots.len() <= i {
             self.slots.resize(i + 1, None);
@@ -121,6 +146,10 @@ impl Graph {
 
     /// Replaces the filter facts of a live slot (its record changed, its vector did not).
     pub fn update_meta(&mut self, slot: Slot, meta: SlotMeta) {
+        if self.meta(slot).is_none() {
+            return;
+        }
+        let meta = self.shared(meta);
         if let Some(s) = self.slots.get_mut(slot.0 as usize) {
             if s.is_some() {
                 *s = Some(meta);
@@ -222,7 +251,39 @@ mod tests {
     }
 
     fn meta(i: usize) -> SlotMeta {
-        SlotMeta { item: ItemId(format!("v{i}")), patient: Some(format!("p{}", i % 5)), study: None, date: None }
+        SlotMeta { item: ItemId(format!("v{i}")), patient: Some(format!("p{}", i % 5).into()), study: None, date: None }
+    }
+
+    #[test]
+    fn slots_share_one_copy_of_each_patient_and_study() {
+        let mut g = Graph::new(4, 0);
+        let facts = |i: usize, study: &str| SlotMeta {
+            item: ItemId(format!("v{i}")),
+            patient: Some(format!("p{}", i % 2).into()),
+            study: Some(study.into()),
+            date: None,
+        };
+        for i in 0..6 {
+            g.set_meta(Slot(i as u32), facts(i, if i < 3 { "s1" } else { "s2" }));
+        }
+        fn patient(g: &Graph, i: u32) -> &Arc<str> {
+            g.meta(Slot(i)).unwrap().patient.as_ref().unwrap()
+        }
+        fn study(g: &Graph, i: u32) -> &Arc<str> {
+            g.meta(Slot(i)).unwrap().study.as_ref().unwrap()
+        }
+        assert!(Arc::ptr_eq(patient(&g, 0), patient(&g, 4)));
+        assert!(!Arc::ptr_eq(patient(&g, 0), patient(&g, 1)));
+        assert!(Arc::ptr_eq(study(&g, 3), study(&g, 5)));
+        g.update_meta(Slot(1), facts(2, "s2"));
+        assert!(Arc::ptr_eq(study(&g, 1), study(&g, 5)), "an update shares too");
+        assert_eq!(g.names.len(), 4, "p0, p1, s1, s2");
+        let want = |p: Option<&str>, s: Option<&str>| Filter { patient: p.map(Into::into), study: s.map(Into::into), ..Filter::default() };
+        assert_eq!(g.candidates(&want(Some("p0"), None)), vec![Slot(0), Slot(1), Slot(2), Slot(4)]);
+        assert_eq!(g.candidates(&want(Some("p1"), Some("s2"))), vec![Slot(3), Slot(5)]);
+        assert_eq!(g.candidates(&want(Some("p"), None)), vec![]);
+        g.update_meta(Slot(9), facts(9, "s9"));
+        assert!(g.meta(Slot(9)).is_none() && g.names.len() == 4, "no update of a slot that is not live");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! Changing a name or a layout here breaks existing indexes: bump [`FORMAT_VERSION`].
 
 use crate::error::IndexError;
-use rocksdb::{ColumnFamilyDescriptor, Options, DB};
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, DB};
 use std::path::Path;
 
 /// On-disk format version, written at creation and checked on every open.
@@ -98,11 +98,44 @@ pub fn column_family_role(name: &str) -> &'static str {
     }
 }
 
-/// RocksDB options of every open. `create` only for a directory that holds no database at all
+/// Capacity of the one block cache every column family of an open database shares. RocksDB
+/// otherwise gives each column family its own 32 MiB cache, and an open's full scans (every
+/// vector, every record) filled them: hundreds of MiB resident for blocks that are read once.
+/// The bulk scans read around the cache ([`bulk_read`]); what is left to cache is the point
+/// reads of searches and look-ups (records, slots, secondary keys).
+pub(crate) const BLOCK_CACHE_BYTES: usize = 8 << 20;
+
+/// A new block cache for one open database (see [`BLOCK_CACHE_BYTES`]).
+fn block_cache() -> Cache {
+    Cache::new_lru_cache(BLOCK_CACHE_BYTES)
+}
+
+/// Read options of a scan that reads much once (an open's every vector and record, a reader's
+/// catch-up, repair and verification): its blocks bypass the block cache instead of evicting
+/// what searches use, and, with `range`, the iterator stops at the range's end instead of
+/// reading on into the next collection's blocks. Checksums are verified as on every read.
+pub(crate) fn bulk_read(range: Option<(Vec<u8>, Option<Vec<u8>>)>) -> rocksdb::ReadOptions {
+    let mut ro = rocksdb::ReadOptions::default();
+    ro.fill_cache(false);
+    ro.set_verify_checksums(true);
+    if let Some((lower, upper)) = range {
+        ro.set_iterate_lower_bound(lower);
+        if let Some(upper) = upper {
+            ro.set_iterate_upper_bound(upper);
+        }
+    }
+    ro
+}
+
+/// RocksDB options of every open, its column families' blocks cached in `cache` (one per
+/// database). `create` only for a directory that holds no database at all
 /// ([`preflight`]): RocksDB would otherwise create a new, empty database beside the files of a
 /// damaged one (a missing `CURRENT`), and the next command would answer from it.
-fn options(create: bool) -> Options {
+fn options(create: bool, cache: &Cache) -> Options {
     let mut o = Options::default();
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    o.set_block_based_table_factory(&table);
     o.create_if_missing(create);
     o.create_missing_column_families(true);
     o.set_write_buffer_size(WRITE_BUFFER_BYTES);
@@ -413,8 +446,9 @@ pub fn open_db(path: &Path) -> Result<DB, IndexError> {
     } else {
         read_sequence_mark(path)
     };
-    let cfs = COLUMN_FAMILIES.iter().map(|n| ColumnFamilyDescriptor::new(*n, options(false)));
-    let db = DB::open_cf_descriptors(&options(create), path, cfs).map_err(|e| {
+    let cache = block_cache();
+    let cfs = COLUMN_FAMILIES.iter().map(|n| ColumnFamilyDescriptor::new(*n, options(false, &cache)));
+    let db = DB::open_cf_descriptors(&options(create, &cache), path, cfs).map_err(|e| {
         // Creating in a place that cannot hold it (a missing parent, no permission) is a
         // storage error, not damage: there was nothing to damage.
         if create {
@@ -456,7 +490,7 @@ pub fn open_secondary(path: &Path, secondary: &Path) -> Result<DB, IndexError> {
             Err(e) => return Err(e),
         }
     }
-    let mut o = options(false);
+    let mut o = options(false, &block_cache());
     // Secondary instances keep every table file open: the writer may delete one (compaction)
     // between two catch-ups.
     o.set_max_open_files(-1);
@@ -485,7 +519,7 @@ pub(crate) fn open_read_only_unchecked(path: &Path, cfs: &[&str], log_dir: &Path
     if preflight(path)? == Presence::Empty {
         return Err(IndexError::Missing { path: path.to_owned() });
     }
-    let mut o = options(false);
+    let mut o = options(false, &block_cache());
     o.set_db_log_dir(log_dir);
     // RocksDB's own look at the table files (sizes) stops the open at the first bad one; every
     // read still verifies its blocks' checksums.
@@ -547,7 +581,7 @@ pub fn peek_secret(path: &Path) -> Result<Option<[u8; 32]>, IndexError> {
 /// `lost/`. Data in those tables is gone; [`crate::salvage`] runs this only where the database
 /// does not open, then `Index::repair` makes graphs and mappings agree with what survived.
 pub(crate) fn rocksdb_repair(path: &Path) -> Result<(), IndexError> {
-    DB::repair(&options(false), path).map_err(|source| IndexError::Storage { path: path.to_owned(), source })
+    DB::repair(&options(false, &block_cache()), path).map_err(|source| IndexError::Storage { path: path.to_owned(), source })
 }
 
 /// Opens the database for [`crate::salvage`]: as [`open_db`], with no writer record; with
@@ -557,7 +591,8 @@ pub(crate) fn open_for_salvage(path: &Path, skip_damaged_wal: bool) -> Result<DB
     if preflight_files(path)? == Presence::Empty {
         return Err(IndexError::Missing { path: path.to_owned() });
     }
-    let mut o = options(false);
+    let cache = block_cache();
+    let mut o = options(false, &cache);
     if skip_damaged_wal {
         o.set_wal_recovery_mode(rocksdb::DBRecoveryMode::SkipAnyCorruptedRecord);
     }
@@ -568,15 +603,16 @@ pub(crate) fn open_for_salvage(path: &Path, skip_damaged_wal: bool) -> Result<DB
             names.push(n);
         }
     }
-    let cfs = names.iter().map(|n| ColumnFamilyDescriptor::new(n.as_str(), options(false)));
+    let cfs = names.iter().map(|n| ColumnFamilyDescriptor::new(n.as_str(), options(false, &cache)));
     let db = DB::open_cf_descriptors(&o, path, cfs).map_err(|e| open_error(path, e))?;
     check_files(&db, path)?;
     Ok(db)
 }
 
-/// Options for a column family re-created by a salvage.
+/// Options for a column family re-created by a salvage (its blocks in a cache of their own:
+/// a salvage is a one-off pass).
 pub(crate) fn column_family_options() -> Options {
-    options(false)
+    options(false, &block_cache())
 }
 
 #[cfg(test)]
