@@ -152,7 +152,9 @@ impl Index {
         let prefix = c.prefix();
         let mut rows: Vec<(Slot, ItemId, Vec<f32>)> = Vec::new();
         let start = codec::vector_key(c, Slot(known));
-        for kv in self.db.iterator_cf(self.cf(CF_VECTORS)?, IteratorMode::From(&start, Direction::Forward)) {
+        // Read once (a writer's rebuild may have added many): around the block cache.
+        let ro = store::bulk_read(Some((start.to_vec(), codec::prefix_end(&prefix))));
+        for kv in self.db.iterator_cf_opt(self.cf(CF_VECTORS)?, ro, IteratorMode::From(&start, Direction::Forward)) {
             let (k, v) = kv.map_err(|e| self.storage(e))?;
             if !k.starts_with(&prefix) {
                 break;
@@ -185,7 +187,8 @@ impl Index {
     fn dead_slots(&self, c: Collection) -> Result<HashSet<u32>, IndexError> {
         let mut dead = HashSet::new();
         let prefix = codec::dead_prefix(c);
-        for kv in self.db.prefix_iterator_cf(self.cf(CF_GRAPH)?, &prefix) {
+        let ro = store::bulk_read(Some((prefix.clone(), codec::prefix_end(&prefix))));
+        for kv in self.db.iterator_cf_opt(self.cf(CF_GRAPH)?, ro, IteratorMode::Start) {
             let (k, _) = kv.map_err(|e| self.storage(e))?;
             if !k.starts_with(&prefix) {
                 break;

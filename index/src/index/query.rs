@@ -97,10 +97,10 @@ impl Index {
         Ok(out)
     }
 
-    /// All item records of one kind (full scan of the items table).
+    /// All item records of one kind (full scan of the items table, around the block cache).
     pub fn items(&self, kind: Option<Kind>) -> Result<Vec<ItemRecord>, IndexError> {
         let mut out = Vec::new();
-        for kv in self.db.iterator_cf(self.cf(CF_ITEMS)?, IteratorMode::Start) {
+        for kv in self.db.iterator_cf_opt(self.cf(CF_ITEMS)?, store::bulk_read(None), IteratorMode::Start) {
             let (_, v) = kv.map_err(|e| self.storage(e))?;
             let rec = self.decode_record(&v)?;
             if kind.is_none_or(|k| rec.kind == k) {
