@@ -160,6 +160,9 @@ pub struct GraphLoad {
     pub live: usize,
     /// Milliseconds spent.
     pub millis: u64,
+    /// How the graph holds the vectors in memory: `f32`, or `f16` when every stored vector
+    /// of the collection is f16 (half the memory).
+    pub precision: &'static str,
 }
 
 /// What [`Index::verify`] found.
@@ -286,13 +289,25 @@ struct Stored {
     /// Row of each slot below the highest stored one; `NO_ROW` where none is stored.
     at: Vec<u32>,
     dead: HashSet<u32>,
+    /// Rows stored as f32 (the rest are f16).
+    f32_rows: usize,
 }
 
 const NO_ROW: u32 = u32::MAX;
 
 impl Stored {
     fn new(dim: usize) -> Self {
-        Self { dim, data: Vec::new(), items: Vec::new(), at: Vec::new(), dead: HashSet::new() }
+        Self { dim, data: Vec::new(), items: Vec::new(), at: Vec::new(), dead: HashSet::new(), f32_rows: 0 }
+    }
+    /// True when the collection's graph should hold its vectors as IEEE halves: every stored
+    /// row is f16 (so nothing is lost), or nothing is stored yet and `new_half` (the encoding
+    /// new vectors will be written in) says so.
+    fn half(&self, new_half: bool) -> bool {
+        if self.items.is_empty() {
+            new_half
+        } else {
+            self.f32_rows == 0
+        }
     }
     /// Appends `slot`'s vector (already `dim` long) for `item`; a slot stored twice keeps the
     /// later row.
@@ -307,10 +322,6 @@ impl Stored {
     }
     fn row(&self, r: usize) -> &[f32] {
         &self.data[r * self.dim..(r + 1) * self.dim]
-    }
-    /// One past the highest stored slot (0 when none is).
-    fn extent(&self) -> usize {
-        self.at.len()
     }
     /// How many slots hold a vector.
     fn count(&self) -> usize {
@@ -392,6 +403,12 @@ impl Index {
 
     pub(crate) fn cf(&self, name: &'static str) -> Result<&rocksdb::ColumnFamily, IndexError> {
         self.db.cf_handle(name).ok_or_else(|| corrupt(&self.path, "column family", name))
+    }
+
+    /// True when vectors are written as f16 from now on (a new collection's graph then holds
+    /// halves).
+    fn new_half(&self) -> bool {
+        self.options.encoding == Encoding::F16
     }
 
     fn collection_name(&self, c: Collection) -> String {

@@ -5,7 +5,7 @@ use super::{
     bincode_config, corrupt, renormalise, slot_meta, snapshot_due, synced, GraphLoad, Index, IndexOptions, SnapshotHeader, SpaceInfo,
     Stored, Writer, SNAPSHOT_CHUNK,
 };
-use crate::codec::{self, Collection};
+use crate::codec::{self, Collection, Encoding};
 use crate::error::IndexError;
 use crate::graph::{Graph, SCRATCH_PREFIX};
 use crate::ids::{ItemId, Slot, SpaceId};
@@ -295,7 +295,7 @@ impl Index {
         let stored = self.read_collection(c, info.dim)?;
         let (mut g, how, reason, replayed) = match self.restore(c, info.dim, next, &stored) {
             Ok((g, replay)) => (g, "snapshot", None, replay),
-            Err(why) => (Graph::new(info.dim, stored.extent()), "rebuilt", Some(why), 0),
+            Err(why) => (Graph::new(info.dim, stored.half(self.new_half())), "rebuilt", Some(why), 0),
         };
         // Records give the filter facts of every live slot.
         let live: Vec<(Slot, &ItemId, &[f32])> = stored.live().collect();
@@ -318,7 +318,8 @@ impl Index {
         if let Some(r) = &reason {
             tracing::info!(collection = %name, reason = %r, "graph rebuilt from the stored vectors");
         }
-        let load = GraphLoad { collection: name, how, reason, replayed, live: g.live(), millis: 0 };
+        let precision = if g.is_half() { "f16" } else { "f32" };
+        let load = GraphLoad { collection: name, how, reason, replayed, live: g.live(), millis: 0, precision };
         if self.options.passive_open || self.is_reader() {
             // Nothing written: a rebuilt graph lives in memory only.
         } else if how == "rebuilt" {
@@ -348,6 +349,9 @@ impl Index {
                 return Err(corrupt(&self.path, "vector", format!("slot {} has dimension {}, space has {dim}", slot.0, vec.len())));
             }
             renormalise(&mut vec);
+            if v.first() != Some(&Encoding::F16.code()) {
+                stored.f32_rows += 1;
+            }
             stored.push(slot, ItemId(item), &vec);
         }
         let dprefix = codec::dead_prefix(c);
@@ -399,13 +403,13 @@ impl Index {
             return Err(format!("stale snapshot: {} nodes, {below} stored vectors below slot {}", topo.len(), h.covered));
         }
         if topo.is_empty() {
-            let mut g = Graph::new(dim, stored.extent());
+            let mut g = Graph::new(dim, stored.half(self.new_half()));
             g.covered = h.covered;
             let replay = stored.from(h.covered as usize).count();
             return Ok((g, replay));
         }
         // Filled straight from the snapshot: searchable and insertable at once.
-        let mut g = Graph::from_snapshot(topo, dim, |s| stored.vector(s));
+        let mut g = Graph::from_snapshot(topo, stored.half(self.new_half()), |s| stored.vector(s));
         g.covered = h.covered;
         let replay = stored.from(h.covered as usize).count();
         Ok((g, replay))
