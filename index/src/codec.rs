@@ -221,7 +221,7 @@ pub enum Encoding {
 }
 
 impl Encoding {
-    fn code(self) -> u8 {
+    pub(crate) fn code(self) -> u8 {
         match self {
             Encoding::F32 => 0,
             Encoding::F16 => 1,

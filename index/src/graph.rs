@@ -7,7 +7,6 @@ use crate::hnsw::Hnsw;
 use crate::ids::{ItemId, Slot};
 use crate::search::Filter;
 use crate::snapshot::Topology;
-use crate::walk::dot;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -82,17 +81,24 @@ impl std::fmt::Debug for Graph {
 }
 
 impl Graph {
-    /// An empty graph of `dim`-dimensional vectors (`_capacity`: a hint the segmented layout
-    /// does not need; memory grows with the nodes).
-    pub fn new(dim: usize, _capacity: usize) -> Self {
-        Self::with(Hnsw::new(dim, HNSW_M, HNSW_EF_CONSTRUCTION))
+    /// An empty graph of `dim`-dimensional vectors, held as IEEE halves when `half` (for a
+    /// space stored as f16: half the memory; every vector inserted is rounded to f16), else as
+    /// f32. Memory grows with the nodes.
+    pub fn new(dim: usize, half: bool) -> Self {
+        Self::with(Hnsw::new(dim, HNSW_M, HNSW_EF_CONSTRUCTION, half))
+    }
+
+    /// True when the graph holds its vectors as IEEE halves.
+    pub fn is_half(&self) -> bool {
+        self.hnsw.is_half()
     }
 
     /// The graph of a validated snapshot `t` whose every node has its vector in `vector`,
-    /// filled straight from the topology (nothing re-inserted): searchable and insertable at
-    /// once. Nodes are invisible until [`Graph::set_meta`].
-    pub fn from_snapshot<'v>(t: Topology, _dim: usize, vector: impl Fn(Slot) -> Option<&'v [f32]> + Sync) -> Self {
-        Self::with(Hnsw::from_topology(&t, |s| vector(Slot(s))))
+    /// filled straight from the topology (nothing re-inserted), holding the vectors as halves
+    /// when `half`: searchable and insertable at once. Nodes are invisible until
+    /// [`Graph::set_meta`].
+    pub fn from_snapshot<'v>(t: Topology, half: bool, vector: impl Fn(Slot) -> Option<&'v [f32]> + Sync) -> Self {
+        Self::with(Hnsw::from_topology(&t, half, |s| vector(Slot(s))))
     }
 
     fn with(hnsw: Hnsw) -> Self {
@@ -224,8 +230,8 @@ impl Graph {
         let mut scored = Vec::with_capacity(slots.len());
         let mut missing = Vec::new();
         for &s in slots {
-            match self.hnsw.vector_of(s.0) {
-                Some(v) => scored.push((s, dot(q, v))),
+            match self.hnsw.score(q, s.0) {
+                Some(x) => scored.push((s, x)),
                 None => missing.push(s),
             }
         }
@@ -256,7 +262,7 @@ mod tests {
 
     #[test]
     fn slots_share_one_copy_of_each_patient_and_study() {
-        let mut g = Graph::new(4, 0);
+        let mut g = Graph::new(4, false);
         let facts = |i: usize, study: &str| SlotMeta {
             item: ItemId(format!("v{i}")),
             patient: Some(format!("p{}", i % 2).into()),
@@ -290,7 +296,7 @@ mod tests {
     fn a_graph_round_trips_through_a_snapshot_and_keeps_growing() {
         let mut rng = StdRng::seed_from_u64(11);
         let vs: Vec<Vec<f32>> = (0..3000).map(|_| unit(&mut rng, 16)).collect();
-        let mut g = Graph::new(16, 0);
+        let mut g = Graph::new(16, false);
         let rows: Vec<(Slot, &[f32])> = vs.iter().enumerate().map(|(i, v)| (Slot(i as u32 * 2), v.as_slice())).collect();
         g.insert_hidden(&rows);
         let q = unit(&mut rng, 16);
@@ -303,7 +309,7 @@ mod tests {
         assert!(topo.layers() >= 2, "a 3000-node graph has upper layers");
         let back = decode(&encode(&topo)).unwrap();
         assert_eq!(back, topo);
-        let mut h = Graph::from_snapshot(back, 16, |s| vs.get(s.0 as usize / 2).map(Vec::as_slice));
+        let mut h = Graph::from_snapshot(back, false, |s| vs.get(s.0 as usize / 2).map(Vec::as_slice));
         for i in 0..3000 {
             h.set_meta(Slot(i as u32 * 2), meta(i));
         }
@@ -338,7 +344,7 @@ mod tests {
     fn dead_and_hidden_slots_are_walked_through_not_returned() {
         let mut rng = StdRng::seed_from_u64(12);
         let vs: Vec<Vec<f32>> = (0..1000).map(|_| unit(&mut rng, 8)).collect();
-        let mut g = Graph::new(8, 0);
+        let mut g = Graph::new(8, false);
         let rows: Vec<(Slot, &[f32])> = vs.iter().enumerate().map(|(i, v)| (Slot(i as u32), v.as_slice())).collect();
         g.insert_hidden(&rows);
         for i in (0..1000).filter(|i| i % 2 == 0) {

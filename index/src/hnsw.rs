@@ -3,7 +3,8 @@
 //! vector once.
 //!
 //! Nodes live in fixed-size blocks laid out as `hnswlib` lays them out — slot, level, where its
-//! upper-layer lists are, layer-0 degree and up to `2M` links, then the vector (f32 bits) — in
+//! upper-layer lists are, layer-0 degree and up to `2M` links, then the vector (f32, or IEEE
+//! halves two to a word for a space stored as f16: half the memory) — in
 //! segments that are allocated once and never move (segment `s` holds `64 · 2^s` nodes), so a
 //! node's address is stable and reading one takes no lock. Upper-layer lists (levels ≥ 1, about
 //! one node in `M`) sit in a separate arena of words. Every link and degree is an atomic word:
@@ -24,6 +25,8 @@
 
 use crate::snapshot::{Params, Topology};
 use crate::walk::{self, Sim, Visited, VISITED};
+use half::f16;
+use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -110,6 +113,7 @@ impl Segments {
 /// tail costs address space, not memory).
 fn zeroed(n: usize) -> Box<[AtomicU32]> {
     let words: Box<[u32]> = vec![0u32; n].into_boxed_slice();
+    advise_huge_pages(&words);
     // SAFETY: `AtomicU32` has the same size, alignment and bit validity as `u32` (documented),
     // so a boxed slice of one is a boxed slice of the other, allocated with the same layout.
     #[allow(unsafe_code)]
@@ -118,16 +122,120 @@ fn zeroed(n: usize) -> Box<[AtomicU32]> {
     }
 }
 
+/// Segments at least this big are backed by huge pages where the kernel offers them.
+const HUGE_SEGMENT_BYTES: usize = 4 << 20;
+
+/// Asks Linux to back `words` with transparent huge pages (2 MiB) where it can — honoured in the
+/// `always` and `madvise` modes, ignored in `never`. A walk reads node blocks at random across
+/// the whole graph: with 4 KiB pages nearly every block it reads costs a TLB miss and a page
+/// walk; with 2 MiB pages the TLB covers hundreds of MiB. (`evindex bench`, 100k × 512-d: see
+/// BENCHMARKS.md.) Unwritten pages still cost nothing until first written.
+fn advise_huge_pages(words: &[u32]) {
+    let bytes = size_of_val(words);
+    if bytes < HUGE_SEGMENT_BYTES {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let start = words.as_ptr() as usize;
+        let (first, end) = (start.next_multiple_of(PAGE), (start + bytes) & !(PAGE - 1));
+        if end > first {
+            // SAFETY: `[first, end)` lies inside the allocation `words` owns and is page
+            // aligned; MADV_HUGEPAGE only changes how the kernel backs those pages, never their
+            // contents, and a refusal (an error return) changes nothing.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE)
+            };
+        }
+    }
+}
+
+/// How a graph holds its vectors: f32 as given, or IEEE halves (for spaces stored as f16).
+trait Elem: Copy + Send + Sync + 'static {
+    /// Words a vector of `dim` components takes.
+    fn words(dim: usize) -> usize;
+    /// The (at most `dim`) components held in `w`, a node's vector words.
+    fn view(w: &[AtomicU32], dim: usize) -> &[Self];
+    /// Writes `v` into `w` (components past `v`'s end are zero).
+    fn store(w: &[AtomicU32], v: &[f32]);
+    /// The components as f32.
+    fn widen(v: &[Self]) -> Cow<'_, [f32]>;
+}
+
+impl Elem for f32 {
+    fn words(dim: usize) -> usize {
+        dim
+    }
+
+    #[inline(always)]
+    fn view(w: &[AtomicU32], dim: usize) -> &[f32] {
+        // SAFETY: `AtomicU32` and `f32` have the same size and alignment and every bit pattern
+        // is a valid `f32`. These words are a node's vector: written once, before the node is
+        // published (before `nodes` counts it, before its slot is mapped, before any link to it
+        // is stored — all Release stores that readers load with Acquire), and never written
+        // again; so nothing mutates them while the shared slice lives.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::slice::from_raw_parts(w.as_ptr().cast::<f32>(), dim.min(w.len()))
+        }
+    }
+
+    fn store(w: &[AtomicU32], v: &[f32]) {
+        for (w, x) in w.iter().zip(v.iter().chain(std::iter::repeat(&0.0))) {
+            w.store(x.to_bits(), Ordering::Relaxed);
+        }
+    }
+
+    #[inline(always)]
+    fn widen(v: &[f32]) -> Cow<'_, [f32]> {
+        Cow::Borrowed(v)
+    }
+}
+
+impl Elem for f16 {
+    fn words(dim: usize) -> usize {
+        dim.div_ceil(2)
+    }
+
+    #[inline(always)]
+    fn view(w: &[AtomicU32], dim: usize) -> &[f16] {
+        // SAFETY: `f16` is a transparent `u16` (any bit pattern valid, alignment 2 divides 4),
+        // so `w`'s memory is `2 · w.len()` halves in native order — the order `store` wrote
+        // them. The words are written once before the node is published and never again (as
+        // for f32 above), so nothing mutates them while the shared slice lives.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::slice::from_raw_parts(w.as_ptr().cast::<f16>(), dim.min(2 * w.len()))
+        }
+    }
+
+    fn store(w: &[AtomicU32], v: &[f32]) {
+        let half = |i: usize| v.get(i).map_or(0, |x| f16::from_f32(*x).to_bits()).to_ne_bytes();
+        for (i, w) in w.iter().enumerate() {
+            let (lo, hi) = (half(2 * i), half(2 * i + 1));
+            w.store(u32::from_ne_bytes([lo[0], lo[1], hi[0], hi[1]]), Ordering::Relaxed);
+        }
+    }
+
+    fn widen(v: &[f16]) -> Cow<'_, [f32]> {
+        Cow::Owned(v.iter().map(|x| x.to_f32()).collect())
+    }
+}
+
 /// The graph. Shared (`&self`) by searches and inserts alike.
 pub struct Hnsw {
     dim: usize,
+    /// Vectors held as IEEE halves (else f32).
+    half: bool,
     /// Max links per node on layers ≥ 1 (`M`); layer 0 allows `m0 = 2M`.
     m: usize,
     m0: usize,
     ef_construction: usize,
     /// Level scale `1/ln(M)`.
     mult: f64,
-    /// Node blocks: `HEAD + m0 + dim` words each.
+    /// Node blocks: `HEAD + m0` words, then the vector (`dim` words, `dim / 2` as halves).
     blocks: Segments,
     /// Upper-layer lists: per layer `1 + m` words (degree, links).
     upper: Segments,
@@ -150,7 +258,7 @@ pub struct Hnsw {
 
 impl std::fmt::Debug for Hnsw {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hnsw").field("dim", &self.dim).field("m", &self.m).field("nodes", &self.len()).finish()
+        f.debug_struct("Hnsw").field("dim", &self.dim).field("half", &self.half).field("m", &self.m).field("nodes", &self.len()).finish()
     }
 }
 
@@ -168,21 +276,24 @@ fn uniform(x: u64) -> f64 {
     ((z >> 11) as f64 + 1.0) / (1u64 << 53) as f64
 }
 
-/// The kernels a walk is compiled with: dot product and cache prefetch.
-trait Kernel: Fn(&[f32], &[f32]) -> f32 {}
-impl<F: Fn(&[f32], &[f32]) -> f32> Kernel for F {}
+/// The kernel a walk is compiled with: dot product of an f32 query and a held vector.
+trait Kernel<E>: Fn(&[f32], &[E]) -> f32 {}
+impl<E, F: Fn(&[f32], &[E]) -> f32> Kernel<E> for F {}
 
 impl Hnsw {
-    /// An empty graph of `dim`-dimensional vectors, `m` links per node (`2m` on layer 0).
-    pub fn new(dim: usize, m: usize, ef_construction: usize) -> Self {
+    /// An empty graph of `dim`-dimensional vectors, `m` links per node (`2m` on layer 0), held
+    /// as IEEE halves when `half` (then every vector inserted is rounded to f16).
+    pub fn new(dim: usize, m: usize, ef_construction: usize, half: bool) -> Self {
         let m = m.clamp(2, MAX_M);
+        let vwords = if half { f16::words(dim) } else { f32::words(dim) };
         Self {
             dim,
+            half,
             m,
             m0: 2 * m,
             ef_construction: ef_construction.clamp(m, MAX_EF_CONSTRUCTION),
             mult: 1.0 / (m as f64).ln(),
-            blocks: Segments::new(HEAD + 2 * m + dim),
+            blocks: Segments::new(HEAD + 2 * m + vwords),
             upper: Segments::new(1),
             upper_next: Mutex::new(0),
             slot_node: Segments::new(1),
@@ -200,12 +311,17 @@ impl Hnsw {
         self.nodes.load(Ordering::Acquire)
     }
 
+    /// True when vectors are held as IEEE halves.
+    pub fn is_half(&self) -> bool {
+        self.half
+    }
+
     /// Bytes of memory the nodes take (blocks, upper lists, the slot map up to the last slot):
     /// what is resident; segments' unwritten tails are address space only.
     #[cfg(test)]
     pub fn bytes(&self) -> usize {
         let slots = self.slots().max().map_or(0, |s| s as usize + 1);
-        4 * (self.len() * (HEAD + self.m0 + self.dim) + *lock(&self.upper_next) + slots)
+        4 * (self.len() * self.blocks.unit + *lock(&self.upper_next) + slots)
     }
 
     #[inline(always)]
@@ -228,19 +344,22 @@ impl Hnsw {
         self.word(n, LEVEL) as usize
     }
 
-    /// The vector of node `n` (empty if `n` is no node).
+    /// The vector of node `n` as held (empty if `n` is no node; `E` must be how this graph
+    /// holds vectors).
     #[inline(always)]
-    fn vector(&self, n: u32) -> &[f32] {
-        let w = self.block(n).get(HEAD + self.m0..).unwrap_or(&[]);
-        // SAFETY: `AtomicU32` and `f32` have the same size and alignment and every bit pattern
-        // is a valid `f32`. These words are a node's vector: written once, before the node is
-        // published (before `nodes` counts it, before its slot is mapped, before any link to it
-        // is stored — all Release stores that readers load with Acquire), and never written
-        // again; so nothing mutates them while the shared slice lives.
-        #[allow(unsafe_code)]
-        unsafe {
-            std::slice::from_raw_parts(w.as_ptr().cast::<f32>(), w.len())
-        }
+    fn vector<E: Elem>(&self, n: u32) -> &[E] {
+        E::view(self.block(n).get(HEAD + self.m0..).unwrap_or(&[]), self.dim)
+    }
+
+    /// Prefetches what a walk reads of node `n` next: its first word (slot) and the first line
+    /// of its vector — as `hnswlib` does; the hardware prefetcher follows the vector's lines.
+    /// (Asking for the whole 2 KB block of every fresh neighbour, 30-odd lines each, filled the
+    /// line-fill buffers and stalled the walk on the prefetches themselves.)
+    #[inline(always)]
+    fn prefetch_node(&self, n: u32, prefetch: &impl Fn(&[AtomicU32])) {
+        let b = self.block(n);
+        prefetch(b.get(..1).unwrap_or(&[]));
+        prefetch(b.get(HEAD + self.m0..HEAD + self.m0 + 1).unwrap_or(&[]));
     }
 
     /// Node `n`'s list on `layer`: degree word then capacity links (empty if it has none).
@@ -263,9 +382,18 @@ impl Hnsw {
         w.checked_sub(1)
     }
 
-    /// The vector of `slot`, when it is a node.
-    pub fn vector_of(&self, slot: u32) -> Option<&[f32]> {
-        self.node_of(slot).map(|n| self.vector(n))
+    /// The dot product of `q` with the vector of `slot` (its cosine: both are unit vectors, up
+    /// to f16 rounding in a half graph), when `slot` is a node.
+    pub fn score(&self, q: &[f32], slot: u32) -> Option<f32> {
+        let n = self.node_of(slot)?;
+        Some(if self.half { walk::dot_f16(q, self.vector::<f16>(n)) } else { walk::dot(q, self.vector::<f32>(n)) })
+    }
+
+    /// The vector of `slot` as held, widened to f32, when `slot` is a node.
+    #[cfg(test)]
+    pub fn vector_of(&self, slot: u32) -> Option<Vec<f32>> {
+        let n = self.node_of(slot)?;
+        Some(if self.half { f16::widen(self.vector::<f16>(n)).into_owned() } else { self.vector::<f32>(n).to_vec() })
     }
 
     /// Every node's slot, in node order.
@@ -293,19 +421,27 @@ impl Hnsw {
         at as u32
     }
 
+    /// Stores `v` as node `n`'s vector, in this graph's precision.
+    fn store_vector(&self, b: &[AtomicU32], v: &[f32]) {
+        let w = b.get(HEAD + self.m0..).unwrap_or(&[]);
+        if self.half {
+            f16::store(w, v)
+        } else {
+            f32::store(w, v)
+        }
+    }
+
     /// Writes node `n`'s block (not linked yet): slot, level, vector, and its upper lists.
     fn write_block(&self, n: u32, slot: u32, level: usize, v: &[f32]) {
         let upper = if level > 0 { self.alloc_upper(level) } else { 0 };
         let b = self.blocks.ensure(n as usize);
-        if b.len() < HEAD + self.m0 + self.dim {
+        if b.len() < self.blocks.unit {
             return;
         }
         b[SLOT].store(slot, Ordering::Relaxed);
         b[LEVEL].store(level as u32, Ordering::Relaxed);
         b[UPPER].store(upper, Ordering::Relaxed);
-        for (w, x) in b[HEAD + self.m0..].iter().zip(v.iter().chain(std::iter::repeat(&0.0))) {
-            w.store(x.to_bits(), Ordering::Relaxed);
-        }
+        self.store_vector(b, v);
         if let Some(w) = self.slot_node.ensure(slot as usize).first() {
             w.store(n + 1, Ordering::Release);
         }
@@ -358,33 +494,60 @@ impl Hnsw {
         #[cfg(target_arch = "x86_64")]
         {
             if walk::has_avx512() {
-                // SAFETY: the CPU supports the features `link_avx512` is compiled for.
+                // SAFETY: the CPU supports the features `link_avx512*` are compiled for.
                 #[allow(unsafe_code)]
-                return unsafe { self.link_avx512(fresh, next) };
+                return unsafe {
+                    if self.half {
+                        self.link_avx512_f16(fresh, next)
+                    } else {
+                        self.link_avx512(fresh, next)
+                    }
+                };
             }
-            if walk::has_avx2_fma() {
+            if self.half && walk::has_avx2_f16c() {
+                // SAFETY: the CPU supports the features `link_avx2_f16` is compiled for.
+                #[allow(unsafe_code)]
+                return unsafe { self.link_avx2_f16(fresh, next) };
+            }
+            if !self.half && walk::has_avx2_fma() {
                 // SAFETY: the CPU supports the features `link_avx2` is compiled for.
                 #[allow(unsafe_code)]
                 return unsafe { self.link_avx2(fresh, next) };
             }
         }
-        self.link_with(fresh, next, &walk::dot_portable, &|_: &[AtomicU32]| {})
+        if self.half {
+            self.link_with::<f16>(fresh, next, &walk::dot_f16_portable, &|_: &[AtomicU32]| {})
+        } else {
+            self.link_with::<f32>(fresh, next, &walk::dot_portable, &|_: &[AtomicU32]| {})
+        }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx2,fma")]
     fn link_avx512(&self, fresh: &[u32], next: &AtomicUsize) {
-        self.link_with(fresh, next, &|a: &[f32], b: &[f32]| walk::dot_avx512(a, b), &|b: &[AtomicU32]| walk::prefetch(b))
+        self.link_with::<f32>(fresh, next, &|a: &[f32], b: &[f32]| walk::dot_avx512(a, b), &|b: &[AtomicU32]| walk::prefetch(b))
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    fn link_avx512_f16(&self, fresh: &[u32], next: &AtomicUsize) {
+        self.link_with::<f16>(fresh, next, &|a: &[f32], b: &[f16]| walk::dot_f16_avx512(a, b), &|b: &[AtomicU32]| walk::prefetch(b))
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     fn link_avx2(&self, fresh: &[u32], next: &AtomicUsize) {
-        self.link_with(fresh, next, &|a: &[f32], b: &[f32]| walk::dot_avx2(a, b), &|b: &[AtomicU32]| walk::prefetch(b))
+        self.link_with::<f32>(fresh, next, &|a: &[f32], b: &[f32]| walk::dot_avx2(a, b), &|b: &[AtomicU32]| walk::prefetch(b))
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn link_avx2_f16(&self, fresh: &[u32], next: &AtomicUsize) {
+        self.link_with::<f16>(fresh, next, &|a: &[f32], b: &[f16]| walk::dot_f16_avx2(a, b), &|b: &[AtomicU32]| walk::prefetch(b))
     }
 
     #[inline(always)]
-    fn link_with(&self, fresh: &[u32], next: &AtomicUsize, dot: &impl Kernel, prefetch: &impl Fn(&[AtomicU32])) {
+    fn link_with<E: Elem>(&self, fresh: &[u32], next: &AtomicUsize, dot: &impl Kernel<E>, prefetch: &impl Fn(&[AtomicU32])) {
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             let Some(&n) = fresh.get(i) else { break };
@@ -394,9 +557,10 @@ impl Hnsw {
 
     /// `hnswlib`'s `addPoint` for node `n`, whose block is written.
     #[inline(always)]
-    fn link(&self, n: u32, dot: &impl Kernel, prefetch: &impl Fn(&[AtomicU32])) {
+    fn link<E: Elem>(&self, n: u32, dot: &impl Kernel<E>, prefetch: &impl Fn(&[AtomicU32])) {
         let level = self.level(n);
-        let q = self.vector(n);
+        let q = E::widen(self.vector::<E>(n));
+        let q: &[f32] = &q;
         let mut ep = self.entry.load(Ordering::Acquire);
         let raise = if ep == EMPTY || level > (ep >> 32) as usize {
             let g = lock(&self.top);
@@ -410,7 +574,7 @@ impl Hnsw {
             None
         };
         let (top, mut cur) = ((ep >> 32) as usize, ep as u32);
-        let mut cur_sim = dot(q, self.vector(cur));
+        let mut cur_sim = dot(q, self.vector::<E>(cur));
         for layer in (level + 1..=top).rev() {
             (cur, cur_sim) = self.descend(q, cur, cur_sim, layer, dot);
         }
@@ -436,14 +600,14 @@ impl Hnsw {
 
     /// Greedy walk on `layer` from `cur` to a local best.
     #[inline(always)]
-    fn descend(&self, q: &[f32], mut cur: u32, mut cur_sim: f32, layer: usize, dot: &impl Kernel) -> (u32, f32) {
+    fn descend<E: Elem>(&self, q: &[f32], mut cur: u32, mut cur_sim: f32, layer: usize, dot: &impl Kernel<E>) -> (u32, f32) {
         loop {
             let mut moved = false;
             let list = self.list(cur, layer);
             let degree = list.first().map_or(0, |d| d.load(Ordering::Acquire) as usize);
             for w in list.iter().skip(1).take(degree) {
                 let nb = w.load(Ordering::Acquire);
-                let s = dot(q, self.vector(nb));
+                let s = dot(q, self.vector::<E>(nb));
                 if s > cur_sim {
                     (cur, cur_sim, moved) = (nb, s, true);
                 }
@@ -457,17 +621,20 @@ impl Hnsw {
     /// `hnswlib`'s `searchBaseLayer`: the `ef` nodes nearest `q` on `layer` from `entry`, as
     /// (similarity, node), most similar first.
     #[inline(always)]
-    fn search_layer(
+    fn search_layer<E: Elem>(
         &self,
         q: &[f32],
         entry: (f32, u32),
         layer: usize,
         ef: usize,
-        dot: &impl Kernel,
+        dot: &impl Kernel<E>,
         prefetch: &impl Fn(&[AtomicU32]),
     ) -> Vec<(f32, u32)> {
-        VISITED.with(|cell| {
-            let mut visited = cell.borrow_mut();
+        // The marks are taken out of the thread-local for the walk, so that the loop compiles
+        // into this function with its kernels inlined (in a closure that `LocalKey::with` calls,
+        // the kernel stayed a call per distance).
+        let mut visited = walk::take_visited();
+        let out = {
             let stamp = visited.next(self.len());
             // Sized by what the graph can hold, not by `ef` alone.
             let cap = ef.min(self.len());
@@ -488,12 +655,12 @@ impl Hnsw {
                 for w in list.iter().skip(1).take(degree) {
                     let nb = w.load(Ordering::Acquire);
                     if visited.mark(nb, stamp) {
-                        prefetch(self.block(nb));
+                        self.prefetch_node(nb, prefetch);
                         fresh.push(nb);
                     }
                 }
                 for &nb in &fresh {
-                    let sn = dot(q, self.vector(nb));
+                    let sn = dot(q, self.vector::<E>(nb));
                     let worst = results.peek().map_or(f32::NEG_INFINITY, |r| r.0 .0 .0);
                     if results.len() < ef || sn > worst {
                         candidates.push((Sim(sn), nb));
@@ -507,13 +674,15 @@ impl Hnsw {
             let mut out: Vec<(f32, u32)> = results.into_iter().map(|Reverse((Sim(s), n))| (s, n)).collect();
             out.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             out
-        })
+        };
+        walk::put_visited(visited);
+        out
     }
 
     /// `hnswlib`'s `getNeighborsByHeuristic2`: from `cands` (most similar first), at most `m`,
     /// each kept only if it is nearer the query than to every one kept before it.
     #[inline(always)]
-    fn select(&self, cands: &[(f32, u32)], m: usize, dot: &impl Kernel) -> Vec<(f32, u32)> {
+    fn select<E: Elem>(&self, cands: &[(f32, u32)], m: usize, dot: &impl Kernel<E>) -> Vec<(f32, u32)> {
         // As `hnswlib`: fewer than `m` are kept as they are; exactly `m` are pruned too.
         if cands.len() < m {
             return cands.to_vec();
@@ -523,8 +692,8 @@ impl Hnsw {
             if out.len() >= m {
                 break;
             }
-            let vc = self.vector(c);
-            if out.iter().all(|&(_, o)| dot(vc, self.vector(o)) <= s) {
+            let vc = E::widen(self.vector::<E>(c));
+            if out.iter().all(|&(_, o)| dot(&vc, self.vector::<E>(o)) <= s) {
                 out.push((s, c));
             }
         }
@@ -534,7 +703,7 @@ impl Hnsw {
     /// `hnswlib`'s `mutuallyConnectNewElement`: links `n` on `layer` to the heuristic's choice
     /// among `found` and each of those back to `n`, re-selecting lists that overflow.
     #[inline(always)]
-    fn connect(&self, n: u32, layer: usize, found: Vec<(f32, u32)>, dot: &impl Kernel) {
+    fn connect<E: Elem>(&self, n: u32, layer: usize, found: Vec<(f32, u32)>, dot: &impl Kernel<E>) {
         let chosen = self.select(&found, self.m, dot);
         {
             let _g = lock(&self.locks[n as usize % STRIPES]);
@@ -554,10 +723,10 @@ impl Hnsw {
                 list[1 + degree].store(n, Ordering::Release);
                 dw.store(degree as u32 + 1, Ordering::Release);
             } else {
-                let vnb = self.vector(nb);
+                let vnb = E::widen(self.vector::<E>(nb));
                 let mut cands: Vec<(f32, u32)> = Vec::with_capacity(degree + 1);
                 cands.push((s, n));
-                cands.extend(links.iter().map(|&x| (dot(vnb, self.vector(x)), x)));
+                cands.extend(links.iter().map(|&x| (dot(&vnb, self.vector::<E>(x)), x)));
                 cands.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
                 let keep = self.select(&cands, cap, dot);
                 write_list(list, keep.iter().map(|c| c.1));
@@ -576,42 +745,71 @@ impl Hnsw {
         #[cfg(target_arch = "x86_64")]
         {
             if walk::has_avx512() {
-                // SAFETY: the CPU supports the features `search_avx512` is compiled for.
+                // SAFETY: the CPU supports the features `search_avx512*` are compiled for.
                 #[allow(unsafe_code)]
-                return unsafe { self.search_avx512(q, k, ef, accept) };
+                return unsafe {
+                    if self.half {
+                        self.search_avx512_f16(q, k, ef, accept)
+                    } else {
+                        self.search_avx512(q, k, ef, accept)
+                    }
+                };
             }
-            if walk::has_avx2_fma() {
+            if self.half && walk::has_avx2_f16c() {
+                // SAFETY: the CPU supports the features `search_avx2_f16` is compiled for.
+                #[allow(unsafe_code)]
+                return unsafe { self.search_avx2_f16(q, k, ef, accept) };
+            }
+            if !self.half && walk::has_avx2_fma() {
                 // SAFETY: the CPU supports the features `search_avx2` is compiled for.
                 #[allow(unsafe_code)]
                 return unsafe { self.search_avx2(q, k, ef, accept) };
             }
         }
-        self.walk(q, k, ef, accept, &walk::dot_portable, &|_: &[AtomicU32]| {})
+        if self.half {
+            self.walk::<f16>(q, k, ef, accept, &walk::dot_f16_portable, &|_: &[AtomicU32]| {})
+        } else {
+            self.walk::<f32>(q, k, ef, accept, &walk::dot_portable, &|_: &[AtomicU32]| {})
+        }
     }
 
     /// The walk compiled for AVX-512: the dot product's 32 lanes in two 512-bit registers.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx2,fma")]
     fn search_avx512(&self, q: &[f32], k: usize, ef: usize, accept: impl Fn(u32) -> bool) -> Vec<(u32, f32)> {
-        self.walk(q, k, ef, accept, &|a: &[f32], b: &[f32]| walk::dot_avx512(a, b), &|b: &[AtomicU32]| walk::prefetch(b))
+        self.walk::<f32>(q, k, ef, accept, &|a: &[f32], b: &[f32]| walk::dot_avx512(a, b), &|b: &[AtomicU32]| walk::prefetch(b))
+    }
+
+    /// The walk of a half graph compiled for AVX-512 (16 halves widened per instruction).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    fn search_avx512_f16(&self, q: &[f32], k: usize, ef: usize, accept: impl Fn(u32) -> bool) -> Vec<(u32, f32)> {
+        self.walk::<f16>(q, k, ef, accept, &|a: &[f32], b: &[f16]| walk::dot_f16_avx512(a, b), &|b: &[AtomicU32]| walk::prefetch(b))
     }
 
     /// The walk compiled for AVX2/FMA: the dot product inlines into it as FMA vector code, and
-    /// each fresh neighbour's block is prefetched before the distances are computed.
+    /// each fresh neighbour is prefetched before the distances are computed.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     fn search_avx2(&self, q: &[f32], k: usize, ef: usize, accept: impl Fn(u32) -> bool) -> Vec<(u32, f32)> {
-        self.walk(q, k, ef, accept, &|a: &[f32], b: &[f32]| walk::dot_avx2(a, b), &|b: &[AtomicU32]| walk::prefetch(b))
+        self.walk::<f32>(q, k, ef, accept, &|a: &[f32], b: &[f32]| walk::dot_avx2(a, b), &|b: &[AtomicU32]| walk::prefetch(b))
+    }
+
+    /// The walk of a half graph compiled for AVX2/FMA/F16C.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn search_avx2_f16(&self, q: &[f32], k: usize, ef: usize, accept: impl Fn(u32) -> bool) -> Vec<(u32, f32)> {
+        self.walk::<f16>(q, k, ef, accept, &|a: &[f32], b: &[f16]| walk::dot_f16_avx2(a, b), &|b: &[AtomicU32]| walk::prefetch(b))
     }
 
     #[inline(always)]
-    fn walk(
+    fn walk<E: Elem>(
         &self,
         q: &[f32],
         k: usize,
         ef: usize,
         accept: impl Fn(u32) -> bool,
-        dot: &impl Kernel,
+        dot: &impl Kernel<E>,
         prefetch: &impl Fn(&[AtomicU32]),
     ) -> Vec<(u32, f32)> {
         let ep = self.entry.load(Ordering::Acquire);
@@ -620,13 +818,16 @@ impl Hnsw {
         }
         let (top, mut cur) = ((ep >> 32) as usize, ep as u32);
         let ef = ef.max(k);
-        let mut cur_sim = dot(q, self.vector(cur));
+        let mut cur_sim = dot(q, self.vector::<E>(cur));
         for layer in (1..=top).rev() {
             (cur, cur_sim) = self.descend(q, cur, cur_sim, layer, dot);
         }
         let m0 = self.m0;
-        VISITED.with(|cell| {
-            let mut visited = cell.borrow_mut();
+        // The marks are taken out of the thread-local for the walk, so that the loop compiles
+        // into this function with its kernels inlined (in a closure that `LocalKey::with` calls,
+        // the kernel stayed a call per distance).
+        let mut visited = walk::take_visited();
+        let out = {
             let nodes = self.len();
             let stamp = visited.next(nodes);
             // Sized by what the graph can hold, not by a caller's k (a request may ask for 10^12).
@@ -652,12 +853,12 @@ impl Hnsw {
                 for w in block.iter().skip(HEAD).take(degree) {
                     let nb = w.load(Ordering::Acquire);
                     if visited.mark(nb, stamp) {
-                        prefetch(self.block(nb));
+                        self.prefetch_node(nb, prefetch);
                         fresh.push(nb);
                     }
                 }
                 for &nb in &fresh {
-                    let sn = dot(q, self.vector(nb));
+                    let sn = dot(q, self.vector::<E>(nb));
                     let worst = results.peek().map_or(f32::NEG_INFINITY, |r| r.0 .0 .0);
                     if results.len() < ef || sn > worst {
                         candidates.push((Sim(sn), nb));
@@ -674,7 +875,9 @@ impl Hnsw {
             out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             out.truncate(k);
             out
-        })
+        };
+        walk::put_visited(visited);
+        out
     }
 
     /// The graph's topology, for a snapshot: nodes grouped by level, the entry node first on
@@ -723,9 +926,9 @@ impl Hnsw {
     /// is the layer it is listed on, or higher when it has lists above it (graphs `hnsw_rs`
     /// built link some nodes above their own layer); a list longer than this graph allows keeps
     /// its first (nearest) links, and a link on a layer above its target's level is dropped. Nodes whose vector `vector` lacks get a zero vector.
-    pub fn from_topology<'v>(t: &Topology, vector: impl Fn(u32) -> Option<&'v [f32]> + Sync) -> Self {
+    pub fn from_topology<'v>(t: &Topology, half: bool, vector: impl Fn(u32) -> Option<&'v [f32]> + Sync) -> Self {
         let p = &t.params;
-        let g = Self::new(p.dim as usize, p.max_nb_connection as usize, p.ef_construction as usize);
+        let g = Self::new(p.dim as usize, p.max_nb_connection as usize, p.ef_construction as usize, half);
         let total = t.len();
         if total == 0 {
             return g;
@@ -751,7 +954,7 @@ impl Hnsw {
             for node in range {
                 let (slot, i) = order[node];
                 let b = g.block(node as u32);
-                if b.len() < HEAD + g.m0 + g.dim {
+                if b.len() < g.blocks.unit {
                     continue;
                 }
                 let level = levels[node] as usize;
@@ -759,9 +962,7 @@ impl Hnsw {
                 b[LEVEL].store(level as u32, Ordering::Relaxed);
                 b[UPPER].store(uppers[node], Ordering::Relaxed);
                 match vector(slot) {
-                    Some(v) if v.len() == g.dim => {
-                        b[HEAD + g.m0..].iter().zip(v).for_each(|(w, x)| w.store(x.to_bits(), Ordering::Relaxed));
-                    }
+                    Some(v) if v.len() == g.dim => g.store_vector(b, v),
                     _ => {
                         missing.fetch_add(1, Ordering::Relaxed);
                     }
@@ -840,7 +1041,11 @@ mod tests {
     }
 
     fn build(vs: &[Vec<f32>]) -> Hnsw {
-        let g = Hnsw::new(vs[0].len(), 16, 200);
+        build_as(vs, false)
+    }
+
+    fn build_as(vs: &[Vec<f32>], half: bool) -> Hnsw {
+        let g = Hnsw::new(vs[0].len(), 16, 200, half);
         let rows: Vec<(u32, &[f32])> = vs.iter().enumerate().map(|(i, v)| (i as u32, v.as_slice())).collect();
         g.insert(&rows);
         g
@@ -923,6 +1128,49 @@ mod tests {
         // (about one node in 16) and the slot map add a few more. One copy of each vector.
         let per = g.bytes() as f64 / 2000.0;
         assert!((2192.0..2240.0).contains(&per), "{per} bytes per vector");
+        // As halves: 16 + 128 + 1,024 bytes.
+        let h = build_as(&vs, true);
+        let per = h.bytes() as f64 / 2000.0;
+        assert!((1168.0..1216.0).contains(&per), "{per} bytes per half vector");
+    }
+
+    #[test]
+    fn a_half_graph_holds_rounded_vectors_and_finds_them() {
+        let mut rng = StdRng::seed_from_u64(8);
+        let vs = clustered(&mut rng, 4000, 64, 40, 0.6);
+        let g = build_as(&vs, true);
+        assert!(g.is_half());
+        // What it holds is each vector rounded to f16, and scores are products with that.
+        for (i, v) in vs.iter().enumerate().step_by(101) {
+            let held = g.vector_of(i as u32).unwrap();
+            let rounded: Vec<f32> = v.iter().map(|x| f16::from_f32(*x).to_f32()).collect();
+            assert_eq!(held, rounded, "{i}");
+            let q = unit(&mut rng, 64);
+            assert_eq!(g.score(&q, i as u32).unwrap().to_bits(), walk::dot(&q, &rounded).to_bits());
+            assert_eq!(g.search(v, 1, 64, |_| true)[0].0, i as u32, "{i} finds itself");
+        }
+        // Recall against brute force over the f32 originals.
+        let qs: Vec<Vec<f32>> = (0..200).map(|_| unit(&mut rng, 64)).collect();
+        let r = recall(&g, &vs, &qs, 200);
+        assert!(r >= 0.98, "half graph recall@10 at ef 200 = {r}");
+        // Filled from its own topology, a half graph answers as before.
+        let t = g.topology();
+        let f = Hnsw::from_topology(&t, true, |s| vs.get(s as usize).map(Vec::as_slice));
+        for q in qs.iter().take(20) {
+            assert_eq!(f.search(q, 10, 64, |_| true), g.search(q, 10, 64, |_| true));
+        }
+    }
+
+    #[test]
+    fn an_odd_dimension_rounds_its_last_half_word() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let vs: Vec<Vec<f32>> = (0..300).map(|_| unit(&mut rng, 7)).collect();
+        let g = build_as(&vs, true);
+        for (i, v) in vs.iter().enumerate() {
+            let held = g.vector_of(i as u32).unwrap();
+            assert_eq!(held.len(), 7);
+            assert!(held.iter().zip(v).all(|(a, b)| (a - b).abs() < 1e-3), "{i}");
+        }
     }
 
     #[test]
@@ -945,7 +1193,7 @@ mod tests {
     fn small_batches_and_repeated_slots() {
         let mut rng = StdRng::seed_from_u64(4);
         let vs: Vec<Vec<f32>> = (0..300).map(|_| unit(&mut rng, 8)).collect();
-        let g = Hnsw::new(8, 16, 200);
+        let g = Hnsw::new(8, 16, 200, false);
         assert!(g.search(&vs[0], 5, 10, |_| true).is_empty());
         for (i, v) in vs.iter().enumerate() {
             g.insert(&[(i as u32 * 3, v.as_slice())]);
@@ -954,7 +1202,7 @@ mod tests {
         assert_eq!(g.len(), 300, "a slot already in the graph is skipped");
         for (i, v) in vs.iter().enumerate() {
             assert_eq!(g.search(v, 1, 32, |_| true)[0].0, i as u32 * 3);
-            assert_eq!(g.vector_of(i as u32 * 3), Some(v.as_slice()));
+            assert_eq!(g.vector_of(i as u32 * 3).as_deref(), Some(v.as_slice()));
         }
         assert_eq!(g.vector_of(1), None);
     }
@@ -963,7 +1211,7 @@ mod tests {
     fn searches_during_concurrent_inserts_find_every_published_vector() {
         let mut rng = StdRng::seed_from_u64(5);
         let vs: Vec<Vec<f32>> = (0..6000).map(|_| unit(&mut rng, 24)).collect();
-        let g = Hnsw::new(24, 16, 100);
+        let g = Hnsw::new(24, 16, 100, false);
         let done = std::sync::atomic::AtomicBool::new(false);
         // Vectors below this are inserted (what `Graph::set_meta` then reveals).
         let inserted = AtomicUsize::new(0);
@@ -1027,7 +1275,7 @@ mod tests {
         t.push_list(&[2]);
         t.push_list(&[2]);
         let vs = [[1.0f32, 0.0], [0.0, 1.0], [0.6, 0.8], [0.8, 0.6]];
-        let g = Hnsw::from_topology(&t, |s| vs.get(s as usize).map(|v| v.as_slice()));
+        let g = Hnsw::from_topology(&t, false, |s| vs.get(s as usize).map(|v| v.as_slice()));
         let two = g.node_of(2).unwrap();
         let up = g.list(two, 1);
         let d = up[0].load(Ordering::Relaxed) as usize;
@@ -1047,7 +1295,7 @@ mod tests {
         let t = crate::snapshot::decode(include_bytes!("testdata/hnsw_rs-0.3.5.evhnsw")).unwrap();
         let mut rng = StdRng::seed_from_u64(12);
         let vs: Vec<Vec<f32>> = (0..800).map(|_| unit(&mut rng, 12)).collect();
-        let g = Hnsw::from_topology(&t, |s| vs.get(s as usize / 3).map(Vec::as_slice));
+        let g = Hnsw::from_topology(&t, false, |s| vs.get(s as usize / 3).map(Vec::as_slice));
         assert!(upper_links_reach_nodes_of_their_layer(&g) > 0);
         let extra: Vec<Vec<f32>> = (0..300).map(|_| unit(&mut rng, 12)).collect();
         let rows: Vec<(u32, &[f32])> = extra.iter().enumerate().map(|(i, v)| (5000 + i as u32, v.as_slice())).collect();
@@ -1058,7 +1306,7 @@ mod tests {
     #[test]
     fn upper_list_runs_never_cross_a_segment() {
         for m in [2, 16, MAX_M] {
-            let g = Hnsw::new(4, m, 16);
+            let g = Hnsw::new(4, m, 16, false);
             for i in 0..3000 {
                 let level = 1 + (i * 7) % MAX_LEVEL;
                 let words = level * (g.m + 1);
@@ -1071,25 +1319,26 @@ mod tests {
 
     #[test]
     fn selection_prunes_exactly_m_candidates_as_hnswlib() {
-        let g = Hnsw::new(2, 2, 16);
+        let g = Hnsw::new(2, 2, 16, false);
         let vs = [[1.0f32, 0.0], [0.995, 0.0998], [0.0, 1.0]];
         let rows: Vec<(u32, &[f32])> = vs.iter().enumerate().map(|(i, v)| (i as u32, v.as_slice())).collect();
         g.insert(&rows);
         let q = [0.98f32, 0.199];
-        let cands: Vec<(f32, u32)> = [0u32, 1].iter().map(|&s| g.node_of(s).unwrap()).map(|n| (walk::dot(&q, g.vector(n)), n)).collect();
+        let cands: Vec<(f32, u32)> =
+            [0u32, 1].iter().map(|&s| g.node_of(s).unwrap()).map(|n| (walk::dot(&q, g.vector::<f32>(n)), n)).collect();
         let mut cands = cands;
         cands.sort_by(|a, b| b.0.total_cmp(&a.0));
         // Two candidates for two places: the second is nearer the first than the query, so
         // `getNeighborsByHeuristic2` keeps one; one candidate fewer than M is kept as it is.
-        assert_eq!(g.select(&cands, 2, &walk::dot).len(), 1);
-        assert_eq!(g.select(&cands, 3, &walk::dot).len(), 2);
+        assert_eq!(g.select::<f32>(&cands, 2, &walk::dot).len(), 1);
+        assert_eq!(g.select::<f32>(&cands, 3, &walk::dot).len(), 2);
     }
 
     #[test]
     fn a_batch_runs_on_a_thread_per_128_rows_reusing_their_marks() {
         let mut rng = StdRng::seed_from_u64(13);
         let vs: Vec<Vec<f32>> = (0..1200).map(|_| unit(&mut rng, 8)).collect();
-        let g = Hnsw::new(8, 16, 64);
+        let g = Hnsw::new(8, 16, 64, false);
         let cores = std::thread::available_parallelism().map_or(1, |t| t.get());
         for (b, chunk) in vs.chunks(300).enumerate() {
             let rows: Vec<(u32, &[f32])> = chunk.iter().enumerate().map(|(i, v)| ((b * 300 + i) as u32, v.as_slice())).collect();

@@ -357,7 +357,7 @@ mod tests {
                 v.into_iter().map(|a| a / norm).collect()
             })
             .collect();
-        let h = Hnsw::new(d, 16, 200);
+        let h = Hnsw::new(d, 16, 200, false);
         let rows: Vec<(u32, &[f32])> = vs.iter().enumerate().map(|(i, v)| (i as u32, v.as_slice())).collect();
         h.insert(&rows);
         (h, vs)
@@ -375,7 +375,7 @@ mod tests {
         assert_eq!(t.len(), 800);
         assert_eq!(encode(&t), blob.to_vec(), "the format is unchanged");
         let vs = fixture_vectors(800, 12, 1);
-        let h = Hnsw::from_topology(&t, |s| vs.get(s as usize / 3).map(Vec::as_slice));
+        let h = Hnsw::from_topology(&t, false, |s| vs.get(s as usize / 3).map(Vec::as_slice));
         assert_eq!(h.len(), 800);
         for (q, line) in fixture_vectors(40, 12, 2).iter().zip(answers.lines()) {
             let want: Vec<(u32, u32)> = line
@@ -431,7 +431,7 @@ mod tests {
             if let Ok(t) = decode(&b) {
                 // (A flipped slot far above the others would size the slot map by it.)
                 if t.params.dim == 6 && t.slots().all(|s| s < 10_000) {
-                    let g = Hnsw::from_topology(&t, |s| vs.get(s as usize).map(Vec::as_slice));
+                    let g = Hnsw::from_topology(&t, false, |s| vs.get(s as usize).map(Vec::as_slice));
                     let _ = g.search(&vs[0], 5, 16, |_| true);
                     g.insert(&[(5000, vs[1].as_slice())]);
                 }

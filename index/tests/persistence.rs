@@ -160,6 +160,47 @@ fn f16_vectors_survive_snapshot_and_rebuild() {
             hit += usize::from(&ids(&index, space, v, 1)[0] == id);
         }
         assert!(hit >= 98, "{hit} of 100 self-queries found themselves");
+        // Every stored vector is f16: the graph holds halves (half the memory), whether it
+        // came from the snapshot or was rebuilt.
+        assert_eq!(index.graph_loads()[0].precision, "f16", "{:?}", index.graph_loads());
+    }
+    // Whatever encoding the opener writes in: what is stored decides.
+    let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+    assert_eq!(index.graph_loads()[0].precision, "f16");
+}
+
+#[test]
+fn a_collection_with_any_f32_vector_is_held_as_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let f16 = IndexOptions { encoding: VectorEncoding::F16, ..IndexOptions::default() };
+    let mut stored = {
+        let index = Index::open(dir.path(), f16.clone()).unwrap();
+        let space = index.ensure_space("s", D).unwrap();
+        fill(&index, space, 600, 5)
+    };
+    {
+        // A writer in f32 adds vectors to the f16 collection: they are stored in f32 and held
+        // in the (half) graph it loaded, rounded.
+        let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+        assert_eq!(index.graph_loads()[0].precision, "f16");
+        let space = index.space("s").unwrap().id;
+        let mut rng = StdRng::seed_from_u64(6);
+        let mut b = index.batch();
+        for i in 0..600 {
+            let (id, v) = (format!("w{i}"), unit(&mut rng, D));
+            b.put_item(ItemRecord::new(id.as_str(), Kind::Video, "x"));
+            b.put_vector(space, id.as_str(), Kind::Video, v.clone());
+            stored.push((id, v));
+        }
+        index.commit(b).unwrap();
+        index.checkpoint().unwrap();
+    }
+    for ignore_snapshots in [false, true] {
+        let index = Index::open(dir.path(), IndexOptions { ignore_snapshots, ..f16.clone() }).unwrap();
+        assert_eq!(index.graph_loads()[0].precision, "f32", "an f32 row is not rounded");
+        let space = index.space("s").unwrap().id;
+        let found = stored.iter().step_by(12).filter(|(id, v)| &ids(&index, space, v, 1)[0] == id).count();
+        assert!(found >= 99, "{found} of 100 self-queries found themselves");
     }
 }
 

@@ -201,9 +201,9 @@ impl Index {
     fn insert_hidden(&self, inserts: &Inserts, dims: &HashMap<Collection, usize>) {
         {
             let mut graphs = self.graphs.write().unwrap_or_else(|e| e.into_inner());
-            for (c, rows) in inserts {
+            for c in inserts.keys() {
                 let dim = dims.get(c).copied().unwrap_or(0);
-                graphs.entry(*c).or_insert_with(|| Graph::new(dim, rows.len()));
+                graphs.entry(*c).or_insert_with(|| Graph::new(dim, self.new_half()));
             }
         }
         let graphs = self.graphs.read().unwrap_or_else(|e| e.into_inner());

@@ -124,7 +124,7 @@ impl Index {
                 wb.put_cf(cf_slots, codec::slot_key(c, &id.0), s.to_be_bytes());
             }
         }
-        let mut g = Graph::new(dim, metas.len());
+        let mut g = Graph::new(dim, stored.half(self.new_half()));
         let rows: Vec<(Slot, &[f32])> = metas.iter().filter_map(|(s, _)| stored.vector(*s).map(|v| (*s, v))).collect();
         g.insert_hidden(&rows);
         for (slot, meta) in metas {

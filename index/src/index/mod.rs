@@ -160,6 +160,9 @@ pub struct GraphLoad {
     pub live: usize,
     /// Milliseconds spent.
     pub millis: u64,
+    /// How the graph holds the vectors in memory: `f32`, or `f16` when every stored vector
+    /// of the collection is f16 (half the memory).
+    pub precision: &'static str,
 }
 
 /// What [`Index::verify`] found.
@@ -297,6 +300,8 @@ struct StoredRows {
     slots: Vec<u32>,
     /// Item of each row.
     items: Vec<ItemId>,
+    /// Rows stored as f32 (the others are f16).
+    f32_rows: usize,
 }
 
 const NO_ROW: u32 = u32::MAX;
@@ -318,6 +323,16 @@ impl Stored {
         }
         Self { dim, parts, starts, at, dead: HashSet::new() }
     }
+    /// True when the collection's graph should hold its vectors as IEEE halves: every stored
+    /// row is f16 (so nothing is lost), or nothing is stored yet and `new_half` (the encoding
+    /// new vectors will be written in) says so.
+    fn half(&self, new_half: bool) -> bool {
+        if self.parts.iter().all(|p| p.slots.is_empty()) {
+            new_half
+        } else {
+            self.parts.iter().all(|p| p.f32_rows == 0)
+        }
+    }
     /// Part and index in it of row `r`.
     fn locate(&self, r: usize) -> (usize, usize) {
         let p = self.starts.partition_point(|s| *s as usize <= r) - 1;
@@ -338,6 +353,7 @@ impl Stored {
         std::mem::replace(&mut self.parts[p].items[i], ItemId(String::new()))
     }
     /// One past the highest stored slot (0 when none is).
+    #[cfg(test)]
     fn extent(&self) -> usize {
         self.at.len()
     }
@@ -421,6 +437,12 @@ impl Index {
 
     pub(crate) fn cf(&self, name: &'static str) -> Result<&rocksdb::ColumnFamily, IndexError> {
         self.db.cf_handle(name).ok_or_else(|| corrupt(&self.path, "column family", name))
+    }
+
+    /// True when vectors are written as f16 from now on (a new collection's graph then holds
+    /// halves).
+    fn new_half(&self) -> bool {
+        self.options.encoding == Encoding::F16
     }
 
     fn collection_name(&self, c: Collection) -> String {

@@ -5,7 +5,7 @@ use super::{
     bincode_config, corrupt, renormalise, slot_meta, snapshot_due, synced, GraphLoad, Index, IndexOptions, SnapshotHeader, SpaceInfo,
     Stored, StoredRows, Writer, SNAPSHOT_CHUNK,
 };
-use crate::codec::{self, Collection};
+use crate::codec::{self, Collection, Encoding};
 use crate::error::IndexError;
 use crate::graph::{Graph, SlotMeta, SCRATCH_PREFIX};
 use crate::ids::{ItemId, Slot, SpaceId};
@@ -331,7 +331,7 @@ impl Index {
         let metas = metas?;
         let (mut g, how, reason, replayed) = match restored {
             Ok((g, replay)) => (g, "snapshot", None, replay),
-            Err(why) => (Graph::new(info.dim, stored.extent()), "rebuilt", Some(why), 0),
+            Err(why) => (Graph::new(info.dim, stored.half(self.new_half())), "rebuilt", Some(why), 0),
         };
         let t1 = std::time::Instant::now();
         if how == "rebuilt" {
@@ -369,7 +369,8 @@ impl Index {
         if let Some(r) = &reason {
             tracing::info!(collection = %name, reason = %r, "graph rebuilt from the stored vectors");
         }
-        let load = GraphLoad { collection: name, how, reason, replayed, live: g.live(), millis: 0 };
+        let precision = if g.is_half() { "f16" } else { "f32" };
+        let load = GraphLoad { collection: name, how, reason, replayed, live: g.live(), millis: 0, precision };
         if self.options.passive_open || self.is_reader() {
             // Nothing written: a rebuilt graph lives in memory only.
         } else if how == "rebuilt" {
@@ -503,6 +504,9 @@ impl Index {
             }
             let at = rows.data.len() - dim;
             renormalise(&mut rows.data[at..]);
+            if v.first() != Some(&Encoding::F16.code()) {
+                rows.f32_rows += 1;
+            }
             rows.slots.push(slot.0);
             rows.items.push(ItemId(item.to_owned()));
             it.next();
@@ -557,14 +561,14 @@ impl Index {
             return Err(format!("stale snapshot: {} nodes, {below} stored vectors below slot {}", topo.len(), h.covered));
         }
         if topo.is_empty() {
-            let mut g = Graph::new(dim, stored.extent());
+            let mut g = Graph::new(dim, stored.half(self.new_half()));
             g.covered = h.covered;
             let replay = stored.from(h.covered as usize).count();
             return Ok((g, replay));
         }
         // Filled straight from the snapshot: searchable and insertable at once.
         let t = std::time::Instant::now();
-        let mut g = Graph::from_snapshot(topo, dim, |s| stored.vector(s));
+        let mut g = Graph::from_snapshot(topo, stored.half(self.new_half()), |s| stored.vector(s));
         phases.fill = t.elapsed();
         g.covered = h.covered;
         let replay = stored.from(h.covered as usize).count();
