@@ -105,6 +105,9 @@ pub fn column_family_role(name: &str) -> &'static str {
 /// reads of searches and look-ups (records, slots, secondary keys).
 pub(crate) const BLOCK_CACHE_BYTES: usize = 8 << 20;
 
+/// Read-ahead of a bulk scan ([`bulk_read`]).
+const BULK_READAHEAD_BYTES: usize = 2 << 20;
+
 /// A new block cache for one open database (see [`BLOCK_CACHE_BYTES`]).
 fn block_cache() -> Cache {
     Cache::new_lru_cache(BLOCK_CACHE_BYTES)
@@ -113,11 +116,15 @@ fn block_cache() -> Cache {
 /// Read options of a scan that reads much once (an open's every vector and record, a reader's
 /// catch-up, repair and verification): its blocks bypass the block cache instead of evicting
 /// what searches use, and, with `range`, the iterator stops at the range's end instead of
-/// reading on into the next collection's blocks. Checksums are verified as on every read.
+/// reading on into the next collection's blocks; it reads ahead in large reads. Checksums are
+/// verified as on every read.
 pub(crate) fn bulk_read(range: Option<(Vec<u8>, Option<Vec<u8>>)>) -> rocksdb::ReadOptions {
     let mut ro = rocksdb::ReadOptions::default();
     ro.fill_cache(false);
     ro.set_verify_checksums(true);
+    // Large sequential reads instead of one read per 4 KiB block (an open at 100k x 512-d
+    // spent a good part of its scan in those reads: 0.80-1.30 s -> 0.64-0.72 s, probe, 3 runs).
+    ro.set_readahead_size(BULK_READAHEAD_BYTES);
     if let Some((lower, upper)) = range {
         ro.set_iterate_lower_bound(lower);
         if let Some(upper) = upper {

@@ -166,6 +166,20 @@ fn program_name() -> String {
         .unwrap_or_else(|| "an unnamed program".into())
 }
 
+/// Hands the heap the open freed back to the system. The open's reads run on several threads,
+/// each allocating in its own malloc arena (rows decoded, records, read buffers); what they
+/// free stays mapped in those arenas unless trimmed, and was measured as tens of MB at 100k
+/// vectors, varying from run to run (`evindex probe`). glibc only; elsewhere a no-op.
+fn release_freed_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` only returns free heap pages to the system; it touches no live
+    // allocation and is safe to call from any thread at any time.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 impl Index {
     /// Opens the index at `path`, creating it when the directory is absent or empty. Loads every
     /// graph from its snapshot and replays the vectors written after it; rebuilds (and
@@ -272,6 +286,7 @@ impl Index {
         }
         *self.graphs.write().unwrap_or_else(|e| e.into_inner()) = graphs;
         loads.sort_by(|a, b| a.collection.cmp(&b.collection));
+        release_freed_heap();
         Ok(loads)
     }
 
