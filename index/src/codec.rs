@@ -250,23 +250,9 @@ pub fn encode_vector(item: &str, v: &[f32], enc: Encoding) -> Vec<u8> {
 
 /// Decodes [`encode_vector`]; `None` when the bytes are malformed.
 pub fn decode_vector(b: &[u8]) -> Option<(String, Vec<f32>)> {
-    let (&code, rest) = b.split_first()?;
-    if rest.len() < 2 {
-        return None;
-    }
-    let n = u16::from_le_bytes([rest[0], rest[1]]) as usize;
-    let rest = &rest[2..];
-    if rest.len() < n {
-        return None;
-    }
-    let id = std::str::from_utf8(&rest[..n]).ok()?.to_owned();
-    let data = &rest[n..];
-    let v = match code {
-        0 if data.len() % 4 == 0 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        1 if data.len() % 2 == 0 => data.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        _ => return None,
-    };
-    Some((id, v))
+    let mut v = Vec::new();
+    let (id, _) = decode_vector_into(b, &mut v)?;
+    Some((id.to_owned(), v))
 }
 
 /// [`decode_vector`] without its allocations: appends the components to `out` and returns the
@@ -427,18 +413,31 @@ mod tests {
         }
 
         #[test]
-        fn decode_vector_into_agrees_with_decode_vector(id in "[a-zA-Z0-9.:-]{0,80}", v in proptest::collection::vec(-1e3f32..1e3, 0..64), half_precision in any::<bool>(), cut in 0usize..8) {
-            let mut b = encode_vector(&id, &v, if half_precision { Encoding::F16 } else { Encoding::F32 });
+        fn decode_vector_into_reads_what_encode_vector_wrote(id in "[a-zA-Z0-9.:-]{0,80}", v in proptest::collection::vec(-1e3f32..1e3, 0..64), half_precision in any::<bool>(), cut in 0usize..8) {
+            let enc = if half_precision { Encoding::F16 } else { Encoding::F32 };
+            let mut b = encode_vector(&id, &v, enc);
             b.truncate(b.len().saturating_sub(cut));
+            // By the layout (code, id length, id, components): a cut inside the components
+            // that leaves whole ones decodes to those; any other cut is malformed.
+            let width = if half_precision { 2 } else { 4 };
+            let data = v.len() * width;
+            let want: Option<Vec<f32>> = (cut <= data && (data - cut) % width == 0).then(|| {
+                let keep = (data - cut) / width;
+                v[..keep].iter().map(|x| if half_precision { f16::from_f32(*x).to_f32() } else { *x }).collect()
+            });
             let mut out = vec![7.0f32];
-            match (decode_vector(&b), decode_vector_into(&b, &mut out)) {
-                (Some((id2, v2)), Some((id3, n))) => {
-                    prop_assert_eq!(id2.as_str(), id3);
-                    prop_assert_eq!(n, v2.len());
-                    prop_assert_eq!(&out[1..], v2.as_slice());
+            match (decode_vector_into(&b, &mut out), want) {
+                (Some((id2, n)), Some(want)) => {
+                    prop_assert_eq!(id2, id.as_str());
+                    prop_assert_eq!(n, want.len());
+                    prop_assert_eq!(&out[1..], want.as_slice());
+                    prop_assert_eq!(decode_vector(&b), Some((id.clone(), want)));
                 }
-                (None, None) => prop_assert_eq!(out, vec![7.0f32]),
-                (a, b) => prop_assert!(false, "decoders disagree: {:?} vs {:?}", a, b),
+                (None, None) => {
+                    prop_assert_eq!(out, vec![7.0f32]);
+                    prop_assert_eq!(decode_vector(&b), None);
+                }
+                (got, want) => prop_assert!(false, "decoded {:?}, the layout says {:?}", got, want),
             }
         }
 
