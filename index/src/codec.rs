@@ -402,6 +402,17 @@ mod tests {
         let _ = decode_dead_key(b);
     }
 
+    #[test]
+    fn prefix_end_skips_every_key_under_the_prefix() {
+        assert_eq!(prefix_end(b"p\x00\x01"), Some(b"p\x00\x02".to_vec()));
+        assert_eq!(prefix_end(b"p\x00\xff\xff"), Some(b"p\x01".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+        let p = b"p\x00\x00\x00\x02ab";
+        let next = prefix_end(p).unwrap();
+        assert!(b"p\x00\x00\x00\x02ab\xff\xff\xff\xffzzz".as_slice() < next.as_slice());
+        assert!(b"p\x00\x00\x00\x02ac".as_slice() >= next.as_slice());
+    }
+
     proptest! {
         #[test]
         fn vector_key_round_trips_and_orders(space: u16, k in kind(), a: u32, b: u32) {

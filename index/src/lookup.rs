@@ -130,7 +130,7 @@ impl Index {
             }
             let p = codec::decode_patient_key(k).ok_or_else(|| corrupt(&self.path, "patient key", format!("{k:?}")))?.to_owned();
             // Skip this patient's other keys: seek past every key under its prefix.
-            let Some(next) = successor(&codec::patient_prefix(&p)) else { break };
+            let Some(next) = codec::prefix_end(&codec::patient_prefix(&p)) else { break };
             out.push(p);
             it.seek(next);
         }
@@ -310,32 +310,4 @@ fn describe(k: &[u8]) -> String {
         return format!("study {s}, item {item}");
     }
     format!("{k:?}")
-}
-
-/// The first key after every key that starts with `prefix` (`None` when there is none).
-fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut k = prefix.to_vec();
-    while let Some(last) = k.pop() {
-        if last < 0xff {
-            k.push(last + 1);
-            return Some(k);
-        }
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::successor;
-
-    #[test]
-    fn successor_skips_every_key_under_the_prefix() {
-        assert_eq!(successor(b"p\x00\x01"), Some(b"p\x00\x02".to_vec()));
-        assert_eq!(successor(b"p\x00\xff\xff"), Some(b"p\x01".to_vec()));
-        assert_eq!(successor(b"\xff\xff"), None);
-        let p = b"p\x00\x00\x00\x02ab";
-        let next = successor(p).unwrap();
-        assert!(b"p\x00\x00\x00\x02ab\xff\xff\xff\xffzzz".as_slice() < next.as_slice());
-        assert!(b"p\x00\x00\x00\x02ac".as_slice() >= next.as_slice());
-    }
 }
