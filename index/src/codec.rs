@@ -221,6 +221,14 @@ pub enum Encoding {
 }
 
 impl Encoding {
+    /// Bytes per component.
+    pub(crate) fn width(self) -> usize {
+        match self {
+            Encoding::F32 => 4,
+            Encoding::F16 => 2,
+        }
+    }
+
     pub(crate) fn code(self) -> u8 {
         match self {
             Encoding::F32 => 0,
@@ -233,11 +241,7 @@ impl Encoding {
 /// The item id sits beside the vector so that slot → item needs no second lookup.
 pub fn encode_vector(item: &str, v: &[f32], enc: Encoding) -> Vec<u8> {
     let id = item.as_bytes();
-    let width = match enc {
-        Encoding::F32 => 4,
-        Encoding::F16 => 2,
-    };
-    let mut out = Vec::with_capacity(3 + id.len() + v.len() * width);
+    let mut out = Vec::with_capacity(3 + id.len() + v.len() * enc.width());
     out.push(enc.code());
     out.extend_from_slice(&(id.len() as u16).to_le_bytes());
     out.extend_from_slice(id);
@@ -259,6 +263,29 @@ pub fn decode_vector(b: &[u8]) -> Option<(String, Vec<f32>)> {
 /// item id (borrowed from `b`) and how many components were appended; `None` (and `out`
 /// unchanged) when `b` is malformed.
 pub fn decode_vector_into<'b>(b: &'b [u8], out: &mut Vec<f32>) -> Option<(&'b str, usize)> {
+    let (id, enc, data) = split_vector(b)?;
+    Some((id, decode_components(enc, data, out)))
+}
+
+/// Appends the components `data` holds in encoding `enc` (a whole number of them, as
+/// [`split_vector`] gives) to `out`; returns how many.
+pub fn decode_components(enc: Encoding, data: &[u8], out: &mut Vec<f32>) -> usize {
+    let start = out.len();
+    match enc {
+        Encoding::F32 => {
+            out.resize(start + data.len() / 4, 0.0);
+            for (x, c) in out[start..].iter_mut().zip(data.chunks_exact(4)) {
+                *x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        Encoding::F16 => out.extend(data.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())),
+    }
+    out.len() - start
+}
+
+/// The parts of an [`encode_vector`] value: item id, encoding and the components' bytes (a
+/// whole number of components); `None` when the bytes are malformed.
+pub fn split_vector(b: &[u8]) -> Option<(&str, Encoding, &[u8])> {
     let (&code, rest) = b.split_first()?;
     if rest.len() < 2 {
         return None;
@@ -270,18 +297,11 @@ pub fn decode_vector_into<'b>(b: &'b [u8], out: &mut Vec<f32>) -> Option<(&'b st
     }
     let id = std::str::from_utf8(&rest[..n]).ok()?;
     let data = &rest[n..];
-    let count = match code {
-        0 if data.len() % 4 == 0 => {
-            out.extend(data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
-            data.len() / 4
-        }
-        1 if data.len() % 2 == 0 => {
-            out.extend(data.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()));
-            data.len() / 2
-        }
-        _ => return None,
-    };
-    Some((id, count))
+    match code {
+        0 if data.len() % 4 == 0 => Some((id, Encoding::F32, data)),
+        1 if data.len() % 2 == 0 => Some((id, Encoding::F16, data)),
+        _ => None,
+    }
 }
 
 /// The first key after every key that starts with `prefix` (`None` when there is none: the

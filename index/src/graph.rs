@@ -101,6 +101,25 @@ impl Graph {
         Self::with(Hnsw::from_topology(&t, half, |s| vector(Slot(s))))
     }
 
+    /// [`Graph::from_snapshot`] with every vector still zero: the caller stores each node's
+    /// vector with [`Graph::set_vector`] (from any number of threads) before the graph is used.
+    pub fn skeleton(t: &Topology, half: bool) -> Self {
+        Self::with(Hnsw::skeleton(t, half))
+    }
+
+    /// Stores the vector of a [`Graph::skeleton`]'s node `slot`; false when `slot` is none of
+    /// its nodes (or `v` is not of the graph's dimension).
+    pub fn set_vector(&self, slot: Slot, v: &[f32]) -> bool {
+        self.hnsw.set_vector(slot.0, v)
+    }
+
+    /// [`Graph::set_vector`] from a stored f32 vector's little-endian component bytes, made a
+    /// unit vector in place; false also when the graph holds halves (then decode and use
+    /// [`Graph::set_vector`]).
+    pub fn set_vector_le(&self, slot: Slot, bytes: &[u8]) -> bool {
+        self.hnsw.set_vector_le(slot.0, bytes)
+    }
+
     fn with(hnsw: Hnsw) -> Self {
         Self { hnsw, slots: Vec::new(), visible: Vec::new(), names: HashSet::new(), live: 0, covered: 0, pending: 0 }
     }

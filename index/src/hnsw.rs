@@ -927,11 +927,63 @@ impl Hnsw {
     /// built link some nodes above their own layer); a list longer than this graph allows keeps
     /// its first (nearest) links, and a link on a layer above its target's level is dropped. Nodes whose vector `vector` lacks get a zero vector.
     pub fn from_topology<'v>(t: &Topology, half: bool, vector: impl Fn(u32) -> Option<&'v [f32]> + Sync) -> Self {
+        let (g, missing) = Self::filled(t, half, vector);
+        if missing > 0 {
+            tracing::warn!(missing, "graph snapshot nodes without a stored vector (zero vectors used)");
+        }
+        g
+    }
+
+    /// [`Hnsw::from_topology`] with every vector zero, for the caller to fill with
+    /// [`Hnsw::set_vector`] (from any number of threads) before the first search: an open
+    /// decodes the stored vectors straight into their nodes instead of through a second copy.
+    pub fn skeleton(t: &Topology, half: bool) -> Self {
+        Self::filled(t, half, |_| None).0
+    }
+
+    /// Stores `v` (`dim` components) as the vector of `slot`'s node; false when `slot` is not
+    /// a node. For a [`Hnsw::skeleton`] before it is searched: a search or insert running
+    /// beside it could read a half-written vector.
+    pub fn set_vector(&self, slot: u32, v: &[f32]) -> bool {
+        match self.node_of(slot) {
+            Some(n) if v.len() == self.dim && self.block(n).len() >= self.blocks.unit => {
+                self.store_vector(self.block(n), v);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// [`Hnsw::set_vector`] from a stored f32 vector's little-endian bytes, written straight
+    /// into the node (no decoded copy) and then made a unit vector as an open makes every
+    /// stored vector one ([`crate::walk::off_unit`]): the same bits as decoding, re-normalising
+    /// and storing. False when `slot` is not a node, the graph holds halves, or `bytes` is not
+    /// `dim` components.
+    pub fn set_vector_le(&self, slot: u32, bytes: &[u8]) -> bool {
+        let Some(n) = self.node_of(slot) else { return false };
+        let b = self.block(n);
+        let Some(w) = b.get(HEAD + self.m0..HEAD + self.m0 + self.dim) else { return false };
+        if self.half || bytes.len() != 4 * self.dim || b.len() < self.blocks.unit {
+            return false;
+        }
+        for (w, c) in w.iter().zip(bytes.chunks_exact(4)) {
+            w.store(u32::from_le_bytes([c[0], c[1], c[2], c[3]]), Ordering::Relaxed);
+        }
+        if let Some(norm) = walk::off_unit(f32::view(w, self.dim)) {
+            for w in w {
+                w.store((f32::from_bits(w.load(Ordering::Relaxed)) / norm).to_bits(), Ordering::Relaxed);
+            }
+        }
+        true
+    }
+
+    /// [`Hnsw::from_topology`] and how many nodes `vector` had no vector for.
+    fn filled<'v>(t: &Topology, half: bool, vector: impl Fn(u32) -> Option<&'v [f32]> + Sync) -> (Self, usize) {
         let p = &t.params;
         let g = Self::new(p.dim as usize, p.max_nb_connection as usize, p.ef_construction as usize, half);
         let total = t.len();
         if total == 0 {
-            return g;
+            return (g, 0);
         }
         // Node order: slot order.
         let mut order: Vec<(u32, u32)> = (0..total as u32).map(|i| (t.slot(i as usize), i)).collect();
@@ -989,16 +1041,12 @@ impl Hnsw {
                 }
             });
         }
-        let missing = missing.into_inner();
-        if missing > 0 {
-            tracing::warn!(missing, "graph snapshot nodes without a stored vector (zero vectors used)");
-        }
         g.nodes.store(total, Ordering::Release);
         if let Some(e) = g.node_of(t.slot(t.entry_index())) {
             let level = g.level(e);
             g.entry.store((level as u64) << 32 | u64::from(e), Ordering::Release);
         }
-        g
+        (g, missing.into_inner())
     }
 }
 
@@ -1064,6 +1112,41 @@ mod tests {
             found += g.search(q, 10, ef, |_| true).iter().filter(|h| want.contains(&h.0)).count();
         }
         found as f64 / (10 * qs.len()) as f64
+    }
+
+    /// A skeleton's vectors written from stored bytes are the bits that decoding, making a
+    /// unit vector and storing give, for vectors off unit length and on it; the graph then
+    /// answers as the one built from those vectors.
+    #[test]
+    fn vectors_set_from_stored_bytes_are_the_decoded_ones() {
+        let mut rng = StdRng::seed_from_u64(31);
+        let d = 67;
+        let vs: Vec<Vec<f32>> = (0..300).map(|_| unit(&mut rng, d)).collect();
+        let built = build(&vs);
+        let g = Hnsw::skeleton(&built.topology(), false);
+        for (i, v) in vs.iter().enumerate() {
+            // Every third one stored 1.5 times too long, as a vector read back may be off unit.
+            let scale = if i % 3 == 0 { 1.5f32 } else { 1.0 };
+            let bytes: Vec<u8> = v.iter().flat_map(|x| (x * scale).to_le_bytes()).collect();
+            assert!(g.set_vector_le(i as u32, &bytes));
+            let mut want = Vec::new();
+            crate::codec::decode_components(crate::codec::Encoding::F32, &bytes, &mut want);
+            if let Some(norm) = walk::off_unit(&want) {
+                want.iter_mut().for_each(|x| *x /= norm);
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&g.vector_of(i as u32).unwrap()), bits(&want), "slot {i}");
+            assert!((walk::dot(&want, &want) - 1.0).abs() < 1e-5);
+        }
+        let q = unit(&mut rng, d);
+        // The same neighbours (the re-normalised vectors differ from the built ones in the
+        // last bits).
+        let slots = |g: &Hnsw| g.search(&q, 10, 64, |_| true).into_iter().map(|h| h.0).collect::<Vec<_>>();
+        assert_eq!(slots(&g), slots(&built));
+        let bytes: Vec<u8> = vs[0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        assert!(!g.set_vector_le(300, &bytes), "no such node");
+        assert!(!g.set_vector_le(1, &bytes[4..]), "one component short");
+        assert!(!Hnsw::skeleton(&built.topology(), true).set_vector_le(1, &bytes), "a half graph takes decoded vectors");
     }
 
     #[test]

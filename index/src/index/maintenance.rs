@@ -23,11 +23,18 @@ impl Index {
     /// Writes a fresh snapshot of every graph that changed since its last one, so the next open
     /// replays nothing. Graphs with more tombstones than live vectors are rebuilt instead.
     /// Commits do this on their own from time to time; call it at the end of a bulk load.
+    /// Then every column family's write buffer goes to a table file, so the next open has no
+    /// write-ahead log to replay either (a 1M-vector graph's snapshot is ~140 MB of it: 0.6 s
+    /// of an open).
     pub fn checkpoint(&self) -> Result<(), IndexError> {
         self.writable("a checkpoint")?;
         let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let all: Vec<Collection> = writer.next_slot.keys().copied().collect();
-        self.checkpoint_locked(&mut writer, &all, true)
+        self.checkpoint_locked(&mut writer, &all, true)?;
+        for name in store::COLUMN_FAMILIES {
+            self.db.flush_cf(self.cf(name)?).map_err(|e| self.storage(e))?;
+        }
+        Ok(())
     }
 
     pub(super) fn checkpoint_locked(&self, writer: &mut Writer, which: &[Collection], force: bool) -> Result<(), IndexError> {

@@ -163,6 +163,9 @@ pub struct GraphLoad {
     /// How the graph holds the vectors in memory: `f32`, or `f16` when every stored vector
     /// of the collection is f16 (half the memory).
     pub precision: &'static str,
+    /// Milliseconds of each step of the load, in order (some overlap: the records are read
+    /// while the snapshot loads): where an open's time goes, for `info` and the benchmarks.
+    pub phases_ms: Vec<(&'static str, u64)>,
 }
 
 /// What [`Index::verify`] found.
@@ -455,9 +458,7 @@ impl Index {
 /// normalised): still needed, since the graph takes the dot product of unit vectors as their
 /// cosine, so a vector off unit length would rank and score wrongly (scores above 1 among them).
 pub(crate) fn renormalise(v: &mut [f32]) {
-    // The vector kernel: a plain sequential sum was a tenth of an open's time.
-    let norm = crate::walk::dot(v, v).sqrt();
-    if norm > 0.0 && (norm - 1.0).abs() > 1e-6 {
+    if let Some(norm) = crate::walk::off_unit(v) {
         v.iter_mut().for_each(|x| *x /= norm);
     }
 }

@@ -14,7 +14,7 @@ use crate::snapshot;
 use crate::store::{self, CF_GRAPH, CF_ITEMS, CF_META, CF_VECTORS};
 use rocksdb::{IteratorMode, WriteBatch, DB};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
@@ -28,6 +28,31 @@ const SCAN_ITEMS_FRACTION: u64 = 8;
 const PARALLEL_READ_MIN: u64 = 16384;
 /// Most threads reading one collection's vectors.
 const MAX_READ_THREADS: usize = 4;
+
+/// Milliseconds per step of a collection's load ([`GraphLoad::phases_ms`]).
+type PhaseList = Vec<(&'static str, u64)>;
+
+/// How a collection's graph came up.
+enum Loaded {
+    /// From the snapshot, then `replayed` newer vectors inserted.
+    Snapshot { replayed: usize },
+    /// Rebuilt from the stored vectors, for the reason given.
+    Rebuilt { why: String },
+}
+
+/// What one thread of [`Index::load_direct`] read.
+#[derive(Default)]
+struct Placed {
+    /// Slot and item of every stored vector read, ascending.
+    items: Vec<(u32, ItemId)>,
+    /// Vectors from the snapshot's coverage on (to replay).
+    later: StoredRows,
+    /// Vectors stored into their nodes.
+    placed: usize,
+    /// A row the skeleton cannot take as it is (stale snapshot, or an f32 row in a collection
+    /// guessed f16): the read stopped.
+    mismatch: bool,
+}
 
 /// Where a snapshot load spent its time (for the `collection loaded` debug line).
 #[derive(Default)]
@@ -326,6 +351,165 @@ impl Index {
     /// snapshotted again).
     pub(crate) fn load_collection(&self, c: Collection, info: &SpaceInfo, next: u32) -> Result<(Graph, GraphLoad), IndexError> {
         let t0 = std::time::Instant::now();
+        match self.load_direct(c, info, next)? {
+            Some((g, replayed, phases_ms)) => self.finish_load(c, info, next, g, Loaded::Snapshot { replayed }, phases_ms, t0),
+            None => self.load_stored(c, info, next, t0),
+        }
+    }
+
+    /// The usual open of a collection: its snapshot's links, with every stored vector decoded
+    /// straight into its node (one copy of the vectors, never two), then the vectors written
+    /// after the snapshot inserted. `None` (nothing kept) when the snapshot is missing, empty,
+    /// stale or ignored, or the collection mixes f32 and f16 rows in an order that was not
+    /// guessed: [`Index::load_stored`] then loads it, and says why where it rebuilds.
+    fn load_direct(&self, c: Collection, info: &SpaceInfo, next: u32) -> Result<Option<(Graph, usize, PhaseList)>, IndexError> {
+        let mut phases = PhaseTimes::default();
+        let Ok((covered, topo)) = self.read_topology(c, info.dim, next, &mut phases) else { return Ok(None) };
+        if topo.is_empty() {
+            return Ok(None);
+        }
+        // The graph's precision: f16 only when every stored vector is; guessed from the first
+        // and checked on every row read.
+        let Some(half) = self.first_row_is_f16(c)? else { return Ok(None) };
+        let t = std::time::Instant::now();
+        let mut g = Graph::skeleton(&topo, half);
+        phases.fill = t.elapsed();
+        let nodes = topo.len();
+        drop(topo);
+        let t = std::time::Instant::now();
+        let parts = self.read_ranges(c, |ro| self.read_placed(c, info.dim, ro, &g, covered, half))?;
+        let t_read = t.elapsed();
+        if parts.iter().any(|p| p.mismatch) || parts.iter().map(|p| p.placed).sum::<usize>() != nodes {
+            return Ok(None);
+        }
+        let dead = self.read_dead(c)?;
+        let t = std::time::Instant::now();
+        // Replay every vector written after the snapshot, tombstoned ones too (hidden): the
+        // next snapshot must hold every stored slot below its coverage.
+        let later: Vec<(Slot, &[f32])> = parts
+            .iter()
+            .flat_map(|p| p.later.slots.iter().enumerate().map(move |(i, s)| (Slot(*s), &p.later.data[i * info.dim..(i + 1) * info.dim])))
+            .collect();
+        g.insert_hidden(&later);
+        let replayed = later.len();
+        drop(later);
+        g.covered = covered;
+        g.pending = replayed;
+        let t_insert = t.elapsed();
+        let t = std::time::Instant::now();
+        let mut live: Vec<(u32, ItemId)> = Vec::with_capacity(parts.iter().map(|p| p.items.len()).sum());
+        for p in parts {
+            live.extend(p.items.into_iter().filter(|(s, _)| !dead.contains(s)));
+        }
+        let ids: Vec<&ItemId> = live.iter().map(|(_, i)| i).collect();
+        let metas = self.live_metas(&ids)?;
+        drop(ids);
+        let t_meta = t.elapsed();
+        let t = std::time::Instant::now();
+        for ((slot, item), mut meta) in live.into_iter().zip(metas) {
+            meta.item = item;
+            g.set_meta(Slot(slot), meta);
+        }
+        let t_set = t.elapsed();
+        let ms = |d: std::time::Duration| d.as_millis() as u64;
+        let phases_ms = vec![
+            ("snapshot_read", ms(phases.read)),
+            ("snapshot_check", ms(phases.check)),
+            ("snapshot_decode", ms(phases.decode)),
+            ("links", ms(phases.fill)),
+            ("read_vectors", ms(t_read)),
+            ("insert", ms(t_insert)),
+            ("records", ms(t_meta)),
+            ("set_meta", ms(t_set)),
+        ];
+        Ok(Some((g, replayed, phases_ms)))
+    }
+
+    /// The vectors of `c` that the bounds of `ro` cover, each stored into its node of `g` (a
+    /// [`Graph::skeleton`] of the snapshot covering slots below `covered`), the ones from
+    /// `covered` on kept for the replay.
+    fn read_placed(
+        &self,
+        c: Collection,
+        dim: usize,
+        ro: rocksdb::ReadOptions,
+        g: &Graph,
+        covered: u32,
+        half: bool,
+    ) -> Result<Placed, IndexError> {
+        let mut out = Placed::default();
+        let mut v: Vec<f32> = Vec::with_capacity(dim);
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_VECTORS)?, ro);
+        it.seek_to_first();
+        while let (Some(k), Some(bytes)) = (it.key(), it.value()) {
+            let slot = self.vector_slot(c, k)?;
+            let (item, enc, data) = self.split_row(slot, bytes, dim)?;
+            if half && enc == Encoding::F32 {
+                // An f32 row in a collection guessed all f16: loaded the general way.
+                out.mismatch = true;
+                return Ok(out);
+            }
+            if slot.0 < covered {
+                let stored = if enc == Encoding::F32 && !half {
+                    g.set_vector_le(slot, data)
+                } else {
+                    v.clear();
+                    codec::decode_components(enc, data, &mut v);
+                    renormalise(&mut v);
+                    g.set_vector(slot, &v)
+                };
+                if !stored {
+                    // Below the snapshot's coverage but none of its nodes: stale.
+                    out.mismatch = true;
+                    return Ok(out);
+                }
+                out.placed += 1;
+            } else {
+                out.later.slots.push(slot.0);
+                let at = out.later.data.len();
+                codec::decode_components(enc, data, &mut out.later.data);
+                renormalise(&mut out.later.data[at..]);
+            }
+            out.items.push((slot.0, ItemId(item.to_owned())));
+            it.next();
+        }
+        it.status().map_err(|e| self.storage(e))?;
+        Ok(out)
+    }
+
+    /// The slot of vector key `k` of collection `c`.
+    fn vector_slot(&self, c: Collection, k: &[u8]) -> Result<Slot, IndexError> {
+        match codec::decode_vector_key(k) {
+            Some((kc, slot)) if kc == c => Ok(slot),
+            _ => Err(corrupt(&self.path, "vector key", format!("{k:?}"))),
+        }
+    }
+
+    /// The item, encoding and component bytes of stored vector `bytes` of `slot`, checked to
+    /// be `dim` components.
+    fn split_row<'b>(&self, slot: Slot, bytes: &'b [u8], dim: usize) -> Result<(&'b str, Encoding, &'b [u8]), IndexError> {
+        let (item, enc, data) = codec::split_vector(bytes).ok_or_else(|| corrupt(&self.path, "vector", format!("slot {}", slot.0)))?;
+        let n = data.len() / enc.width();
+        if n != dim {
+            return Err(corrupt(&self.path, "vector", format!("slot {} has dimension {n}, space has {dim}", slot.0)));
+        }
+        Ok((item, enc, data))
+    }
+
+    /// Whether the first stored vector of `c` is f16 (`None` when it has none).
+    fn first_row_is_f16(&self, c: Collection) -> Result<Option<bool>, IndexError> {
+        let prefix = c.prefix();
+        let mut it =
+            self.db.raw_iterator_cf_opt(self.cf(CF_VECTORS)?, store::bulk_read(Some((prefix.to_vec(), codec::prefix_end(&prefix)))));
+        it.seek_to_first();
+        let first = it.value().map(|v| v.first() == Some(&Encoding::F16.code()));
+        it.status().map_err(|e| self.storage(e))?;
+        Ok(first)
+    }
+
+    /// [`Index::load_collection`] from every stored vector read into memory first: the snapshot
+    /// checked against them, or the graph rebuilt from them.
+    fn load_stored(&self, c: Collection, info: &SpaceInfo, next: u32, t0: std::time::Instant) -> Result<(Graph, GraphLoad), IndexError> {
         let mut stored = self.read_collection(c, info.dim)?;
         let t_read = t0.elapsed();
         let mut phases = PhaseTimes::default();
@@ -335,7 +519,8 @@ impl Index {
         let mut t_meta = std::time::Duration::ZERO;
         let (restored, metas) = std::thread::scope(|s| {
             let metas = s.spawn(|| {
-                let metas = self.live_metas(&stored, &live);
+                let ids: Vec<&ItemId> = live.iter().map(|(_, r)| stored.item(*r as usize)).collect();
+                let metas = self.live_metas(&ids);
                 (metas, t2.elapsed())
             });
             let restored = self.restore(c, info.dim, next, &stored, &mut phases);
@@ -344,12 +529,12 @@ impl Index {
             (restored, metas)
         });
         let metas = metas?;
-        let (mut g, how, reason, replayed) = match restored {
-            Ok((g, replay)) => (g, "snapshot", None, replay),
-            Err(why) => (Graph::new(info.dim, stored.half(self.new_half())), "rebuilt", Some(why), 0),
+        let (mut g, loaded) = match restored {
+            Ok((g, replayed)) => (g, Loaded::Snapshot { replayed }),
+            Err(why) => (Graph::new(info.dim, stored.half(self.new_half())), Loaded::Rebuilt { why }),
         };
         let t1 = std::time::Instant::now();
-        if how == "rebuilt" {
+        if let Loaded::Rebuilt { .. } = loaded {
             let rows: Vec<(Slot, &[f32])> = live.iter().map(|(s, r)| (*s, stored.row(*r as usize))).collect();
             g.insert_hidden(&rows);
         } else {
@@ -366,52 +551,70 @@ impl Index {
             g.set_meta(*slot, meta);
         }
         let t_set = t3.elapsed();
-        let name = format!("{}/{}", info.name, c.kind);
-        tracing::debug!(
-            collection = %name,
-            live = live.len(),
-            read_vectors_ms = t_read.as_millis() as u64,
-            snapshot_read_ms = phases.read.as_millis() as u64,
-            snapshot_check_ms = phases.check.as_millis() as u64,
-            snapshot_decode_ms = phases.decode.as_millis() as u64,
-            fill_ms = phases.fill.as_millis() as u64,
-            insert_ms = t_insert.as_millis() as u64,
-            records_ms = t_meta.as_millis() as u64,
-            set_meta_ms = t_set.as_millis() as u64,
-            "collection loaded"
-        );
         drop(live);
-        if let Some(r) = &reason {
-            tracing::info!(collection = %name, reason = %r, "graph rebuilt from the stored vectors");
+        let ms = |d: std::time::Duration| d.as_millis() as u64;
+        let phases_ms = vec![
+            ("read_vectors", ms(t_read)),
+            ("snapshot_read", ms(phases.read)),
+            ("snapshot_check", ms(phases.check)),
+            ("snapshot_decode", ms(phases.decode)),
+            ("fill", ms(phases.fill)),
+            ("records", ms(t_meta)),
+            ("insert", ms(t_insert)),
+            ("set_meta", ms(t_set)),
+        ];
+        if let Loaded::Rebuilt { why } = &loaded {
+            tracing::info!(collection = %format!("{}/{}", info.name, c.kind), reason = %why, "graph rebuilt from the stored vectors");
+            if !(self.options.passive_open || self.is_reader()) {
+                // Persist the rebuilt graph and drop the tombstoned vectors it no longer holds.
+                self.write_snapshot(c, next, &g, Some(&stored.dead))?;
+                (g.covered, g.pending) = (next, 0);
+            }
         }
-        let precision = if g.is_half() { "f16" } else { "f32" };
-        let load = GraphLoad { collection: name, how, reason, replayed, live: g.live(), millis: 0, precision };
-        if self.options.passive_open || self.is_reader() {
-            // Nothing written: a rebuilt graph lives in memory only.
-        } else if how == "rebuilt" {
-            // Persist the rebuilt graph and drop the tombstoned vectors it no longer holds.
-            self.write_snapshot(c, next, &g, Some(&stored.dead))?;
-            (g.covered, g.pending) = (next, 0);
-        } else if replayed >= 1024 || snapshot_due(&g) {
+        self.finish_load(c, info, next, g, loaded, phases_ms, t0)
+    }
+
+    /// The [`GraphLoad`] of a loaded collection; on a writer, a snapshot is written when the
+    /// replay was long or one is due.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_load(
+        &self,
+        c: Collection,
+        info: &SpaceInfo,
+        next: u32,
+        mut g: Graph,
+        loaded: Loaded,
+        phases_ms: PhaseList,
+        t0: std::time::Instant,
+    ) -> Result<(Graph, GraphLoad), IndexError> {
+        let collection = format!("{}/{}", info.name, c.kind);
+        tracing::debug!(collection = %collection, live = g.live(), phases_ms = ?phases_ms, "collection loaded");
+        let (how, reason, replayed) = match loaded {
+            Loaded::Snapshot { replayed } => ("snapshot", None, replayed),
+            Loaded::Rebuilt { why } => ("rebuilt", Some(why), 0),
+        };
+        let writes = !(self.options.passive_open || self.is_reader());
+        if writes && how == "snapshot" && (replayed >= 1024 || snapshot_due(&g)) {
             self.write_snapshot(c, next, &g, None)?;
             (g.covered, g.pending) = (next, 0);
         }
-        Ok((g, GraphLoad { millis: t0.elapsed().as_millis() as u64, ..load }))
+        let precision = if g.is_half() { "f16" } else { "f32" };
+        let (live, millis) = (g.live(), t0.elapsed().as_millis() as u64);
+        Ok((g, GraphLoad { collection, how, reason, replayed, live, millis, precision, phases_ms }))
     }
 
-    /// The filter facts of each of `live` (slot and row of `stored`), from the records; their
-    /// item ids are left empty, for the caller to move in from `stored`. Where the collection's
+    /// The filter facts of the item of each of `live`, from the records; their item ids are
+    /// left empty, for the caller to move in. Where the collection's
     /// items are a good part of all items, one ordered scan of the records (around the block
     /// cache) merged with the sorted ids; else point reads in sorted batches.
-    fn live_metas(&self, stored: &Stored, live: &[(Slot, u32)]) -> Result<Vec<SlotMeta>, IndexError> {
+    fn live_metas(&self, live: &[&ItemId]) -> Result<Vec<SlotMeta>, IndexError> {
         let cf = self.cf(CF_ITEMS)?;
-        let id = |i: usize| stored.item(live[i].1 as usize).as_str();
         let mut metas: Vec<SlotMeta> = live.iter().map(|_| slot_meta(ItemId(String::new()), None)).collect();
         let items = self.db.property_int_value_cf(cf, "rocksdb.estimate-num-keys").ok().flatten().unwrap_or(u64::MAX);
         if (live.len() as u64).saturating_mul(SCAN_ITEMS_FRACTION) < items {
             let ro = store::bulk_read(None);
             for (n, chunk) in live.chunks(RECORD_CHUNK).enumerate() {
-                let keys: Vec<&str> = chunk.iter().map(|(_, r)| stored.item(*r as usize).as_str()).collect();
+                let keys: Vec<&str> = chunk.iter().map(|i| i.as_str()).collect();
                 for (i, r) in self.db.batched_multi_get_cf_opt(cf, keys.iter(), false, &ro).into_iter().enumerate() {
                     if let Some(b) = r.map_err(|e| self.storage(e))? {
                         metas[n * RECORD_CHUNK + i] = slot_meta(ItemId(String::new()), Some(&self.decode_record(&b)?));
@@ -420,18 +623,47 @@ impl Index {
             }
             return Ok(metas);
         }
+        // Large collections: the sorted ids in one run per thread, each merged with its own scan.
+        let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).clamp(1, MAX_READ_THREADS);
+        let runs = if (live.len() as u64) < PARALLEL_READ_MIN { 1 } else { threads };
+        for (i, meta) in self.scan_metas(live, runs)? {
+            metas[i as usize] = meta;
+        }
+        Ok(metas)
+    }
+
+    /// The facts of each of `live` that has a record (by its index in `live`), read by `runs`
+    /// threads each merging its run of the sorted ids with one scan of the records.
+    fn scan_metas(&self, live: &[&ItemId], runs: usize) -> Result<Vec<(u32, SlotMeta)>, IndexError> {
         let mut order: Vec<u32> = (0..live.len() as u32).collect();
-        order.sort_unstable_by(|a, b| id(*a as usize).cmp(id(*b as usize)));
-        let Some(&first) = order.first() else { return Ok(metas) };
-        let mut it = self.db.raw_iterator_cf_opt(cf, store::bulk_read(Some((id(first as usize).as_bytes().to_vec(), None))));
+        order.sort_unstable_by(|a, b| live[*a as usize].cmp(live[*b as usize]));
+        let scan = |run: &[u32]| self.merge_records(live, run);
+        let found: Vec<Vec<(u32, SlotMeta)>> = if runs <= 1 || order.len() < 2 {
+            vec![scan(&order)?]
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = order.chunks(order.len().div_ceil(runs)).map(|run| s.spawn(move || scan(run))).collect();
+                handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect::<Result<Vec<_>, _>>()
+            })?
+        };
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    /// The facts of `live[i]` for each `i` of `run` (ordered by id) that has a record: one scan
+    /// of the records from the first id of the run on, merged with it.
+    fn merge_records(&self, live: &[&ItemId], run: &[u32]) -> Result<Vec<(u32, SlotMeta)>, IndexError> {
+        let id = |i: u32| live[i as usize].as_str().as_bytes();
+        let mut found = Vec::with_capacity(run.len());
+        let Some(&first) = run.first() else { return Ok(found) };
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_ITEMS)?, store::bulk_read(Some((id(first).to_vec(), None))));
         it.seek_to_first();
-        let mut next = order.iter().peekable();
+        let mut next = run.iter().peekable();
         while let (Some(k), Some(&&i)) = (it.key(), next.peek()) {
-            match k.cmp(id(i as usize).as_bytes()) {
+            match k.cmp(id(i)) {
                 std::cmp::Ordering::Less => it.next(),
                 std::cmp::Ordering::Equal => {
                     let v = it.value().ok_or_else(|| corrupt(&self.path, "item record", "no value"))?;
-                    metas[i as usize] = slot_meta(ItemId(String::new()), Some(&self.decode_record(v)?));
+                    found.push((i, slot_meta(ItemId(String::new()), Some(&self.decode_record(v)?))));
                     next.next();
                 }
                 // No record for this id.
@@ -441,20 +673,39 @@ impl Index {
             }
         }
         it.status().map_err(|e| self.storage(e))?;
-        Ok(metas)
+        Ok(found)
     }
 
     /// Every stored vector of `c` (f16 ones re-normalised in f32) and its tombstones. Large
     /// collections are read in parallel, one range of slots per thread, around the block cache.
     pub(super) fn read_collection(&self, c: Collection, dim: usize) -> Result<Stored, IndexError> {
-        let cf = self.cf(CF_VECTORS)?;
+        let mut stored = Stored::from_parts(dim, self.read_ranges(c, |ro| self.read_rows(c, dim, ro))?);
+        stored.dead = self.read_dead(c)?;
+        Ok(stored)
+    }
+
+    /// [`Index::read_collection`] in `parts` ranges of slots below `top`.
+    #[cfg(test)]
+    fn read_collection_in(&self, c: Collection, dim: usize, top: u64, parts: u64) -> Result<Stored, IndexError> {
+        let mut stored = Stored::from_parts(dim, self.read_ranges_in(c, top, parts, |ro| self.read_rows(c, dim, ro))?);
+        stored.dead = self.read_dead(c)?;
+        Ok(stored)
+    }
+
+    /// `read` over the vectors of `c`, in ranges of slots read by one thread each (one range
+    /// for a small collection), around the block cache: what each returned, in slot order.
+    fn read_ranges<T: Send>(
+        &self,
+        c: Collection,
+        read: impl Fn(rocksdb::ReadOptions) -> Result<T, IndexError> + Sync,
+    ) -> Result<Vec<T>, IndexError> {
         let prefix = c.prefix();
-        let end = codec::prefix_end(&prefix);
         // The highest stored slot bounds the ranges (one seek).
-        let mut last = self.db.raw_iterator_cf_opt(cf, store::bulk_read(Some((prefix.to_vec(), end.clone()))));
+        let mut last =
+            self.db.raw_iterator_cf_opt(self.cf(CF_VECTORS)?, store::bulk_read(Some((prefix.to_vec(), codec::prefix_end(&prefix)))));
         last.seek_to_last();
         let top = match last.key() {
-            Some(k) => codec::decode_vector_key(k).ok_or_else(|| corrupt(&self.path, "vector key", format!("{k:?}")))?.1 .0 as u64 + 1,
+            Some(k) => self.vector_slot(c, k)?.0 as u64 + 1,
             None => {
                 last.status().map_err(|e| self.storage(e))?;
                 0
@@ -463,32 +714,40 @@ impl Index {
         drop(last);
         let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).clamp(1, MAX_READ_THREADS);
         let parts = if top < PARALLEL_READ_MIN { 1 } else { threads as u64 };
-        self.read_collection_in(c, dim, top, parts)
+        self.read_ranges_in(c, top, parts, read)
     }
 
-    /// [`Index::read_collection`] in `parts` ranges of slots below `top`, one thread each
-    /// (the last range open-ended).
-    fn read_collection_in(&self, c: Collection, dim: usize, top: u64, parts: u64) -> Result<Stored, IndexError> {
-        let cf = self.cf(CF_VECTORS)?;
+    /// [`Index::read_ranges`] in `parts` ranges of slots below `top` (the last one open-ended).
+    fn read_ranges_in<T: Send>(
+        &self,
+        c: Collection,
+        top: u64,
+        parts: u64,
+        read: impl Fn(rocksdb::ReadOptions) -> Result<T, IndexError> + Sync,
+    ) -> Result<Vec<T>, IndexError> {
         let prefix = c.prefix();
         let end = codec::prefix_end(&prefix);
         let parts = parts.max(1);
         // Range i: slots [top * i / parts, top * (i + 1) / parts); the last one open-ended.
         let bound = |i: u64| (i < parts).then(|| codec::vector_key(c, Slot((top * i / parts) as u32)).to_vec());
-        let read = |i: u64| -> Result<StoredRows, IndexError> {
+        let range = |i: u64| {
             let lower = if i == 0 { prefix.to_vec() } else { bound(i).unwrap_or_else(|| prefix.to_vec()) };
             let upper = if i + 1 < parts { bound(i + 1) } else { end.clone() };
-            self.read_rows(cf, c, dim, store::bulk_read(Some((lower, upper))))
+            store::bulk_read(Some((lower, upper)))
         };
-        let rows: Vec<StoredRows> = if parts == 1 {
-            vec![read(0)?]
-        } else {
-            std::thread::scope(|s| {
-                let handles: Vec<_> = (0..parts).map(|i| s.spawn(move || read(i))).collect();
-                handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect::<Result<Vec<_>, _>>()
-            })?
-        };
-        let mut stored = Stored::from_parts(dim, rows);
+        if parts == 1 {
+            return Ok(vec![read(range(0))?]);
+        }
+        std::thread::scope(|s| {
+            let (read, range) = (&read, &range);
+            let handles: Vec<_> = (0..parts).map(|i| s.spawn(move || read(range(i)))).collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect::<Result<Vec<_>, _>>()
+        })
+    }
+
+    /// The tombstoned slots of `c`.
+    fn read_dead(&self, c: Collection) -> Result<HashSet<u32>, IndexError> {
+        let mut dead = HashSet::new();
         let dprefix = codec::dead_prefix(c);
         let ro = store::bulk_read(Some((dprefix.clone(), codec::prefix_end(&dprefix))));
         for kv in self.db.iterator_cf_opt(self.cf(CF_GRAPH)?, ro, IteratorMode::Start) {
@@ -497,31 +756,23 @@ impl Index {
                 break;
             }
             let s = codec::decode_dead_key(&k).ok_or_else(|| corrupt(&self.path, "tombstone key", format!("{k:?}")))?;
-            stored.dead.insert(s.0);
+            dead.insert(s.0);
         }
-        Ok(stored)
+        Ok(dead)
     }
 
     /// The vectors of `c` that the bounds of `ro` cover, decoded straight into one buffer.
-    fn read_rows(&self, cf: &rocksdb::ColumnFamily, c: Collection, dim: usize, ro: rocksdb::ReadOptions) -> Result<StoredRows, IndexError> {
+    fn read_rows(&self, c: Collection, dim: usize, ro: rocksdb::ReadOptions) -> Result<StoredRows, IndexError> {
         let mut rows = StoredRows::default();
-        let mut it = self.db.raw_iterator_cf_opt(cf, ro);
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_VECTORS)?, ro);
         it.seek_to_first();
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            let slot = match codec::decode_vector_key(k) {
-                Some((kc, slot)) if kc == c => slot,
-                _ => return Err(corrupt(&self.path, "vector key", format!("{k:?}"))),
-            };
-            let (item, n) =
-                codec::decode_vector_into(v, &mut rows.data).ok_or_else(|| corrupt(&self.path, "vector", format!("slot {}", slot.0)))?;
-            if n != dim {
-                return Err(corrupt(&self.path, "vector", format!("slot {} has dimension {n}, space has {dim}", slot.0)));
-            }
-            let at = rows.data.len() - dim;
+            let slot = self.vector_slot(c, k)?;
+            let (item, enc, data) = self.split_row(slot, v, dim)?;
+            let at = rows.data.len();
+            codec::decode_components(enc, data, &mut rows.data);
             renormalise(&mut rows.data[at..]);
-            if v.first() != Some(&Encoding::F16.code()) {
-                rows.f32_rows += 1;
-            }
+            rows.f32_rows += usize::from(enc == Encoding::F32);
             rows.slots.push(slot.0);
             rows.items.push(ItemId(item.to_owned()));
             it.next();
@@ -532,7 +783,10 @@ impl Index {
 
     /// Loads `c`'s snapshot and checks it against the stored vectors. Returns the graph (nodes
     /// not yet visible) and how many newer vectors must be replayed, or why it cannot be used.
-    fn restore(&self, c: Collection, dim: usize, next: u32, stored: &Stored, phases: &mut PhaseTimes) -> Result<(Graph, usize), String> {
+    /// `c`'s snapshot, read and checked against its header and checksum: the slots it covers
+    /// (every stored vector below is one of its nodes when it is up to date) and its topology;
+    /// or why it cannot be used.
+    fn read_topology(&self, c: Collection, dim: usize, next: u32, phases: &mut PhaseTimes) -> Result<(u32, snapshot::Topology), String> {
         let t = std::time::Instant::now();
         let cf = self.cf(CF_GRAPH).map_err(|e| e.to_string())?;
         if self.options.ignore_snapshots {
@@ -570,23 +824,28 @@ impl Index {
         if topo.params.dim as usize != dim || topo.len() as u64 != h.nodes {
             return Err("snapshot does not match its header".into());
         }
+        Ok((h.covered, topo))
+    }
+
+    fn restore(&self, c: Collection, dim: usize, next: u32, stored: &Stored, phases: &mut PhaseTimes) -> Result<(Graph, usize), String> {
+        let (covered, topo) = self.read_topology(c, dim, next, phases)?;
         // Stale when the stored vectors below `covered` are not exactly the snapshot's nodes.
-        let below = stored.count_below(h.covered as usize);
-        if below != topo.len() || topo.slots().any(|s| s >= h.covered || stored.vector(Slot(s)).is_none()) {
-            return Err(format!("stale snapshot: {} nodes, {below} stored vectors below slot {}", topo.len(), h.covered));
+        let below = stored.count_below(covered as usize);
+        if below != topo.len() || topo.slots().any(|s| s >= covered || stored.vector(Slot(s)).is_none()) {
+            return Err(format!("stale snapshot: {} nodes, {below} stored vectors below slot {}", topo.len(), covered));
         }
         if topo.is_empty() {
             let mut g = Graph::new(dim, stored.half(self.new_half()));
-            g.covered = h.covered;
-            let replay = stored.from(h.covered as usize).count();
+            g.covered = covered;
+            let replay = stored.from(covered as usize).count();
             return Ok((g, replay));
         }
         // Filled straight from the snapshot: searchable and insertable at once.
         let t = std::time::Instant::now();
         let mut g = Graph::from_snapshot(topo, stored.half(self.new_half()), |s| stored.vector(s));
         phases.fill = t.elapsed();
-        g.covered = h.covered;
-        let replay = stored.from(h.covered as usize).count();
+        g.covered = covered;
+        let replay = stored.from(covered as usize).count();
         Ok((g, replay))
     }
 }
@@ -708,6 +967,110 @@ mod tests {
         assert_eq!(answers(&index, space), before);
         let reader = Index::open_reader(dir.path()).unwrap();
         assert_eq!(answers(&reader, space), before);
+    }
+
+    /// After a checkpoint every write buffer is in a table file: the next open replays no
+    /// write-ahead log (the snapshot alone would be most of one).
+    #[test]
+    fn a_checkpoint_leaves_no_log_to_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+        let space = fixture(&index);
+        let mut b = index.batch();
+        b.put_item(ItemRecord::new("late", Kind::Video, ""));
+        b.put_vector(space, "late", Kind::Video, vec![1.0; DIM]);
+        index.commit(b).unwrap();
+        let buffered =
+            |name: &'static str| index.db.property_int_value_cf(index.cf(name).unwrap(), "rocksdb.num-entries-active-mem-table").unwrap();
+        assert!(buffered(CF_VECTORS) > Some(0) && buffered(CF_ITEMS) > Some(0));
+        index.checkpoint().unwrap();
+        for name in store::COLUMN_FAMILIES {
+            assert_eq!(buffered(name), Some(0), "{name}");
+        }
+        drop(index);
+        let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+        assert_eq!(index.search_ids(&Query::new(space, Kind::Video, vec![1.0; DIM], 1)).unwrap()[0].0 .0, "late");
+    }
+
+    /// The usual open (the snapshot's links, every vector decoded straight into its node) gives
+    /// the graph that reading every stored vector first gives: the same nodes and vectors (bit
+    /// for bit), live slots and facts, replay and answers; with vectors written, re-embedded
+    /// and deleted after the snapshot.
+    #[test]
+    fn a_direct_load_is_the_stored_load() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+            let space = fixture(&index);
+            index.checkpoint().unwrap();
+            let mut rng = StdRng::seed_from_u64(5);
+            let mut b = index.batch();
+            // Re-embeddings of items the fixture kept (it deleted every 11th from 3 on).
+            for i in (0..1500).step_by(13).filter(|i| i % 11 != 3) {
+                b.put_vector(space, format!("i{i:05}").as_str(), Kind::Video, unit(&mut rng));
+            }
+            for i in 1500..1600 {
+                let id = format!("i{i:05}");
+                b.put_item(ItemRecord::new(id.as_str(), Kind::Video, ""));
+                b.put_vector(space, id.as_str(), Kind::Video, unit(&mut rng));
+            }
+            index.commit(b).unwrap();
+            let mut b = index.batch();
+            for i in (5..1600).step_by(17).filter(|i| i % 11 != 3) {
+                b.delete_item(format!("i{i:05}").as_str());
+            }
+            index.commit(b).unwrap();
+        }
+        // Passive: nothing written, so both loads see the same snapshot.
+        let index = Index::open(dir.path(), IndexOptions { passive_open: true, ..IndexOptions::default() }).unwrap();
+        let space = index.space("s").unwrap().id;
+        let load = index.graph_loads().iter().find(|l| l.collection == "s/video").unwrap().clone();
+        assert_eq!(load.how, "snapshot");
+        assert!(load.phases_ms.iter().any(|(p, _)| *p == "links"), "the open did not load directly: {load:?}");
+        let c = Collection { space, kind: Kind::Video };
+        let info = index.read_spaces().unwrap()[&space].clone();
+        let next = index.read_counters().unwrap()[&c];
+        let (direct, replayed, _) = index.load_direct(c, &info, next).unwrap().unwrap();
+        let (stored, stored_load) = index.load_stored(c, &info, next, std::time::Instant::now()).unwrap();
+        assert_eq!(stored_load.how, "snapshot");
+        assert!(replayed > 100, "{replayed}");
+        assert_eq!((replayed, direct.covered, direct.pending), (stored_load.replayed, stored.covered, stored.pending));
+        assert_eq!(direct.live(), load.live);
+        let slots = stored.node_slots();
+        assert_eq!(direct.node_slots(), slots);
+        let facts = |g: &Graph| -> Vec<String> { g.live_slots().map(|(s, m)| format!("{s:?} {m:?}")).collect() };
+        assert_eq!(facts(&direct), facts(&stored));
+        let mut rng = StdRng::seed_from_u64(8);
+        for _ in 0..3 {
+            let q = unit(&mut rng);
+            let bits = |g: &Graph| -> Vec<(Slot, u32)> { g.score(&q, &slots).0.into_iter().map(|(s, x)| (s, x.to_bits())).collect() };
+            assert_eq!(bits(&direct), bits(&stored));
+        }
+    }
+
+    /// The records of a collection read by any number of threads (each merging its run of the
+    /// sorted ids with its own scan) are the same facts, found for every live item.
+    #[test]
+    fn records_read_alike_in_any_number_of_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+        let space = fixture(&index);
+        let stored = index.read_collection(Collection { space, kind: Kind::Video }, DIM).unwrap();
+        let live: Vec<&ItemId> = stored.live().map(|(_, id, _)| id).collect();
+        assert_eq!(live.len(), LIVE_VIDEOS);
+        let facts = |runs: usize| -> Vec<String> {
+            let mut f: Vec<String> =
+                index.scan_metas(&live, runs).unwrap().into_iter().map(|(i, m)| format!("{} {m:?}", live[i as usize].0)).collect();
+            f.sort();
+            f
+        };
+        let one = facts(1);
+        assert_eq!(one.len(), LIVE_VIDEOS, "a fact for every live item");
+        assert!(one.iter().all(|f| f.contains("Some(\"p")), "{:?}", &one[..3]);
+        for runs in [2, 3, 4, 7, 5000] {
+            assert_eq!(facts(runs), one, "{runs} runs");
+        }
+        assert!(index.scan_metas(&[], 4).unwrap().is_empty());
     }
 
     /// A collection read in any number of slot ranges (threads) is the same rows.
