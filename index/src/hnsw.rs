@@ -1024,7 +1024,14 @@ impl Hnsw {
                     // Only neighbours that have a list on this layer: a link to a node below it
                     // (graphs `hnsw_rs` built may have some) would lead a walk, or an insert's
                     // search, to a node with no links there.
-                    ids.extend(links.iter().filter_map(map).filter(|&nb| levels.get(nb as usize).is_some_and(|&l| l as usize >= layer)));
+                    if layer == 0 {
+                        // Every node has a list on layer 0.
+                        ids.extend(links.iter().filter_map(map));
+                    } else {
+                        ids.extend(
+                            links.iter().filter_map(map).filter(|&nb| levels.get(nb as usize).is_some_and(|&l| l as usize >= layer)),
+                        );
+                    }
                     write_list(g.list(node as u32, layer), ids.iter().copied());
                 }
             }

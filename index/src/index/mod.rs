@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Searches whose filtered candidate set is at most this large are answered exactly (brute
 /// force over the candidates' vectors, from memory): cheap at this size, and recall stays 1.0
@@ -432,6 +432,27 @@ impl Index {
         Ok(rec)
     }
 
+    /// The filter facts of record `b` (patient, study, date), read without decoding the rest
+    /// of it and without allocating a name `names` already holds: what an open reads of every
+    /// live item. The names are taken from `names` (added when new).
+    pub(crate) fn record_facts(&self, item: ItemId, b: &[u8], names: &mut HashSet<Arc<str>>) -> Result<SlotMeta, IndexError> {
+        self.decoded.fetch_add(1, Ordering::Relaxed);
+        let (f, _): (RecordFacts<'_>, _) =
+            bincode::serde::borrow_decode_from_slice(b, bincode_config()).map_err(|e| corrupt(&self.path, "item record", e))?;
+        let mut name = |n: Option<&str>| -> Option<Arc<str>> {
+            let n = n?;
+            Some(match names.get(n) {
+                Some(known) => known.clone(),
+                None => {
+                    let new: Arc<str> = n.into();
+                    names.insert(new.clone());
+                    new
+                }
+            })
+        };
+        Ok(SlotMeta { item, patient: name(f.patient), study: name(f.study), date: f.date })
+    }
+
     /// How many item records this handle has decoded since it opened (opening decodes those of
     /// every live vector). For tests and measurements of what a read touches.
     pub fn records_decoded(&self) -> u64 {
@@ -461,6 +482,23 @@ pub(crate) fn renormalise(v: &mut [f32]) {
     if let Some(norm) = crate::walk::off_unit(v) {
         v.iter_mut().for_each(|x| *x /= norm);
     }
+}
+
+/// The leading fields of an [`ItemRecord`] as bincode lays them out, up to the last that a
+/// search filters on, borrowed from the stored bytes (the rest is not read).
+#[derive(Deserialize)]
+struct RecordFacts<'a> {
+    #[serde(borrow)]
+    _id: &'a str,
+    _kind: Kind,
+    #[serde(borrow)]
+    _source: &'a str,
+    #[serde(borrow)]
+    patient: Option<&'a str>,
+    #[serde(borrow)]
+    study: Option<&'a str>,
+    #[serde(deserialize_with = "crate::date::lenient")]
+    date: Option<crate::date::StudyDate>,
 }
 
 pub(crate) fn slot_meta(item: ItemId, rec: Option<&ItemRecord>) -> SlotMeta {

@@ -11,7 +11,7 @@ use crate::graph::{Graph, SlotMeta, SCRATCH_PREFIX};
 use crate::ids::{ItemId, Slot, SpaceId};
 use crate::secret::SecretState;
 use crate::snapshot;
-use crate::store::{self, CF_GRAPH, CF_ITEMS, CF_META, CF_VECTORS};
+use crate::store::{self, CF_GRAPH, CF_ITEMS, CF_META, CF_SLOTS, CF_VECTORS};
 use rocksdb::{IteratorMode, WriteBatch, DB};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -363,6 +363,58 @@ impl Index {
     /// stale or ignored, or the collection mixes f32 and f16 rows in an order that was not
     /// guessed: [`Index::load_stored`] then loads it, and says why where it rebuilds.
     fn load_direct(&self, c: Collection, info: &SpaceInfo, next: u32) -> Result<Option<(Graph, usize, PhaseList)>, IndexError> {
+        std::thread::scope(|s| {
+            // The records of the live items, found through the item-to-slot mappings, are read
+            // beside the snapshot and the vectors (on the core the snapshot's read leaves idle).
+            let records = s.spawn(|| {
+                let t = std::time::Instant::now();
+                (self.facts_by_slot(c), t.elapsed())
+            });
+            self.load_direct_beside(c, info, next, || records.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        })
+    }
+
+    /// The filter facts of every item `c` maps to a slot, with its slot, in slot order: the
+    /// item-to-slot mappings (one per live vector) merged with one scan of the records.
+    fn facts_by_slot(&self, c: Collection) -> Result<Vec<(u32, SlotMeta)>, IndexError> {
+        let prefix = c.prefix();
+        let mut slots =
+            self.db.raw_iterator_cf_opt(self.cf(CF_SLOTS)?, store::bulk_read(Some((prefix.to_vec(), codec::prefix_end(&prefix)))));
+        slots.seek_to_first();
+        let mut records = self.db.raw_iterator_cf_opt(self.cf(CF_ITEMS)?, store::bulk_read(None));
+        let (mut out, mut names, mut started) = (Vec::new(), HashSet::new(), false);
+        while let (Some(k), Some(v)) = (slots.key(), slots.value()) {
+            let id = k.get(prefix.len()..).unwrap_or_default();
+            let slot = <[u8; 4]>::try_from(v).map_err(|_| corrupt(&self.path, "slot mapping", format!("{} bytes", v.len())))?;
+            if !started {
+                records.seek(id);
+                started = true;
+            }
+            while records.key().is_some_and(|r| r < id) {
+                records.next();
+            }
+            let item = ItemId(String::from_utf8(id.to_vec()).map_err(|_| corrupt(&self.path, "slot mapping", "item id is not UTF-8"))?);
+            let meta = match (records.key(), records.value()) {
+                (Some(r), Some(b)) if r == id => self.record_facts(item, b, &mut names)?,
+                _ => slot_meta(item, None),
+            };
+            out.push((u32::from_be_bytes(slot), meta));
+            slots.next();
+        }
+        slots.status().map_err(|e| self.storage(e))?;
+        records.status().map_err(|e| self.storage(e))?;
+        out.sort_unstable_by_key(|(s, _)| *s);
+        Ok(out)
+    }
+
+    /// [`Index::load_direct`], given the thread reading the records.
+    fn load_direct_beside(
+        &self,
+        c: Collection,
+        info: &SpaceInfo,
+        next: u32,
+        records: impl FnOnce() -> (Result<Vec<(u32, SlotMeta)>, IndexError>, std::time::Duration),
+    ) -> Result<Option<(Graph, usize, PhaseList)>, IndexError> {
         let mut phases = PhaseTimes::default();
         let Ok((covered, topo)) = self.read_topology(c, info.dim, next, &mut phases) else { return Ok(None) };
         if topo.is_empty() {
@@ -401,13 +453,25 @@ impl Index {
         for p in parts {
             live.extend(p.items.into_iter().filter(|(s, _)| !dead.contains(s)));
         }
-        let ids: Vec<&ItemId> = live.iter().map(|(_, i)| i).collect();
-        let metas = self.live_metas(&ids)?;
-        drop(ids);
-        let t_meta = t.elapsed();
+        let (facts, t_meta) = records();
+        // The mappings are derivable (repair rebuilds them): used only where they name exactly
+        // the live slots and their items, else the records are read by the vectors' item ids.
+        let agree =
+            |f: &Vec<(u32, SlotMeta)>| f.len() == live.len() && f.iter().zip(&live).all(|((fs, m), (ls, id))| fs == ls && m.item == *id);
+        let metas: Vec<(u32, SlotMeta)> = match facts {
+            Ok(f) if agree(&f) => f,
+            found => {
+                let why = found.err().map_or_else(|| "they name other slots or items".to_owned(), |e| e.to_string());
+                tracing::info!(collection = %format!("{}/{}", info.name, c.kind), reason = %why, "item-to-slot mappings not used: records read by the vectors' ids");
+                let ids: Vec<&ItemId> = live.iter().map(|(_, i)| i).collect();
+                let metas = self.live_metas(&ids)?;
+                drop(ids);
+                live.into_iter().zip(metas).map(|((slot, item), meta)| (slot, SlotMeta { item, ..meta })).collect()
+            }
+        };
+        let t_wait = t.elapsed();
         let t = std::time::Instant::now();
-        for ((slot, item), mut meta) in live.into_iter().zip(metas) {
-            meta.item = item;
+        for (slot, meta) in metas {
             g.set_meta(Slot(slot), meta);
         }
         let t_set = t.elapsed();
@@ -420,6 +484,7 @@ impl Index {
             ("read_vectors", ms(t_read)),
             ("insert", ms(t_insert)),
             ("records", ms(t_meta)),
+            ("records_wait", ms(t_wait)),
             ("set_meta", ms(t_set)),
         ];
         Ok(Some((g, replayed, phases_ms)))
@@ -613,11 +678,12 @@ impl Index {
         let items = self.db.property_int_value_cf(cf, "rocksdb.estimate-num-keys").ok().flatten().unwrap_or(u64::MAX);
         if (live.len() as u64).saturating_mul(SCAN_ITEMS_FRACTION) < items {
             let ro = store::bulk_read(None);
+            let mut names = HashSet::new();
             for (n, chunk) in live.chunks(RECORD_CHUNK).enumerate() {
                 let keys: Vec<&str> = chunk.iter().map(|i| i.as_str()).collect();
                 for (i, r) in self.db.batched_multi_get_cf_opt(cf, keys.iter(), false, &ro).into_iter().enumerate() {
                     if let Some(b) = r.map_err(|e| self.storage(e))? {
-                        metas[n * RECORD_CHUNK + i] = slot_meta(ItemId(String::new()), Some(&self.decode_record(&b)?));
+                        metas[n * RECORD_CHUNK + i] = self.record_facts(ItemId(String::new()), &b, &mut names)?;
                     }
                 }
             }
@@ -654,6 +720,7 @@ impl Index {
     fn merge_records(&self, live: &[&ItemId], run: &[u32]) -> Result<Vec<(u32, SlotMeta)>, IndexError> {
         let id = |i: u32| live[i as usize].as_str().as_bytes();
         let mut found = Vec::with_capacity(run.len());
+        let mut names = HashSet::new();
         let Some(&first) = run.first() else { return Ok(found) };
         let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_ITEMS)?, store::bulk_read(Some((id(first).to_vec(), None))));
         it.seek_to_first();
@@ -663,7 +730,7 @@ impl Index {
                 std::cmp::Ordering::Less => it.next(),
                 std::cmp::Ordering::Equal => {
                     let v = it.value().ok_or_else(|| corrupt(&self.path, "item record", "no value"))?;
-                    found.push((i, slot_meta(ItemId(String::new()), Some(&self.decode_record(v)?))));
+                    found.push((i, self.record_facts(ItemId(String::new()), v, &mut names)?));
                     next.next();
                 }
                 // No record for this id.
@@ -808,7 +875,9 @@ impl Index {
         }
         let mut blob = Vec::with_capacity(h.bytes.min(SNAPSHOT_CHUNK as u64) as usize);
         for i in 0..h.chunks {
-            let chunk = self.db.get_cf_opt(cf, codec::snapshot_chunk_key(c, i), &ro).map_err(|e| format!("reading the snapshot: {e}"))?;
+            // Pinned: copied once, into the blob.
+            let chunk =
+                self.db.get_pinned_cf_opt(cf, codec::snapshot_chunk_key(c, i), &ro).map_err(|e| format!("reading the snapshot: {e}"))?;
             blob.extend_from_slice(&chunk.ok_or_else(|| format!("snapshot chunk {i} missing"))?);
         }
         phases.read = t.elapsed();
@@ -858,6 +927,7 @@ mod tests {
     use crate::record::ItemRecord;
     use crate::search::{Filter, Query};
     use rand::{rngs::StdRng, Rng, SeedableRng};
+    use std::sync::Arc;
 
     const DIM: usize = 128;
     /// The fixture's live videos: 1500, less the 137 deleted.
@@ -1030,7 +1100,10 @@ mod tests {
         let c = Collection { space, kind: Kind::Video };
         let info = index.read_spaces().unwrap()[&space].clone();
         let next = index.read_counters().unwrap()[&c];
+        let decoded = index.records_decoded();
         let (direct, replayed, _) = index.load_direct(c, &info, next).unwrap().unwrap();
+        // Each live item's record read once: through the item-to-slot mappings.
+        assert_eq!(index.records_decoded() - decoded, direct.live() as u64);
         let (stored, stored_load) = index.load_stored(c, &info, next, std::time::Instant::now()).unwrap();
         assert_eq!(stored_load.how, "snapshot");
         assert!(replayed > 100, "{replayed}");
@@ -1046,6 +1119,15 @@ mod tests {
             let bits = |g: &Graph| -> Vec<(Slot, u32)> { g.score(&q, &slots).0.into_iter().map(|(s, x)| (s, x.to_bits())).collect() };
             assert_eq!(bits(&direct), bits(&stored));
         }
+        // Mappings that disagree with the vectors (one missing, one naming another slot) are
+        // not trusted: the records are read by the vectors' item ids, with the same facts.
+        let cf = index.cf(CF_SLOTS).unwrap();
+        index.db.delete_cf(cf, codec::slot_key(c, "i00001")).unwrap();
+        index.db.put_cf(cf, codec::slot_key(c, "i00002"), 7u32.to_be_bytes()).unwrap();
+        let decoded = index.records_decoded();
+        let (again, _, _) = index.load_direct(c, &info, next).unwrap().unwrap();
+        assert!(index.records_decoded() - decoded > again.live() as u64);
+        assert_eq!(facts(&again), facts(&stored));
     }
 
     /// The records of a collection read by any number of threads (each merging its run of the
@@ -1071,6 +1153,39 @@ mod tests {
             assert_eq!(facts(runs), one, "{runs} runs");
         }
         assert!(index.scan_metas(&[], 4).unwrap().is_empty());
+    }
+
+    /// The facts an open reads of a record (its leading fields, borrowed) are those of the
+    /// whole record decoded, with every field set or none, and names shared between records.
+    #[test]
+    fn record_facts_are_the_whole_records_facts() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+        let mut full = ItemRecord::new("v1", Kind::Video, "/exports/a/1.dcm");
+        full.patient = Some("pk-1".into());
+        full.study = Some("1.2.840.1".into());
+        full.date = Some("2021-03-04".parse().unwrap());
+        full.text = Some("dilated".into());
+        full.frames = Some(40);
+        full.fps = Some(29.97);
+        full.extra.insert("manufacturer".into(), "X".into());
+        let mut second = full.clone();
+        second.id = ItemId("v2".into());
+        let bare = ItemRecord::new("r1", Kind::Report, "");
+        let mut names = HashSet::new();
+        let mut metas = Vec::new();
+        for rec in [&full, &second, &bare] {
+            let b = bincode::serde::encode_to_vec(rec, bincode_config()).unwrap();
+            let whole = slot_meta(rec.id.clone(), Some(&index.decode_record(&b).unwrap()));
+            let facts = index.record_facts(rec.id.clone(), &b, &mut names).unwrap();
+            assert_eq!(format!("{facts:?}"), format!("{whole:?}"));
+            metas.push(facts);
+        }
+        assert_eq!((metas[0].date, metas[2].patient.clone()), (full.date, None));
+        // One copy of each name.
+        assert!(Arc::ptr_eq(metas[0].patient.as_ref().unwrap(), metas[1].patient.as_ref().unwrap()));
+        assert_eq!(names.len(), 2);
+        assert!(index.record_facts(ItemId("x".into()), &[0xff, 0xff], &mut names).is_err());
     }
 
     /// A collection read in any number of slot ranges (threads) is the same rows.

@@ -5,7 +5,7 @@
 //! evindex bench --base B.npy --queries Q.npy --truth T.npy --dir DIR
 //!               [--ef 16,32,64,128,256] [--k 10] [--encoding f32|f16] [--rebuild-open]
 //!               [--filters] [--reuse] [--qps-ef 64] [--no-parallel] [--no-probe]
-//! evindex probe --dir DIR --queries Q.npy [--encoding f32|f16] [--ef 64] [--k 10]
+//! evindex probe --dir DIR --queries Q.npy [--encoding f32|f16] [--ef 64] [--k 10] [--open-only]
 //! ```
 //! `bench` prints one JSON object: build seconds, recall@k and single-thread QPS per ef, open
 //! seconds (snapshot load; with `--rebuild-open` also a forced rebuild), bytes per vector on disk;
@@ -17,7 +17,8 @@
 //! `probe` is a fresh process's view of an index: the time to open it and answer one search,
 //! its resident memory (VmRSS after the open and the search minus VmRSS just before the open,
 //! per live vector; VmHWM too), then the time of one commit of one new vector (the first insert
-//! after an open), which it deletes again and checkpoints (untimed) so the index is as before.
+//! after an open), which it deletes again and checkpoints (untimed) so the index is as before;
+//! `--open-only` stops after the search (nothing written: for profiling the open alone).
 //! With `--filters`, also filtered-search recall and latency, graph vs exact, at several
 //! selectivities (what `EXACT_SEARCH_MAX_CANDIDATES` was chosen from). `--reuse` keeps the
 //! index an earlier run left in `--dir` instead of building it again (no build figures then).
@@ -407,6 +408,7 @@ fn status_bytes(name: &str) -> u64 {
 /// `evindex probe`: see the module docs.
 pub fn probe(args: &[String]) -> Res {
     let (mut dir, mut queries, mut encoding, mut ef, mut k) = (PathBuf::new(), PathBuf::new(), VectorEncoding::F32, 64usize, 10usize);
+    let mut open_only = false;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let mut val = || it.next().cloned().ok_or_else(|| format!("{flag} needs a value"));
@@ -422,6 +424,7 @@ pub fn probe(args: &[String]) -> Res {
             }
             "--ef" => ef = val()?.parse()?,
             "--k" => k = val()?.parse()?,
+            "--open-only" => open_only = true,
             f => return Err(format!("unknown flag {f}").into()),
         }
     }
@@ -447,6 +450,16 @@ pub fn probe(args: &[String]) -> Res {
     // Anonymous (heap: graph, vectors, anything freed but kept by malloc) vs file pages mapped.
     let (anon, file) = (status_bytes("RssAnon:"), status_bytes("RssFile:"));
     let vectors: usize = index.graph_loads().iter().map(|l| l.live).sum();
+    if open_only {
+        let per_vector = (open_rss.saturating_sub(base_rss)) as f64 / vectors.max(1) as f64;
+        progress(&format!("probe: open + first search {first_search_s:.2} s, {per_vector:.0} B resident per vector"));
+        let out = serde_json::json!({
+            "open_s": open_s, "open_to_first_search_s": first_search_s, "hits": hits.len(), "vectors": vectors,
+            "rss_peak": hwm, "rss_bytes_per_vector": per_vector, "open_how": index.graph_loads(),
+        });
+        println!("{out}");
+        return Ok(());
+    }
     // The first insert after the open: one item, one vector, one commit.
     let t2 = Instant::now();
     let mut b = index.batch();
