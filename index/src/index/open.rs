@@ -24,6 +24,8 @@ const RECORD_CHUNK: usize = 4096;
 /// A collection's records are read by one scan of all records when it has at least one in
 /// this many of them (else by point reads).
 const SCAN_ITEMS_FRACTION: u64 = 8;
+/// Records stepped over before the mappings' merge seeks instead (see `facts_by_slot`).
+const RECORD_STEPS: usize = 8;
 /// Collections with at least this many slots are read by several threads.
 const PARALLEL_READ_MIN: u64 = 16384;
 /// Most threads reading one collection's vectors.
@@ -386,12 +388,17 @@ impl Index {
         while let (Some(k), Some(v)) = (slots.key(), slots.value()) {
             let id = k.get(prefix.len()..).unwrap_or_default();
             let slot = <[u8; 4]>::try_from(v).map_err(|_| corrupt(&self.path, "slot mapping", format!("{} bytes", v.len())))?;
-            if !started {
-                records.seek(id);
-                started = true;
-            }
-            while records.key().is_some_and(|r| r < id) {
+            // Step to the record; seek when it is further than a few records on (the items of
+            // other collections in between: a small collection among many items).
+            let mut steps = 0;
+            while !started || records.key().is_some_and(|r| r < id) {
+                if steps == RECORD_STEPS || !started {
+                    records.seek(id);
+                    started = true;
+                    break;
+                }
                 records.next();
+                steps += 1;
             }
             let item = ItemId(String::from_utf8(id.to_vec()).map_err(|_| corrupt(&self.path, "slot mapping", "item id is not UTF-8"))?);
             let meta = match (records.key(), records.value()) {
@@ -1119,6 +1126,15 @@ mod tests {
             let bits = |g: &Graph| -> Vec<(Slot, u32)> { g.score(&q, &slots).0.into_iter().map(|(s, x)| (s, x.to_bits())).collect() };
             assert_eq!(bits(&direct), bits(&stored));
         }
+        // The reports: a small collection whose items sit among the videos' (the mappings'
+        // merge seeks over them).
+        let r = Collection { space, kind: Kind::Report };
+        let decoded = index.records_decoded();
+        let (reports, _, _) = index.load_direct(r, &info, index.read_counters().unwrap()[&r]).unwrap().unwrap();
+        assert_eq!((reports.live() as u64, index.records_decoded() - decoded), (40, 40));
+        let (reports_stored, _) = index.load_stored(r, &info, index.read_counters().unwrap()[&r], std::time::Instant::now()).unwrap();
+        assert_eq!(facts(&reports), facts(&reports_stored));
+        assert!(facts(&reports).iter().all(|f| f.contains("Some(\"p")), "{:?}", facts(&reports));
         // Mappings that disagree with the vectors (one missing, one naming another slot) are
         // not trusted: the records are read by the vectors' item ids, with the same facts.
         let cf = index.cf(CF_SLOTS).unwrap();
