@@ -4,7 +4,7 @@
 //! `repair --json` print them, `GET /v1/info` and `POST /v1/repair` answer them.
 
 use crate::error::Error;
-use echovault_index::{DamagedTable, GraphLoad, Index, Salvage, FORMAT_VERSION};
+use echovault_index::{DamagedTable, GraphLoad, Index, Salvage};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 pub struct IndexInfo {
     /// The index directory, as it was opened.
     pub index: String,
-    /// On-disk format version.
+    /// On-disk format version the index is in (an older one until a writer opens it).
     pub format_version: u32,
     /// Items per kind (`video`, `report`, `study`).
     pub counts: BTreeMap<String, usize>,
@@ -41,7 +41,7 @@ pub fn index_info(index: &Index) -> Result<IndexInfo, Error> {
     let counts = index.counts()?;
     Ok(IndexInfo {
         index: index.path().display().to_string(),
-        format_version: FORMAT_VERSION,
+        format_version: index.format_version()?,
         counts: counts.items,
         vectors: counts.vectors,
         errors: counts.errors,

@@ -52,6 +52,7 @@ fn ingest_reopen_and_search_the_samples() {
     assert_eq!(info["counts"]["study"], 6);
     assert_eq!(info["spaces"][0]["name"], "echovault-tiny");
     assert_eq!(info["spaces"][0]["dim"], 64);
+    assert_eq!(info["format_version"], echovault::index::FORMAT_VERSION, "the format the index is in");
 
     // Re-running is idempotent: everything is skipped, nothing duplicated.
     let again = json(&echovault(&index, &["ingest", clips().to_str().unwrap(), "--json"]));
@@ -64,6 +65,11 @@ fn ingest_reopen_and_search_the_samples() {
     let graphs = info["graphs"].as_array().unwrap();
     assert_eq!(graphs.len(), 3, "video, report and study graphs: {graphs:?}");
     assert!(graphs.iter().all(|g| g["how"] == "snapshot" && g["replayed"] == 0), "{graphs:?}");
+    // ... laid out from its links, the vectors read straight into the nodes (the direct load).
+    let phases = |g: &serde_json::Value| -> Vec<String> {
+        g["phases_ms"].as_array().unwrap().iter().map(|p| p[0].as_str().unwrap().to_owned()).collect()
+    };
+    assert!(graphs.iter().all(|g| phases(g).contains(&"links".to_owned())), "{graphs:?}");
     // `repair --check` verifies and changes nothing; `repair` rebuilds and still verifies.
     let check = echovault(&index, &["repair", "--check", "--json"]);
     assert_eq!(check.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&check.stderr));

@@ -157,6 +157,7 @@ fn a_writer_upgrades_a_format_2_index_in_place_and_every_recorded_answer_holds()
     assert_eq!(stored_version(&dir), 2);
     {
         let index = Index::open(&dir, IndexOptions::default()).unwrap();
+        assert_eq!(index.format_version().unwrap(), FORMAT_VERSION, "what the handle says it is in");
         assert_answers(&index, true);
         // The snapshots the format-2 code wrote load as they are: nothing rebuilt, nothing replayed.
         let loads = index.graph_loads();
@@ -183,11 +184,13 @@ fn readers_and_passive_opens_read_a_complete_format_2_index_as_it_is() {
     let (_tmp, dir, before) = copy_fixture();
     {
         let reader = Index::open_reader(&dir).unwrap();
+        assert_eq!(reader.format_version().unwrap(), 2);
         assert_answers(&reader, true);
     }
     assert_eq!(stored_version(&dir), 2, "a reader upgraded the index");
     {
         let index = Index::open(&dir, IndexOptions { passive_open: true, ..IndexOptions::default() }).unwrap();
+        assert_eq!(index.format_version().unwrap(), 2, "info on an index no writer has opened yet");
         assert_answers(&index, true);
     }
     assert_eq!(stored_version(&dir), 2, "a passive open upgraded the index");

@@ -453,6 +453,13 @@ impl Index {
         Ok(SlotMeta { item, patient: name(f.patient), study: name(f.study), date: f.date })
     }
 
+    /// The on-disk format version the index is in now: [`crate::FORMAT_VERSION`] once a writer
+    /// has opened it, an older one where only readers and passive opens have (they upgrade
+    /// nothing).
+    pub fn format_version(&self) -> Result<u32, IndexError> {
+        open::stored_format(&self.db, &self.path)?.ok_or_else(|| corrupt(&self.path, "format version", "missing"))
+    }
+
     /// How many item records this handle has decoded since it opened (opening decodes those of
     /// every live vector). For tests and measurements of what a read touches.
     pub fn records_decoded(&self) -> u64 {

@@ -122,7 +122,7 @@ fn upgradable(found: u32) -> bool {
 }
 
 /// The format version stored in `db`'s `meta`; `None` when there is none.
-fn stored_format(db: &DB, path: &Path) -> Result<Option<u32>, IndexError> {
+pub(super) fn stored_format(db: &DB, path: &Path) -> Result<Option<u32>, IndexError> {
     let cf_meta = db.cf_handle(CF_META).ok_or_else(|| corrupt(path, "column family", CF_META))?;
     let Some(v) = db.get_cf(cf_meta, store::KEY_FORMAT_VERSION).map_err(|source| store::access_error(path, source))? else {
         return Ok(None);
