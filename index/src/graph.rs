@@ -137,12 +137,7 @@ impl Graph {
 
     /// The graph's one copy of `name` (added when it has none).
     fn intern(&mut self, name: Option<Arc<str>>) -> Option<Arc<str>> {
-        let name = name?;
-        if let Some(known) = self.names.get(&*name) {
-            return Some(known.clone());
-        }
-        self.names.insert(name.clone());
-        Some(name)
+        Some(interned(&mut self.names, name?))
     }
 
     /// `meta` with its patient and study shared with the other slots that name them.
@@ -256,6 +251,17 @@ impl Graph {
         }
         (scored, missing)
     }
+}
+
+/// The one copy of `name` in `names`, added when it has none (a new `Arc` only then, and only
+/// when `name` is not one already).
+pub(crate) fn interned<S: AsRef<str> + Into<Arc<str>>>(names: &mut HashSet<Arc<str>>, name: S) -> Arc<str> {
+    if let Some(known) = names.get(name.as_ref()) {
+        return known.clone();
+    }
+    let name: Arc<str> = name.into();
+    names.insert(name.clone());
+    name
 }
 
 /// Name prefix of the scratch directories graph reloads through `hnsw_rs` wrote (inside the

@@ -4,7 +4,7 @@
   open_peer.py compare --evindex BIN --index DIR --peer OUT.bin --queries Q.npy [--runs 5]
 
 `compare` alternates fresh processes: `evindex probe --open-only` (open the index, answer one
-search; writes nothing) and a Python process loading the hnswlib graph and answering one query
+search; adds nothing to the index) and a Python process loading the hnswlib graph and answering one query
 (ann_peers.OPEN). Before each, a throwaway process touches and frees 3 GiB: on this VM memory the
 guest has not touched for a while is slow to fault in (a first 2 GiB touch has taken 10 s, a
 second 0.5 s), which would otherwise favour whichever runs second. Prints one JSON object with

@@ -439,17 +439,7 @@ impl Index {
         self.decoded.fetch_add(1, Ordering::Relaxed);
         let (f, _): (RecordFacts<'_>, _) =
             bincode::serde::borrow_decode_from_slice(b, bincode_config()).map_err(|e| corrupt(&self.path, "item record", e))?;
-        let mut name = |n: Option<&str>| -> Option<Arc<str>> {
-            let n = n?;
-            Some(match names.get(n) {
-                Some(known) => known.clone(),
-                None => {
-                    let new: Arc<str> = n.into();
-                    names.insert(new.clone());
-                    new
-                }
-            })
-        };
+        let mut name = |n: Option<&str>| n.map(|n| crate::graph::interned(names, n));
         Ok(SlotMeta { item, patient: name(f.patient), study: name(f.study), date: f.date })
     }
 

@@ -56,13 +56,25 @@ struct Placed {
     mismatch: bool,
 }
 
-/// Where a snapshot load spent its time (for the `collection loaded` debug line).
+/// Where a snapshot load spent its time (part of [`GraphLoad::phases_ms`]).
 #[derive(Default)]
 struct PhaseTimes {
     read: std::time::Duration,
     check: std::time::Duration,
     decode: std::time::Duration,
     fill: std::time::Duration,
+}
+
+impl PhaseTimes {
+    /// The snapshot's read, check and decode, in milliseconds.
+    fn snapshot_ms(&self) -> [(&'static str, u64); 3] {
+        [("snapshot_read", ms(self.read)), ("snapshot_check", ms(self.check)), ("snapshot_decode", ms(self.decode))]
+    }
+}
+
+/// Whole milliseconds of `d`.
+fn ms(d: std::time::Duration) -> u64 {
+    d.as_millis() as u64
 }
 
 /// The secret of the index in `db` (stored, or the fingerprint of an outside one) after checking
@@ -455,11 +467,11 @@ impl Index {
         g.covered = covered;
         g.pending = replayed;
         let t_insert = t.elapsed();
-        let t = std::time::Instant::now();
         let mut live: Vec<(u32, ItemId)> = Vec::with_capacity(parts.iter().map(|p| p.items.len()).sum());
         for p in parts {
             live.extend(p.items.into_iter().filter(|(s, _)| !dead.contains(s)));
         }
+        let t = std::time::Instant::now();
         let (facts, t_meta) = records();
         // The mappings are derivable (repair rebuilds them): used only where they name exactly
         // the live slots and their items, else the records are read by the vectors' item ids.
@@ -482,18 +494,15 @@ impl Index {
             g.set_meta(Slot(slot), meta);
         }
         let t_set = t.elapsed();
-        let ms = |d: std::time::Duration| d.as_millis() as u64;
-        let phases_ms = vec![
-            ("snapshot_read", ms(phases.read)),
-            ("snapshot_check", ms(phases.check)),
-            ("snapshot_decode", ms(phases.decode)),
+        let mut phases_ms = phases.snapshot_ms().to_vec();
+        phases_ms.extend([
             ("links", ms(phases.fill)),
             ("read_vectors", ms(t_read)),
             ("insert", ms(t_insert)),
             ("records", ms(t_meta)),
             ("records_wait", ms(t_wait)),
             ("set_meta", ms(t_set)),
-        ];
+        ]);
         Ok(Some((g, replayed, phases_ms)))
     }
 
@@ -624,17 +633,9 @@ impl Index {
         }
         let t_set = t3.elapsed();
         drop(live);
-        let ms = |d: std::time::Duration| d.as_millis() as u64;
-        let phases_ms = vec![
-            ("read_vectors", ms(t_read)),
-            ("snapshot_read", ms(phases.read)),
-            ("snapshot_check", ms(phases.check)),
-            ("snapshot_decode", ms(phases.decode)),
-            ("fill", ms(phases.fill)),
-            ("records", ms(t_meta)),
-            ("insert", ms(t_insert)),
-            ("set_meta", ms(t_set)),
-        ];
+        let mut phases_ms = vec![("read_vectors", ms(t_read))];
+        phases_ms.extend(phases.snapshot_ms());
+        phases_ms.extend([("fill", ms(phases.fill)), ("records", ms(t_meta)), ("insert", ms(t_insert)), ("set_meta", ms(t_set))]);
         if let Loaded::Rebuilt { why } = &loaded {
             tracing::info!(collection = %format!("{}/{}", info.name, c.kind), reason = %why, "graph rebuilt from the stored vectors");
             if !(self.options.passive_open || self.is_reader()) {
