@@ -18,7 +18,8 @@
 //! its resident memory (VmRSS after the open and the search minus VmRSS just before the open,
 //! per live vector; VmHWM too), then the time of one commit of one new vector (the first insert
 //! after an open), which it deletes again and checkpoints (untimed) so the index is as before;
-//! `--open-only` stops after the search (no insert, delete or checkpoint of its own: for profiling the open alone; the open itself still replays a write-ahead log a crash left).
+//! `--open-only` stops after the search (no insert, delete or checkpoint of its own: for
+//! profiling the open alone; the open itself still replays a write-ahead log a crash left).
 //! With `--filters`, also filtered-search recall and latency, graph vs exact, at several
 //! selectivities (what `EXACT_SEARCH_MAX_CANDIDATES` was chosen from). `--reuse` keeps the
 //! index an earlier run left in `--dir` instead of building it again (no build figures then).
