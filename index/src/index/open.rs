@@ -46,7 +46,7 @@ enum Loaded {
 #[derive(Default)]
 struct Placed {
     /// Slot and item of every stored vector read, ascending.
-    items: Vec<(u32, ItemId)>,
+    items: SlotIds,
     /// Vectors from the snapshot's coverage on (to replay).
     later: StoredRows,
     /// Vectors stored into their nodes.
@@ -54,6 +54,60 @@ struct Placed {
     /// A row the skeleton cannot take as it is (stale snapshot, or an f32 row in a collection
     /// guessed f16): the read stopped.
     mismatch: bool,
+}
+
+/// Slots and their item ids, the ids held in one buffer (a million small strings allocated
+/// and freed one by one cost a direct load a tenth of a second; the ids are only compared).
+#[derive(Default)]
+struct SlotIds {
+    slots: Vec<u32>,
+    /// End of each id in `text`.
+    ends: Vec<usize>,
+    text: String,
+}
+
+impl SlotIds {
+    fn push(&mut self, slot: u32, id: &str) {
+        self.text.push_str(id);
+        self.slots.push(slot);
+        self.ends.push(self.text.len());
+    }
+
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn id(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.text[start..self.ends[i]]
+    }
+
+    /// Each slot and id, in order.
+    fn iter(&self) -> impl Iterator<Item = (u32, &str)> + '_ {
+        self.slots.iter().enumerate().map(|(i, s)| (*s, self.id(i)))
+    }
+}
+
+/// Whether `facts` (in any order) name exactly the slots of `live` (ascending), each with
+/// its item id: the item-to-slot mappings agree with the stored vectors.
+fn facts_agree(facts: &[(u32, SlotMeta)], live: &SlotIds) -> bool {
+    if facts.len() != live.len() {
+        return false;
+    }
+    let Some(&top) = live.slots.last() else { return true };
+    // Position in `live` of each slot; taken (MAX) once a fact matched it, so a slot named
+    // twice fails.
+    let mut at = vec![u32::MAX; top as usize + 1];
+    for (i, s) in live.slots.iter().enumerate() {
+        at[*s as usize] = i as u32;
+    }
+    facts.iter().all(|(s, m)| match at.get_mut(*s as usize) {
+        Some(p) if *p != u32::MAX && live.id(*p as usize) == m.item.as_str() => {
+            *p = u32::MAX;
+            true
+        }
+        _ => false,
+    })
 }
 
 /// Where a snapshot load spent its time (part of [`GraphLoad::phases_ms`]).
@@ -388,7 +442,7 @@ impl Index {
         })
     }
 
-    /// The filter facts of every item `c` maps to a slot, with its slot, in slot order: the
+    /// The filter facts of every item `c` maps to a slot, with its slot, in item order: the
     /// item-to-slot mappings (one per live vector) merged with one scan of the records.
     fn facts_by_slot(&self, c: Collection) -> Result<Vec<(u32, SlotMeta)>, IndexError> {
         let prefix = c.prefix();
@@ -422,7 +476,6 @@ impl Index {
         }
         slots.status().map_err(|e| self.storage(e))?;
         records.status().map_err(|e| self.storage(e))?;
-        out.sort_unstable_by_key(|(s, _)| *s);
         Ok(out)
     }
 
@@ -467,25 +520,25 @@ impl Index {
         g.covered = covered;
         g.pending = replayed;
         let t_insert = t.elapsed();
-        let mut live: Vec<(u32, ItemId)> = Vec::with_capacity(parts.iter().map(|p| p.items.len()).sum());
-        for p in parts {
-            live.extend(p.items.into_iter().filter(|(s, _)| !dead.contains(s)));
+        let mut live = SlotIds::default();
+        for p in &parts {
+            for (s, id) in p.items.iter().filter(|(s, _)| !dead.contains(s)) {
+                live.push(s, id);
+            }
         }
+        drop(parts);
         let t = std::time::Instant::now();
         let (facts, t_meta) = records();
         // The mappings are derivable (repair rebuilds them): used only where they name exactly
         // the live slots and their items, else the records are read by the vectors' item ids.
-        let agree =
-            |f: &Vec<(u32, SlotMeta)>| f.len() == live.len() && f.iter().zip(&live).all(|((fs, m), (ls, id))| fs == ls && m.item == *id);
         let metas: Vec<(u32, SlotMeta)> = match facts {
-            Ok(f) if agree(&f) => f,
+            Ok(f) if facts_agree(&f, &live) => f,
             found => {
                 let why = found.err().map_or_else(|| "they name other slots or items".to_owned(), |e| e.to_string());
                 tracing::info!(collection = %format!("{}/{}", info.name, c.kind), reason = %why, "item-to-slot mappings not used: records read by the vectors' ids");
-                let ids: Vec<&ItemId> = live.iter().map(|(_, i)| i).collect();
-                let metas = self.live_metas(&ids)?;
-                drop(ids);
-                live.into_iter().zip(metas).map(|((slot, item), meta)| (slot, SlotMeta { item, ..meta })).collect()
+                let ids: Vec<ItemId> = live.iter().map(|(_, id)| ItemId(id.to_owned())).collect();
+                let metas = self.live_metas(&ids.iter().collect::<Vec<_>>())?;
+                live.slots.iter().zip(ids).zip(metas).map(|((slot, item), meta)| (*slot, SlotMeta { item, ..meta })).collect()
             }
         };
         let t_wait = t.elapsed();
@@ -551,7 +604,7 @@ impl Index {
                 codec::decode_components(enc, data, &mut out.later.data);
                 renormalise(&mut out.later.data[at..]);
             }
-            out.items.push((slot.0, ItemId(item.to_owned())));
+            out.items.push(slot.0, item);
             it.next();
         }
         it.status().map_err(|e| self.storage(e))?;
@@ -1207,6 +1260,29 @@ mod tests {
         assert!(Arc::ptr_eq(metas[0].patient.as_ref().unwrap(), metas[1].patient.as_ref().unwrap()));
         assert_eq!(names.len(), 2);
         assert!(index.record_facts(ItemId("x".into()), &[0xff, 0xff], &mut names).is_err());
+    }
+
+    /// The mappings agree with the vectors only when they name each live slot once, with its
+    /// item, in whatever order.
+    #[test]
+    fn mappings_agree_only_slot_for_slot_and_item_for_item() {
+        let mut live = SlotIds::default();
+        for (s, id) in [(0, "a"), (3, "bb"), (4, ""), (9, "d")] {
+            live.push(s, id);
+        }
+        assert_eq!(live.iter().collect::<Vec<_>>(), [(0, "a"), (3, "bb"), (4, ""), (9, "d")]);
+        let facts = |pairs: &[(u32, &str)]| -> Vec<(u32, SlotMeta)> {
+            pairs.iter().map(|(s, id)| (*s, slot_meta(ItemId((*id).to_owned()), None))).collect()
+        };
+        assert!(facts_agree(&facts(&[(0, "a"), (3, "bb"), (4, ""), (9, "d")]), &live));
+        assert!(facts_agree(&facts(&[(9, "d"), (0, "a"), (4, ""), (3, "bb")]), &live), "any order");
+        assert!(!facts_agree(&facts(&[(0, "a"), (3, "bb"), (4, "")]), &live), "one missing");
+        assert!(!facts_agree(&facts(&[(0, "a"), (3, "bb"), (4, ""), (9, "d"), (10, "e")]), &live), "one more");
+        assert!(!facts_agree(&facts(&[(0, "a"), (3, "bb"), (3, "bb"), (9, "d")]), &live), "a slot twice");
+        assert!(!facts_agree(&facts(&[(0, "a"), (3, "b"), (4, ""), (9, "d")]), &live), "another item");
+        assert!(!facts_agree(&facts(&[(0, "a"), (3, "bb"), (5, ""), (9, "d")]), &live), "another slot");
+        assert!(!facts_agree(&facts(&[(0, "a"), (3, "bb"), (4, ""), (12, "d")]), &live), "a slot past the last");
+        assert!(facts_agree(&[], &SlotIds::default()));
     }
 
     /// A collection read in any number of slot ranges (threads) is the same rows.
