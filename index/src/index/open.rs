@@ -419,6 +419,12 @@ impl Index {
     /// snapshotted again).
     pub(crate) fn load_collection(&self, c: Collection, info: &SpaceInfo, next: u32) -> Result<(Graph, GraphLoad), IndexError> {
         let t0 = std::time::Instant::now();
+        // Every vector of the collection is about to be read: the kernel reads its table files
+        // ahead while the snapshot loads (a cold open otherwise waits on each read in turn).
+        let prefix = c.prefix();
+        let end = codec::prefix_end(&prefix);
+        self.cf(CF_VECTORS)?;
+        store::read_ahead(&self.db, &self.path, CF_VECTORS, &prefix, end.as_deref());
         match self.load_direct(c, info, next)? {
             Some((g, replayed, phases_ms)) => self.finish_load(c, info, next, g, Loaded::Snapshot { replayed }, phases_ms, t0),
             None => self.load_stored(c, info, next, t0),
@@ -1260,6 +1266,23 @@ mod tests {
         assert!(Arc::ptr_eq(metas[0].patient.as_ref().unwrap(), metas[1].patient.as_ref().unwrap()));
         assert_eq!(names.len(), 2);
         assert!(index.record_facts(ItemId("x".into()), &[0xff, 0xff], &mut names).is_err());
+    }
+
+    /// The read-ahead of an open asks for the table files holding the collection's vectors,
+    /// and for nothing when none hold them or they are under the threshold.
+    #[test]
+    fn an_open_reads_ahead_the_files_of_its_collection_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+        let space = fixture(&index);
+        let videos = Collection { space, kind: Kind::Video }.prefix();
+        let all: u64 = index.db.live_files().unwrap().iter().filter(|f| f.column_family_name == CF_VECTORS).map(|f| f.size as u64).sum();
+        let asked = store::read_ahead_over(&index.db, &index.path, CF_VECTORS, &videos, codec::prefix_end(&videos).as_deref(), 0);
+        assert!(asked > 0 && asked <= all, "asked {asked} of {all}");
+        let past = [0xff_u8; 8];
+        assert_eq!(store::read_ahead_over(&index.db, &index.path, CF_VECTORS, &past, None, 0), 0, "no file holds keys past the last");
+        assert_eq!(store::read_ahead_over(&index.db, &index.path, CF_VECTORS, &videos, None, all + 1), 0, "under the threshold");
+        assert!(store::read_ahead_over(&index.db, &index.path, CF_SLOTS, &videos, None, 0) > 0, "another column family");
     }
 
     /// The mappings agree with the vectors only when they name each live slot once, with its
