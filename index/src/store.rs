@@ -24,6 +24,27 @@ pub const FORMAT_VERSION: u32 = 3;
 /// The oldest format a writer's open upgrades in place to [`FORMAT_VERSION`].
 pub(crate) const OLDEST_UPGRADABLE_FORMAT: u32 = 2;
 
+/// True for an older format that a writer's open upgrades in place.
+pub(crate) fn upgradable(found: u32) -> bool {
+    (OLDEST_UPGRADABLE_FORMAT..FORMAT_VERSION).contains(&found)
+}
+
+/// Whether the column families of [`COLUMN_FAMILIES`] belong in `db`: it stores this build's
+/// format or one it upgrades, or no format at all (not yet an index), or has no `meta` (not
+/// one of ours at all: the open goes on to make it one, or to say why not). An unreadable
+/// version is not ours to add to.
+fn layout_is_ours(db: &DB) -> bool {
+    let Some(meta) = db.cf_handle(CF_META) else { return true };
+    match db.get_cf(meta, KEY_FORMAT_VERSION) {
+        Ok(None) => true,
+        Ok(Some(v)) => <[u8; 4]>::try_from(v.as_slice()).is_ok_and(|b| {
+            let found = u32::from_be_bytes(b);
+            found == FORMAT_VERSION || upgradable(found)
+        }),
+        Err(_) => false,
+    }
+}
+
 /// Index-wide values: format version, spaces, slot counters, the pseudonymisation secret.
 pub const CF_META: &str = "meta";
 /// Item id → bincode [`crate::ItemRecord`].
@@ -201,7 +222,7 @@ fn options(create: bool, cache: &Cache) -> Options {
     table.set_block_cache(cache);
     o.set_block_based_table_factory(&table);
     o.create_if_missing(create);
-    o.create_missing_column_families(true);
+    o.create_missing_column_families(create);
     o.set_write_buffer_size(WRITE_BUFFER_BYTES);
     o.set_compression_type(rocksdb::DBCompressionType::Lz4);
     // Checksums on every read: a flipped byte becomes an error, not a wrong vector.
@@ -498,10 +519,16 @@ fn first_bad_file(db: &DB, path: &Path) -> Result<Option<String>, IndexError> {
     Ok(None)
 }
 
-/// Opens (or, in a directory without a database, creates) the database with every column
-/// family, as its one writer. Another process holding it is [`IndexError::Busy`], named from
-/// its writer record; a damaged one is [`IndexError::Damaged`], and nothing is created over it.
-pub fn open_db(path: &Path) -> Result<DB, IndexError> {
+/// Opens (or, in a directory without a database, creates) the database, as its one writer.
+/// Another process holding it is [`IndexError::Busy`], named from its writer record; a damaged
+/// one is [`IndexError::Damaged`], and nothing is created over it.
+///
+/// The column families the database has are opened as they are. With `writes`, those of
+/// [`COLUMN_FAMILIES`] that are missing are then created (empty), but only where the stored
+/// format is this build's or one it upgrades ([`upgradable`]), or the database is not yet an
+/// index: an open that writes nothing (passive) leaves an older index's layout alone, and no
+/// open adds to an index of a format it does not know (the format check then says so).
+pub fn open_db(path: &Path, writes: bool) -> Result<DB, IndexError> {
     let create = preflight(path)? == Presence::Empty;
     let mark = if create {
         // A mark without a database is left over from one that is gone.
@@ -511,8 +538,15 @@ pub fn open_db(path: &Path) -> Result<DB, IndexError> {
         read_sequence_mark(path)
     };
     let cache = block_cache();
-    let cfs = COLUMN_FAMILIES.iter().map(|n| ColumnFamilyDescriptor::new(*n, options(false, &cache)));
-    let db = DB::open_cf_descriptors(&options(create, &cache), path, cfs).map_err(|e| {
+    // A listing that fails (the open will say why, or that another process holds the index)
+    // falls back to every column family of ours.
+    let listed = if create { None } else { DB::list_cf(&Options::default(), path).ok().filter(|l| !l.is_empty()) };
+    let names: Vec<String> = match &listed {
+        Some(l) => l.clone(),
+        None => COLUMN_FAMILIES.iter().map(|n| n.to_string()).collect(),
+    };
+    let cfs = names.iter().map(|n| ColumnFamilyDescriptor::new(n, options(false, &cache)));
+    let mut db = DB::open_cf_descriptors(&options(create || listed.is_none(), &cache), path, cfs).map_err(|e| {
         // Creating in a place that cannot hold it (a missing parent, no permission) is a
         // storage error, not damage: there was nothing to damage.
         if create {
@@ -521,6 +555,12 @@ pub fn open_db(path: &Path) -> Result<DB, IndexError> {
             open_error(path, e)
         }
     })?;
+    let missing: Vec<&str> = COLUMN_FAMILIES.iter().copied().filter(|n| db.cf_handle(n).is_none()).collect();
+    if writes && !missing.is_empty() && layout_is_ours(&db) {
+        for name in missing {
+            db.create_cf(name, &options(false, &cache)).map_err(|e| open_error(path, e))?;
+        }
+    }
     check_files(&db, path)?;
     if let Some(detail) = cut_or_warn(rolled_back(&db, mark)) {
         return Err(IndexError::Damaged { path: path.to_owned(), detail });
@@ -657,6 +697,8 @@ pub(crate) fn open_for_salvage(path: &Path, skip_damaged_wal: bool) -> Result<DB
     }
     let cache = block_cache();
     let mut o = options(false, &cache);
+    // A salvage rebuilds the index: ours that are missing are created (empty).
+    o.create_missing_column_families(true);
     if skip_damaged_wal {
         o.set_wal_recovery_mode(rocksdb::DBRecoveryMode::SkipAnyCorruptedRecord);
     }

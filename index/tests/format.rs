@@ -212,6 +212,14 @@ fn a_format_2_index_from_before_the_frames_and_lookup_column_families_needs_a_wr
     let msg = err.to_string();
     assert!(msg.contains(&dir.display().to_string()) && msg.contains("`echovault repair --index"), "{msg}");
     assert_eq!(stored_version(&dir), 2);
+    // A passive open writes nothing: it neither creates the missing column families nor reads
+    // the index as if it had them.
+    let families = || rocksdb::DB::list_cf(&rocksdb::Options::default(), &dir).unwrap();
+    let old_families = families();
+    assert!(!old_families.iter().any(|c| c == "frames"), "{old_families:?}");
+    let err = Index::open(&dir, IndexOptions { passive_open: true, ..IndexOptions::default() }).unwrap_err();
+    assert!(matches!(err, IndexError::FormatUpgradeNeeded { found: 2, .. }), "{err}");
+    assert_eq!(families(), old_families, "a passive open created column families");
     {
         let index = Index::open(&dir, IndexOptions::default()).unwrap();
         // The frames are gone with their column family; everything else holds, the patient
@@ -231,7 +239,16 @@ fn versions_older_than_2_or_newer_than_this_one_are_clear_errors() {
     for (version, who) in [(1, "an older"), (99, "a newer")] {
         let (_tmp, dir, before) = copy_fixture();
         set_version(&dir, version);
+        // Without the column families format 2 came to have: a writer's open must not add them
+        // to an index of a format it does not know.
+        {
+            let mut db = raw_db(&dir);
+            db.drop_cf("frames").unwrap();
+        }
+        let families = || rocksdb::DB::list_cf(&rocksdb::Options::default(), &dir).unwrap();
+        let old_families = families();
         let writer = Index::open(&dir, IndexOptions::default()).unwrap_err();
+        assert_eq!(families(), old_families, "a refused open created column families");
         let reader = Index::open_reader(&dir).unwrap_err();
         for err in [writer, reader] {
             assert!(matches!(err, IndexError::FormatVersion { found, expected: FORMAT_VERSION, .. } if found == version), "{err}");
@@ -249,4 +266,28 @@ fn versions_older_than_2_or_newer_than_this_one_are_clear_errors() {
         assert_eq!(stored_version(&dir), version, "a refused open changed the version");
         assert_fixture_unchanged(&before);
     }
+}
+
+#[test]
+fn an_index_of_this_format_missing_a_column_family_is_damaged_for_readers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("index");
+    drop(Index::open(&dir, IndexOptions::default()).unwrap());
+    {
+        let mut db = raw_db(&dir);
+        db.drop_cf("frames").unwrap();
+    }
+    let families = || rocksdb::DB::list_cf(&rocksdb::Options::default(), &dir).unwrap();
+    let old_families = families();
+    for err in [
+        Index::open_reader(&dir).unwrap_err(),
+        Index::open(&dir, IndexOptions { passive_open: true, ..IndexOptions::default() }).unwrap_err(),
+    ] {
+        assert!(matches!(&err, IndexError::Damaged { detail, .. } if detail.contains("`frames` is missing")), "{err}");
+    }
+    assert_eq!(families(), old_families, "a reader or a passive open created a column family");
+    // The writer's open creates it, empty, and the index reads again.
+    drop(Index::open(&dir, IndexOptions::default()).unwrap());
+    assert!(families().iter().any(|c| c == "frames"));
+    Index::open_reader(&dir).unwrap();
 }

@@ -11,7 +11,7 @@ use crate::graph::{Graph, SlotMeta, SCRATCH_PREFIX};
 use crate::ids::{ItemId, Slot, SpaceId};
 use crate::secret::SecretState;
 use crate::snapshot;
-use crate::store::{self, CF_GRAPH, CF_ITEMS, CF_META, CF_SLOTS, CF_VECTORS};
+use crate::store::{self, CF_GRAPH, CF_ITEMS, CF_LOOKUP, CF_META, CF_SLOTS, CF_VECTORS};
 use rocksdb::{IteratorMode, WriteBatch, DB};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -137,17 +137,26 @@ fn ms(d: std::time::Duration) -> u64 {
 /// Writes nothing: the check of readers and passive opens. A format-2 index whose column
 /// families are all there has the layout of this format and is read as it is; one that lacks
 /// any is [`IndexError::FormatUpgradeNeeded`] (a writer's open upgrades it, see
-/// [`check_format_or_upgrade`]); any other version is [`IndexError::FormatVersion`].
+/// [`check_format_or_upgrade`]); any other version is [`IndexError::FormatVersion`]. An index
+/// of this format that lacks one (but `lookup`, whose look-ups then scan) is
+/// [`IndexError::Damaged`].
 pub(crate) fn check_format(db: &DB, path: &Path) -> Result<Option<SecretState>, IndexError> {
     let Some(found) = stored_format(db, path)? else { return Ok(None) };
     if found != store::FORMAT_VERSION {
-        if !upgradable(found) {
+        if !store::upgradable(found) {
             return Err(IndexError::FormatVersion { path: path.to_owned(), found, expected: store::FORMAT_VERSION });
         }
         if store::COLUMN_FAMILIES.iter().any(|name| db.cf_handle(name).is_none()) {
             return Err(IndexError::FormatUpgradeNeeded { path: path.to_owned(), found, expected: store::FORMAT_VERSION });
         }
         tracing::debug!(found, "a format-{found} index with every column family of format {} read as it is", store::FORMAT_VERSION);
+    } else if let Some(name) = store::COLUMN_FAMILIES.iter().find(|name| **name != CF_LOOKUP && db.cf_handle(name).is_none()) {
+        // Every index of this format was created with all of them (or upgraded to have them);
+        // look-ups without their column family read every record (as before its keys exist).
+        return Err(IndexError::Damaged {
+            path: path.to_owned(),
+            detail: format!("column family `{name}` is missing (an open as the index's writer creates it, empty)"),
+        });
     }
     read_secret(db, path).map(Some)
 }
@@ -159,7 +168,7 @@ pub(crate) fn check_format(db: &DB, path: &Path) -> Result<Option<SecretState>, 
 /// left is rewriting the version (one synced write), said in the log.
 fn check_format_or_upgrade(db: &DB, path: &Path) -> Result<Option<SecretState>, IndexError> {
     let Some(found) = stored_format(db, path)? else { return Ok(None) };
-    if found == store::FORMAT_VERSION || !upgradable(found) {
+    if found == store::FORMAT_VERSION || !store::upgradable(found) {
         return check_format(db, path);
     }
     // Nothing is written to an index whose secret does not read.
@@ -180,11 +189,6 @@ fn check_format_or_upgrade(db: &DB, path: &Path) -> Result<Option<SecretState>, 
         store::FORMAT_VERSION
     );
     Ok(Some(secret))
-}
-
-/// True for an older format that a writer's open upgrades in place.
-fn upgradable(found: u32) -> bool {
-    (store::OLDEST_UPGRADABLE_FORMAT..store::FORMAT_VERSION).contains(&found)
 }
 
 /// The format version stored in `db`'s `meta`; `None` when there is none.
@@ -281,7 +285,7 @@ impl Index {
     /// place first, unless the open is passive (see [`crate::FORMAT_VERSION`]).
     pub fn open(path: impl AsRef<Path>, options: IndexOptions) -> Result<Index, IndexError> {
         let path = path.as_ref().to_owned();
-        let db = store::open_db(&path)?;
+        let db = store::open_db(&path, !options.passive_open)?;
         // A passive open writes nothing, so it upgrades no format (it reads a format-2 index as it is).
         let checked = if options.passive_open { check_format(&db, &path)? } else { check_format_or_upgrade(&db, &path)? };
         let secret = match checked {
