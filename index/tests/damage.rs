@@ -122,6 +122,18 @@ fn survey(index: &Index, vectors: &BTreeMap<String, Vec<f32>>) -> Survey {
     s
 }
 
+/// The write-ahead log the last writer session wrote to: the newest (highest-numbered) one
+/// that is not empty. The largest is not it where an obsolete log (an earlier session's, its
+/// memtable flushed at the next open) is still waiting for RocksDB's background purge.
+fn current_wal(dir: &Path) -> PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log") && std::fs::metadata(p).unwrap().len() > 0)
+        .max_by_key(|p| p.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0))
+        .unwrap()
+}
+
 /// Salvages and repairs `dir` as `echovault repair` does; the result must check clean, twice.
 fn salvage_and_repair(dir: &Path, new_secret: bool) -> echovault_index::Salvage {
     let s = salvage(dir, new_secret).unwrap();
@@ -320,12 +332,7 @@ fn a_damaged_write_ahead_log_fails_the_open_instead_of_rolling_back_silently() {
             index.commit(b).unwrap();
         }
     }
-    let wal = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .unwrap();
+    let wal = current_wal(dir.path());
     let mut b = std::fs::read(&wal).unwrap();
     let at = b.len() / 3;
     for x in &mut b[at..at + 8] {
@@ -386,12 +393,7 @@ fn a_cut_write_ahead_log_is_reported_not_silently_rolled_back() {
             }
         }
         assert_eq!(Index::open_reader(dir.path()).unwrap().items(None).unwrap().len(), 40);
-        let wal = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "log"))
-            .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-            .unwrap();
+        let wal = current_wal(dir.path());
         let ends = record_ends(&std::fs::read(&wal).unwrap());
         // The last 5 batches cut off: at the end of the 6th record from the end, or 10 bytes
         // into the 5th.
@@ -440,12 +442,7 @@ fn a_lost_buffered_tail_is_no_damage_a_lost_synced_batch_is() {
                 index.commit_with(b, Durability::Buffered).unwrap();
             }
         }
-        let wal = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "log"))
-            .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-            .unwrap();
+        let wal = current_wal(dir.path());
         let ends = record_ends(&std::fs::read(&wal).unwrap());
         std::fs::OpenOptions::new().write(true).open(&wal).unwrap().set_len(ends[ends.len() - 1 - lost] as u64).unwrap();
         if lost <= 5 {
