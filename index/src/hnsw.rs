@@ -162,6 +162,9 @@ trait Elem: Copy + Send + Sync + 'static {
     fn store(w: &[AtomicU32], v: &[f32]);
     /// The components as f32.
     fn widen(v: &[Self]) -> Cow<'_, [f32]>;
+    /// The components as f32, in `buf` where they must be converted (no allocation once `buf`
+    /// has grown: the graph build widens a vector per candidate it weighs).
+    fn widen_into<'a>(v: &'a [Self], buf: &'a mut Vec<f32>) -> &'a [f32];
 }
 
 impl Elem for f32 {
@@ -192,6 +195,11 @@ impl Elem for f32 {
     fn widen(v: &[f32]) -> Cow<'_, [f32]> {
         Cow::Borrowed(v)
     }
+
+    #[inline(always)]
+    fn widen_into<'a>(v: &'a [f32], _: &'a mut Vec<f32>) -> &'a [f32] {
+        v
+    }
 }
 
 impl Elem for f16 {
@@ -221,6 +229,12 @@ impl Elem for f16 {
 
     fn widen(v: &[f16]) -> Cow<'_, [f32]> {
         Cow::Owned(v.iter().map(|x| x.to_f32()).collect())
+    }
+
+    fn widen_into<'a>(v: &'a [f16], buf: &'a mut Vec<f32>) -> &'a [f32] {
+        buf.clear();
+        buf.extend(v.iter().map(|x| x.to_f32()));
+        buf
     }
 }
 
@@ -688,12 +702,13 @@ impl Hnsw {
             return cands.to_vec();
         }
         let mut out: Vec<(f32, u32)> = Vec::with_capacity(m);
+        let mut wide = Vec::new();
         for &(s, c) in cands {
             if out.len() >= m {
                 break;
             }
-            let vc = E::widen(self.vector::<E>(c));
-            if out.iter().all(|&(_, o)| dot(&vc, self.vector::<E>(o)) <= s) {
+            let vc = E::widen_into(self.vector::<E>(c), &mut wide);
+            if out.iter().all(|&(_, o)| dot(vc, self.vector::<E>(o)) <= s) {
                 out.push((s, c));
             }
         }
@@ -710,6 +725,7 @@ impl Hnsw {
             write_list(self.list(n, layer), chosen.iter().map(|c| c.1));
         }
         let cap = if layer == 0 { self.m0 } else { self.m };
+        let mut wide = Vec::new();
         for &(s, nb) in &chosen {
             let _g = lock(&self.locks[nb as usize % STRIPES]);
             let list = self.list(nb, layer);
@@ -723,10 +739,10 @@ impl Hnsw {
                 list[1 + degree].store(n, Ordering::Release);
                 dw.store(degree as u32 + 1, Ordering::Release);
             } else {
-                let vnb = E::widen(self.vector::<E>(nb));
+                let vnb = E::widen_into(self.vector::<E>(nb), &mut wide);
                 let mut cands: Vec<(f32, u32)> = Vec::with_capacity(degree + 1);
                 cands.push((s, n));
-                cands.extend(links.iter().map(|&x| (dot(&vnb, self.vector::<E>(x)), x)));
+                cands.extend(links.iter().map(|&x| (dot(vnb, self.vector::<E>(x)), x)));
                 cands.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
                 let keep = self.select(&cands, cap, dot);
                 write_list(list, keep.iter().map(|c| c.1));
@@ -1154,6 +1170,20 @@ mod tests {
         assert!(!g.set_vector_le(300, &bytes), "no such node");
         assert!(!g.set_vector_le(1, &bytes[4..]), "one component short");
         assert!(!Hnsw::skeleton(&built.topology(), true).set_vector_le(1, &bytes), "a half graph takes decoded vectors");
+    }
+
+    #[test]
+    fn widening_into_a_reused_buffer_is_widening() {
+        let long: Vec<f16> = (0..37).map(|i| f16::from_f32(i as f32 * 0.37 - 5.0)).collect();
+        let short: Vec<f16> = (0..5).map(|i| f16::from_f32(1.0 / (i as f32 + 1.0))).collect();
+        let mut buf = Vec::new();
+        for v in [&long, &short, &long] {
+            let want: Vec<u32> = f16::widen(v).iter().map(|x| x.to_bits()).collect();
+            let got: Vec<u32> = f16::widen_into(v, &mut buf).iter().map(|x| x.to_bits()).collect();
+            assert_eq!(got, want);
+        }
+        let f: Vec<f32> = vec![0.5, -1.25, 3.0];
+        assert!(std::ptr::eq(f32::widen_into(&f, &mut buf), f.as_slice()), "f32 components are not copied");
     }
 
     #[test]
