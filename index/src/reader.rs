@@ -159,13 +159,9 @@ impl Index {
             if !k.starts_with(&prefix) {
                 break;
             }
-            let (_, slot) = codec::decode_vector_key(&k).ok_or_else(|| corrupt(&self.path, "vector key", format!("{k:?}")))?;
-            let (item, mut vec) = codec::decode_vector(&v).ok_or_else(|| corrupt(&self.path, "vector", format!("slot {}", slot.0)))?;
-            if vec.len() != dim {
-                return Err(corrupt(&self.path, "vector", format!("slot {} has dimension {}, space has {dim}", slot.0, vec.len())));
-            }
-            crate::index::renormalise(&mut vec);
-            rows.push((slot, ItemId(item), vec));
+            let mut vec = Vec::with_capacity(dim);
+            let (slot, item, _) = self.decode_row(c, &k, &v, dim, &mut vec)?;
+            rows.push((slot, ItemId(item.to_owned()), vec));
         }
         let dead = self.dead_slots(c)?;
         let graphs = self.graphs.read().unwrap_or_else(|e| e.into_inner());

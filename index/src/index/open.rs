@@ -88,6 +88,13 @@ impl SlotIds {
     }
 }
 
+/// Appends the components `data` (stored as `enc`) to `out`, made unit length.
+fn push_unit(enc: Encoding, data: &[u8], out: &mut Vec<f32>) {
+    let at = out.len();
+    codec::decode_components(enc, data, out);
+    renormalise(&mut out[at..]);
+}
+
 /// Whether `facts` (in any order) name exactly the slots of `live` (ascending), each with
 /// its item id: the item-to-slot mappings agree with the stored vectors.
 fn facts_agree(facts: &[(u32, SlotMeta)], live: &SlotIds) -> bool {
@@ -598,8 +605,7 @@ impl Index {
                     g.set_vector_le(slot, data)
                 } else {
                     v.clear();
-                    codec::decode_components(enc, data, &mut v);
-                    renormalise(&mut v);
+                    push_unit(enc, data, &mut v);
                     g.set_vector(slot, &v)
                 };
                 if !stored {
@@ -610,15 +616,30 @@ impl Index {
                 out.placed += 1;
             } else {
                 out.later.slots.push(slot.0);
-                let at = out.later.data.len();
-                codec::decode_components(enc, data, &mut out.later.data);
-                renormalise(&mut out.later.data[at..]);
+                push_unit(enc, data, &mut out.later.data);
             }
             out.items.push(slot.0, item);
             it.next();
         }
         it.status().map_err(|e| self.storage(e))?;
         Ok(out)
+    }
+
+    /// The slot, item and components of stored vector `(k, bytes)` of collection `c`: the
+    /// components (f16 ones widened) appended to `out`, made unit length; the encoding they
+    /// were stored in.
+    pub(crate) fn decode_row<'b>(
+        &self,
+        c: Collection,
+        k: &[u8],
+        bytes: &'b [u8],
+        dim: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<(Slot, &'b str, Encoding), IndexError> {
+        let slot = self.vector_slot(c, k)?;
+        let (item, enc, data) = self.split_row(slot, bytes, dim)?;
+        push_unit(enc, data, out);
+        Ok((slot, item, enc))
     }
 
     /// The slot of vector key `k` of collection `c`.
@@ -905,11 +926,7 @@ impl Index {
         let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_VECTORS)?, ro);
         it.seek_to_first();
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            let slot = self.vector_slot(c, k)?;
-            let (item, enc, data) = self.split_row(slot, v, dim)?;
-            let at = rows.data.len();
-            codec::decode_components(enc, data, &mut rows.data);
-            renormalise(&mut rows.data[at..]);
+            let (slot, item, enc) = self.decode_row(c, k, v, dim, &mut rows.data)?;
             rows.f32_rows += usize::from(enc == Encoding::F32);
             rows.slots.push(slot.0);
             rows.items.push(ItemId(item.to_owned()));
