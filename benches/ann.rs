@@ -22,7 +22,7 @@ fn unit(rng: &mut StdRng, c: Option<&[f32]>) -> Vec<f32> {
 }
 
 fn build(dir: &std::path::Path, encoding: VectorEncoding) -> (Index, SpaceId, Vec<Vec<f32>>) {
-    let index = Index::open(dir, IndexOptions { encoding, ..IndexOptions::default() }).unwrap();
+    let index = Index::open(dir, IndexOptions { encoding: Some(encoding), ..IndexOptions::default() }).unwrap();
     let space = index.ensure_space("bench", D).unwrap();
     let mut rng = StdRng::seed_from_u64(1);
     let centres: Vec<Vec<f32>> = (0..100).map(|_| unit(&mut rng, None)).collect();

@@ -49,6 +49,11 @@ pub struct EngineConfig {
     /// `--template-vocab`: an EchoCLIP-R vocabulary for the models that need one (see
     /// [`template_vocab_for`]).
     pub template_vocab: Option<TemplateVocabArg>,
+    /// `ingest --vector-type`: the encoding a writer stores vectors in. `None` (auto): as each
+    /// space holds them, f32 for a new space (see [`IndexOptions::encoding`]). `Some(e)` for a
+    /// space that already holds vectors in the other encoding is refused at open: it would mix
+    /// them.
+    pub vectors: Option<crate::index::VectorEncoding>,
 }
 
 /// `--template-vocab [MODEL=]FILE`: an EchoCLIP-R template vocabulary, for the model named
@@ -268,7 +273,10 @@ impl Engine {
     /// the space of each and its model probe.
     pub fn open(cfg: &EngineConfig) -> Result<Engine, Error> {
         let secret_file = cfg.secret_file.clone();
-        let index = Index::open(&cfg.index_dir, IndexOptions { writer: Some(writer_label()), secret_file, ..IndexOptions::default() })?;
+        let index = Index::open(
+            &cfg.index_dir,
+            IndexOptions { writer: Some(writer_label()), secret_file, encoding: cfg.vectors, ..IndexOptions::default() },
+        )?;
         Self::with_index(cfg, index)
     }
 
@@ -305,6 +313,7 @@ impl Engine {
             } else {
                 index.ensure_space(&name, e.model.dim())?
             };
+            check_vectors(&index, cfg.vectors, e.space, &name)?;
             e.space_name = name;
             check_probe(&index, &e, dir)?;
             if !index.is_reader() {
@@ -313,6 +322,23 @@ impl Engine {
             embedders.push(e);
         }
         Ok(Engine { index, embedders, sampling: cfg.sampling, max_frames: cfg.max_frames, crop_regions: false, mask: cfg.mask })
+    }
+}
+
+/// Refuses `--vector-type` `want` for a space that holds vectors in the other encoding: its
+/// rows would mix (and its graph be held as f32 from the next open on).
+fn check_vectors(index: &Index, want: Option<crate::index::VectorEncoding>, space: SpaceId, name: &str) -> Result<(), Error> {
+    use crate::index::VectorEncoding;
+    let word = |e: VectorEncoding| if e == VectorEncoding::F16 { "float16" } else { "float32" };
+    match (want, index.space_precision(space)) {
+        (Some(want), Some(held)) if want != held => Err(Error::Invalid(format!(
+            "--vector-type {}: embedding space '{name}' holds {} vectors, and a space's vector type is chosen when it is \
+             first filled (leave --vector-type at auto; to change it, `export --vector-type {}` and `import` into a new index)",
+            word(want),
+            word(held),
+            word(want)
+        ))),
+        _ => Ok(()),
     }
 }
 

@@ -26,6 +26,56 @@ fn sample_videos() -> Vec<PathBuf> {
     v
 }
 
+/// `ingest --vector-type float16`: the space's vectors are stored (and its graphs held) as
+/// halves; a later ingest that does not say keeps them so; asking for float32 then is refused.
+#[test]
+fn a_space_ingested_as_float16_stays_float16() {
+    let tmp = tempfile::tempdir().unwrap();
+    let index = tmp.path().join("idx");
+    let one = tmp.path().join("one");
+    std::fs::create_dir(&one).unwrap();
+    for name in ["a4c_normal_01.avi", "a4c_normal_01.txt"] {
+        std::fs::copy(clips().join(name), one.join(name)).unwrap();
+    }
+    let out = echovault(&index, &["ingest", one.to_str().unwrap(), "--vector-type", "float16", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(json(&out)["ingested"], 1);
+    // The rest of the samples, the vector type left at auto.
+    let out = echovault(&index, &["ingest", clips().to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(json(&out)["ingested"], 5);
+    let precisions = || -> Vec<(String, String)> {
+        let info = json(&echovault(&index, &["info", "--json"]));
+        info["graphs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| (g["collection"].as_str().unwrap().to_owned(), g["precision"].as_str().unwrap().to_owned()))
+            .collect()
+    };
+    let held = precisions();
+    // f16 only when every stored vector of the collection is f16.
+    assert!(held.len() == 3 && held.iter().all(|(_, p)| p == "f16"), "{held:?}");
+    // Searches still find each video first, at a cosine within the halves' rounding of 1.
+    for v in sample_videos() {
+        let r = json(&echovault(&index, &["search", "--video", v.to_str().unwrap(), "-k", "3", "--json"]));
+        let hits = r["hits"].as_array().unwrap();
+        assert_eq!(hits[0]["id"], content_id(&v), "{r}");
+        assert!((hits[0]["score"].as_f64().unwrap() - 1.0).abs() < 2e-3, "{r}");
+    }
+    // float32 into a float16 space: refused, nothing written.
+    let out = echovault(&index, &["ingest", clips().to_str().unwrap(), "--vector-type", "float32"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--vector-type float32") && err.contains("holds float16 vectors"), "{err}");
+    assert_eq!(precisions(), held);
+    // A new index, the type not given: float32.
+    let other = tmp.path().join("idx32");
+    assert_eq!(echovault(&other, &["ingest", one.to_str().unwrap()]).status.code(), Some(0));
+    let info = json(&echovault(&other, &["info", "--json"]));
+    assert!(info["graphs"].as_array().unwrap().iter().all(|g| g["precision"] == "f32"), "{info}");
+}
+
 #[test]
 fn ingest_reopen_and_search_the_samples() {
     let tmp = tempfile::tempdir().unwrap();

@@ -299,6 +299,7 @@ fn cli_search_groups_by_patient_and_study() {
         max_frames: echovault::media::DEFAULT_MAX_FRAMES,
         mask: echovault::media::MaskMode::Off,
         template_vocab: None,
+        vectors: None,
     };
     let mut rng = StdRng::seed_from_u64(5);
     let data = clustered(&mut rng, 64);

@@ -469,6 +469,7 @@ fn engine(idx: &Path, model: &Path) -> echovault::engine::Engine {
         max_frames: echovault::media::DEFAULT_MAX_FRAMES,
         mask: echovault::media::MaskMode::Off,
         template_vocab: None,
+        vectors: None,
     })
     .unwrap()
 }

@@ -163,7 +163,7 @@ fn rejects_bad_vectors_and_dimension_mismatch() {
 #[test]
 fn f16_vectors_round_trip_closely() {
     let dir = tempfile::tempdir().unwrap();
-    let index = Index::open(dir.path(), IndexOptions { encoding: VectorEncoding::F16, ..IndexOptions::default() }).unwrap();
+    let index = Index::open(dir.path(), IndexOptions { encoding: Some(VectorEncoding::F16), ..IndexOptions::default() }).unwrap();
     let space = index.ensure_space("s", 16).unwrap();
     let mut rng = StdRng::seed_from_u64(3);
     let v = unit(&mut rng, 16);

@@ -143,7 +143,7 @@ fn writes_after_the_snapshot_are_replayed_and_tombstones_respected() {
 #[test]
 fn f16_vectors_survive_snapshot_and_rebuild() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = IndexOptions { encoding: VectorEncoding::F16, ..IndexOptions::default() };
+    let opts = IndexOptions { encoding: Some(VectorEncoding::F16), ..IndexOptions::default() };
     let stored = {
         let index = Index::open(dir.path(), opts.clone()).unwrap();
         let space = index.ensure_space("s", D).unwrap();
@@ -172,16 +172,16 @@ fn f16_vectors_survive_snapshot_and_rebuild() {
 #[test]
 fn a_collection_with_any_f32_vector_is_held_as_f32() {
     let dir = tempfile::tempdir().unwrap();
-    let f16 = IndexOptions { encoding: VectorEncoding::F16, ..IndexOptions::default() };
+    let f16 = IndexOptions { encoding: Some(VectorEncoding::F16), ..IndexOptions::default() };
     let mut stored = {
         let index = Index::open(dir.path(), f16.clone()).unwrap();
         let space = index.ensure_space("s", D).unwrap();
         fill(&index, space, 600, 5)
     };
     {
-        // A writer in f32 adds vectors to the f16 collection: they are stored in f32 and held
-        // in the (half) graph it loaded, rounded.
-        let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+        // A writer told to write f32 adds vectors to the f16 collection: they are stored in f32
+        // and held in the (half) graph it loaded, rounded.
+        let index = Index::open(dir.path(), IndexOptions { encoding: Some(VectorEncoding::F32), ..IndexOptions::default() }).unwrap();
         assert_eq!(index.graph_loads()[0].precision, "f16");
         let space = index.space("s").unwrap().id;
         let mut rng = StdRng::seed_from_u64(6);
@@ -200,6 +200,58 @@ fn a_collection_with_any_f32_vector_is_held_as_f32() {
         assert_eq!(index.graph_loads()[0].precision, "f32", "an f32 row is not rounded");
         let space = index.space("s").unwrap().id;
         let found = stored.iter().step_by(12).filter(|(id, v)| &ids(&index, space, v, 1)[0] == id).count();
+        assert!(found >= 99, "{found} of 100 self-queries found themselves");
+    }
+}
+
+#[test]
+fn a_space_filled_in_f16_stays_f16_for_a_writer_that_does_not_say() {
+    let dir = tempfile::tempdir().unwrap();
+    let f16 = IndexOptions { encoding: Some(VectorEncoding::F16), ..IndexOptions::default() };
+    let mut stored = {
+        let index = Index::open(dir.path(), f16).unwrap();
+        let space = index.ensure_space("s", D).unwrap();
+        assert_eq!(index.space_precision(space), None, "no vector yet");
+        let s = fill(&index, space, 300, 7);
+        assert_eq!(index.space_precision(space), Some(VectorEncoding::F16));
+        s
+    };
+    {
+        // The default writer adds videos, and reports (a collection new to the space), and a
+        // new space.
+        let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+        let space = index.space("s").unwrap().id;
+        assert_eq!(index.space_precision(space), Some(VectorEncoding::F16));
+        let other = index.ensure_space("t", D).unwrap();
+        let mut rng = StdRng::seed_from_u64(8);
+        let mut b = index.batch();
+        for i in 0..300 {
+            let (id, v) = (format!("n{i}"), unit(&mut rng, D));
+            b.put_item(ItemRecord::new(id.as_str(), Kind::Video, "x"));
+            b.put_vector(space, id.as_str(), Kind::Video, v.clone());
+            b.put_vector(other, id.as_str(), Kind::Video, v.clone());
+            stored.push((id, v));
+        }
+        for i in 0..20 {
+            let id = format!("r{i}");
+            b.put_item(ItemRecord::new(id.as_str(), Kind::Report, "x"));
+            b.put_vector(space, id.as_str(), Kind::Report, unit(&mut rng, D));
+        }
+        index.commit(b).unwrap();
+        index.checkpoint().unwrap();
+        assert_eq!(index.space_precision(other), Some(VectorEncoding::F32), "a new space is f32");
+    }
+    for ignore_snapshots in [false, true] {
+        let index = Index::open(dir.path(), IndexOptions { ignore_snapshots, ..IndexOptions::default() }).unwrap();
+        let precision = |name: &str, kind: &str| {
+            let l =
+                index.graph_loads().iter().find(|l| l.collection == format!("{name}/{kind}")).unwrap_or_else(|| panic!("{name}/{kind}"));
+            l.precision
+        };
+        // Every stored row of `s` is f16 (else the graph would be held as f32), those of `t` f32.
+        assert_eq!((precision("s", "video"), precision("s", "report"), precision("t", "video")), ("f16", "f16", "f32"));
+        let space = index.space("s").unwrap().id;
+        let found = stored.iter().step_by(6).filter(|(id, v)| &ids(&index, space, v, 1)[0] == id).count();
         assert!(found >= 99, "{found} of 100 self-queries found themselves");
     }
 }

@@ -1,8 +1,10 @@
 //! `echovault ingest PATH...` and `echovault errors`.
 
 use super::output::reason_for;
-use super::{open_engine, AllOpts, Global, Groups, IndexOpts};
+use super::{open_engine_with, AllOpts, Global, Groups, IndexOpts};
 use clap::{Args, ValueEnum};
+use echovault::exchange::VectorType;
+use echovault::index::VectorEncoding;
 use echovault::ingest::{ingest, IngestOptions, Progress};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
@@ -53,6 +55,12 @@ pub struct IngestArgs {
     /// unlisted. N machines each ingest one shard; `import` gathers their exports.
     #[arg(long, value_name = "I/N")]
     shard: Option<echovault::ingest::Shard>,
+    /// How the vectors are stored: auto (as each embedding space holds them; float32 for a new
+    /// space), float32, or float16 (half the memory and disk of a space's graph; recall within
+    /// a hair of float32's). Chosen when a space is first filled: later runs keep it (auto),
+    /// and asking for the other type is refused.
+    #[arg(long, value_name = "auto|float32|float16", default_value = "auto")]
+    vector_type: VectorType,
     #[command(flatten)]
     pub opts: AllOpts,
 }
@@ -72,7 +80,13 @@ pub enum ProgressMode {
 }
 
 pub fn run(g: &Global, a: &IngestArgs) -> anyhow::Result<i32> {
-    let engine = open_engine(g)?;
+    let mut cfg = g.engine_config()?;
+    cfg.vectors = match a.vector_type {
+        VectorType::Auto => None,
+        VectorType::F32 => Some(VectorEncoding::F32),
+        VectorType::F16 => Some(VectorEncoding::F16),
+    };
+    let engine = open_engine_with(&cfg)?;
     let start = Instant::now();
     let opts = IngestOptions {
         reports: a.reports.clone(),

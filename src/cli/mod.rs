@@ -321,6 +321,7 @@ impl Global {
             max_frames: self.max_frames,
             mask: self.mask,
             template_vocab: self.template_vocab.clone(),
+            vectors: None,
         })
     }
 }
@@ -697,8 +698,12 @@ pub fn print_note(msg: &str) {
 /// Opens the engine as the index's writer (ingest, the server), with a readable context on
 /// failure.
 pub fn open_engine(g: &Global) -> anyhow::Result<echovault::Engine> {
-    let cfg = g.engine_config()?;
-    echovault::Engine::open(&cfg)
+    open_engine_with(&g.engine_config()?)
+}
+
+/// [`open_engine`] with the engine settings given.
+pub fn open_engine_with(cfg: &EngineConfig) -> anyhow::Result<echovault::Engine> {
+    echovault::Engine::open(cfg)
         .with_context(|| format!("opening index {} with model {}", cfg.index_dir.display(), cfg.model_dir.display()))
 }
 

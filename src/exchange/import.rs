@@ -113,7 +113,7 @@ pub fn import(dir: &Path, files: &[PathBuf], opts: &ImportOptions) -> Result<Imp
         IndexOptions {
             writer: Some("echovault import".into()),
             secret_file: opts.secret_file.clone(),
-            encoding,
+            encoding: Some(encoding),
             ..IndexOptions::default()
         },
     )?;

@@ -135,6 +135,7 @@ impl Index {
                 }
             }
         }
+        let mut encodings: HashMap<Collection, codec::Encoding> = HashMap::new();
         for (space, item, kind, v) in batch.vectors.into_iter().filter(|(_, id, _, _)| !deleted.contains(id)) {
             let info = spaces.get(&space).ok_or(IndexError::UnknownSpace(space.0))?;
             if v.len() != info.dim {
@@ -158,7 +159,11 @@ impl Index {
             let next = new_counters.entry(c).or_insert(0);
             let slot = Slot(*next);
             *next = next.checked_add(1).ok_or_else(|| corrupt(&self.path, "slot counter", "exhausted (2^32 vectors written)"))?;
-            wb.put_cf(cf_vec, codec::vector_key(c, slot), codec::encode_vector(&item.0, &v, self.options.encoding));
+            let encoding = *encodings.entry(c).or_insert_with(|| {
+                let graphs = self.graphs.read().unwrap_or_else(|e| e.into_inner());
+                self.write_encoding(c, &graphs)
+            });
+            wb.put_cf(cf_vec, codec::vector_key(c, slot), codec::encode_vector(&item.0, &v, encoding));
             wb.put_cf(cf_slots, codec::slot_key(c, &item.0), slot.0.to_be_bytes());
             assigned.insert((c, item.clone()), slot);
             changes.inserts.entry(c).or_default().push((slot, v, slot_meta(item, Some(&record))));
@@ -202,8 +207,12 @@ impl Index {
         {
             let mut graphs = self.graphs.write().unwrap_or_else(|e| e.into_inner());
             for c in inserts.keys() {
-                let dim = dims.get(c).copied().unwrap_or(0);
-                graphs.entry(*c).or_insert_with(|| Graph::new(dim, self.new_half()));
+                if !graphs.contains_key(c) {
+                    // Held in the precision its vectors were just written in (`plan`).
+                    let half = self.write_encoding(*c, &graphs) == codec::Encoding::F16;
+                    let dim = dims.get(c).copied().unwrap_or(0);
+                    graphs.insert(*c, Graph::new(dim, half));
+                }
             }
         }
         let graphs = self.graphs.read().unwrap_or_else(|e| e.into_inner());

@@ -49,8 +49,14 @@ pub type VectorEncoding = Encoding;
 /// How to open an index.
 #[derive(Clone, Debug, Default)]
 pub struct IndexOptions {
-    /// Encoding of vectors written from now on (reads handle both).
-    pub encoding: VectorEncoding,
+    /// Encoding of vectors written from now on (reads handle both). `None` (the default): each
+    /// collection's vectors are written in the precision its graph holds them in — f16 when
+    /// every vector stored in it is f16 — and a new collection's in that of the other
+    /// collections of its space that hold vectors, else f32 ([`Index::space_precision`]); so a
+    /// space filled in f16 stays f16 whoever writes to it next. `Some(e)`: written as `e`
+    /// (an f32 vector written into an f16 collection makes the next open hold it as f32:
+    /// nothing stored is rounded by an open).
+    pub encoding: Option<VectorEncoding>,
     /// Rebuild every graph from the stored vectors instead of loading its snapshot (then store
     /// a fresh snapshot). For measurements and for distrust; `repair` does the same and more.
     pub ignore_snapshots: bool,
@@ -460,16 +466,49 @@ impl Index {
         self.db.cf_handle(name).ok_or_else(|| corrupt(&self.path, "column family", name))
     }
 
-    /// True when vectors are written as f16 from now on (a new collection's graph then holds
-    /// halves).
+    /// True when a collection that holds no vector yet is loaded as halves: vectors are
+    /// written as f16 from now on.
     fn new_half(&self) -> bool {
-        self.options.encoding == Encoding::F16
+        self.options.encoding == Some(Encoding::F16)
+    }
+
+    /// The encoding vectors of `c` are written in (see [`IndexOptions::encoding`]), given the
+    /// graphs.
+    fn write_encoding(&self, c: Collection, graphs: &HashMap<Collection, Graph>) -> Encoding {
+        if let Some(e) = self.options.encoding {
+            return e;
+        }
+        let held = match graphs.get(&c) {
+            Some(g) => Some(g.is_half()),
+            None => held_half(c.space, graphs),
+        };
+        if held == Some(true) {
+            Encoding::F16
+        } else {
+            Encoding::F32
+        }
+    }
+
+    /// The precision the graphs of `space` that hold vectors hold them in: f16 when every one
+    /// of them holds halves, f32 when one holds f32; `None` when none holds a vector (a new
+    /// space). What an index opened with the default [`IndexOptions::encoding`] writes in.
+    pub fn space_precision(&self, space: SpaceId) -> Option<VectorEncoding> {
+        let graphs = self.graphs.read().unwrap_or_else(|e| e.into_inner());
+        held_half(space, &graphs).map(|half| if half { Encoding::F16 } else { Encoding::F32 })
     }
 
     fn collection_name(&self, c: Collection) -> String {
         let spaces = self.spaces.read().unwrap_or_else(|e| e.into_inner());
         format!("{}/{}", spaces.get(&c.space).map_or("?", |s| s.name.as_str()), c.kind)
     }
+}
+
+/// Whether the graphs of `space` that hold vectors hold them as halves (all of them), or
+/// `None` when none holds a vector.
+fn held_half(space: SpaceId, graphs: &HashMap<Collection, Graph>) -> Option<bool> {
+    let mut held = graphs.iter().filter(|(c, g)| c.space == space && g.nodes() > 0).map(|(_, g)| g.is_half()).peekable();
+    held.peek()?;
+    Some(held.all(|h| h))
 }
 
 /// Restores unit length after an f16 round trip (a no-op for f32 vectors, which are stored

@@ -171,7 +171,7 @@ pub fn run(args: &[String]) -> Res {
     if a.dir.exists() && !reuse {
         std::fs::remove_dir_all(&a.dir)?;
     }
-    let opts = || IndexOptions { encoding: a.encoding, ..IndexOptions::default() };
+    let opts = || IndexOptions { encoding: Some(a.encoding), ..IndexOptions::default() };
     let mut out = serde_json::Map::new();
     out.insert("n".into(), base.rows.into());
     out.insert("dim".into(), base.cols.into());
@@ -438,7 +438,7 @@ pub fn probe(args: &[String]) -> Res {
     drop(qm);
     let (base_rss, _) = rss();
     let t0 = Instant::now();
-    let index = Index::open(&dir, IndexOptions { encoding, ..IndexOptions::default() })?;
+    let index = Index::open(&dir, IndexOptions { encoding: Some(encoding), ..IndexOptions::default() })?;
     let open_s = t0.elapsed().as_secs_f64();
     let space = index.space("bench").ok_or("no space 'bench' in the index")?.id;
     let mut query = Query::new(space, Kind::Video, q, k);

@@ -54,7 +54,7 @@ fn crash_writer(dir: &str, seed: &str) -> Res {
     let seed: u64 = seed.parse()?;
     let mut rng = StdRng::seed_from_u64(seed);
     let encoding = if seed % 2 == 0 { VectorEncoding::F32 } else { VectorEncoding::F16 };
-    let index = Index::open(dir, IndexOptions { encoding, ..IndexOptions::default() })?;
+    let index = Index::open(dir, IndexOptions { encoding: Some(encoding), ..IndexOptions::default() })?;
     let space = index.ensure_space("crash", DIM)?;
     let mut live: Vec<String> = index.items(Some(Kind::Video))?.into_iter().map(|r| r.id.0).collect();
     let out = std::io::stdout();
