@@ -546,7 +546,9 @@ pub fn open_db(path: &Path, writes: bool) -> Result<DB, IndexError> {
         None => COLUMN_FAMILIES.iter().map(|n| n.to_string()).collect(),
     };
     let cfs = names.iter().map(|n| ColumnFamilyDescriptor::new(n, options(false, &cache)));
-    let mut db = DB::open_cf_descriptors(&options(create || listed.is_none(), &cache), path, cfs).map_err(|e| {
+    let mut opts = options(create, &cache);
+    opts.create_missing_column_families(create || listed.is_none());
+    let mut db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| {
         // Creating in a place that cannot hold it (a missing parent, no permission) is a
         // storage error, not damage: there was nothing to damage.
         if create {
