@@ -95,13 +95,13 @@ fn push_unit(enc: Encoding, data: &[u8], out: &mut Vec<f32>) {
     renormalise(&mut out[at..]);
 }
 
-/// Whether `facts` (in any order) name exactly the slots of `live` (ascending), each with
+/// Whether `facts` (in any order) name exactly the slots of `live`, each with
 /// its item id: the item-to-slot mappings agree with the stored vectors.
 fn facts_agree(facts: &[(u32, SlotMeta)], live: &SlotIds) -> bool {
     if facts.len() != live.len() {
         return false;
     }
-    let Some(&top) = live.slots.last() else { return true };
+    let Some(&top) = live.slots.iter().max() else { return true };
     // Position in `live` of each slot; taken (MAX) once a fact matched it, so a slot named
     // twice fails.
     let mut at = vec![u32::MAX; top as usize + 1];
@@ -434,7 +434,6 @@ impl Index {
         // ahead while the snapshot loads (a cold open otherwise waits on each read in turn).
         let prefix = c.prefix();
         let end = codec::prefix_end(&prefix);
-        self.cf(CF_VECTORS)?;
         store::read_ahead(&self.db, &self.path, CF_VECTORS, &prefix, end.as_deref());
         match self.load_direct(c, info, next)? {
             Some((g, replayed, phases_ms)) => self.finish_load(c, info, next, g, Loaded::Snapshot { replayed }, phases_ms, t0),
