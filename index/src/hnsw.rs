@@ -26,7 +26,6 @@
 use crate::snapshot::{Params, Topology};
 use crate::walk::{self, Sim, Visited, VISITED};
 use half::f16;
-use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -160,8 +159,6 @@ trait Elem: Copy + Send + Sync + 'static {
     fn view(w: &[AtomicU32], dim: usize) -> &[Self];
     /// Writes `v` into `w` (components past `v`'s end are zero).
     fn store(w: &[AtomicU32], v: &[f32]);
-    /// The components as f32.
-    fn widen(v: &[Self]) -> Cow<'_, [f32]>;
     /// The components as f32, in `buf` where they must be converted (no allocation once `buf`
     /// has grown: the graph build widens a vector per candidate it weighs).
     fn widen_into<'a>(v: &'a [Self], buf: &'a mut Vec<f32>) -> &'a [f32];
@@ -189,11 +186,6 @@ impl Elem for f32 {
         for (w, x) in w.iter().zip(v.iter().chain(std::iter::repeat(&0.0))) {
             w.store(x.to_bits(), Ordering::Relaxed);
         }
-    }
-
-    #[inline(always)]
-    fn widen(v: &[f32]) -> Cow<'_, [f32]> {
-        Cow::Borrowed(v)
     }
 
     #[inline(always)]
@@ -225,10 +217,6 @@ impl Elem for f16 {
             let (lo, hi) = (half(2 * i), half(2 * i + 1));
             w.store(u32::from_ne_bytes([lo[0], lo[1], hi[0], hi[1]]), Ordering::Relaxed);
         }
-    }
-
-    fn widen(v: &[f16]) -> Cow<'_, [f32]> {
-        Cow::Owned(v.iter().map(|x| x.to_f32()).collect())
     }
 
     fn widen_into<'a>(v: &'a [f16], buf: &'a mut Vec<f32>) -> &'a [f32] {
@@ -407,7 +395,7 @@ impl Hnsw {
     #[cfg(test)]
     pub fn vector_of(&self, slot: u32) -> Option<Vec<f32>> {
         let n = self.node_of(slot)?;
-        Some(if self.half { f16::widen(self.vector::<f16>(n)).into_owned() } else { self.vector::<f32>(n).to_vec() })
+        Some(if self.half { f16::widen_into(self.vector::<f16>(n), &mut Vec::new()).to_vec() } else { self.vector::<f32>(n).to_vec() })
     }
 
     /// Every node's slot, in node order.
@@ -573,8 +561,8 @@ impl Hnsw {
     #[inline(always)]
     fn link<E: Elem>(&self, n: u32, dot: &impl Kernel<E>, prefetch: &impl Fn(&[AtomicU32])) {
         let level = self.level(n);
-        let q = E::widen(self.vector::<E>(n));
-        let q: &[f32] = &q;
+        let mut wide = Vec::new();
+        let q = E::widen_into(self.vector::<E>(n), &mut wide);
         let mut ep = self.entry.load(Ordering::Acquire);
         let raise = if ep == EMPTY || level > (ep >> 32) as usize {
             let g = lock(&self.top);
@@ -1178,7 +1166,7 @@ mod tests {
         let short: Vec<f16> = (0..5).map(|i| f16::from_f32(1.0 / (i as f32 + 1.0))).collect();
         let mut buf = Vec::new();
         for v in [&long, &short, &long] {
-            let want: Vec<u32> = f16::widen(v).iter().map(|x| x.to_bits()).collect();
+            let want: Vec<u32> = v.iter().map(|x| x.to_f32().to_bits()).collect();
             let got: Vec<u32> = f16::widen_into(v, &mut buf).iter().map(|x| x.to_bits()).collect();
             assert_eq!(got, want);
         }
